@@ -1,0 +1,281 @@
+"""Radius graphs of atomic structures, and batching of many graphs into one.
+
+This module turns positions / cell / pbc into an edge list and knows nothing of the network.
+Edges follow the convention of ``ase.neighborlist.neighbor_list``: for an edge ``(i, j, S)``
+the edge vector is ``pos[j] - pos[i] + S @ cell``; the message flows from the neighbour ``j``
+(source) to the centre ``i`` (destination). Only integer shifts are stored; the edge vectors
+themselves are recomputed in torch from positions and cell, so forces and stress come from
+autograd.
+
+The neighbour search is vesin's compiled cell list (linear in the number of atoms; see
+``benchmarks/RESULTS.md`` for the comparison with matscipy and ASE that motivated the choice).
+It handles non-periodic, fully periodic and mixed boundary conditions, any triclinic cell,
+cells smaller than the cutoff (several images of the same neighbour) and atoms outside the cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "StructureError",
+    "Structure",
+    "AtomicGraph",
+    "neighbor_list",
+    "structure_from_atoms",
+    "build_graph",
+    "batch_graphs",
+    "MIN_DISTANCE",
+]
+
+#: Two atoms closer than this (in Angstrom) are reported as overlapping.
+MIN_DISTANCE = 0.1
+
+
+class StructureError(ValueError):
+    """An input structure that cannot be evaluated; the message names the problem."""
+
+
+@dataclass
+class Structure:
+    """The plain arrays that describe one structure (no ASE needed).
+
+    numbers: (N,) atomic numbers; positions: (N, 3) Angstrom; cell: (3, 3) rows are lattice
+    vectors (may be zero for non-periodic systems); pbc: (3,) bools.
+    """
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+
+    @classmethod
+    def from_arrays(
+        cls,
+        numbers: Sequence[int] | np.ndarray,
+        positions: Sequence[Sequence[float]] | np.ndarray,
+        cell: Sequence[Sequence[float]] | np.ndarray | None = None,
+        pbc: Sequence[bool] | bool | np.ndarray = False,
+    ) -> "Structure":
+        """Build and validate a structure from array-likes; raises :class:`StructureError`."""
+        try:
+            numbers_arr = np.asarray(numbers)
+            positions_arr = np.asarray(positions, dtype=np.float64)
+            cell_arr = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
+            pbc_arr = np.asarray(pbc, dtype=bool)
+        except (TypeError, ValueError) as exc:
+            raise StructureError(f"could not read the structure's arrays: {exc}") from None
+        if pbc_arr.ndim == 0:
+            pbc_arr = np.repeat(pbc_arr, 3)
+        if numbers_arr.size == 0 and positions_arr.size == 0:
+            positions_arr = positions_arr.reshape(0, 3)
+        if numbers_arr.ndim != 1:
+            raise StructureError(f"numbers must be a 1-D list of atomic numbers, got shape {numbers_arr.shape}")
+        if numbers_arr.size and not np.issubdtype(numbers_arr.dtype, np.integer):
+            if not np.all(np.isfinite(numbers_arr)) or not np.all(np.mod(numbers_arr, 1) == 0):
+                raise StructureError("numbers must be integers (atomic numbers)")
+        numbers_arr = numbers_arr.astype(np.int64)
+        if positions_arr.ndim != 2 or positions_arr.shape[1] != 3:
+            raise StructureError(f"positions must have shape (N, 3), got {positions_arr.shape}")
+        if positions_arr.shape[0] != numbers_arr.shape[0]:
+            raise StructureError(
+                f"{numbers_arr.shape[0]} atomic numbers but {positions_arr.shape[0]} positions"
+            )
+        if cell_arr.shape == (3,):
+            cell_arr = np.diag(cell_arr)
+        if cell_arr.shape != (3, 3):
+            raise StructureError(f"cell must have shape (3, 3), got {cell_arr.shape}")
+        if pbc_arr.shape != (3,):
+            raise StructureError(f"pbc must be one bool or three bools, got shape {pbc_arr.shape}")
+        structure = cls(numbers_arr, positions_arr, cell_arr, pbc_arr)
+        structure.validate()
+        return structure
+
+    def __len__(self) -> int:
+        return int(self.numbers.shape[0])
+
+    def validate(self) -> None:
+        """Raise :class:`StructureError` if the structure cannot be evaluated."""
+        n = len(self)
+        if n == 0:
+            raise StructureError("the structure has no atoms")
+        if np.any(self.numbers < 1) or np.any(self.numbers > 118):
+            bad = sorted(set(int(z) for z in self.numbers if z < 1 or z > 118))
+            raise StructureError(f"invalid atomic numbers {bad}: must be between 1 and 118")
+        finite = np.isfinite(self.positions).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)[:10].tolist()
+            raise StructureError(f"positions contain NaN or inf (atoms {bad})")
+        if not np.isfinite(self.cell).all():
+            raise StructureError("the cell contains NaN or inf")
+        if self.pbc.any():
+            lengths = np.linalg.norm(self.cell, axis=1)
+            for axis in np.flatnonzero(self.pbc):
+                if lengths[axis] < 1e-6:
+                    raise StructureError(
+                        f"pbc is True along axis {axis} but cell vector {axis} is zero; "
+                        "set a cell or turn pbc off for that axis"
+                    )
+            # the periodic vectors (and, for 3-D pbc, all three) must be linearly independent
+            periodic = self.cell[self.pbc]
+            sing = np.linalg.svd(periodic, compute_uv=False)
+            if sing[-1] < 1e-6 * max(sing[0], 1.0):
+                raise StructureError(
+                    "the cell is degenerate (its periodic vectors are linearly dependent, volume ~ 0)"
+                )
+            if self.pbc.all() and abs(np.linalg.det(self.cell)) < 1e-6:
+                raise StructureError("the cell volume is zero with pbc=True")
+
+
+def structure_from_atoms(atoms) -> Structure:
+    """Read numbers / positions / cell / pbc out of an ``ase.Atoms`` and validate them."""
+    return Structure.from_arrays(
+        atoms.get_atomic_numbers(), atoms.get_positions(), atoms.cell.array, atoms.pbc
+    )
+
+
+def neighbor_list(structure: Structure, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (i, j, S) with ``|pos[j] - pos[i] + S @ cell| < cutoff``, i != j or S != 0.
+
+    Returns int64 arrays ``i`` (N_e,), ``j`` (N_e,) and ``S`` (N_e, 3), sorted by ``i`` then ``j``.
+    Raises :class:`StructureError` for overlapping atoms (closer than ``MIN_DISTANCE``).
+    """
+    import vesin
+
+    if cutoff <= 0:
+        raise ValueError(f"cutoff must be positive, got {cutoff}")
+    pbc = structure.pbc
+    cell = structure.cell
+    positions = structure.positions
+    if not pbc.any():
+        # vesin wants a box even when nothing is periodic; any box works, so use the bounding box
+        # padded by the cutoff. Positions are used as given (no wrapping).
+        cell = np.zeros((3, 3))
+    elif not pbc.all():
+        # mixed pbc: non-periodic axes may have a zero or arbitrary vector; vesin needs a full-rank box
+        cell = _complete_cell(cell, pbc, positions, cutoff)
+    calculator = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, shifts, d = calculator.compute(positions, cell, pbc.tolist(), "ijSd")
+    i = np.asarray(i, dtype=np.int64)
+    j = np.asarray(j, dtype=np.int64)
+    shifts = np.asarray(shifts, dtype=np.int64).reshape(-1, 3)
+    d = np.asarray(d)
+    if not pbc.all():
+        shifts[:, ~pbc] = 0  # only meaningful along periodic axes
+    if d.size and d.min() < MIN_DISTANCE:
+        k = int(np.argmin(d))
+        raise StructureError(
+            f"atoms {int(i[k])} and {int(j[k])} overlap (distance {d[k]:.3g} A < {MIN_DISTANCE} A)"
+        )
+    order = np.lexsort((j, i))
+    return i[order], j[order], shifts[order]
+
+
+def _complete_cell(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray, cutoff: float) -> np.ndarray:
+    """Replace non-periodic cell vectors by long vectors orthogonal to the periodic ones."""
+    cell = cell.copy()
+    periodic = cell[pbc]
+    extent = np.ptp(positions, axis=0).max() + np.abs(positions).max() + 2 * cutoff + 1.0
+    if pbc.sum() == 2:
+        normal = np.cross(periodic[0], periodic[1])
+        normal /= np.linalg.norm(normal)
+        axis = int(np.flatnonzero(~pbc)[0])
+        candidate = cell[axis]
+        # keep the user's vector if it is already a valid, long enough third axis
+        if not (np.linalg.norm(candidate) > 0 and abs(candidate @ normal) > 1e-6 * np.linalg.norm(candidate)):
+            cell[axis] = normal * extent
+        return cell
+    # one periodic axis: build two orthogonal directions
+    axis_p = int(np.flatnonzero(pbc)[0])
+    a = periodic[0] / np.linalg.norm(periodic[0])
+    trial = np.eye(3)[np.argmin(np.abs(a))]
+    b = np.cross(a, trial)
+    b /= np.linalg.norm(b)
+    c = np.cross(a, b)
+    others = [k for k in range(3) if k != axis_p]
+    cell[others[0]] = b * extent
+    cell[others[1]] = c * extent
+    if np.linalg.det(cell) < 0:
+        cell[others[1]] *= -1
+    return cell
+
+
+@dataclass
+class AtomicGraph:
+    """One or many structures as a single disconnected graph, as torch tensors.
+
+    numbers (N,) int64; positions (N, 3); cell (B, 3, 3); pbc (B, 3) bool;
+    edge_index (2, E) int64 with row 0 = source j (neighbour) and row 1 = destination i (centre);
+    shifts (E, 3) integer-valued cell shifts in the positions' dtype; batch (N,) graph index
+    of every atom; ptr (B + 1,) atom offsets; num_graphs B.
+    """
+
+    numbers: torch.Tensor
+    positions: torch.Tensor
+    cell: torch.Tensor
+    pbc: torch.Tensor
+    edge_index: torch.Tensor
+    shifts: torch.Tensor
+    batch: torch.Tensor
+    ptr: torch.Tensor
+
+    @property
+    def num_graphs(self) -> int:
+        return int(self.cell.shape[0])
+
+    @property
+    def num_atoms(self) -> int:
+        return int(self.numbers.shape[0])
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.edge_index.shape[1])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "AtomicGraph":
+        """Move to a device; ``dtype`` applies to the floating tensors only."""
+        def f(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device=device)
+
+        return AtomicGraph(*(f(getattr(self, name)) for name in self.__dataclass_fields__))
+
+
+def build_graph(structure: Structure, cutoff: float, dtype: torch.dtype = torch.float64) -> AtomicGraph:
+    """The radius graph of one structure (a batch of one)."""
+    i, j, shifts = neighbor_list(structure, cutoff)
+    n = len(structure)
+    return AtomicGraph(
+        numbers=torch.from_numpy(structure.numbers.astype(np.int64)),
+        positions=torch.tensor(structure.positions, dtype=dtype),
+        cell=torch.tensor(structure.cell, dtype=dtype).unsqueeze(0),
+        pbc=torch.tensor(structure.pbc, dtype=torch.bool).unsqueeze(0),
+        edge_index=torch.from_numpy(np.stack([j, i])),
+        shifts=torch.tensor(shifts, dtype=dtype),
+        batch=torch.zeros(n, dtype=torch.int64),
+        ptr=torch.tensor([0, n], dtype=torch.int64),
+    )
+
+
+def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
+    """Concatenate graphs into one disconnected graph (node indices offset, batch vector set)."""
+    if len(graphs) == 0:
+        raise ValueError("cannot batch an empty list of graphs")
+    if len(graphs) == 1:
+        return graphs[0]
+    counts = torch.tensor([g.num_atoms for g in graphs], dtype=torch.int64)
+    offsets = torch.cumsum(counts, 0) - counts
+    batch_offsets = torch.cumsum(torch.tensor([g.num_graphs for g in graphs]), 0)
+    batch_offsets = batch_offsets - batch_offsets[0]
+    return AtomicGraph(
+        numbers=torch.cat([g.numbers for g in graphs]),
+        positions=torch.cat([g.positions for g in graphs]),
+        cell=torch.cat([g.cell for g in graphs]),
+        pbc=torch.cat([g.pbc for g in graphs]),
+        edge_index=torch.cat([g.edge_index + o for g, o in zip(graphs, offsets)], dim=1),
+        shifts=torch.cat([g.shifts for g in graphs]),
+        batch=torch.cat([g.batch + b for g, b in zip(graphs, batch_offsets)]),
+        ptr=torch.cat([torch.zeros(1, dtype=torch.int64)] + [g.ptr[1:] + o for g, o in zip(graphs, offsets)]),
+    )
