@@ -1,0 +1,18 @@
+"""Building blocks of Equiformer (torch + e3nn only; nothing here knows of ASE or of graphs' origin)."""
+
+from .activation import SmoothLeakyReLU, make_gate
+from .attention import GraphAttention, envelope_softmax
+from .blocks import AtomEmbedding, EdgeDegreeEmbedding, FeedForward, TransformerBlock
+from .dropout import GraphDropPath
+from .irreps import sh_irreps, with_parity
+from .linear import IrrepsLinear
+from .norm import EquivariantLayerNorm
+from .radial import BesselBasis, ExpNormalBasis, GaussianBasis, PolynomialEnvelope, RadialMLP, make_radial_basis
+from .tensor_product import DepthwiseTensorProduct, reference_tensor_product
+
+__all__ = [
+    "AtomEmbedding", "BesselBasis", "DepthwiseTensorProduct", "EdgeDegreeEmbedding", "EquivariantLayerNorm",
+    "ExpNormalBasis", "FeedForward", "GaussianBasis", "GraphAttention", "GraphDropPath", "IrrepsLinear",
+    "PolynomialEnvelope", "RadialMLP", "SmoothLeakyReLU", "TransformerBlock", "envelope_softmax",
+    "make_gate", "make_radial_basis", "reference_tensor_product", "sh_irreps", "with_parity",
+]

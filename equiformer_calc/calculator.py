@@ -1,0 +1,100 @@
+"""ASE calculator over the batched :class:`~equiformer_calc.predictor.Predictor`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from .model import Equiformer
+from .predictor import Predictor
+
+__all__ = ["EquiformerCalculator"]
+
+log = logging.getLogger(__name__)
+
+
+class EquiformerCalculator(Calculator):
+    """Energy, forces, stress and per-atom energies of an Equiformer model, for any ASE workflow.
+
+    ``EquiformerCalculator()`` loads the default shipped checkpoint; ``checkpoint`` is a path or a
+    shipped name; ``model`` an in-memory :class:`~equiformer_calc.model.Equiformer`.
+    ``dtype="float64"`` gives finite-difference-grade results. Stress is available for systems
+    periodic in 3D only. ``predict(list_of_atoms)`` evaluates many structures in one batched call.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(
+        self,
+        checkpoint: str | None = None,
+        model: Equiformer | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_atoms_per_batch: int = 2048,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if model is not None and checkpoint is not None:
+            raise ValueError("give either checkpoint or model, not both")
+        if model is None:
+            checkpoint = checkpoint or DEFAULT_CHECKPOINT
+            model = load_checkpoint(checkpoint, device=device)
+        self.checkpoint = checkpoint
+        self.device = device
+        self.dtype = dtype
+        self.predictor = Predictor(model, device=device, dtype=dtype, max_atoms_per_batch=max_atoms_per_batch)
+
+    @property
+    def model(self) -> Equiformer:
+        return self.predictor.model
+
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: Sequence[str] = ("energy",),
+        system_changes: Sequence[str] = all_changes,
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        assert self.atoms is not None
+        periodic = bool(self.atoms.pbc.all())
+        if "stress" in properties and not periodic:
+            raise PropertyNotImplementedError(
+                f"stress is only defined for systems periodic in all three directions (pbc={self.atoms.pbc.tolist()})"
+            )
+        props = ["energy", "forces", "energies"] + (["stress"] if periodic else [])
+        result = self.predictor.predict([self.atoms], properties=props)[0]
+        self.results = {k: (np.asarray(v) if k not in ("energy", "free_energy") else v) for k, v in result.items()}
+
+    def predict(self, structures: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces")) -> list[dict]:
+        """Energies (and forces, stress...) of many structures in batched model calls; the numbers
+        equal one-by-one evaluation. Returns one dict per structure."""
+        return self.predictor.predict(structures, properties=properties)
+
+    # pickling: keep the settings and the weights, not torch modules with generated code
+    def __getstate__(self) -> dict[str, Any]:
+        from safetensors.torch import save
+
+        state = {k: v for k, v in self.__dict__.items() if k not in ("predictor", "atoms", "results")}
+        model = self.model
+        state["_config"] = model.config.to_dict()
+        state["_weights"] = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+        state["_max_atoms"] = self.predictor.max_atoms_per_batch
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from safetensors.torch import load
+
+        config = state.pop("_config")
+        weights = load(state.pop("_weights"))
+        max_atoms = state.pop("_max_atoms")
+        self.__dict__.update(state)
+        self.atoms = None
+        self.results = {}
+        model = Equiformer.from_config(config)
+        model.load_state_dict(weights)
+        self.predictor = Predictor(model, device=self.device, dtype=self.dtype, max_atoms_per_batch=max_atoms)

@@ -1,0 +1,158 @@
+"""Checkpoints: weights in safetensors, metadata as JSON in the same file's header.
+
+A checkpoint is one ``.safetensors`` file. Its header metadata holds
+``{"format": "equiformer-calc", "format_version": "1", "metadata": "<JSON>"}`` where the JSON has
+the architecture config (elements, cutoff, irreps ...), units, training provenance and metrics.
+Loading never unpickles anything. Short names (``"emt-small"``) resolve to files under the
+project's ``checkpoints/`` folder (or ``$EQUIFORMER_CALC_CHECKPOINTS``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .model import Equiformer, EquiformerConfig
+
+__all__ = [
+    "CheckpointError",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "DEFAULT_CHECKPOINT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_metadata",
+    "resolve_checkpoint",
+    "available_checkpoints",
+    "checkpoint_dirs",
+]
+
+FORMAT = "equiformer-calc"
+FORMAT_VERSION = 1
+#: the shipped checkpoint that ``EquiformerCalculator()`` loads
+DEFAULT_CHECKPOINT = "emt-small"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be found, read or understood; the message says which and why."""
+
+
+def checkpoint_dirs() -> list[Path]:
+    """Folders searched for named checkpoints: $EQUIFORMER_CALC_CHECKPOINTS, then the project's."""
+    dirs = []
+    env = os.environ.get("EQUIFORMER_CALC_CHECKPOINTS")
+    if env:
+        dirs += [Path(p) for p in env.split(os.pathsep) if p]
+    dirs.append(Path(__file__).resolve().parent.parent / "checkpoints")
+    return dirs
+
+
+def available_checkpoints() -> dict[str, Path]:
+    """Shipped names -> files."""
+    found: dict[str, Path] = {}
+    for d in checkpoint_dirs():
+        if d.is_dir():
+            for f in sorted(d.glob("*.safetensors")):
+                found.setdefault(f.stem, f)
+    return found
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A path to an existing file, or a registered short name -> its path."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    names = available_checkpoints()
+    if str(name_or_path) in names:
+        return names[str(name_or_path)]
+    if path.suffix or os.sep in str(name_or_path):
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    raise CheckpointError(
+        f"unknown checkpoint {str(name_or_path)!r}; shipped checkpoints: {sorted(names) or 'none'}"
+    )
+
+
+def save_checkpoint(model: Equiformer, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (weights + config + ``metadata``) to ``path`` atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {
+        "config": model.config.to_dict(),
+        "units": {"energy": "eV", "length": "Angstrom", "forces": "eV/Angstrom", "stress": "eV/Angstrom^3"},
+        "num_parameters": model.num_parameters(),
+        **(metadata or {}),
+    }
+    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "metadata": json.dumps(meta)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_metadata(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint, without loading its weights."""
+    from safetensors import safe_open
+
+    path = resolve_checkpoint(name_or_path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({exc})") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not an {FORMAT} checkpoint")
+    try:
+        version = int(header.get("format_version", "-1"))
+    except ValueError:
+        version = -1
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {header.get('format_version')!r}; "
+            f"this equiformer-calc reads version {FORMAT_VERSION}"
+        )
+    try:
+        return json.loads(header["metadata"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} has corrupted metadata ({exc})") from None
+
+
+def load_checkpoint(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> Equiformer:
+    """Rebuild the model stored in a checkpoint (a path or a shipped name); ``model.metadata``
+    holds its metadata."""
+    from safetensors.torch import load_file
+
+    path = resolve_checkpoint(name_or_path)
+    meta = read_metadata(path)
+    try:
+        config = EquiformerConfig.from_dict(meta["config"])
+        model = Equiformer(config=config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid architecture config ({exc})") from None
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: could not read the weights ({exc})") from None
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{path}: weights do not match the architecture ({exc})") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    model.metadata = meta  # type: ignore[attr-defined]
+    model.checkpoint_path = str(path)  # type: ignore[attr-defined]
+    return model.to(device)

@@ -1,0 +1,281 @@
+"""The Equiformer network: embeddings -> transformer blocks -> per-atom energy readout.
+
+The model takes tensors only (species, positions, edge index, integer cell shifts, cells, batch
+vector) and handles many graphs at once; it knows nothing of ASE. Forces and stress are obtained
+by the caller (``predictor.py``) with autograd through the edge vectors computed here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from ase.data import atomic_numbers, chemical_symbols
+from e3nn import o3
+from torch import nn
+
+from .nn import (
+    AtomEmbedding,
+    EdgeDegreeEmbedding,
+    EquivariantLayerNorm,
+    IrrepsLinear,
+    PolynomialEnvelope,
+    TransformerBlock,
+    make_radial_basis,
+    sh_irreps,
+    with_parity,
+)
+
+__all__ = ["EquiformerConfig", "Equiformer", "PRESETS", "UnknownElementError"]
+
+
+class UnknownElementError(ValueError):
+    """A structure contains an element the model was not built for."""
+
+
+@dataclass
+class EquiformerConfig:
+    """Architecture of an :class:`Equiformer`. Irreps are written with even labels ('1e'); with
+    ``parity=True`` (E(3), the default) odd l are relabelled 'o' so energies are mirror-invariant.
+
+    elements: chemical symbols the model accepts (order defines the embedding rows).
+    """
+
+    elements: list[str]
+    cutoff: float = 5.0
+    num_blocks: int = 6
+    irreps_node: str = "128x0e+64x1e+32x2e"
+    lmax: int = 2
+    num_heads: int = 4
+    irreps_head: str = "32x0e+16x1e+8x2e"
+    irreps_mlp: str = "384x0e+192x1e+96x2e"
+    irreps_feature: str = "512x0e"
+    radial_basis: str = "bessel"
+    num_basis: int = 8
+    fc_neurons: tuple[int, ...] = (64, 64)
+    envelope_p: int = 5
+    attention: str = "mlp"
+    nonlinear_message: bool = True
+    parity: bool = True
+    alpha_drop: float = 0.0
+    proj_drop: float = 0.0
+    drop_path: float = 0.0
+    avg_degree: float = 30.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["fc_neurons"] = list(self.fc_neurons)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EquiformerConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown Equiformer config keys: {sorted(unknown)}")
+        d = dict(d)
+        if "fc_neurons" in d:
+            d["fc_neurons"] = tuple(d["fc_neurons"])
+        return cls(**d)
+
+
+#: The published settings of the reference code (layer sizes); ``parity=False`` reproduces its
+#: SE(3) irreps and parameter counts.
+PRESETS: dict[str, dict[str, Any]] = {
+    "md17-l2": dict(
+        num_blocks=6, irreps_node="128x0e+64x1e+32x2e", lmax=2, num_heads=4, irreps_head="32x0e+16x1e+8x2e",
+        irreps_mlp="384x0e+192x1e+96x2e", irreps_feature="512x0e", radial_basis="exp", num_basis=32,
+    ),
+    "md17-l3": dict(
+        num_blocks=6, irreps_node="128x0e+64x1e+64x2e+32x3e", lmax=3, num_heads=4,
+        irreps_head="32x0e+16x1e+16x2e+8x3e", irreps_mlp="384x0e+192x1e+192x2e+96x3e", irreps_feature="512x0e",
+        radial_basis="exp", num_basis=32,
+    ),
+    "qm9": dict(
+        num_blocks=6, irreps_node="128x0e+64x1e+32x2e", lmax=2, num_heads=4, irreps_head="32x0e+16x1e+8x2e",
+        irreps_mlp="384x0e+192x1e+96x2e", irreps_feature="512x0e", radial_basis="gaussian", num_basis=128,
+        alpha_drop=0.2, drop_path=0.0,
+    ),
+    "oc20-is2re": dict(
+        num_blocks=6, irreps_node="256x0e+128x1e", lmax=1, num_heads=8, irreps_head="32x0e+16x1e",
+        irreps_mlp="768x0e+384x1e", irreps_feature="512x0e", radial_basis="gaussian", num_basis=128,
+        alpha_drop=0.2, drop_path=0.05,
+    ),
+    # the size trained for the shipped checkpoint: small enough to train and run on 2 CPU cores
+    "small": dict(
+        num_blocks=3, irreps_node="32x0e+16x1e+8x2e", lmax=2, num_heads=2, irreps_head="16x0e+8x1e+4x2e",
+        irreps_mlp="64x0e+32x1e+16x2e", irreps_feature="64x0e", radial_basis="bessel", num_basis=8,
+        fc_neurons=(32, 32),
+    ),
+    # tests: a couple of thousand parameters
+    "tiny": dict(
+        num_blocks=2, irreps_node="8x0e+4x1e+2x2e", lmax=2, num_heads=2, irreps_head="4x0e+2x1e+2x2e",
+        irreps_mlp="16x0e+4x1e+2x2e", irreps_feature="8x0e", radial_basis="bessel", num_basis=8,
+        fc_neurons=(16,), avg_degree=10.0,
+    ),
+}
+
+
+class Equiformer(nn.Module):
+    """Equivariant graph-attention Transformer predicting total and per-atom energies.
+
+    ``Equiformer(elements=[...], cutoff=5.0, **config)`` or ``Equiformer.from_preset(name, elements=...)``.
+    Per-atom energy E_i = scale * f(x_i) + shift + E_ref[Z_i] (scale, shift and the per-element
+    reference energies are buffers fitted from data and saved with the weights); totals are
+    accumulated in float64.
+    """
+
+    def __init__(self, elements: Sequence[str] | None = None, cutoff: float = 5.0, config: EquiformerConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            if elements is None:
+                raise ValueError("Equiformer needs the list of elements it should accept")
+            config = EquiformerConfig(elements=list(elements), cutoff=cutoff, **kwargs)
+        elif kwargs or elements is not None:
+            raise ValueError("pass either a config or elements/cutoff/keywords, not both")
+        for symbol in config.elements:
+            if symbol not in atomic_numbers:
+                raise ValueError(f"unknown chemical symbol {symbol!r} in elements")
+        if len(set(config.elements)) != len(config.elements):
+            raise ValueError("elements contains duplicates")
+        self.config = config
+        e3 = config.parity
+        irreps_node = with_parity(config.irreps_node, e3)
+        irreps_sh = sh_irreps(config.lmax, e3)
+        irreps_head = with_parity(config.irreps_head, e3)
+        irreps_mlp = with_parity(config.irreps_mlp, e3)
+        irreps_feature = with_parity(config.irreps_feature, e3)
+        if any(ir.l > 0 for _, ir in irreps_feature):
+            raise ValueError("irreps_feature must be scalars (0e)")
+        self.irreps_node, self.irreps_sh = irreps_node, irreps_sh
+
+        z_to_index = torch.full((119,), -1, dtype=torch.long)
+        for k, symbol in enumerate(config.elements):
+            z_to_index[atomic_numbers[symbol]] = k
+        self.register_buffer("z_to_index", z_to_index, persistent=False)
+        n_el = len(config.elements)
+
+        self.atom_embedding = AtomEmbedding(n_el, irreps_node)
+        self.basis = make_radial_basis(config.radial_basis, config.cutoff, config.num_basis)
+        self.envelope = PolynomialEnvelope(config.cutoff, config.envelope_p)
+        fc = tuple(config.fc_neurons)
+        self.edge_embedding = EdgeDegreeEmbedding(irreps_node, irreps_sh, config.num_basis, fc, config.avg_degree)
+        drop = [config.drop_path * k / max(config.num_blocks - 1, 1) for k in range(config.num_blocks)]
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                irreps_node, irreps_sh, irreps_feature if k == config.num_blocks - 1 else irreps_node,
+                irreps_head, config.num_heads, irreps_mlp, config.num_basis, fc,
+                attention=config.attention, nonlinear_message=config.nonlinear_message,
+                alpha_drop=config.alpha_drop, proj_drop=config.proj_drop, drop_path=drop[k],
+            )
+            for k in range(config.num_blocks)
+        )
+        self.norm = EquivariantLayerNorm(irreps_feature)
+        n_feat = irreps_feature.dim
+        self.head = nn.Sequential(
+            IrrepsLinear(irreps_feature, irreps_feature), nn.SiLU(), IrrepsLinear(irreps_feature, "1x0e")
+        )
+        # energy de-normalisation, in float64 so that large reference energies keep precision
+        self.register_buffer("atomic_energies", torch.zeros(n_el, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones((), dtype=torch.float64))
+        self.register_buffer("shift", torch.zeros((), dtype=torch.float64))
+        del n_feat
+
+    _FLOAT64_BUFFERS = ("atomic_energies", "scale", "shift")
+
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
+        # the energy de-normalisation stays float64 whatever dtype the network is cast to
+        saved = {name: self._buffers[name] for name in self._FLOAT64_BUFFERS}
+        super()._apply(fn, *args, **kwargs)
+        for name, value in saved.items():
+            self._buffers[name] = value.to(device=self._buffers[name].device, dtype=torch.float64)
+        return self
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_preset(cls, name: str, elements: Sequence[str], **overrides: Any) -> "Equiformer":
+        """A model with the layer sizes of a published setting ('md17-l2', 'md17-l3', 'qm9',
+        'oc20-is2re') or of our own ('small', 'tiny'); keywords override any config field."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        settings = {**PRESETS[name], **overrides}
+        return cls(config=EquiformerConfig(elements=list(elements), **settings))
+
+    @classmethod
+    def from_config(cls, config: EquiformerConfig | dict[str, Any]) -> "Equiformer":
+        if isinstance(config, dict):
+            config = EquiformerConfig.from_dict(config)
+        return cls(config=config)
+
+    @property
+    def elements(self) -> list[str]:
+        return list(self.config.elements)
+
+    @property
+    def atomic_numbers(self) -> list[int]:
+        return [atomic_numbers[s] for s in self.config.elements]
+
+    @property
+    def cutoff(self) -> float:
+        return float(self.config.cutoff)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
+        """Atomic numbers (N,) -> embedding rows (N,); raises :class:`UnknownElementError`."""
+        if numbers.numel() and (numbers.min() < 0 or numbers.max() > 118):
+            raise UnknownElementError("atomic numbers must lie in 1..118")
+        species = self.z_to_index[numbers]
+        if bool((species < 0).any()):
+            bad = sorted({chemical_symbols[int(z)] for z in numbers[species < 0].tolist()})
+            raise UnknownElementError(
+                f"element(s) {', '.join(bad)} not supported by this model; it supports {', '.join(self.elements)}"
+            )
+        return species
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        numbers: torch.Tensor,
+        positions: torch.Tensor,
+        edge_index: torch.Tensor,
+        shifts: torch.Tensor,
+        cell: torch.Tensor,
+        batch: torch.Tensor,
+        num_graphs: int,
+    ) -> dict[str, torch.Tensor]:
+        """Energies of a batch of graphs.
+
+        numbers (N,) atomic numbers; positions (N, 3); edge_index (2, E) rows [src j, dst i];
+        shifts (E, 3) integer cell shifts (float); cell (B, 3, 3); batch (N,) graph of each atom.
+        Returns ``energy`` (B,) float64 and ``energies`` (N,) float64 per-atom energies.
+        """
+        species = self.species_index(numbers)
+        src, dst = edge_index[0], edge_index[1]
+        vec = positions[src] - positions[dst]
+        if shifts.numel():
+            vec = vec + torch.einsum("ek,ekl->el", shifts.to(positions.dtype), cell[batch[dst]])
+        r = vec.norm(dim=-1)
+        sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")
+        basis = self.basis(r)
+        envelope = self.envelope(r)
+
+        x = self.atom_embedding(species, positions.dtype)
+        x = x + self.edge_embedding(x.shape[0], sh, basis, envelope, edge_index)
+        for block in self.blocks:
+            x = block(x, sh, basis, envelope, edge_index, batch, num_graphs)
+        out = self.head(self.norm(x)).squeeze(-1)
+        energies = out.to(torch.float64) * self.scale + self.shift + self.atomic_energies[species]
+        energy = torch.zeros(num_graphs, dtype=torch.float64, device=energies.device).index_add(0, batch, energies)
+        return {"energy": energy, "energies": energies}
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"elements={c.elements}, cutoff={c.cutoff}, blocks={c.num_blocks}, irreps_node={self.irreps_node}, "
+            f"E(3)={c.parity}, params={self.num_parameters():,}"
+        )

@@ -1,0 +1,121 @@
+"""Equiformer's composite blocks: embeddings, the gated feed-forward network, the transformer block."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from .activation import make_gate
+from .attention import GraphAttention
+from .dropout import GraphDropPath
+from .linear import IrrepsLinear
+from .norm import EquivariantLayerNorm
+from .radial import RadialMLP
+from .tensor_product import DepthwiseTensorProduct
+
+__all__ = ["AtomEmbedding", "EdgeDegreeEmbedding", "FeedForward", "TransformerBlock"]
+
+
+class AtomEmbedding(nn.Module):
+    """One-hot(element index) -> linear (with bias) to the node irreps; only 0e channels are set.
+    element index (N,) -> (N, irreps_node.dim)."""
+
+    def __init__(self, num_elements: int, irreps_node: o3.Irreps) -> None:
+        super().__init__()
+        self.num_elements = num_elements
+        self.linear = IrrepsLinear(f"{num_elements}x0e", irreps_node, bias=True)
+
+    def forward(self, species: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        onehot = nn.functional.one_hot(species, self.num_elements).to(dtype) * math.sqrt(self.num_elements)
+        return self.linear(onehot)
+
+
+class EdgeDegreeEmbedding(nn.Module):
+    """A constant scalar per atom, expanded to the node irreps, tensor-multiplied with each edge's
+    spherical harmonics (radial weights times the envelope), projected without bias and summed
+    over incoming edges / sqrt(average degree). Each edge's term vanishes at the cutoff.
+    -> (N, irreps_node.dim)."""
+
+    def __init__(
+        self, irreps_node: o3.Irreps, irreps_sh: o3.Irreps, num_basis: int, fc_neurons: tuple[int, ...], avg_degree: float
+    ) -> None:
+        super().__init__()
+        self.expand = IrrepsLinear("1x0e", irreps_node, bias=False)
+        self.dtp = DepthwiseTensorProduct(irreps_node, irreps_sh, irreps_node)
+        self.radial = RadialMLP(num_basis, fc_neurons, self.dtp.weight_numel)
+        self.proj = IrrepsLinear(self.dtp.irreps_out, irreps_node, bias=False)
+        self.inv_sqrt_degree = 1.0 / math.sqrt(avg_degree)
+
+    def forward(
+        self, num_nodes: int, sh: torch.Tensor, basis: torch.Tensor, envelope: torch.Tensor, edge_index: torch.Tensor
+    ) -> torch.Tensor:
+        ones = torch.ones(1, 1, dtype=sh.dtype, device=sh.device)
+        node = self.expand(ones).expand(sh.shape[0], -1)
+        weight = self.radial(basis) * envelope.unsqueeze(-1)
+        edge = self.proj(self.dtp(node, sh, weight))
+        out = torch.zeros(num_nodes, edge.shape[1], dtype=edge.dtype, device=edge.device)
+        return out.index_add(0, edge_index[1], edge) * self.inv_sqrt_degree
+
+
+class FeedForward(nn.Module):
+    """Linear -> gate (SiLU on scalars, sigmoid gates on l>0) -> linear. (N, in) -> (N, out)."""
+
+    def __init__(self, irreps_in: o3.Irreps, irreps_hidden: o3.Irreps, irreps_out: o3.Irreps) -> None:
+        super().__init__()
+        self.gate = make_gate(irreps_hidden)
+        self.linear1 = IrrepsLinear(irreps_in, self.gate.irreps_in, bias=True)
+        self.linear2 = IrrepsLinear(self.gate.irreps_out, irreps_out, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.gate(self.linear1(x)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm Equiformer block:
+        x1  = x  + DropPath(GraphAttention(LN1(x)))
+        out = shortcut(x1) + DropPath(FFN(LN2(x1)))
+    where ``shortcut`` is the identity, or a linear map when ``irreps_out`` differs from the node irreps."""
+
+    def __init__(
+        self,
+        irreps_node: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        irreps_out: o3.Irreps,
+        irreps_head: o3.Irreps,
+        num_heads: int,
+        irreps_mlp: o3.Irreps,
+        num_basis: int,
+        fc_neurons: tuple[int, ...],
+        attention: str = "mlp",
+        nonlinear_message: bool = True,
+        alpha_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = EquivariantLayerNorm(irreps_node)
+        self.attn = GraphAttention(
+            irreps_node, irreps_sh, irreps_node, irreps_head, num_heads, num_basis, fc_neurons,
+            attention=attention, nonlinear_message=nonlinear_message, alpha_drop=alpha_drop, proj_drop=proj_drop,
+        )
+        self.norm2 = EquivariantLayerNorm(irreps_node)
+        self.ffn = FeedForward(irreps_node, irreps_mlp, irreps_out)
+        self.shortcut = None if o3.Irreps(irreps_out) == o3.Irreps(irreps_node) else IrrepsLinear(irreps_node, irreps_out)
+        self.drop_path = GraphDropPath(drop_path)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sh: torch.Tensor,
+        basis: torch.Tensor,
+        envelope: torch.Tensor,
+        edge_index: torch.Tensor,
+        batch: torch.Tensor,
+        num_graphs: int,
+    ) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), sh, basis, envelope, edge_index), batch, num_graphs)
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return skip + self.drop_path(self.ffn(self.norm2(x)), batch, num_graphs)
