@@ -267,8 +267,8 @@ def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
         return graphs[0]
     counts = torch.tensor([g.num_atoms for g in graphs], dtype=torch.int64)
     offsets = torch.cumsum(counts, 0) - counts
-    batch_offsets = torch.cumsum(torch.tensor([g.num_graphs for g in graphs]), 0)
-    batch_offsets = batch_offsets - batch_offsets[0]
+    graph_counts = torch.tensor([g.num_graphs for g in graphs], dtype=torch.int64)
+    batch_offsets = torch.cumsum(graph_counts, 0) - graph_counts  # graphs before each input
     return AtomicGraph(
         numbers=torch.cat([g.numbers for g in graphs]),
         positions=torch.cat([g.positions for g in graphs]),

@@ -64,6 +64,7 @@ class EquiformerConfig:
     proj_drop: float = 0.0
     drop_path: float = 0.0
     avg_degree: float = 30.0
+    norm: str = "smooth"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -86,21 +87,21 @@ class EquiformerConfig:
 #: SE(3) irreps and parameter counts.
 PRESETS: dict[str, dict[str, Any]] = {
     "md17-l2": dict(
-        num_blocks=6, irreps_node="128x0e+64x1e+32x2e", lmax=2, num_heads=4, irreps_head="32x0e+16x1e+8x2e",
+        norm="block", num_blocks=6, irreps_node="128x0e+64x1e+32x2e", lmax=2, num_heads=4, irreps_head="32x0e+16x1e+8x2e",
         irreps_mlp="384x0e+192x1e+96x2e", irreps_feature="512x0e", radial_basis="exp", num_basis=32,
     ),
     "md17-l3": dict(
-        num_blocks=6, irreps_node="128x0e+64x1e+64x2e+32x3e", lmax=3, num_heads=4,
+        norm="block", num_blocks=6, irreps_node="128x0e+64x1e+64x2e+32x3e", lmax=3, num_heads=4,
         irreps_head="32x0e+16x1e+16x2e+8x3e", irreps_mlp="384x0e+192x1e+192x2e+96x3e", irreps_feature="512x0e",
         radial_basis="exp", num_basis=32,
     ),
     "qm9": dict(
-        num_blocks=6, irreps_node="128x0e+64x1e+32x2e", lmax=2, num_heads=4, irreps_head="32x0e+16x1e+8x2e",
+        norm="block", num_blocks=6, irreps_node="128x0e+64x1e+32x2e", lmax=2, num_heads=4, irreps_head="32x0e+16x1e+8x2e",
         irreps_mlp="384x0e+192x1e+96x2e", irreps_feature="512x0e", radial_basis="gaussian", num_basis=128,
         alpha_drop=0.2, drop_path=0.0,
     ),
     "oc20-is2re": dict(
-        num_blocks=6, irreps_node="256x0e+128x1e", lmax=1, num_heads=8, irreps_head="32x0e+16x1e",
+        norm="block", num_blocks=6, irreps_node="256x0e+128x1e", lmax=1, num_heads=8, irreps_head="32x0e+16x1e",
         irreps_mlp="768x0e+384x1e", irreps_feature="512x0e", radial_basis="gaussian", num_basis=128,
         alpha_drop=0.2, drop_path=0.05,
     ),
@@ -169,11 +170,11 @@ class Equiformer(nn.Module):
                 irreps_node, irreps_sh, irreps_feature if k == config.num_blocks - 1 else irreps_node,
                 irreps_head, config.num_heads, irreps_mlp, config.num_basis, fc,
                 attention=config.attention, nonlinear_message=config.nonlinear_message,
-                alpha_drop=config.alpha_drop, proj_drop=config.proj_drop, drop_path=drop[k],
+                alpha_drop=config.alpha_drop, proj_drop=config.proj_drop, drop_path=drop[k], norm=config.norm,
             )
             for k in range(config.num_blocks)
         )
-        self.norm = EquivariantLayerNorm(irreps_feature)
+        self.norm = EquivariantLayerNorm(irreps_feature, mode=config.norm)
         n_feat = irreps_feature.dim
         self.head = nn.Sequential(
             IrrepsLinear(irreps_feature, irreps_feature), nn.SiLU(), IrrepsLinear(irreps_feature, "1x0e")

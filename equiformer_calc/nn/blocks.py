@@ -94,14 +94,15 @@ class TransformerBlock(nn.Module):
         alpha_drop: float = 0.0,
         proj_drop: float = 0.0,
         drop_path: float = 0.0,
+        norm: str = "smooth",
     ) -> None:
         super().__init__()
-        self.norm1 = EquivariantLayerNorm(irreps_node)
+        self.norm1 = EquivariantLayerNorm(irreps_node, mode=norm)
         self.attn = GraphAttention(
             irreps_node, irreps_sh, irreps_node, irreps_head, num_heads, num_basis, fc_neurons,
             attention=attention, nonlinear_message=nonlinear_message, alpha_drop=alpha_drop, proj_drop=proj_drop,
         )
-        self.norm2 = EquivariantLayerNorm(irreps_node)
+        self.norm2 = EquivariantLayerNorm(irreps_node, mode=norm)
         self.ffn = FeedForward(irreps_node, irreps_mlp, irreps_out)
         self.shortcut = None if o3.Irreps(irreps_out) == o3.Irreps(irreps_node) else IrrepsLinear(irreps_node, irreps_out)
         self.drop_path = GraphDropPath(drop_path)

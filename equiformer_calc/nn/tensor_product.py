@@ -130,7 +130,7 @@ class DepthwiseTensorProduct(nn.Module):
             mul, d1 = block["mul"], block["dim_in"]
             xb = x[:, block["in_slice"]].reshape(n, mul, d1)
             # outer product with all spherical harmonics at once, then one matmul for every path
-            outer = (xb.unsqueeze(-1) * sh.unsqueeze(1).unsqueeze(1)).reshape(n, mul, -1)
+            outer = (xb.unsqueeze(-1) * sh.unsqueeze(1).unsqueeze(1)).reshape(n, mul, d1 * sh.shape[1])
             y = outer @ getattr(self, block["coeff"])  # (n, mul, dim_out)
             start = block["w_index"][0]
             w = weight[:, start : start + block["n_paths"] * mul].reshape(weight.shape[0], block["n_paths"], mul)
@@ -139,7 +139,7 @@ class DepthwiseTensorProduct(nn.Module):
         outs = []
         for b, col, dim in self._out_sources:
             y = results[b]
-            outs.append(y[:, :, col : col + dim].reshape(n, -1))
+            outs.append(y[:, :, col : col + dim].reshape(n, y.shape[1] * dim))
         return torch.cat(outs, dim=-1)
 
 

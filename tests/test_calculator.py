@@ -1,0 +1,183 @@
+"""The ASE calculator: finite differences, ASE workflows, state handling, errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from ase import Atoms, units
+from ase.build import bulk, molecule
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+from ase.constraints import FixAtoms
+from ase.filters import FrechetCellFilter
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.verlet import VelocityVerlet
+from ase.optimize import BFGS, FIRE, LBFGS
+
+from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.graph import StructureError
+from equiformer_calc.model import UnknownElementError
+
+from .helpers import SYSTEMS, bulk_cell, make_model, slab_with_adsorbate
+
+
+@pytest.fixture(scope="module")
+def calc64():
+    return EquiformerCalculator(model=make_model(0), dtype="float64")
+
+
+def test_forces_match_finite_differences(calc64, system):
+    atoms = system
+    atoms.calc = calc64
+    f = atoms.get_forces()
+    fd = calculate_numerical_forces(atoms, eps=1e-4)
+    assert np.abs(f).max() > 1e-2
+    np.testing.assert_allclose(f, fd, atol=1e-6 * max(1.0, np.abs(f).max()))
+
+
+def test_stress_matches_finite_differences(calc64):
+    atoms = bulk_cell()
+    atoms.calc = calc64
+    s = atoms.get_stress()
+    fd = calculate_numerical_stress(atoms, eps=1e-5)
+    assert np.abs(s).max() > 1e-3
+    np.testing.assert_allclose(s, fd, atol=1e-7)
+
+
+def test_per_atom_energies_sum_to_total(calc64, system):
+    system.calc = calc64
+    assert np.isclose(system.get_potential_energies().sum(), system.get_potential_energy(), atol=1e-9)
+    assert system.get_potential_energy(force_consistent=True) == system.get_potential_energy()
+
+
+def test_stress_of_non_periodic_system_is_a_clear_error(calc64):
+    atoms = slab_with_adsorbate()  # pbc = [T, T, F]
+    atoms.calc = calc64
+    with pytest.raises(PropertyNotImplementedError, match="periodic in all three"):
+        atoms.get_stress()
+
+
+def test_check_state_recomputes_only_on_change(calc64):
+    atoms = molecule("H2O")
+    atoms.calc = calc64
+    calls = []
+    original = calc64.predictor.predict
+    calc64.predictor.predict = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        atoms.get_potential_energy()
+        atoms.get_forces()
+        atoms.get_potential_energy()
+        assert len(calls) == 1
+        atoms.positions[0, 0] += 0.01
+        atoms.get_forces()
+        assert len(calls) == 2
+        atoms.set_atomic_numbers([8, 1, 8])
+        atoms.get_potential_energy()
+        assert len(calls) == 3
+    finally:
+        calc64.predictor.predict = original
+
+
+def test_predict_batch_equals_one_by_one(calc64):
+    structures = [f() for f in SYSTEMS.values()] + [bulk("Pt", "fcc", a=3.92) * (2, 1, 1)]
+    batched = calc64.predict(structures, properties=["energy", "forces"])
+    for atoms, res in zip(structures, batched):
+        atoms.calc = calc64
+        assert abs(atoms.get_potential_energy() - res["energy"]) < 1e-10
+        np.testing.assert_allclose(atoms.get_forces(), res["forces"], atol=1e-10)
+
+
+def test_optimizers_and_constraints():
+    calc = EquiformerCalculator(model=make_model(0), dtype="float64")
+    for opt_cls in (BFGS, LBFGS, FIRE):
+        atoms = slab_with_adsorbate()
+        fixed = [a.index for a in atoms if a.tag >= 2]  # bottom layers
+        atoms.set_constraint(FixAtoms(indices=fixed))
+        start = atoms.positions.copy()
+        atoms.calc = calc
+        e0 = atoms.get_potential_energy()
+        opt = opt_cls(atoms, logfile=None)
+        opt.run(fmax=0.05, steps=30)
+        assert atoms.get_potential_energy() < e0
+        np.testing.assert_array_equal(atoms.positions[fixed], start[fixed])
+        assert np.abs(atoms.get_forces()[fixed]).max() == 0.0  # ASE applies FixAtoms to forces
+
+
+def test_cell_filter_relaxation():
+    atoms = bulk("Cu", "fcc", a=3.7) * (2, 1, 1)
+    atoms.rattle(0.02, seed=0)
+    atoms.calc = EquiformerCalculator(model=make_model(0), dtype="float64")
+    filt = FrechetCellFilter(atoms)
+    e0 = atoms.get_potential_energy()
+    BFGS(filt, logfile=None).run(fmax=0.05, steps=20)
+    assert atoms.get_potential_energy() < e0
+
+
+def test_nve_md_conserves_energy():
+    """100 steps of velocity Verlet: total energy fluctuates but does not drift."""
+    atoms = slab_with_adsorbate()
+    atoms.calc = EquiformerCalculator(model=make_model(0), dtype="float64")
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dyn = VelocityVerlet(atoms, timestep=0.5 * units.fs)
+    energies = []
+    dyn.attach(lambda: energies.append(atoms.get_total_energy()), interval=1)
+    dyn.run(100)
+    energies = np.array(energies)
+    kinetic = atoms.get_kinetic_energy()
+    assert kinetic > 0.01
+    assert np.ptp(energies) < 2e-3 * len(atoms), np.ptp(energies)
+    assert abs(energies[-10:].mean() - energies[:10].mean()) < 1e-3 * len(atoms)
+
+
+def test_langevin_runs():
+    atoms = slab_with_adsorbate()
+    atoms.calc = EquiformerCalculator(model=make_model(0))
+    dyn = Langevin(atoms, timestep=1.0 * units.fs, temperature_K=500, friction=0.02, rng=np.random.default_rng(0))
+    dyn.run(10)
+    assert np.isfinite(atoms.get_potential_energy())
+
+
+def test_copy_and_pickle(calc64):
+    atoms = slab_with_adsorbate()
+    atoms.calc = calc64
+    e = atoms.get_potential_energy()
+    clone = pickle.loads(pickle.dumps(calc64))
+    copy = atoms.copy()
+    assert copy.calc is None  # ASE convention: copies do not share the calculator
+    copy.calc = clone
+    assert abs(copy.get_potential_energy() - e) < 1e-10
+    assert clone.dtype == "float64" and clone.model.elements == calc64.model.elements
+
+
+@pytest.mark.parametrize(
+    "atoms, match",
+    [
+        (Atoms(), "no atoms"),
+        (Atoms("H2", positions=[[0, 0, 0], [np.nan, 0, 0]]), "NaN or inf"),
+        (Atoms("H2", positions=[[0, 0, 0], [np.inf, 0, 0]]), "NaN or inf"),
+        (Atoms("H2", positions=[[0, 0, 0], [0.7, 0, 0]], pbc=True), "cell vector 0 is zero"),
+        (Atoms("H2", positions=[[0, 0, 0], [0.7, 0, 0]], cell=[[1, 0, 0], [2, 0, 0], [0, 0, 3]], pbc=True), "degenerate"),
+        (Atoms("H2", positions=[[0, 0, 0], [0.0, 0, 0.01]]), "overlap"),
+    ],
+)
+def test_bad_structures_give_named_errors(calc64, atoms, match):
+    atoms.calc = calc64
+    with pytest.raises(StructureError, match=match):
+        atoms.get_potential_energy()
+
+
+def test_unknown_element_error_lists_supported(calc64):
+    atoms = molecule("SiH4")
+    atoms.calc = calc64
+    with pytest.raises(UnknownElementError, match=r"element\(s\) Si not supported.*supports H, C, N, O, Al"):
+        atoms.get_potential_energy()
+
+
+def test_dtype_and_model_arguments():
+    with pytest.raises(ValueError, match="dtype"):
+        EquiformerCalculator(model=make_model(0), dtype="float16")
+    with pytest.raises(ValueError, match="either"):
+        EquiformerCalculator(model=make_model(0), checkpoint="x")
