@@ -83,9 +83,10 @@ class GraphAttention(nn.Module):
         self.merge_dst = IrrepsLinear(irreps_node, irreps_node, bias=False)
         self.dtp = DepthwiseTensorProduct(irreps_node, irreps_sh, irreps_node)
         self.radial = RadialMLP(num_basis, fc_neurons, self.dtp.weight_numel)
+        # the sorted DTP output has the memory layout of its simplified irreps: linear layers read it
+        # as such (same function, fewer and larger blocks)
         dtp_out = self.dtp.irreps_out.simplify()
-        self.dtp_out_simplified = dtp_out
-        self.alpha_linear = IrrepsLinear(self.dtp.irreps_out, irreps_alpha, bias=True)
+        self.alpha_linear = IrrepsLinear(dtp_out, irreps_alpha, bias=True)
         if attention == "mlp":
             self.alpha_act = SmoothLeakyReLU(0.2)
             self.alpha_dot = nn.Parameter(torch.empty(num_heads, self.alpha_hidden))
@@ -95,11 +96,11 @@ class GraphAttention(nn.Module):
             self.query = IrrepsLinear(irreps_node, irreps_alpha, bias=False)
         if nonlinear_message:
             self.gate = make_gate(irreps_node)
-            self.value_linear = IrrepsLinear(self.dtp.irreps_out, self.gate.irreps_in, bias=True)
+            self.value_linear = IrrepsLinear(dtp_out, self.gate.irreps_in, bias=True)
             self.value_dtp = DepthwiseTensorProduct(self.gate.irreps_out, irreps_sh, irreps_heads, internal_weights=True)
-            self.value_out = IrrepsLinear(self.value_dtp.irreps_out, irreps_heads, bias=True)
+            self.value_out = IrrepsLinear(self.value_dtp.irreps_out.simplify(), irreps_heads, bias=True)
         else:
-            self.value_out = IrrepsLinear(self.dtp.irreps_out, irreps_heads, bias=True)
+            self.value_out = IrrepsLinear(dtp_out, irreps_heads, bias=True)
         self.alpha_dropout = nn.Dropout(alpha_drop) if alpha_drop > 0 else None
         self.proj = IrrepsLinear(irreps_heads, irreps_out, bias=True)
         self.proj_dropout = nn.Dropout(proj_drop) if proj_drop > 0 else None

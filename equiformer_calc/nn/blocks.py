@@ -46,7 +46,7 @@ class EdgeDegreeEmbedding(nn.Module):
         self.expand = IrrepsLinear("1x0e", irreps_node, bias=False)
         self.dtp = DepthwiseTensorProduct(irreps_node, irreps_sh, irreps_node)
         self.radial = RadialMLP(num_basis, fc_neurons, self.dtp.weight_numel)
-        self.proj = IrrepsLinear(self.dtp.irreps_out, irreps_node, bias=False)
+        self.proj = IrrepsLinear(self.dtp.irreps_out.simplify(), irreps_node, bias=False)
         self.inv_sqrt_degree = 1.0 / math.sqrt(avg_degree)
 
     def forward(

@@ -768,10 +768,9 @@ def _system_frames(task: _Task, seed: int, spec: DatasetSize, stats: _Stats) -> 
     """All labelled frames of one bulk / slab / adsorbate system (already split-annotated)."""
     rng = np.random.default_rng(_system_seed(seed, task.system_id))
     split_rng = np.random.default_rng(_system_seed(seed, "split:" + task.system_id))
-    is_bulk = task.kind == "bulk"
-    raw: list[tuple[str, int, Atoms]] = []
+    raw: list[tuple[str, int, Atoms]] = []  # (frame kind, trajectory step, labelled frame)
 
-    if is_bulk:
+    if task.kind == "bulk":
         recipe = spec.bulk_frames
         base = build_bulk_cell(task.metal, task.cell)
 
@@ -793,8 +792,8 @@ def _system_frames(task: _Task, seed: int, spec: DatasetSize, stats: _Stats) -> 
     else:
         if task.kind == "slab":
             recipe = spec.slab_frames
-            cell_tuple = tuple(int(x) for x in task.cell.split("x"))
-            initial = _rattle(build_slab(task.metal, task.facet, cell_tuple), rng, free_only=True)  # type: ignore[arg-type]
+            nx, ny, layers = (int(x) for x in task.cell.split("x"))
+            initial = _rattle(build_slab(task.metal, task.facet, (nx, ny, layers)), rng, free_only=True)
             cell = task.cell
             config_type = "slab"
         else:
