@@ -16,10 +16,12 @@ from typing import Sequence
 #: subcommand name -> module implementing it
 COMMANDS: dict[str, str] = {
     "datagen": "equiformer_calc.train.datagen",
+    "train": "equiformer_calc.train.trainer",
 }
 
 _HELP: dict[str, str] = {
     "datagen": "generate an EMT-labelled dataset of adsorbates on metal surfaces (extxyz)",
+    "train": "train an Equiformer on labelled structures (YAML config); resumable, DDP-capable",
 }
 
 

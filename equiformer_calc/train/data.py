@@ -1,0 +1,136 @@
+"""Labelled structures for training and evaluation: readers (extxyz, ASE db) and graph batches."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from ..graph import AtomicGraph, Structure, batch_graphs, build_graph, structure_from_atoms
+
+__all__ = ["Sample", "read_samples", "samples_from_atoms", "collate", "Batch"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    """One labelled structure with its radius graph (float64, CPU).
+
+    ``free`` marks atoms not held by FixAtoms (force metrics are reported over free atoms, as OC20
+    does); forces are the raw labels of every atom. ``stress`` is Voigt (6,) or None.
+    """
+
+    graph: AtomicGraph
+    energy: float
+    forces: np.ndarray
+    free: np.ndarray
+    stress: np.ndarray | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_atoms(self) -> int:
+        return self.graph.num_atoms
+
+
+def _free_mask(atoms: Atoms) -> np.ndarray:
+    if "fixed" in atoms.arrays:
+        return ~atoms.arrays["fixed"].astype(bool)
+    free = np.ones(len(atoms), dtype=bool)
+    for c in atoms.constraints:
+        if type(c).__name__ == "FixAtoms":
+            free[c.get_indices()] = False
+    return free
+
+
+def samples_from_atoms(frames: Iterable[Atoms], cutoff: float, progress: bool = False) -> list[Sample]:
+    """Labelled ``Atoms`` (energy and forces from their calculator) -> samples with graphs."""
+    from tqdm.auto import tqdm
+
+    samples = []
+    frames = list(frames)
+    for atoms in tqdm(frames, desc="graphs", disable=not progress, leave=False):
+        calc = atoms.calc
+        if calc is None:
+            raise ValueError("a training frame has no energy/forces labels")
+        energy = float(calc.results.get("energy", calc.results.get("free_energy")))
+        forces = np.asarray(calc.results["forces"], dtype=np.float64)
+        stress = calc.results.get("stress")
+        if stress is not None:
+            stress = np.asarray(stress, dtype=np.float64).reshape(-1)
+            if stress.shape == (9,):
+                stress = stress.reshape(3, 3)[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        if not atoms.pbc.all():
+            stress = None
+        structure = structure_from_atoms(atoms)
+        samples.append(
+            Sample(
+                graph=build_graph(structure, cutoff, dtype=torch.float64),
+                energy=energy,
+                forces=forces,
+                free=_free_mask(atoms),
+                stress=stress,
+                info={k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float, bool))},
+            )
+        )
+    return samples
+
+
+def read_samples(path: str | Path, cutoff: float, index: str = ":", progress: bool = False) -> list[Sample]:
+    """Read an extxyz file (or an ASE database, ``.db``) of labelled frames into samples."""
+    from ase.io import read
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset {path} does not exist")
+    if path.suffix == ".db":
+        from ase.db import connect
+
+        frames = []
+        with connect(str(path)) as db:
+            for row in db.select():
+                atoms = row.toatoms(add_additional_information=True)
+                atoms.info.update(row.key_value_pairs)
+                frames.append(atoms)
+    else:
+        frames = read(str(path), index=index)
+    log.info("read %d frames from %s", len(frames), path)
+    return samples_from_atoms(frames, cutoff, progress=progress)
+
+
+@dataclass
+class Batch:
+    """Samples merged into one graph plus their label tensors."""
+
+    graph: AtomicGraph
+    energy: torch.Tensor  # (B,) float64
+    forces: torch.Tensor  # (N, 3)
+    free: torch.Tensor  # (N,) bool
+    stress: torch.Tensor  # (B, 6), zeros where absent
+    has_stress: torch.Tensor  # (B,) bool
+    num_atoms: torch.Tensor  # (B,) float64
+
+
+def collate(samples: Sequence[Sample], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Batch:
+    """Batch samples for the model (on ``device`` / ``dtype``)."""
+    graph = batch_graphs([s.graph for s in samples]).to(device, dtype)
+    stress = np.zeros((len(samples), 6))
+    has_stress = np.zeros(len(samples), dtype=bool)
+    for k, s in enumerate(samples):
+        if s.stress is not None:
+            stress[k] = s.stress
+            has_stress[k] = True
+    return Batch(
+        graph=graph,
+        energy=torch.tensor([s.energy for s in samples], dtype=torch.float64, device=device),
+        forces=torch.from_numpy(np.concatenate([s.forces for s in samples])).to(device, dtype),
+        free=torch.from_numpy(np.concatenate([s.free for s in samples])).to(device),
+        stress=torch.from_numpy(stress).to(device, dtype),
+        has_stress=torch.from_numpy(has_stress).to(device),
+        num_atoms=torch.tensor([s.num_atoms for s in samples], dtype=torch.float64, device=device),
+    )

@@ -1,0 +1,404 @@
+"""Training: energy + force (+ stress) loss, AdamW with warm-up + cosine, EMA, clipping,
+periodic validation keeping the best checkpoint, resumable state, optional data parallelism.
+
+``equiformer-calc train CONFIG.yaml`` runs :func:`train`. Resume: rerun the same command; the
+run continues from ``OUT/state.pt`` (same step, optimiser, EMA, data order and RNG). Every file is
+written atomically. Data-parallel: ``torchrun --nproc_per_node=2 -m equiformer_calc.cli train
+CONFIG.yaml`` (PyTorch DDP; gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..checkpoint import save_checkpoint
+from ..model import Equiformer
+from ..predictor import compute, voigt
+from ..runtime import configure_runtime
+from .data import Sample, collate, read_samples
+
+__all__ = ["TrainConfig", "train", "fit_energy_references", "HELP", "add_arguments", "run"]
+
+HELP = "train an Equiformer on labelled structures (YAML config); resumable, DDP-capable"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; read from YAML (unknown keys are an error)."""
+
+    train: str
+    val: str
+    out: str = "runs/equiformer"
+    elements: list[str] = field(default_factory=lambda: ["H", "C", "N", "O", "Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au"])
+    preset: str = "small"
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
+    cutoff: float = 5.0
+    seed: int = 0
+    batch_size: int = 8
+    max_steps: int = 10000
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.02
+    warmup_steps: int = 200
+    weight_decay: float = 1e-3
+    energy_weight: float = 2.0  # on per-atom energy error (eV/atom)^2
+    force_weight: float = 1.0  # on force component error (eV/A)^2
+    stress_weight: float = 1.0  # on stress component error (100 * eV/A^3)^2
+    ema_decay: float = 0.995
+    grad_clip: float = 10.0
+    val_every: int = 250
+    max_val: int = 1000
+    threads: int = 0  # 0: torch default
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_train: int = 0  # 0: all frames
+    time_limit_s: float = 0.0  # stop (resumably) after this wall time; 0: none
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        import yaml
+
+        with open(path) as fh:
+            raw = yaml.safe_load(fh) or {}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - names
+        if unknown:
+            raise ValueError(f"{path}: unknown training config keys {sorted(unknown)}")
+        base = Path(path).resolve().parent
+        for key in ("train", "val"):
+            if key in raw and not Path(raw[key]).is_absolute() and not Path(raw[key]).exists():
+                candidate = base / raw[key]
+                if candidate.exists():
+                    raw[key] = str(candidate)
+        return cls(**raw)
+
+
+# ----------------------------------------------------------------------------- helpers
+def fit_energy_references(samples: list[Sample], elements: list[str]) -> tuple[np.ndarray, float, float]:
+    """Per-element reference energies by least squares (E ~ sum_Z n_Z e_Z), the force RMS as the
+    energy scale, and the mean per-atom residual as the shift."""
+    from ase.data import atomic_numbers
+
+    index = {atomic_numbers[s]: k for k, s in enumerate(elements)}
+    counts = np.zeros((len(samples), len(elements)))
+    for r, s in enumerate(samples):
+        for z, c in zip(*np.unique(s.graph.numbers.numpy(), return_counts=True)):
+            counts[r, index[int(z)]] = c
+    energies = np.array([s.energy for s in samples])
+    present = counts.sum(0) > 0
+    refs = np.zeros(len(elements))
+    sol, *_ = np.linalg.lstsq(counts[:, present], energies, rcond=None)
+    refs[present] = sol
+    residual = (energies - counts @ refs) / counts.sum(1)
+    forces = np.concatenate([s.forces for s in samples])
+    scale = float(np.sqrt(np.mean(forces**2))) or 1.0
+    return refs, scale, float(residual.mean())
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class _EMA:
+    """Exponential moving average of the parameters (evaluated and saved as the model)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def swap_into(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        return backup
+
+
+def _losses(model, batch, cfg: TrainConfig, create_graph: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    want_stress = cfg.stress_weight > 0 and bool(batch.has_stress.any()) and bool(batch.graph.pbc.all())
+    out = compute(model, batch.graph, forces=True, stress=want_stress, create_graph=create_graph)
+    e_err = (out["energy"] - batch.energy) / batch.num_atoms
+    f_err = out["forces"] - batch.forces
+    loss = cfg.energy_weight * e_err.pow(2).mean().to(f_err.dtype) + cfg.force_weight * f_err.pow(2).mean()
+    metrics = {
+        "e_mae_atom": float(e_err.abs().mean()),
+        "f_mae": float(f_err[batch.free].abs().mean()) if bool(batch.free.any()) else float("nan"),
+    }
+    if want_stress:
+        s_err = (voigt(out["stress"]) - batch.stress)[batch.has_stress]
+        loss = loss + cfg.stress_weight * (100 * s_err).pow(2).mean()
+        metrics["s_mae"] = float(s_err.abs().mean())
+    metrics["loss"] = float(loss)
+    return loss, metrics
+
+
+def evaluate_samples(model: Equiformer, samples: list[Sample], batch_size: int, device, dtype) -> dict[str, float]:
+    """Energy MAE per atom, force MAE over free atoms, stress MAE over periodic frames."""
+    e_abs, f_abs, s_abs, n_free = [], 0.0, [], 0
+    for k in range(0, len(samples), batch_size):
+        chunk = samples[k : k + batch_size]
+        batch = collate(chunk, device, dtype)
+        stress = bool(batch.graph.pbc.all())
+        out = compute(model, batch.graph, forces=True, stress=stress)
+        e_abs.append(((out["energy"].detach() - batch.energy) / batch.num_atoms).abs().cpu())
+        diff = (out["forces"].detach() - batch.forces)[batch.free]
+        f_abs += float(diff.abs().sum())
+        n_free += int(diff.numel())
+        if stress:
+            s_abs.append((voigt(out["stress"].detach()) - batch.stress).abs().cpu())
+    res = {"e_mae_atom": float(torch.cat(e_abs).mean()), "f_mae": f_abs / max(n_free, 1)}
+    if s_abs:
+        res["s_mae"] = float(torch.cat(s_abs).mean())
+    return res
+
+
+def _sort_for_val(samples: list[Sample]) -> list[Sample]:
+    # periodic-in-3D frames batched together so stress is evaluated for them
+    return sorted(samples, key=lambda s: bool(s.graph.pbc.all()))
+
+
+# ----------------------------------------------------------------------------- the run
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) training; returns the summary written to ``OUT/summary.json``."""
+    configure_runtime()
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank, world = 0, 1
+    if distributed:
+        backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device if not cfg.device.startswith("cuda") or not distributed else f"cuda:{rank}")
+    dtype = getattr(torch, cfg.dtype)
+    out = Path(cfg.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+
+    train_samples = read_samples(cfg.train, cfg.cutoff, progress=rank == 0)
+    if cfg.max_train:
+        train_samples = train_samples[: cfg.max_train]
+    val_samples = _sort_for_val(read_samples(cfg.val, cfg.cutoff, progress=rank == 0)[: cfg.max_val])
+
+    model = Equiformer.from_preset(cfg.preset, elements=cfg.elements, cutoff=cfg.cutoff, **cfg.model)
+    refs, scale, shift = fit_energy_references(train_samples, cfg.elements)
+    degrees = [s.graph.num_edges / s.num_atoms for s in train_samples[:2000]]
+    with torch.no_grad():
+        model.atomic_energies.copy_(torch.from_numpy(refs))
+        model.scale.fill_(scale)
+        model.shift.fill_(shift)
+    model = model.to(device=device, dtype=dtype)
+    log.info("model: %s; %d train / %d val frames; mean degree %.1f", model.extra_repr(), len(train_samples),
+             len(val_samples), float(np.mean(degrees)))
+    net: torch.nn.Module = model
+    if distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if device.type == "cpu" else [device])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = _EMA(model, cfg.ema_decay)
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    step, epoch, best, history = 0, 0, float("inf"), []
+    order = torch.randperm(len(train_samples), generator=order_gen)
+    cursor = 0
+
+    state_path = out / "state.pt"
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=True, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.shadow = state["ema"]
+        step, epoch, best, cursor = int(state["step"]), int(state["epoch"]), float(state["best"]), int(state["cursor"])
+        order = state["order"]
+        order_gen.set_state(state["order_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
+        log.info("resumed from step %d (best validation loss %.4g)", step, best)
+
+    def save_state() -> None:
+        if rank != 0:
+            return
+        _atomic_torch_save(
+            {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.shadow,
+                "step": step, "epoch": epoch, "best": best, "cursor": cursor, "order": order,
+                "order_gen": order_gen.get_state(), "torch_rng": torch.get_rng_state(),
+            },
+            state_path,
+        )
+        _write_text(out / "history.json", json.dumps(history))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=rank != 0, dynamic_ncols=True)
+    start = time.perf_counter()
+    running: dict[str, list[float]] = {}
+    stop_reason = "max_steps"
+    while step < cfg.max_steps:
+        # next global batch; each rank takes its share
+        if cursor + cfg.batch_size * world > len(order):
+            order = torch.randperm(len(train_samples), generator=order_gen)
+            cursor, epoch = 0, epoch + 1
+        idx = order[cursor + rank * cfg.batch_size : cursor + (rank + 1) * cfg.batch_size].tolist()
+        cursor += cfg.batch_size * world
+        batch = collate([train_samples[i] for i in idx], device, dtype)
+        for g in optimizer.param_groups:
+            g["lr"] = cfg.lr * _lr_factor(step, cfg)
+        model.train()
+        loss, metrics = _losses(net, batch, cfg, create_graph=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+        optimizer.step()
+        ema.update(model, step)
+        step += 1
+        for k, v in metrics.items():
+            running.setdefault(k, []).append(v)
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.3g}", f_mae=f"{metrics['f_mae']:.3f}")
+
+        if step % cfg.val_every == 0 or step == cfg.max_steps:
+            model.eval()
+            backup = ema.swap_into(model)
+            val = evaluate_samples(model, val_samples, 16, device, dtype)
+            # model selection: errors in units of the targets (3 meV/atom, 0.03 eV/A)
+            val_loss = val["e_mae_atom"] / 0.003 + val["f_mae"] / 0.03
+            row = {
+                "step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+                "wall_s": time.perf_counter() - start + (history[-1]["wall_s"] if history else 0.0),
+                **{f"train_{k}": float(np.mean(v)) for k, v in running.items()},
+                **{f"val_{k}": v for k, v in val.items()},
+            }
+            running = {}
+            history.append(row)
+            if rank == 0:
+                log.info("step %d: val E MAE %.2f meV/atom, F MAE %.4f eV/A%s", step, 1000 * val["e_mae_atom"],
+                         val["f_mae"], f", S MAE {val['s_mae']:.2e} eV/A^3" if "s_mae" in val else "")
+                if val_loss < best:
+                    best = val_loss
+                    save_checkpoint(model, out / "best.safetensors", _provenance(cfg, row, len(train_samples)))
+                save_checkpoint(model, out / "last.safetensors", _provenance(cfg, row, len(train_samples)))
+                _write_history(out, history)
+            model.load_state_dict(backup)
+            save_state()
+            if cfg.time_limit_s and time.perf_counter() - start > cfg.time_limit_s:
+                stop_reason = "time_limit"
+                break
+    bar.close()
+    summary = {"steps": step, "epochs": epoch, "best_val_loss": best, "stop_reason": stop_reason,
+               "last": history[-1] if history else None}
+    if rank == 0:
+        _write_text(out / "summary.json", json.dumps(summary, indent=2))
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def _provenance(cfg: TrainConfig, row: dict[str, Any], n_train: int) -> dict[str, Any]:
+    return {
+        "training": {"config": dataclasses.asdict(cfg), "step": row["step"], "train_frames": n_train,
+                     "wall_s": row["wall_s"], "torch": torch.__version__},
+        "metrics": {k: v for k, v in row.items() if k.startswith("val_")},
+    }
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "step", k))
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".metrics.csv.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, out / "metrics.csv")
+    plot_learning_curve(history, out / "learning_curve.png")
+
+
+def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
+    """Train/validation energy and force MAE against step (log scale) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, unit, factor in ((axes[0], "e_mae_atom", "meV/atom", 1000), (axes[1], "f_mae", "eV/A", 1)):
+        for split, style in (("train", "--"), ("val", "-")):
+            ys = [r.get(f"{split}_{key}", float("nan")) * factor for r in history]
+            ax.plot(steps, ys, style, label=split)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"{key.replace('_', ' ')} ({unit})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle("Equiformer training (EMA weights on validation)")
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML file with TrainConfig fields (train, val, out, preset, ...)")
+    parser.add_argument("--max-steps", type=int, help="override max_steps")
+    parser.add_argument("--out", help="override the output folder")
+    parser.add_argument("--time-limit", type=float, help="stop resumably after this many seconds")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = TrainConfig.from_yaml(args.config)
+    if args.max_steps is not None:
+        cfg.max_steps = args.max_steps
+    if args.out:
+        cfg.out = args.out
+    if args.time_limit is not None:
+        cfg.time_limit_s = args.time_limit
+    summary = train(cfg)
+    log.info("done: %s", json.dumps(summary))
+    return 0
