@@ -17,11 +17,21 @@ from typing import Sequence
 COMMANDS: dict[str, str] = {
     "datagen": "equiformer_calc.train.datagen",
     "train": "equiformer_calc.train.trainer",
+    "evaluate": "equiformer_calc.train.evaluate",
+    "relax": "equiformer_calc.workflows.relax",
+    "md": "equiformer_calc.workflows.md",
+    "screen": "equiformer_calc.workflows.screening",
+    "serve": "equiformer_calc.service.server",
 }
 
 _HELP: dict[str, str] = {
     "datagen": "generate an EMT-labelled dataset of adsorbates on metal surfaces (extxyz)",
     "train": "train an Equiformer on labelled structures (YAML config); resumable, DDP-capable",
+    "evaluate": "error metrics and parity plots of a checkpoint on a labelled dataset",
+    "relax": "relax a structure (positions, optionally the cell) with a checkpoint",
+    "md": "molecular dynamics (NVE or Langevin NVT) with a checkpoint",
+    "screen": "adsorbate screening over metals, facets and adsorbates into an ASE database",
+    "serve": "serve a checkpoint over HTTP with dynamic batching",
 }
 
 
