@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from ..model import Equiformer
 from ..predictor import compute, voigt
 from ..runtime import configure_runtime
 from .data import Sample, collate, read_samples
+from .evaluate import evaluate_samples
 
 __all__ = ["TrainConfig", "train", "fit_energy_references", "HELP", "add_arguments", "run"]
 
@@ -157,35 +159,15 @@ def _losses(model, batch, cfg: TrainConfig, create_graph: bool) -> tuple[torch.T
     f_err = out["forces"] - batch.forces
     loss = cfg.energy_weight * e_err.pow(2).mean().to(f_err.dtype) + cfg.force_weight * f_err.pow(2).mean()
     metrics = {
-        "e_mae_atom": float(e_err.abs().mean()),
-        "f_mae": float(f_err[batch.free].abs().mean()) if bool(batch.free.any()) else float("nan"),
+        "e_mae_atom": float(e_err.detach().abs().mean()),
+        "f_mae": float(f_err.detach()[batch.free].abs().mean()) if bool(batch.free.any()) else float("nan"),
     }
     if want_stress:
         s_err = (voigt(out["stress"]) - batch.stress)[batch.has_stress]
         loss = loss + cfg.stress_weight * (100 * s_err).pow(2).mean()
-        metrics["s_mae"] = float(s_err.abs().mean())
-    metrics["loss"] = float(loss)
+        metrics["s_mae"] = float(s_err.detach().abs().mean())
+    metrics["loss"] = float(loss.detach())
     return loss, metrics
-
-
-def evaluate_samples(model: Equiformer, samples: list[Sample], batch_size: int, device, dtype) -> dict[str, float]:
-    """Energy MAE per atom, force MAE over free atoms, stress MAE over periodic frames."""
-    e_abs, f_abs, s_abs, n_free = [], 0.0, [], 0
-    for k in range(0, len(samples), batch_size):
-        chunk = samples[k : k + batch_size]
-        batch = collate(chunk, device, dtype)
-        stress = bool(batch.graph.pbc.all())
-        out = compute(model, batch.graph, forces=True, stress=stress)
-        e_abs.append(((out["energy"].detach() - batch.energy) / batch.num_atoms).abs().cpu())
-        diff = (out["forces"].detach() - batch.forces)[batch.free]
-        f_abs += float(diff.abs().sum())
-        n_free += int(diff.numel())
-        if stress:
-            s_abs.append((voigt(out["stress"].detach()) - batch.stress).abs().cpu())
-    res = {"e_mae_atom": float(torch.cat(e_abs).mean()), "f_mae": f_abs / max(n_free, 1)}
-    if s_abs:
-        res["s_mae"] = float(torch.cat(s_abs).mean())
-    return res
 
 
 def _sort_for_val(samples: list[Sample]) -> list[Sample]:
@@ -244,10 +226,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         ema.shadow = state["ema"]
         step, epoch, best, cursor = int(state["step"]), int(state["epoch"]), float(state["best"]), int(state["cursor"])
-        order = state["order"]
-        order_gen.set_state(state["order_gen"])
-        torch.set_rng_state(state["torch_rng"])
-        history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
+        # RNG states must be CPU byte tensors whatever map_location did to them
+        order = state["order"].cpu()
+        order_gen.set_state(state["order_gen"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if "cuda_rng" in state and device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+        # the history saved with the state (one atomic file), not a possibly newer/older history.json
+        if "history" in state:
+            history = json.loads(state["history"])
+        elif (out / "history.json").exists():
+            history = json.loads((out / "history.json").read_text())
         log.info("resumed from step %d (best validation loss %.4g)", step, best)
 
     def save_state() -> None:
@@ -258,6 +247,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.shadow,
                 "step": step, "epoch": epoch, "best": best, "cursor": cursor, "order": order,
                 "order_gen": order_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": json.dumps(history),
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
             },
             state_path,
         )
@@ -265,7 +256,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=rank != 0, dynamic_ncols=True)
+    # in a log file (not a terminal) the bar is redrawn every 30 s instead of every step
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=rank != 0, dynamic_ncols=True,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0)
     start = time.perf_counter()
     running: dict[str, list[float]] = {}
     stop_reason = "max_steps"
@@ -316,9 +309,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 _write_history(out, history)
             model.load_state_dict(backup)
             save_state()
-            if cfg.time_limit_s and time.perf_counter() - start > cfg.time_limit_s:
-                stop_reason = "time_limit"
-                break
+            if cfg.time_limit_s:
+                stop = time.perf_counter() - start > cfg.time_limit_s
+                if distributed:  # every rank follows rank 0's clock, or the others would wait forever
+                    flag = torch.tensor([float(stop)], device=device)
+                    dist.broadcast(flag, src=0)
+                    stop = bool(flag.item())
+                if stop:
+                    stop_reason = "time_limit"
+                    break
     bar.close()
     summary = {"steps": step, "epochs": epoch, "best_val_loss": best, "stop_reason": stop_reason,
                "last": history[-1] if history else None}
@@ -340,19 +339,27 @@ def _provenance(cfg: TrainConfig, row: dict[str, Any], n_train: int) -> dict[str
 
 def _write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
     keys = sorted({k for row in history for k in row}, key=lambda k: (k != "step", k))
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".metrics.csv.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, out / "metrics.csv")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(history)
+        os.replace(tmp, out / "metrics.csv")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     plot_learning_curve(history, out / "learning_curve.png")
 
 
@@ -378,9 +385,13 @@ def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -1,0 +1,137 @@
+"""The shipped checkpoint ``checkpoints/emt-small.safetensors``.
+
+Once the file is committed these tests always run (they are skipped, with a message, only while
+it is absent): ``EquiformerCalculator()`` with no arguments loads it; the committed held-out test
+set ``checkpoints/emt-small.testset.extxyz`` (``benchmarks/make_testset.py``) is intact; and the
+checkpoint's errors on it stay within 5 % of the numbers stated in its model card
+``checkpoints/emt-small.card.json`` (``"testset": {"e_mae_atom": ..., "f_mae": ...}``), which
+``python benchmarks/card_metrics.py`` reproduces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+from ase.io import read
+
+from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.checkpoint import DEFAULT_CHECKPOINT, read_metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINT = ROOT / "checkpoints" / f"{DEFAULT_CHECKPOINT}.safetensors"
+CARD = ROOT / "checkpoints" / f"{DEFAULT_CHECKPOINT}.card.json"
+TESTSET = ROOT / "checkpoints" / f"{DEFAULT_CHECKPOINT}.testset.extxyz"
+#: measured metrics may exceed the card's by this factor (thread counts, BLAS, torch versions)
+TOLERANCE = 1.05
+#: card keys where lower is better; ``f_cos`` (higher is better) is checked as 1 - f_cos
+LOWER_IS_BETTER = ("e_mae_atom", "e_rmse_atom", "e_mae", "e_rmse", "f_mae", "f_rmse", "s_mae", "s_rmse")
+
+requires_checkpoint = pytest.mark.skipif(
+    not CHECKPOINT.is_file(),
+    reason=f"{CHECKPOINT.relative_to(ROOT)} is not committed yet "
+    "(train it: equiformer-calc train checkpoints/emt-small.yaml)",
+)
+
+
+def _card_metrics_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("card_metrics", ROOT / "benchmarks" / "card_metrics.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[str, Any]:
+    """The card numbers of the shipped checkpoint, computed as ``benchmarks/card_metrics.py`` does."""
+    return _card_metrics_module().card_metrics(CHECKPOINT, TESTSET)
+
+
+def test_testset_is_committed_and_intact() -> None:
+    assert TESTSET.is_file(), "run: python benchmarks/make_testset.py"
+    assert TESTSET.stat().st_size < 1_000_000
+    frames = read(str(TESTSET), ":")
+    assert len(frames) == 60
+    kinds = {a.info["config_type"] for a in frames}
+    assert kinds == {"adsorbate", "slab", "bulk"}
+    for atoms in frames:
+        assert np.isfinite(atoms.get_potential_energy())
+        assert atoms.get_forces(apply_constraint=False).shape == (len(atoms), 3)
+        assert "fixed" in atoms.arrays
+        if atoms.info["config_type"] == "bulk":
+            assert atoms.pbc.all() and atoms.get_stress().shape == (6,)
+        else:
+            assert atoms.arrays["fixed"].any()  # slabs keep their fixed bottom layers
+
+
+@requires_checkpoint
+def test_default_calculator_loads_the_shipped_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EQUIFORMER_CALC_CHECKPOINTS", raising=False)
+    calc = EquiformerCalculator()
+    assert Path(calc.model.checkpoint_path).resolve() == CHECKPOINT.resolve()
+    import yaml
+
+    recipe = yaml.safe_load((ROOT / "checkpoints" / f"{DEFAULT_CHECKPOINT}.yaml").read_text())
+    meta = read_metadata(CHECKPOINT)
+    assert meta["training"]["config"]["preset"] == recipe["preset"]  # trained with the committed recipe
+    assert meta["training"]["step"] > 0
+    atoms = read(str(TESTSET), index=0)
+    reference = atoms.get_potential_energy()
+    atoms.calc = calc
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    assert np.isfinite(energy) and abs(energy - reference) / len(atoms) < 0.1
+    assert forces.shape == (len(atoms), 3) and np.all(np.isfinite(forces))
+
+
+@requires_checkpoint
+def test_metrics_within_the_model_card(measured: dict[str, Any]) -> None:
+    assert CARD.is_file(), (
+        f"{CARD.relative_to(ROOT)} is missing: write the model card with the numbers printed by "
+        "`python benchmarks/card_metrics.py`"
+    )
+    card = json.loads(CARD.read_text())
+    stated = card.get("testset")
+    assert isinstance(stated, dict) and stated, "the card has no 'testset' metrics"
+    if "checkpoint_sha256" in card:
+        assert card["checkpoint_sha256"] == hashlib.sha256(CHECKPOINT.read_bytes()).hexdigest(), (
+            "the card describes another checkpoint file"
+        )
+    got = measured["testset"]
+    checked = []
+    for key, limit in stated.items():
+        if key in LOWER_IS_BETTER:
+            assert got[key] <= TOLERANCE * limit, f"{key}: {got[key]:.6g} > {TOLERANCE} x card {limit:.6g}"
+        elif key == "f_cos":
+            assert 1 - got[key] <= TOLERANCE * (1 - limit), f"f_cos: {got[key]:.6g} below card {limit:.6g}"
+        elif key == "n_frames":
+            assert got[key] == limit
+        else:
+            continue
+        checked.append(key)
+    assert {"e_mae_atom", "f_mae"} <= set(checked), f"the card must state e_mae_atom and f_mae (has {sorted(stated)})"
+
+
+@requires_checkpoint
+def test_calculator_agrees_with_the_evaluation(measured: dict[str, Any]) -> None:
+    """The metrics come from the same numbers the calculator gives, one structure at a time."""
+    from equiformer_calc.train.evaluate import evaluate
+
+    _, pred = evaluate(CHECKPOINT, TESTSET, by=(), return_predictions=True)
+    calc = EquiformerCalculator()
+    frames = read(str(TESTSET), ":")
+    offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])])
+    for k in range(0, len(frames), 12):
+        atoms = frames[k].copy()
+        atoms.calc = calc
+        assert atoms.get_potential_energy() == pytest.approx(pred.energy[k], abs=1e-3)
+        np.testing.assert_allclose(
+            atoms.get_forces(apply_constraint=False), pred.forces[offsets[k] : offsets[k + 1]], atol=1e-4
+        )
+    assert measured["testset"]["n_frames"] == len(frames)
