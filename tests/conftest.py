@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import pytest
 from ase import Atoms
+from hypothesis import settings
+
 
 from equiformer_calc.model import Equiformer
 
 from .helpers import SYSTEMS, make_model
+
+# property-based tests draw the same examples on every run: CI is deterministic, and a failure
+# found once is found again
+settings.register_profile("deterministic", derandomize=True, deadline=None)
+settings.load_profile("deterministic")
 
 
 @pytest.fixture(scope="session")
