@@ -10,6 +10,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from .graph import NeighborListCache
 from .model import Equiformer
 from .predictor import Predictor
 
@@ -25,6 +26,9 @@ class EquiformerCalculator(Calculator):
     shipped name; ``model`` an in-memory :class:`~equiformer_calc.model.Equiformer`.
     ``dtype="float64"`` gives finite-difference-grade results. Stress is available for systems
     periodic in 3D only. ``predict(list_of_atoms)`` evaluates many structures in one batched call.
+    ``skin > 0`` (Angstrom) reuses the neighbour list of the attached structure between calls
+    until an atom moved more than ``skin / 2`` (MD, relaxations; identical results, see
+    :class:`~equiformer_calc.graph.NeighborListCache`); ``neighbor_cache`` then counts the searches.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -36,9 +40,12 @@ class EquiformerCalculator(Calculator):
         device: str = "cpu",
         dtype: str = "float32",
         max_atoms_per_batch: int = 2048,
+        skin: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.skin = float(skin)
+        self.neighbor_cache: NeighborListCache | None = NeighborListCache(self.skin) if self.skin > 0 else None
         if model is not None and checkpoint is not None:
             raise ValueError("give either checkpoint or model, not both")
         if model is None:
@@ -67,7 +74,9 @@ class EquiformerCalculator(Calculator):
                 f"stress is only defined for systems periodic in all three directions (pbc={self.atoms.pbc.tolist()})"
             )
         props = ["energy", "forces", "energies"] + (["stress"] if periodic else [])
-        result = self.predictor.predict([self.atoms], properties=props)[0]
+        cache = getattr(self, "neighbor_cache", None)
+        caches = None if cache is None else [cache]
+        result = self.predictor.predict([self.atoms], properties=props, neighbor_caches=caches)[0]
         self.results = {k: (np.asarray(v) if k not in ("energy", "free_energy") else v) for k, v in result.items()}
 
     def predict(self, structures: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces")) -> list[dict]:

@@ -29,6 +29,7 @@ __all__ = [
     "structure_from_atoms",
     "build_graph",
     "batch_graphs",
+    "NeighborListCache",
     "MIN_DISTANCE",
 ]
 
@@ -141,7 +142,8 @@ def structure_from_atoms(atoms) -> Structure:
 def neighbor_list(structure: Structure, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs (i, j, S) with ``|pos[j] - pos[i] + S @ cell| < cutoff``, i != j or S != 0.
 
-    Returns int64 arrays ``i`` (N_e,), ``j`` (N_e,) and ``S`` (N_e, 3), sorted by ``i`` then ``j``.
+    Returns int64 arrays ``i`` (N_e,), ``j`` (N_e,) and ``S`` (N_e, 3), sorted by ``i`` then ``j``
+    (then ``S``, so the order is a function of the pair set only: see :class:`NeighborListCache`).
     Raises :class:`StructureError` for overlapping atoms (closer than ``MIN_DISTANCE``).
     """
     import vesin
@@ -171,7 +173,7 @@ def neighbor_list(structure: Structure, cutoff: float) -> tuple[np.ndarray, np.n
         raise StructureError(
             f"atoms {int(i[k])} and {int(j[k])} overlap (distance {d[k]:.3g} A < {MIN_DISTANCE} A)"
         )
-    order = np.lexsort((j, i))
+    order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], j, i))
     return i[order], j[order], shifts[order]
 
 
@@ -243,9 +245,18 @@ class AtomicGraph:
         return AtomicGraph(*(f(getattr(self, name)) for name in self.__dataclass_fields__))
 
 
-def build_graph(structure: Structure, cutoff: float, dtype: torch.dtype = torch.float64) -> AtomicGraph:
-    """The radius graph of one structure (a batch of one)."""
-    i, j, shifts = neighbor_list(structure, cutoff)
+def build_graph(
+    structure: Structure,
+    cutoff: float,
+    dtype: torch.dtype = torch.float64,
+    neighbors: "NeighborListCache | None" = None,
+) -> AtomicGraph:
+    """The radius graph of one structure (a batch of one).
+
+    With ``neighbors`` (a :class:`NeighborListCache` owned by the caller for this structure) the
+    edges come from its skin list when still valid; the graph is the same either way.
+    """
+    i, j, shifts = neighbor_list(structure, cutoff) if neighbors is None else neighbors.edges(structure, cutoff)
     n = len(structure)
     return AtomicGraph(
         numbers=torch.from_numpy(structure.numbers.astype(np.int64)),
@@ -279,3 +290,73 @@ def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
         batch=torch.cat([g.batch + b for g, b in zip(graphs, batch_offsets)]),
         ptr=torch.cat([torch.zeros(1, dtype=torch.int64)] + [g.ptr[1:] + o for g, o in zip(graphs, offsets)]),
     )
+
+
+class NeighborListCache:
+    """Verlet-skin neighbour list of one structure that changes a little between calls (MD,
+    relaxations): the pair search runs with ``cutoff + skin`` and is redone only when an atom
+    moved more than ``skin / 2`` since the last search, or the cell, pbc, atoms or cutoff
+    changed. In between, the stored candidate pairs are filtered down to ``|r| < cutoff`` with
+    the current positions, so :meth:`edges` returns exactly the pairs of
+    ``neighbor_list(structure, cutoff)``, in the same order: the model sees the same graph and
+    gives the same numbers as with a fresh search every call.
+
+    Why it is exact: a pair within the cutoff now was within ``cutoff + skin`` at the last search,
+    since each of its two atoms moved by at most ``skin / 2`` (positions are compared unwrapped,
+    so an atom wrapped back into the cell counts as a large move and triggers a new search).
+    Pairs between ``cutoff`` and ``cutoff + skin`` would contribute exactly zero anyway (the
+    model's envelope is identically 0 at and beyond the cutoff) but are dropped so the model does
+    not pay for them. Use one cache per structure; ``builds`` / ``reuses`` count the searches
+    done and avoided.
+    """
+
+    def __init__(self, skin: float = 1.0) -> None:
+        if not skin > 0:
+            raise ValueError(f"skin must be positive, got {skin}")
+        self.skin = float(skin)
+        self.builds = 0
+        self.reuses = 0
+        self._key: tuple | None = None
+        self._positions: np.ndarray | None = None
+        self._pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def reset(self) -> None:
+        """Forget the stored list (the next call searches again)."""
+        self._key = None
+        self._positions = None
+        self._pairs = None
+
+    def _valid_for(self, structure: Structure, cutoff: float) -> bool:
+        if self._pairs is None or self._positions is None or self._key is None:
+            return False
+        numbers, cell, pbc, cut = self._key
+        if cut != cutoff or len(structure) != len(numbers):
+            return False
+        if not (np.array_equal(structure.numbers, numbers) and np.array_equal(structure.pbc, pbc)):
+            return False
+        if not np.array_equal(structure.cell, cell):
+            return False
+        moved = np.linalg.norm(structure.positions - self._positions, axis=1)
+        return bool(moved.max(initial=0.0) <= 0.5 * self.skin)
+
+    def edges(self, structure: Structure, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(i, j, S)`` exactly as :func:`neighbor_list(structure, cutoff) <neighbor_list>` returns
+        them (same pairs, same order, same :class:`StructureError` for overlapping atoms)."""
+        cutoff = float(cutoff)
+        if self._valid_for(structure, cutoff):
+            self.reuses += 1
+        else:
+            self._pairs = neighbor_list(structure, cutoff + self.skin)
+            self._positions = structure.positions.copy()
+            self._key = (structure.numbers.copy(), structure.cell.copy(), structure.pbc.copy(), cutoff)
+            self.builds += 1
+        i, j, shifts = self._pairs  # type: ignore[misc]
+        vectors = structure.positions[j] - structure.positions[i] + shifts @ structure.cell
+        d = np.linalg.norm(vectors, axis=1)
+        keep = d < cutoff
+        if keep.any() and d[keep].min() < MIN_DISTANCE:
+            k = int(np.flatnonzero(keep)[np.argmin(d[keep])])
+            raise StructureError(
+                f"atoms {int(i[k])} and {int(j[k])} overlap (distance {d[k]:.3g} A < {MIN_DISTANCE} A)"
+            )
+        return i[keep], j[keep], shifts[keep]

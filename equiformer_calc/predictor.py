@@ -14,7 +14,15 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from .graph import AtomicGraph, Structure, StructureError, batch_graphs, build_graph, structure_from_atoms
+from .graph import (
+    AtomicGraph,
+    NeighborListCache,
+    Structure,
+    StructureError,
+    batch_graphs,
+    build_graph,
+    structure_from_atoms,
+)
 from .model import Equiformer, UnknownElementError
 from .runtime import configure_runtime
 
@@ -89,6 +97,7 @@ class _Item:
     index: int
     structure: Structure
     graph: AtomicGraph | None = None
+    neighbors: NeighborListCache | None = None
 
 
 class Predictor:
@@ -129,20 +138,32 @@ class Predictor:
         self.model.species_index(torch.from_numpy(structure.numbers))  # raises UnknownElementError
         return structure
 
-    def graph(self, structure: Structure) -> AtomicGraph:
-        """The radius graph of one structure, on the model's device and dtype."""
-        return build_graph(structure, self.cutoff, dtype=torch.float64).to(self.device, self.dtype)
+    def graph(self, structure: Structure, neighbors: NeighborListCache | None = None) -> AtomicGraph:
+        """The radius graph of one structure, on the model's device and dtype (``neighbors``: a
+        skin cache for this structure, see :class:`~equiformer_calc.graph.NeighborListCache`)."""
+        return build_graph(structure, self.cutoff, dtype=torch.float64, neighbors=neighbors).to(self.device, self.dtype)
 
     def predict(
         self,
         structures: Sequence[Any] | Iterable[Any],
         properties: Sequence[str] = ("energy", "forces"),
+        neighbor_caches: Sequence[NeighborListCache | None] | None = None,
     ) -> list[dict[str, np.ndarray | float]]:
-        """Evaluate many structures; stress is returned for the 3D-periodic ones when asked."""
+        """Evaluate many structures; stress is returned for the 3D-periodic ones when asked.
+
+        ``neighbor_caches`` (optional, one entry per structure, ``None`` allowed) lets callers that
+        evaluate slowly changing structures (MD, relaxations) reuse neighbour lists between calls;
+        the results are the same as without.
+        """
         unknown = set(properties) - set(ALL_PROPERTIES)
         if unknown:
             raise ValueError(f"unknown properties {sorted(unknown)}; available: {list(ALL_PROPERTIES)}")
         items = [_Item(k, self.to_structure(s)) for k, s in enumerate(structures)]
+        if neighbor_caches is not None:
+            if len(neighbor_caches) != len(items):
+                raise ValueError(f"{len(neighbor_caches)} neighbor caches for {len(items)} structures")
+            for it, cache in zip(items, neighbor_caches):
+                it.neighbors = cache
         want_stress = "stress" in properties
         if want_stress:
             for it in items:
@@ -153,7 +174,7 @@ class Predictor:
         want_forces = "forces" in properties
         results: list[dict[str, Any]] = [dict() for _ in items]
         for chunk in self._chunks(items):
-            graphs = [self.graph(it.structure) for it in chunk]
+            graphs = [self.graph(it.structure, it.neighbors) for it in chunk]
             batch = batch_graphs(graphs)
             with torch.set_grad_enabled(want_forces or want_stress):
                 out = compute(self.model, batch, forces=want_forces, stress=want_stress)

@@ -1,0 +1,171 @@
+"""Helpers shared by the workflows: the calculator to use, bottom-layer constraints, output
+file names, CSV tables and PNG plots (matplotlib's Agg canvas, no display needed)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+from ase.constraints import FixAtoms
+
+__all__ = [
+    "resolve_calculator",
+    "layer_indices",
+    "bottom_fixed_mask",
+    "add_fix_bottom",
+    "fixed_mask",
+    "output_stem",
+    "write_csv",
+    "plot_lines",
+    "add_model_arguments",
+]
+
+log = logging.getLogger(__name__)
+
+#: two atoms whose heights differ by less than this (Angstrom) belong to the same layer
+LAYER_TOLERANCE = 0.3
+
+
+def resolve_calculator(
+    calculator: Calculator | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    skin: float = 0.0,
+) -> Calculator:
+    """``calculator`` if given, else an :class:`~equiformer_calc.EquiformerCalculator` for
+    ``checkpoint`` (a shipped name or a path; ``None``: the default shipped checkpoint)."""
+    if calculator is not None:
+        if checkpoint is not None:
+            raise ValueError("give either calculator or checkpoint, not both")
+        return calculator
+    from ..calculator import EquiformerCalculator
+
+    return EquiformerCalculator(
+        checkpoint=None if checkpoint is None else str(checkpoint), device=device, dtype=dtype, skin=skin
+    )
+
+
+def layer_indices(z: np.ndarray, tolerance: float = LAYER_TOLERANCE) -> np.ndarray:
+    """Layer number of every atom from its height, 0 = lowest layer: heights are sorted and a new
+    layer starts wherever two consecutive heights differ by more than ``tolerance``."""
+    z = np.asarray(z, dtype=float)
+    if z.size == 0:
+        return np.zeros(0, dtype=int)
+    order = np.argsort(z, kind="stable")
+    gaps = np.diff(z[order]) > tolerance
+    layer_sorted = np.concatenate([[0], np.cumsum(gaps)])
+    layers = np.empty(z.size, dtype=int)
+    layers[order] = layer_sorted
+    return layers
+
+
+def bottom_fixed_mask(
+    atoms: Atoms,
+    fix_bottom: int | None = None,
+    fix_below: float | None = None,
+    tolerance: float = LAYER_TOLERANCE,
+) -> np.ndarray:
+    """Atoms to hold fixed: the ``fix_bottom`` lowest layers (see :func:`layer_indices`; heights
+    are Cartesian z, the surface normal of ASE/pymatgen slabs) and/or every atom with
+    ``z < fix_below`` (Angstrom)."""
+    mask = np.zeros(len(atoms), dtype=bool)
+    z = atoms.positions[:, 2]
+    if fix_bottom is not None:
+        if isinstance(fix_bottom, bool) or int(fix_bottom) != fix_bottom or fix_bottom < 0:
+            raise ValueError(f"fix_bottom is a number of layers (int >= 0), got {fix_bottom!r}")
+        mask |= layer_indices(z, tolerance) < int(fix_bottom)
+    if fix_below is not None:
+        mask |= z < float(fix_below)
+    return mask
+
+
+def fixed_mask(atoms: Atoms) -> np.ndarray:
+    """Atoms held by the structure's FixAtoms constraints."""
+    mask = np.zeros(len(atoms), dtype=bool)
+    for constraint in atoms.constraints:
+        if isinstance(constraint, FixAtoms):
+            mask[constraint.index] = True
+    return mask
+
+
+def add_fix_bottom(
+    atoms: Atoms, fix_bottom: int | None = None, fix_below: float | None = None, tolerance: float = LAYER_TOLERANCE
+) -> int:
+    """Add a FixAtoms constraint for :func:`bottom_fixed_mask` (existing constraints are kept);
+    returns the number of atoms newly fixed."""
+    if fix_bottom is None and fix_below is None:
+        return 0
+    mask = bottom_fixed_mask(atoms, fix_bottom, fix_below, tolerance) & ~fixed_mask(atoms)
+    if mask.any():
+        atoms.set_constraint(list(atoms.constraints) + [FixAtoms(mask=mask)])
+    if mask.sum() == len(atoms):
+        log.warning("every atom is fixed (fix_bottom=%s, fix_below=%s)", fix_bottom, fix_below)
+    return int(mask.sum())
+
+
+def output_stem(output: str | os.PathLike) -> Path:
+    """``run/out.traj`` -> ``run/out`` (side files are named ``<stem>_final.extxyz`` and so on);
+    creates the folder."""
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_suffix("") if path.suffix else path
+
+
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+    """A CSV table (floats written with full precision)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow([repr(float(v)) if isinstance(v, (float, np.floating)) else v for v in row])
+    return path
+
+
+def plot_lines(
+    path: str | os.PathLike,
+    x: Sequence[float] | np.ndarray,
+    panels: Sequence[Mapping[str, Sequence[float] | np.ndarray]],
+    xlabel: str,
+    ylabels: Sequence[str],
+    title: str = "",
+) -> Path:
+    """One PNG with one panel per mapping ``{legend: y values}``, stacked, sharing the x axis."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(6.4, 2.6 * len(panels) + 0.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, series, ylabel in zip(axes, panels, ylabels):
+        for label, y in series.items():
+            ax.plot(x, y, label=label, lw=1.2, marker="." if len(x) < 60 else None)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize="small")
+    axes[-1].set_xlabel(xlabel)
+    if title:
+        axes[0].set_title(title, fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def add_model_arguments(parser: Any) -> None:
+    """``--checkpoint``, ``--device``, ``--dtype`` for the workflow subcommands."""
+    parser.add_argument(
+        "--checkpoint", default=None, help="shipped checkpoint name or .safetensors path (default: emt-small)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="model precision")

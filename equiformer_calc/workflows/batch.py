@@ -1,0 +1,258 @@
+"""Many relaxations at once, with one batched model call per optimizer step.
+
+:func:`relax_batch` runs one unmodified ASE optimizer per structure (the same set-up as
+:func:`~equiformer_calc.workflows.relax.relax`). Each optimizer runs in its own thread and its
+structure's calculator is a stand-in that, instead of evaluating the model, posts the structure
+to a rendezvous and waits. When every still-running optimizer is waiting, the calling thread
+evaluates all of their structures in ONE ``Predictor.predict`` call and hands each optimizer its
+energy and forces. Optimizers that converge (or run out of steps) leave, so the batch shrinks as
+the relaxations finish. The threads only run ASE's cheap optimizer arithmetic; the model runs in
+the calling thread. Every optimizer therefore takes exactly the steps it would take alone: final
+energies equal one-by-one :func:`relax` calls up to the rounding of batched evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Callable, Sequence
+
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from tqdm.auto import tqdm
+
+from ..graph import NeighborListCache
+from ..predictor import Predictor
+from ._common import resolve_calculator
+from .relax import RelaxResult, _Relaxation, prepare_relaxation
+
+__all__ = ["relax_batch"]
+
+log = logging.getLogger(__name__)
+
+
+class _Aborted(Exception):
+    """Raised in optimizer threads when the batch is being shut down."""
+
+
+class _Exchange:
+    """Rendezvous between the optimizer threads (which post structures and wait) and the thread
+    that evaluates the model (which waits until every running optimizer has posted)."""
+
+    def __init__(self) -> None:
+        self.cv = threading.Condition()
+        self.pending: dict[int, Atoms] = {}
+        self.answers: dict[int, dict[str, Any] | BaseException] = {}
+        self.running = 0
+        self.finished: list[int] = []
+        self.aborted = False
+
+    # optimizer-thread side
+    def evaluate(self, index: int, atoms: Atoms) -> dict[str, Any]:
+        with self.cv:
+            if self.aborted:
+                raise _Aborted()
+            self.pending[index] = atoms
+            self.cv.notify_all()
+            while index not in self.answers and not self.aborted:
+                self.cv.wait()
+            if self.aborted:
+                raise _Aborted()
+            answer = self.answers.pop(index)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    def started(self) -> None:
+        with self.cv:
+            self.running += 1
+
+    def done(self, index: int) -> None:
+        with self.cv:
+            self.running -= 1
+            self.finished.append(index)
+            self.cv.notify_all()
+
+    # model-thread side
+    def wait_for_requests(self) -> tuple[dict[int, Atoms], list[int], bool]:
+        """Block until every running optimizer waits for results (or none runs, or one finished).
+        Returns the posted structures, the optimizers that finished meanwhile, and whether none
+        is running any more (all three read under the same lock)."""
+        with self.cv:
+            while self.running > 0 and len(self.pending) < self.running and not self.finished:
+                self.cv.wait()
+            finished, self.finished = self.finished, []
+            idle = self.running == 0
+            if len(self.pending) < self.running:  # woken by a finish: serve nobody yet
+                return {}, finished, idle
+            batch, self.pending = self.pending, {}
+            return batch, finished, idle
+
+    def answer(self, answers: dict[int, dict[str, Any] | BaseException]) -> None:
+        with self.cv:
+            self.answers.update(answers)
+            self.cv.notify_all()
+
+    def abort(self) -> None:
+        with self.cv:
+            self.aborted = True
+            self.cv.notify_all()
+
+
+class _ServedCalculator(Calculator):
+    """Calculator of one structure of the batch: results come from the shared batched call."""
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(self, exchange: _Exchange, index: int) -> None:
+        super().__init__()
+        self.exchange = exchange
+        self.index = index
+
+    def calculate(
+        self, atoms: Atoms | None = None, properties: Sequence[str] = ("energy",), system_changes: Sequence[str] = all_changes
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        assert self.atoms is not None
+        self.results = self.exchange.evaluate(self.index, self.atoms)
+
+
+def _predictor_of(calculator: Any) -> Predictor:
+    if isinstance(calculator, Predictor):
+        return calculator
+    predictor = getattr(calculator, "predictor", None)
+    if isinstance(predictor, Predictor):
+        return predictor
+    raise TypeError(
+        "relax_batch needs an EquiformerCalculator (or a Predictor) to batch model calls, "
+        f"got {type(calculator).__name__}"
+    )
+
+
+def relax_batch(
+    structures: Sequence[Atoms],
+    fmax: float = 0.05,
+    steps: int = 500,
+    optimizer: str = "FIRE",
+    calculator: Any = None,
+    checkpoint: str | os.PathLike | None = None,
+    fix_bottom: int | None = None,
+    fix_below: float | None = None,
+    cell: bool = False,
+    device: str = "cpu",
+    dtype: str = "float32",
+    skin: float = 0.0,
+    max_concurrent: int = 512,
+    callback: Callable[[int, RelaxResult], None] | None = None,
+    progress: bool = True,
+    optimizer_kwargs: dict[str, Any] | None = None,
+) -> list[RelaxResult]:
+    """Relax every structure (copies; inputs untouched) concurrently with one batched model call
+    per optimizer step for all still-unconverged structures. Returns one :class:`RelaxResult`
+    per input, in order.
+
+    The arguments mean what they mean for :func:`~equiformer_calc.workflows.relax.relax`
+    (``optimizer`` "FIRE", "BFGS" or "LBFGS"; constraints already on the structures are kept and
+    ``fix_bottom`` / ``fix_below`` add to them). ``calculator`` must be an EquiformerCalculator
+    (or a Predictor); by default one is loaded from ``checkpoint``. ``skin > 0`` keeps one
+    neighbour-list cache per structure (same results, fewer neighbour searches).
+    ``max_concurrent`` bounds the number of structures in flight (and of threads); the next
+    structure starts as one finishes. ``callback(index, result)`` runs in the calling thread as
+    soon as a structure is done (to save results incrementally); an exception it raises stops
+    the whole batch and propagates. A structure whose evaluation fails (for example atoms
+    collapsing onto each other) stops with ``result.error`` set; the others go on.
+    """
+    structures = list(structures)
+    if not structures:
+        return []
+    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
+    predictor = _predictor_of(calc)
+    for k, atoms in enumerate(structures):  # fail early, with the structure's index
+        try:
+            predictor.to_structure(atoms)
+        except ValueError as exc:
+            raise type(exc)(f"structure {k}: {exc}") from None
+        if cell and not atoms.pbc.all():
+            raise ValueError(f"structure {k}: cell relaxation needs 3D periodicity (pbc={atoms.pbc.tolist()})")
+    properties = ("energy", "forces", "energies") + (("stress",) if cell else ())
+    caches = [NeighborListCache(skin) if skin > 0 else None for _ in structures]
+
+    exchange = _Exchange()
+    jobs: dict[int, _Relaxation] = {}
+    results: dict[int, RelaxResult] = {}
+    threads: dict[int, threading.Thread] = {}
+    queue = list(range(len(structures)))[::-1]
+
+    def work(index: int, job: _Relaxation) -> None:
+        try:
+            converged = job.optimizer.run(fmax=fmax, steps=steps)
+            results[index] = job.result(bool(converged))
+        except _Aborted:
+            pass
+        except Exception as exc:  # noqa: BLE001 - recorded on the structure's result
+            log.warning("structure %d stopped: %s: %s", index, type(exc).__name__, exc)
+            results[index] = job.result(False, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            exchange.done(index)
+
+    def start_next() -> None:
+        index = queue.pop()
+        job = prepare_relaxation(
+            structures[index], _ServedCalculator(exchange, index), optimizer, fix_bottom, fix_below, cell,
+            optimizer_kwargs=optimizer_kwargs,
+        )
+        jobs[index] = job
+        exchange.started()
+        thread = threading.Thread(target=work, args=(index, job), name=f"relax_batch-{index}", daemon=True)
+        threads[index] = thread
+        thread.start()
+
+    def evaluate(batch: dict[int, Atoms]) -> dict[int, dict[str, Any] | BaseException]:
+        order = sorted(batch)
+        try:
+            out = predictor.predict(
+                [batch[k] for k in order], properties=properties, neighbor_caches=[caches[k] for k in order]
+            )
+            return dict(zip(order, out))
+        except Exception:  # noqa: BLE001 - find the culprit(s), serve the others
+            answers: dict[int, dict[str, Any] | BaseException] = {}
+            for k in order:
+                try:
+                    answers[k] = predictor.predict([batch[k]], properties=properties, neighbor_caches=[caches[k]])[0]
+                except Exception as exc:  # noqa: BLE001
+                    answers[k] = exc
+            return answers
+
+    bar = tqdm(total=len(structures), desc="relax_batch", unit="structure", disable=not progress, leave=False)
+    rounds = 0
+    try:
+        while queue and exchange.running < max_concurrent:
+            start_next()
+        while True:
+            batch, finished, idle = exchange.wait_for_requests()
+            started = False
+            for index in finished:
+                threads.pop(index).join()
+                jobs.pop(index).close()
+                bar.update(1)
+                if callback is not None and index in results:
+                    callback(index, results[index])
+                if queue:
+                    start_next()
+                    started = True
+            if batch:
+                exchange.answer(evaluate(batch))
+                rounds += 1
+                bar.set_postfix(step=rounds, active=len(batch), refresh=False)
+            elif idle and not started and not queue:  # nobody ran when `finished` was read, nobody started since
+                break
+    finally:
+        exchange.abort()
+        for thread in threads.values():
+            thread.join()
+        for job in jobs.values():
+            job.close()
+        bar.close()
+    log.debug("relax_batch: %d structures, %d batched model calls", len(structures), rounds)
+    return [results[k] for k in range(len(structures))]
