@@ -11,7 +11,7 @@ from torch import nn
 from .activation import SmoothLeakyReLU, make_gate
 from .linear import IrrepsLinear
 from .radial import RadialMLP
-from .tensor_product import DepthwiseTensorProduct
+from .tensor_product import DepthwiseTensorProduct, from_channels_last, to_channels_last
 
 __all__ = ["GraphAttention", "envelope_softmax"]
 
@@ -33,6 +33,14 @@ def envelope_softmax(logits: torch.Tensor, envelope: torch.Tensor, dst: torch.Te
     return num / den[dst]
 
 
+def _can_fuse(tp: DepthwiseTensorProduct, consumers: list[IrrepsLinear]) -> bool:
+    """Whether linear layers can be fused into the tensor product before them: they read exactly
+    its simplified output blocks, one block per irrep (so one path per consumer output block)."""
+    irreps = tp.irreps_out_simple
+    unique = len({ir for _, ir in irreps}) == len(irreps)
+    return unique and all(lin.irreps_in == irreps for lin in consumers)
+
+
 class GraphAttention(nn.Module):
     """Multi-head equivariant graph attention over a radius graph.
 
@@ -41,6 +49,10 @@ class GraphAttention(nn.Module):
        dot-product attention (query of x_i . key of h_ij / sqrt(d)).
     3. Values: non-linear (linear -> gate -> second DTP with shared weights -> linear) or linear.
     4. out_i = Linear(sum_j alpha_ij v_ij), alpha from :func:`envelope_softmax`.
+
+    All per-edge features stay in the channels-last layout (E, 2l+1, mul) of each irrep block
+    (see ``tensor_product.py``), in which every linear layer is one plain matmul; only node-level
+    tensors are converted from and to e3nn's layout.
 
     forward: x (N, irreps_node.dim), sh (E, irreps_sh.dim), radial basis (E, B), envelope (E,),
     edge_index (2, E) [src, dst] -> (N, irreps_out.dim).
@@ -104,6 +116,96 @@ class GraphAttention(nn.Module):
         self.alpha_dropout = nn.Dropout(alpha_drop) if alpha_drop > 0 else None
         self.proj = IrrepsLinear(irreps_heads, irreps_out, bias=True)
         self.proj_dropout = nn.Dropout(proj_drop) if proj_drop > 0 else None
+        # channels-last bookkeeping: the head of every channel of each value block
+        self._num_value_blocks = len(irreps_heads)
+        for k, ((mul, ir), sl) in enumerate(zip(irreps_heads, irreps_heads.slices())):
+            heads = torch.tensor(head_of_col[sl.start : sl.stop : ir.dim], dtype=torch.long)
+            self.register_buffer(f"head_of_channel_{k}", heads, persistent=False)
+        self._gate_in_cl = nonlinear_message and self._gate_is_simple()
+        # tensor product + linear fused (forward_linear_cl): the consumers read the product's blocks
+        first = [self.alpha_linear, self.value_linear if nonlinear_message else self.value_out]
+        self._fused = _can_fuse(self.dtp, first) and (
+            not nonlinear_message or _can_fuse(self.value_dtp, [self.value_out])
+        )
+
+    def _gate_is_simple(self) -> bool:
+        """True when the gate's input is [scalars + gates] as one 0e block followed by exactly the
+        gated blocks, and its output [scalars] + gated blocks: then :meth:`_gate_cl` applies it in
+        the channels-last layout. Otherwise the gate runs in e3nn's layout."""
+        g = self.gate
+        scalars, gates, gated = o3.Irreps(g.irreps_scalars), o3.Irreps(g.irreps_gates), o3.Irreps(g.irreps_gated)
+        zero = o3.Irrep("0e")
+        if len(scalars) != 1 or scalars[0].ir != zero or any(ir != zero for _, ir in gates):
+            return False
+        expected_in = [(scalars.num_irreps + gates.num_irreps, zero)] + [(m, ir) for m, ir in gated]
+        expected_out = [(scalars.num_irreps, zero)] + [(m, ir) for m, ir in gated]
+        return [(m, ir) for m, ir in o3.Irreps(g.irreps_in)] == expected_in and [
+            (m, ir) for m, ir in o3.Irreps(g.irreps_out)
+        ] == expected_out
+
+    def _gate_cl(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """e3nn's Gate on channels-last blocks: act(scalars), sigmoid(gates) * gated."""
+        g = self.gate
+        n_scalars = g.irreps_scalars.num_irreps
+        scalars, gates = torch.split(xs[0], [n_scalars, xs[0].shape[-1] - n_scalars], dim=-1)
+        out = [g.act_scalars(scalars)]
+        if len(xs) > 1:
+            gates = g.act_gates(gates)
+            parts = torch.split(gates, [x.shape[-1] for x in xs[1:]], dim=-1) if len(xs) > 2 else (gates,)
+            out += [x * gate for x, gate in zip(xs[1:], parts)]
+        return out
+
+    def _linear_after_tp(
+        self,
+        tp: DepthwiseTensorProduct,
+        xs: list[torch.Tensor],
+        sh: torch.Tensor,
+        consumers: list[IrrepsLinear],
+        weight: torch.Tensor | None,
+    ) -> list[list[torch.Tensor]]:
+        """``[lin.forward_cl(tp.forward_cl(xs, sh, w)) for lin in consumers]`` computed with
+        :meth:`DepthwiseTensorProduct.forward_linear_cl`: the weights of all consumers reading one
+        output block are concatenated, and a shared tensor-product weight is folded into them."""
+        mats: list[torch.Tensor | None] = []
+        layout: list[list[tuple[int, int] | None]] = [[None] * len(c.irreps_out) for c in consumers]
+        for t in range(len(tp.irreps_out_simple)):
+            cols, start = [], 0
+            for c, lin in enumerate(consumers):
+                for (i_in, i_out), w, a in zip(lin._paths, lin.weights, lin._alpha):
+                    if i_in == t:
+                        cols.append(w * a)
+                        layout[c][i_out] = (t, start)
+                        start += w.shape[1]
+            mat = (cols[0] if len(cols) == 1 else torch.cat(cols, dim=1)) if cols else None
+            if mat is not None and weight is None and tp.weight is not None:
+                mat = tp.weight[0].index_select(0, getattr(tp, f"widx_{t}")).unsqueeze(1) * mat
+            mats.append(mat)
+        ys = tp.forward_linear_cl(xs, sh, mats, weight)
+        # cut each output block into its consumers' columns with one split
+        parts: dict[tuple[int, int], torch.Tensor] = {}
+        for t, y in enumerate(ys):
+            if y is None:
+                continue
+            cuts = sorted((loc[1], c, j) for c, lay in enumerate(layout) for j, loc in enumerate(lay) if loc and loc[0] == t)
+            widths = [consumers[c].irreps_out[j].mul for _, c, j in cuts]
+            pieces = torch.split(y, widths, dim=-1) if len(widths) > 1 else (y,)
+            for (_, c, j), piece in zip(cuts, pieces):
+                parts[(c, j)] = piece
+        n = sh.shape[0]
+        results = []
+        for c, lin in enumerate(consumers):
+            outs = []
+            for j, (mul, ir) in enumerate(lin.irreps_out):
+                if layout[c][j] is None:
+                    y = sh.new_zeros(n, ir.dim, mul)
+                else:
+                    y = parts[(c, j)]
+                if lin.has_bias[j]:
+                    b0 = lin._bias_start[j]
+                    y = y + lin.bias[b0 : b0 + mul]
+                outs.append(y)
+            results.append(outs)
+        return results
 
     def forward(
         self,
@@ -115,11 +217,21 @@ class GraphAttention(nn.Module):
     ) -> torch.Tensor:
         src, dst = edge_index[0], edge_index[1]
         n = x.shape[0]
-        message = self.merge_src(x)[src] + self.merge_dst(x)[dst]
+        x_cl = to_channels_last(x, self.merge_src.irreps_in)
+        message = [
+            a.index_select(0, src) + b.index_select(0, dst)
+            for a, b in zip(self.merge_src.forward_cl(x_cl), self.merge_dst.forward_cl(x_cl))
+        ]
         weight = self.radial(basis) * envelope.unsqueeze(-1)
-        h = self.dtp(message, sh, weight)
-
-        a = self.alpha_linear(h).view(-1, self.num_heads, self.alpha_hidden)
+        if self._fused:
+            second = self.value_linear if self.nonlinear_message else self.value_out
+            a, v = self._linear_after_tp(self.dtp, message, sh, [self.alpha_linear, second], weight)
+            a = a[0]
+        else:
+            h = self.dtp.forward_cl(message, sh, weight)
+            a = self.alpha_linear.forward_cl(h)[0]
+            v = self.value_linear.forward_cl(h) if self.nonlinear_message else self.value_out.forward_cl(h)
+        a = a.reshape(-1, self.num_heads, self.alpha_hidden)
         if self.attention == "mlp":
             logits = (self.alpha_act(a) * self.alpha_dot).sum(-1)
         else:
@@ -130,13 +242,19 @@ class GraphAttention(nn.Module):
             alpha = self.alpha_dropout(alpha)
 
         if self.nonlinear_message:
-            v = self.gate(self.value_linear(h))
-            v = self.value_out(self.value_dtp(v, sh))
-        else:
-            v = self.value_out(h)
-        v = v * alpha[:, self.head_of_col]
-        out = torch.zeros(n, v.shape[1], dtype=v.dtype, device=v.device).index_add(0, dst, v)
-        out = self.proj(out)
+            if self._gate_in_cl:
+                v = self._gate_cl(v)
+            else:
+                v = to_channels_last(self.gate(from_channels_last(v)), self.gate.irreps_out)
+            if self._fused:
+                v = self._linear_after_tp(self.value_dtp, v, sh, [self.value_out], None)[0]
+            else:
+                v = self.value_out.forward_cl(self.value_dtp.forward_cl(v, sh))
+        out = []
+        for k, vk in enumerate(v):
+            vk = vk * alpha.index_select(1, getattr(self, f"head_of_channel_{k}")).unsqueeze(1)
+            out.append(vk.new_zeros((n,) + vk.shape[1:]).index_add(0, dst, vk))
+        out = self.proj(from_channels_last(out))
         if self.proj_dropout is not None:
             out = self.proj_dropout(out)
         return out

@@ -1,10 +1,11 @@
 """Equivariant linear layer over irreps, biases on 0e scalars.
 
 Numerically e3nn's ``o3.Linear`` (weights N(0, 1) divided by sqrt(fan-in) per output irrep,
-'element' path normalisation); the test suite keeps e3nn's layer as the oracle. This version
-splits the input once with ``torch.split`` instead of slicing it block by block, so its backward
-pass allocates one gradient buffer instead of one zero-filled copy of the input per block, and
-does one matmul per (input block, output irrep) pair.
+'element' path normalisation); the test suite keeps e3nn's layer as the oracle. The work is done
+in the channels-last layout of each irrep block, (N, 2l+1, mul), where every (input block,
+output block) path is one plain matmul (N (2l+1), mul_in) @ (mul_in, mul_out):
+:meth:`IrrepsLinear.forward_cl` takes and returns that layout (the attention layer keeps its
+per-edge features in it), :meth:`IrrepsLinear.forward` converts from and to e3nn's layout.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import math
 import torch
 from e3nn import o3
 from torch import nn
+
+from .tensor_product import from_channels_last, to_channels_last
 
 __all__ = ["IrrepsLinear"]
 
@@ -45,27 +48,43 @@ class IrrepsLinear(nn.Module):
         self.has_bias = [bool(bias) and ir.l == 0 and ir.p == 1 for _, ir in self.irreps_out]
         n_bias = sum(mul for (mul, _), b in zip(self.irreps_out, self.has_bias) if b)
         self.bias = nn.Parameter(torch.zeros(n_bias)) if n_bias else None
+        # where each output block's bias starts
+        self._bias_start: list[int] = []
+        ib = 0
+        for (mul, _), b in zip(self.irreps_out, self.has_bias):
+            self._bias_start.append(ib)
+            ib += mul if b else 0
+
+    def forward_cl(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Channels-last: one (N, 2l+1, mul_in) tensor per block of ``irreps_in`` -> one
+        (N, 2l+1, mul_out) tensor per block of ``irreps_out``."""
+        n = xs[0].shape[0] if xs else 0
+        out: list[torch.Tensor | None] = [None] * len(self.irreps_out)
+        for (i_in, i_out), w, alpha in zip(self._paths, self.weights, self._alpha):
+            mul_in, ir = self.irreps_in[i_in]
+            x = xs[i_in].reshape(n * ir.dim, mul_in)
+            k = self._bias_start[i_out]
+            mul_out = self.irreps_out[i_out].mul
+            if out[i_out] is None and self.has_bias[i_out]:
+                y = torch.addmm(self.bias[k : k + mul_out], x, w * alpha)
+            elif out[i_out] is None:
+                y = torch.mm(x, w * alpha)
+            else:
+                y = torch.addmm(out[i_out], x, w * alpha)
+            out[i_out] = y
+        results = []
+        for i_out, (mul, ir) in enumerate(self.irreps_out):
+            y = out[i_out]
+            if y is None:
+                shape = (n * ir.dim, mul)
+                y = xs[0].new_zeros(shape) if xs else torch.zeros(shape)
+                if self.has_bias[i_out]:
+                    y = y + self.bias[self._bias_start[i_out] : self._bias_start[i_out] + mul]
+            results.append(y.view(n, ir.dim, mul))
+        return results
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        blocks = torch.split(x, self._in_sizes, dim=-1) if len(self._in_sizes) > 1 else (x,)
-        blocks = [b.reshape(n, mul, ir.dim) for b, (mul, ir) in zip(blocks, self.irreps_in)]
-        out_blocks: list[torch.Tensor | None] = [None] * len(self.irreps_out)
-        for (i_in, i_out), w, alpha in zip(self._paths, self.weights, self._alpha):
-            # (n, mul_in, d) -> (n, d, mul_in) @ (mul_in, mul_out) -> (n, d, mul_out)
-            y = torch.matmul(blocks[i_in].transpose(1, 2), w * alpha)
-            out_blocks[i_out] = y if out_blocks[i_out] is None else out_blocks[i_out] + y
-        outs = []
-        ib = 0
-        for k, (mul, ir) in enumerate(self.irreps_out):
-            y = out_blocks[k]
-            if y is None:
-                y = x.new_zeros(n, ir.dim, mul)
-            if self.has_bias[k]:
-                y = y + self.bias[ib : ib + mul]
-                ib += mul
-            outs.append(y.transpose(1, 2).reshape(n, mul * ir.dim))
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+        return from_channels_last(self.forward_cl(to_channels_last(x, self.irreps_in)))
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} -> {self.irreps_out}"

@@ -1,0 +1,765 @@
+#!/usr/bin/env python
+"""Model speed: energy+forces timings of equiformer_calc, side by side with other models.
+
+Times one energy+forces evaluation (model forward + autograd forces, float32, radius graph
+prebuilt and not timed) of
+
+  (a) the md17-l2 preset with SE(3) irreps (the reference Equiformer's layer sizes, 3.5M
+      parameters) on a 37-atom Cu(111)+O slab without periodicity (612 edges at 5 A) and a
+      256-atom Cu cluster, next to the reference implementation when ``--reference-cmd`` is given;
+  (b) the shipped-size model (preset 'small', E(3)) on the periodic 37-atom slab and 500-atom Cu
+      bulk, next to MACE when ``--mace-cmd`` is given;
+  (c) the shipped-size model on a 38-atom Cu(111)+CO slab and periodic Cu bulk of 500, 2,000 and
+      8,000 atoms: ms per call, cost per atom, log-log scaling exponent, end-to-end
+      ``Predictor.predict`` time (graph included) and peak memory (RSS increase during one call,
+      each size in a fresh process);
+  (d) batched prediction of 64 small structures, ``Predictor.predict(list)`` against a loop of
+      one-structure calls.
+
+Every model runs in its own subprocess ("runner") on the same structures and edges; runners
+take turns for ``--rounds`` rounds so that a changing background load hits all of them alike.
+Our own code is timed by this script in worker mode (``--worker``); ``--baseline-src DIR`` adds a
+column for another checkout of equiformer_calc (e.g. before an optimisation). External models
+are timed by commands given on the command line, which must follow the protocol below; this
+repository contains no code of the other projects, see benchmarks/RESULTS.md ("Model speed")
+for how the comparison environments and their drivers were set up.
+
+Driver protocol: the command is run with ``--input CASES.npz --output RESULT.json --threads N
+--repeats R --max-seconds S --only NAME[,NAME...]`` appended. CASES.npz holds ``names`` and, for
+every case NAME, ``NAME_numbers`` (N,), ``NAME_positions`` (N, 3) in A, ``NAME_cell`` (3, 3),
+``NAME_pbc`` (3,), ``NAME_edge_src`` / ``NAME_edge_dst`` (E,) and ``NAME_shifts`` (E, 3) integer cell
+shifts, with edge vector ``pos[src] - pos[dst] + shifts @ cell`` (src = neighbour j, dst = centre
+i). RESULT.json must be ``{"n_params": int, "cases": {NAME: {"ms": [...], "cpu_ms": [...]}}}``:
+wall and CPU (process) milliseconds of each timed call after one untimed warm-up call.
+
+Example:
+    python benchmarks/speed.py --update-results benchmarks/RESULTS.md \\
+        --reference-cmd "/tmp/refvenv/bin/python /tmp/speedwork/ref_driver.py --src /tmp/equiformer-src" \\
+        --mace-cmd "/tmp/macevenv/bin/python /tmp/speedwork/mace_driver.py"
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger("bench.speed")
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## Model speed"
+ELEMENTS = ["H", "C", "N", "O", "Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au"]
+REFERENCE_CASES = ["slab37_open", "cluster256"]
+MACE_CASES = ["slab37", "bulk500"]
+SCALING_CASES = ["slab38_co", "bulk500", "bulk2000", "bulk8000"]
+BULK_REPEATS = {"bulk500": (5, 5, 5), "bulk2000": (5, 10, 10), "bulk8000": (10, 10, 20)}
+
+SETUP_NOTES = """\
+How the comparison runs were set up (none of this is in the repository; the drivers follow the
+protocol in the docstring of `benchmarks/speed.py` and were kept outside it):
+
+```bash
+# (a) reference Equiformer (github.com/atomicarchitects/equiformer), unmodified source tree
+python3 -m venv /tmp/refvenv
+/tmp/refvenv/bin/pip install torch==2.13.0          # the CPU build, same as the project's venv
+/tmp/refvenv/bin/pip install e3nn==0.4.4 torch_geometric ase numpy   # e3nn version the reference pins
+#   source tree: /tmp/equiformer-src (a copy of the repository at its default branch)
+#   torch_cluster / torch_scatter / ocpmodels are not installable here: small stand-ins on
+#   PYTHONPATH provide scatter-sum (index_add) and an O(N^2) radius_graph (unused: edges are passed)
+#   driver: imports nets/graph_attention_transformer_md17.py without nets/__init__ (which needs
+#   ocpmodels), builds graph_attention_transformer_nonlinear_exp_l2_md17(irreps_in='64x0e',
+#   radius=5.0, num_basis=32) (3,496,001 parameters), and times the body of its forward() with the
+#   given edges: forward + torch.autograd.grad for forces with create_graph=False (the reference's
+#   own forward() uses create_graph=True, for training). TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 lets
+#   e3nn 0.4.4 load its constants with torch 2.13.
+# (b) MACE
+python3 -m venv /tmp/macevenv
+/tmp/macevenv/bin/pip install torch==2.13.0
+/tmp/macevenv/bin/pip install mace-torch ase          # mace-torch 0.3.16 (pins e3nn 0.4.4)
+#   driver: mace.modules.ScaleShiftMACE with random weights, the size of mace-mp-0 "small":
+#   hidden_irreps 128x0e, max_ell 3, correlation 3, 2 interactions
+#   (RealAgnosticResidualInteractionBlock), r_max 5, 8 Bessel functions, polynomial cutoff p=5,
+#   radial MLP [64, 64, 64], MLP_irreps 16x0e, 11 elements (722,448 parameters); times
+#   model(batch, compute_force=True).
+```"""
+
+
+# ---------------------------------------------------------------------------------------- setup
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="2 repeats, 1 round, no 256-atom cluster and no 8,000-atom bulk")
+    p.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads of every runner")
+    p.add_argument("--repeats", type=int, default=6, help="timed calls per case and runner, split over the rounds")
+    p.add_argument("--rounds", type=int, default=2, help="runners take turns this many times")
+    p.add_argument("--max-seconds", type=float, default=90.0, help="per case and round: stop repeating after this long (min 2 calls)")
+    p.add_argument(
+        "--omp-wait-policy",
+        default="PASSIVE",
+        help="OMP_WAIT_POLICY of every runner ('' leaves it unset). PASSIVE: idle OpenMP threads sleep instead of "
+        "spinning, which on a loaded machine is the difference between usable and 10-20x slower timings",
+    )
+    p.add_argument("--reference-cmd", help="timing command of the reference Equiformer (driver protocol above)")
+    p.add_argument("--mace-cmd", help="timing command of MACE (driver protocol above)")
+    p.add_argument("--baseline-src", type=Path, help="another source tree of equiformer_calc to time as 'before'")
+    p.add_argument("--baseline-max-atoms", type=int, default=2500, help="skip larger structures for the baseline (memory)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    p.add_argument("--no-batch", action="store_true", help="skip the batching comparison")
+    p.add_argument("--output", type=Path, help="also write the markdown to this file")
+    p.add_argument("--json", type=Path, help="write all raw timings to this JSON file")
+    p.add_argument("--update-results", type=Path, metavar="RESULTS_MD", help=f"write/replace the section '{SECTION}' of this file")
+    p.add_argument("-v", "--verbose", action="store_true")
+    # worker mode (internal): time our model in this process
+    p.add_argument("--worker", choices=["time", "memory", "batch"], help=argparse.SUPPRESS)
+    p.add_argument("--src", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    p.add_argument("--preset", default="small", help=argparse.SUPPRESS)
+    p.add_argument("--se3", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--end-to-end", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--only", default="", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def thread_env(threads: int, wait_policy: str) -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    if wait_policy:
+        env["OMP_WAIT_POLICY"] = wait_policy
+    else:
+        env.pop("OMP_WAIT_POLICY", None)
+    return env
+
+
+def build_structures(quick: bool) -> dict:
+    """name -> (ase.Atoms, description)."""
+    import numpy as np
+    from ase import Atoms
+    from ase.build import add_adsorbate, bulk, fcc111
+
+    out = {}
+    slab = fcc111("Cu", size=(3, 3, 4), vacuum=8.0)
+    add_adsorbate(slab, "O", 1.2, "fcc")
+    slab.rattle(0.01, seed=43)
+    open_slab = slab.copy()
+    open_slab.pbc = False
+    out["slab37_open"] = (open_slab, "Cu(111) 3x3x4 + O, no pbc")
+    out["slab37"] = (slab, "Cu(111) 3x3x4 + O, pbc TTF")
+    co = fcc111("Cu", size=(3, 3, 4), vacuum=8.0)
+    add_adsorbate(co, Atoms("CO", positions=[[0, 0, 0], [0, 0, 1.15]]), 1.85, "ontop")
+    co.rattle(0.01, seed=44)
+    out["slab38_co"] = (co, "Cu(111) 3x3x4 + CO, pbc TTF")
+    if not quick:
+        cluster = bulk("Cu", "fcc", a=3.615, cubic=True).repeat((4, 4, 4))
+        cluster.rattle(0.01, seed=42)
+        cluster.pbc = False
+        out["cluster256"] = (cluster, "Cu fcc cluster 4x4x4 cells, no pbc")
+    for name, reps in BULK_REPEATS.items():
+        if quick and name == "bulk8000":
+            continue
+        atoms = bulk("Cu", "fcc", a=3.615, cubic=True).repeat(reps)
+        atoms.rattle(0.01, seed=42)
+        out[name] = (atoms, f"Cu fcc bulk {'x'.join(map(str, reps))}, pbc TTT")
+    for atoms, _ in out.values():
+        atoms.positions = np.ascontiguousarray(atoms.positions)
+    return out
+
+
+def write_cases(structures: dict, path: Path) -> dict[str, dict]:
+    """The npz of the driver protocol; returns name -> {atoms, edges, pbc, description}."""
+    import numpy as np
+
+    from equiformer_calc.graph import neighbor_list, structure_from_atoms
+
+    arrays: dict[str, np.ndarray] = {}
+    info = {}
+    for name, (atoms, desc) in structures.items():
+        i, j, shifts = neighbor_list(structure_from_atoms(atoms), 5.0)
+        arrays[f"{name}_numbers"] = atoms.numbers.astype(np.int64)
+        arrays[f"{name}_positions"] = atoms.positions.astype(np.float64)
+        arrays[f"{name}_cell"] = atoms.cell.array.astype(np.float64)
+        arrays[f"{name}_pbc"] = atoms.pbc.astype(bool)
+        arrays[f"{name}_edge_src"] = j
+        arrays[f"{name}_edge_dst"] = i
+        arrays[f"{name}_shifts"] = shifts.astype(np.int64)
+        info[name] = dict(atoms=len(atoms), edges=int(len(i)), pbc="".join("T" if p else "F" for p in atoms.pbc), description=desc)
+    arrays["names"] = np.array(list(structures))
+    np.savez(path, **arrays)
+    return info
+
+
+# ---------------------------------------------------------------------------------------- workers
+def _import_ours(src: Path):
+    sys.path.insert(0, str(src))
+    import equiformer_calc
+
+    if not Path(equiformer_calc.__file__).resolve().is_relative_to(src.resolve()):
+        raise SystemExit(f"imported equiformer_calc from {equiformer_calc.__file__}, not from {src}")
+    return equiformer_calc
+
+
+def _our_model(args):
+    import torch
+
+    from equiformer_calc.model import Equiformer
+    from equiformer_calc.predictor import Predictor
+
+    torch.manual_seed(0)
+    kwargs = {"parity": False} if args.se3 else {}
+    model = Equiformer.from_preset(args.preset, elements=ELEMENTS, **kwargs)
+    # Predictor applies the runtime settings, float32, eval mode and frozen parameters
+    return Predictor(model, dtype="float32")
+
+
+def _graph(data, name: str):
+    import torch
+
+    from equiformer_calc.graph import AtomicGraph
+
+    n = len(data[f"{name}_numbers"])
+    return AtomicGraph(
+        numbers=torch.from_numpy(data[f"{name}_numbers"]).long(),
+        positions=torch.from_numpy(data[f"{name}_positions"]).float(),
+        cell=torch.from_numpy(data[f"{name}_cell"]).float().unsqueeze(0),
+        pbc=torch.from_numpy(data[f"{name}_pbc"]).unsqueeze(0),
+        edge_index=torch.stack([torch.from_numpy(data[f"{name}_edge_src"]), torch.from_numpy(data[f"{name}_edge_dst"])]).long(),
+        shifts=torch.from_numpy(data[f"{name}_shifts"]).float(),
+        batch=torch.zeros(n, dtype=torch.long),
+        ptr=torch.tensor([0, n]),
+    )
+
+
+def _structure(data, name: str):
+    from equiformer_calc.graph import Structure
+
+    return Structure.from_arrays(data[f"{name}_numbers"], data[f"{name}_positions"], data[f"{name}_cell"], data[f"{name}_pbc"])
+
+
+def _timed(fn, repeats: int, max_seconds: float) -> tuple[list[float], list[float]]:
+    fn()  # warm-up
+    wall, cpu = [], []
+    start = time.perf_counter()
+    for k in range(repeats):
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        wall.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
+        if k >= 1 and time.perf_counter() - start > max_seconds:
+            break
+    return wall, cpu
+
+
+def worker_time(args) -> dict:
+    import numpy as np
+    import torch
+
+    _import_ours(args.src)
+    from equiformer_calc.predictor import compute
+
+    torch.set_num_threads(args.threads)
+    predictor = _our_model(args)
+    data = np.load(args.input)
+    names = args.only.split(",") if args.only else [str(s) for s in data["names"]]
+    result = {"n_params": predictor.model.num_parameters(), "cases": {}}
+    for name in names:
+        graph = _graph(data, name)
+
+        def call():
+            with torch.enable_grad():
+                return compute(predictor.model, graph, forces=True)
+
+        wall, cpu = _timed(call, args.repeats, args.max_seconds)
+        case = {"ms": wall, "cpu_ms": cpu, "atoms": graph.num_atoms, "edges": graph.num_edges}
+        if args.end_to_end:
+            structure = _structure(data, name)
+            case["e2e_ms"], _ = _timed(lambda: predictor.predict([structure]), max(2, args.repeats // 2), args.max_seconds)
+        result["cases"][name] = case
+        log.info("  %s: %d atoms, median %.1f ms", name, graph.num_atoms, float(np.median(wall)))
+    return result
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def worker_memory(args) -> dict:
+    """Peak RSS increase during the first energy+forces call on one structure (fresh process)."""
+    import resource
+
+    import numpy as np
+    import torch
+
+    _import_ours(args.src)
+    from equiformer_calc.predictor import compute
+
+    torch.set_num_threads(args.threads)
+    predictor = _our_model(args)
+    data = np.load(args.input)
+    name = args.only
+    graph = _graph(data, name)
+    before = _rss_bytes()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with torch.enable_grad():
+        compute(predictor.model, graph, forces=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"cases": {name: {"rss_before": before, "peak": max(peak, peak_before), "delta": max(peak - before, 0), "atoms": graph.num_atoms}}}
+
+
+def batch_structures(count: int = 64) -> list:
+    """64 small structures of four kinds (8-13 atoms), each rattled differently."""
+    import numpy as np
+    from ase.build import add_adsorbate, bulk, fcc111, molecule
+
+    out = []
+    for k in range(count):
+        kind = k % 4
+        if kind == 0:
+            atoms = bulk("Cu", "fcc", a=3.62, cubic=True) * (1, 1, 2)
+        elif kind == 1:
+            atoms = bulk("Pd", "fcc", a=3.89) * (2, 2, 2)
+        elif kind == 2:
+            atoms = fcc111("Cu", (2, 2, 3), vacuum=6.0)
+            add_adsorbate(atoms, "O", 1.7, "fcc")
+        else:
+            atoms = molecule("CH3CH2OH")
+        atoms.rattle(0.05, seed=100 + k)
+        atoms.positions = np.ascontiguousarray(atoms.positions)
+        out.append(atoms)
+    return out
+
+
+def worker_batch(args) -> dict:
+    import numpy as np
+    import torch
+
+    _import_ours(args.src)
+    torch.set_num_threads(args.threads)
+    predictor = _our_model(args)
+    structures = batch_structures()
+    n_atoms = sum(len(a) for a in structures)
+
+    def loop():
+        return [predictor.predict([a])[0] for a in structures]
+
+    def batched():
+        return predictor.predict(structures)
+
+    # same numbers either way
+    one = loop()
+    many = batched()
+    err = max(float(np.abs(a["forces"] - b["forces"]).max()) for a, b in zip(one, many))
+    loop_ms, loop_cpu = _timed(loop, max(2, args.repeats // 2), args.max_seconds)
+    batch_ms, batch_cpu = _timed(batched, max(3, args.repeats), args.max_seconds)
+    return {
+        "structures": len(structures),
+        "atoms": n_atoms,
+        "max_force_difference": err,
+        "loop_ms": loop_ms,
+        "loop_cpu_ms": loop_cpu,
+        "batch_ms": batch_ms,
+        "batch_cpu_ms": batch_cpu,
+    }
+
+
+def worker_main(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker %(message)s", stream=sys.stderr)
+    fn = {"time": worker_time, "memory": worker_memory, "batch": worker_batch}[args.worker]
+    result = fn(args)
+    Path(args.output).write_text(json.dumps(result))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- runners
+class Runner:
+    def __init__(self, label: str, cmd: list[str], cases: list[str]):
+        self.label, self.cmd, self.cases = label, cmd, cases
+        self.results: dict[str, dict[str, list[float]]] = {}
+        self.n_params: int | None = None
+        self.error: str | None = None
+
+    def run(self, cases_path: Path, workdir: Path, args, repeats: int, env: dict[str, str]) -> None:
+        if self.error:
+            return
+        out = workdir / f"{self.label.replace(' ', '_')}-{len(self.results)}-{time.monotonic_ns()}.json"
+        cmd = self.cmd + [
+            "--input", str(cases_path), "--output", str(out), "--threads", str(args.threads),
+            "--repeats", str(repeats), "--max-seconds", str(args.max_seconds), "--only", ",".join(self.cases),
+        ]
+        log.info("%s: %s", self.label, shlex.join(cmd))
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0 or not out.exists():
+            self.error = f"exit code {proc.returncode}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
+            log.error("%s failed (%s)\n%s", self.label, self.error, proc.stderr[-3000:])
+            return
+        data = json.loads(out.read_text())
+        self.n_params = data.get("n_params", self.n_params)
+        for name, case in data["cases"].items():
+            if "error" in case:
+                continue
+            slot = self.results.setdefault(name, {})
+            for key, values in case.items():
+                if isinstance(values, list):
+                    slot.setdefault(key, []).extend(values)
+        log.info("%s: done in %.0f s", self.label, time.perf_counter() - t0)
+
+    def median(self, name: str, key: str = "ms") -> float | None:
+        import numpy as np
+
+        values = self.results.get(name, {}).get(key)
+        return float(np.median(values)) if values else None
+
+    def minimum(self, name: str, key: str = "ms") -> float | None:
+        values = self.results.get(name, {}).get(key)
+        return float(min(values)) if values else None
+
+
+def our_cmd(src: Path, preset: str, se3: bool, end_to_end: bool = False) -> list[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "time", "--src", str(src), "--preset", preset]
+    if se3:
+        cmd.append("--se3")
+    if end_to_end:
+        cmd.append("--end-to-end")
+    return cmd
+
+
+def run_worker_once(kind: str, args, env, workdir: Path, extra: list[str], src: Path | None = None) -> dict | None:
+    out = workdir / f"{kind}-{time.monotonic_ns()}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--src", str(src or ROOT), "--output", str(out),
+           "--threads", str(args.threads), "--repeats", str(args.repeats), "--max-seconds", str(args.max_seconds)] + extra
+    log.info("%s: %s", kind, shlex.join(cmd))
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0 or not out.exists():
+        log.error("%s worker failed:\n%s", kind, proc.stderr[-3000:])
+        return None
+    return json.loads(out.read_text())
+
+
+# ---------------------------------------------------------------------------------------- report
+def fmt_ms(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 else f"{ms:.0f}"
+
+
+def fmt_rate(atoms: int, ms: float | None) -> str:
+    if not ms:
+        return "-"
+    rate = atoms / (ms / 1e3)
+    return f"{rate:,.0f}" if rate >= 100 else f"{rate:.1f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.1f}x" if a and b else "-"
+
+
+def table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * left + ["---:"] * (len(header) - left)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def slope(points: list[tuple[int, float]]) -> float | None:
+    pts = [(math.log(n), math.log(t)) for n, t in points if t]
+    if len(pts) < 2:
+        return None
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    return sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+
+
+def machine_lines(args) -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor() or model
+    try:
+        nproc = len(os.sched_getaffinity(0))
+    except AttributeError:
+        nproc = os.cpu_count()
+    date = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    versions = []
+    for pkg in ("torch", "e3nn", "numpy", "ase"):
+        try:
+            versions.append(f"{pkg} {version(pkg)}")
+        except PackageNotFoundError:
+            versions.append(f"{pkg} ?")
+    return [
+        f"Machine: `nproc` = {nproc}, CPU: {model}, Python {platform.python_version()}, date: {date}.",
+        f"Versions: {', '.join(versions)}. Threads per runner: {args.threads} (torch.set_num_threads and "
+        f"OMP/MKL_NUM_THREADS), OMP_WAIT_POLICY={args.omp_wait_policy or 'unset'}.",
+    ]
+
+
+def training_jobs() -> list[str]:
+    """Command lines of equiformer-calc training processes running now."""
+    jobs = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        if "equiformer-calc train" in cmdline or "equiformer_calc.cli train" in cmdline:
+            jobs.append(cmdline.split("/")[-1][:100])
+    return jobs
+
+
+def background_note(load_before: tuple, load_after: tuple, jobs_before: list[str], jobs_after: list[str]) -> str:
+    text = (
+        f"Load average (1 min) {load_before[0]:.1f} before and {load_after[0]:.1f} after the run on "
+        f"{os.cpu_count()} cores."
+    )
+    jobs = jobs_before or jobs_after
+    if jobs:
+        when = "during the whole run" if jobs_before and jobs_after else "at the start of the run" if jobs_before else "at the end of the run"
+        text += (
+            f" A training job (`{jobs[0]}`) was running on the same cores ({when}), so absolute times are "
+            "inflated and noisy; the runners took turns in the same run, so the ratios between columns are "
+            "still meaningful."
+        )
+    else:
+        text += " No training job was running at the start or the end of the run."
+    return text
+
+
+def report(args, info: dict, runners: dict[str, Runner], memory: dict, batch: dict | None, command: str,
+           load_before: tuple, load_after: tuple, jobs: tuple[list[str], list[str]] = ([], [])) -> str:
+    ours_a, ours_s = runners["ours_a"], runners["ours_s"]
+    base_a, base_s = runners.get("base_a"), runners.get("base_s")
+    ref, mace = runners.get("reference"), runners.get("mace")
+    out = [SECTION, ""]
+    out += machine_lines(args)
+    out += [f"Command: `{command}`", "", background_note(load_before, load_after, *jobs), ""]
+    out += [
+        "One energy+forces call = model forward + autograd forces, float32, on a prebuilt radius graph "
+        "(5 A; the neighbour list is timed in the section above). ms: median wall time over all timed calls "
+        "of all rounds (after one warm-up call per round); CPU ms: median process CPU time (all threads) of the "
+        "same calls, less sensitive to the background load. atom-steps/s = atoms / wall time per call.",
+        "",
+    ]
+
+    # (a) reference
+    out += ["### Reference Equiformer vs equiformer_calc (md17-l2 layer sizes, SE(3))", ""]
+    n_ours = ours_a.n_params
+    line = f"equiformer_calc `Equiformer.from_preset('md17-l2', parity=False)`: {n_ours:,} parameters" if n_ours else ""
+    if ref and ref.n_params:
+        line += f"; reference `graph_attention_transformer_nonlinear_exp_l2_md17` (num_basis=32): {ref.n_params:,} parameters"
+    if ref and ref.error:
+        line += f"; the reference runner failed ({ref.error})"
+    if ref is None:
+        line += "; reference not run (no `--reference-cmd`)"
+    out += [line + ".", ""]
+    header = ["structure", "atoms", "edges", "ours ms", "ours CPU ms", "ours atom-steps/s"]
+    if base_a:
+        header += ["before ms", "before CPU ms"]
+    if ref:
+        header += ["reference ms", "reference CPU ms", "reference atom-steps/s", "speed-up (wall)", "speed-up (CPU)"]
+    rows = []
+    for name in REFERENCE_CASES:
+        if name not in info:
+            continue
+        i = info[name]
+        row = [i["description"], str(i["atoms"]), str(i["edges"]), fmt_ms(ours_a.median(name)), fmt_ms(ours_a.median(name, "cpu_ms")),
+               fmt_rate(i["atoms"], ours_a.median(name))]
+        if base_a:
+            row += [fmt_ms(base_a.median(name)), fmt_ms(base_a.median(name, "cpu_ms"))]
+        if ref:
+            row += [fmt_ms(ref.median(name)), fmt_ms(ref.median(name, "cpu_ms")), fmt_rate(i["atoms"], ref.median(name)),
+                    ratio(ref.median(name), ours_a.median(name)), ratio(ref.median(name, "cpu_ms"), ours_a.median(name, "cpu_ms"))]
+        rows.append(row)
+    out += [table(header, rows), ""]
+
+    # (b) MACE
+    out += ["### MACE (small size) vs equiformer_calc shipped size ('small', E(3))", ""]
+    line = f"equiformer_calc `Equiformer.from_preset('small')`: {ours_s.n_params:,} parameters" if ours_s.n_params else ""
+    if mace and mace.n_params:
+        line += f"; MACE (128x0e, max_ell 3, correlation 3, 2 interactions, r_max 5, random weights): {mace.n_params:,} parameters"
+    if mace and mace.error:
+        line += f"; the MACE runner failed ({mace.error})"
+    if mace is None:
+        line += "; MACE not run (no `--mace-cmd`)"
+    out += [line + ".", ""]
+    header = ["structure", "atoms", "edges", "ours ms", "ours CPU ms", "ours atom-steps/s"]
+    if mace:
+        header += ["MACE ms", "MACE CPU ms", "MACE atom-steps/s", "ours / MACE time (wall)", "(CPU)"]
+    rows = []
+    for name in MACE_CASES:
+        if name not in info:
+            continue
+        i = info[name]
+        row = [i["description"], str(i["atoms"]), str(i["edges"]), fmt_ms(ours_s.median(name)), fmt_ms(ours_s.median(name, "cpu_ms")),
+               fmt_rate(i["atoms"], ours_s.median(name))]
+        if mace:
+            row += [fmt_ms(mace.median(name)), fmt_ms(mace.median(name, "cpu_ms")), fmt_rate(i["atoms"], mace.median(name)),
+                    ratio(ours_s.median(name), mace.median(name)), ratio(ours_s.median(name, "cpu_ms"), mace.median(name, "cpu_ms"))]
+        rows.append(row)
+    out += [table(header, rows), ""]
+
+    # (c) shipped size: scaling and memory
+    out += ["### Shipped-size model: cost per call, scaling and memory", ""]
+    header = ["structure", "atoms", "edges", "ms / call", "CPU ms", "us / atom", "atom-steps/s", "predict() ms (incl. graph)"]
+    if base_s:
+        header += ["before ms", "before CPU ms"]
+    if memory:
+        header += ["peak RSS increase (MB)", "KB / atom"]
+    rows = []
+    for name in SCALING_CASES:
+        if name not in info:
+            continue
+        i = info[name]
+        ms = ours_s.median(name)
+        row = [i["description"], str(i["atoms"]), str(i["edges"]), fmt_ms(ms), fmt_ms(ours_s.median(name, "cpu_ms")),
+               f"{ms * 1e3 / i['atoms']:.0f}" if ms else "-", fmt_rate(i["atoms"], ms), fmt_ms(ours_s.median(name, "e2e_ms"))]
+        if base_s:
+            row += [fmt_ms(base_s.median(name)), fmt_ms(base_s.median(name, "cpu_ms"))]
+        if memory:
+            m = memory.get(name)
+            row += [f"{m['delta'] / 2**20:.0f}" if m else "-", f"{m['delta'] / 1024 / i['atoms']:.0f}" if m else "-"]
+        rows.append(row)
+    out += [table(header, rows), ""]
+    bulk = [n for n in ("bulk500", "bulk2000", "bulk8000") if n in info]
+    s_wall = slope([(info[n]["atoms"], ours_s.median(n)) for n in bulk])
+    s_cpu = slope([(info[n]["atoms"], ours_s.median(n, "cpu_ms")) for n in bulk])
+    s_mem = slope([(info[n]["atoms"], memory[n]["delta"]) for n in bulk if n in memory]) if memory else None
+    if s_wall is not None:
+        parts = [f"Scaling exponent (least-squares slope of log time vs log atoms over bulk {', '.join(str(info[n]['atoms']) for n in bulk)} atoms): "
+                 f"{s_wall:.2f} (wall), {s_cpu:.2f} (CPU)"]
+        if s_mem is not None:
+            parts.append(f"; memory: {s_mem:.2f}")
+        if base_s:
+            b_wall = slope([(info[n]["atoms"], base_s.median(n)) for n in bulk])
+            b_cpu = slope([(info[n]["atoms"], base_s.median(n, "cpu_ms")) for n in bulk])
+            if b_wall is not None:
+                parts.append(f"; before: {b_wall:.2f} (wall), {b_cpu:.2f} (CPU)")
+        out += ["".join(parts) + ".", ""]
+    if memory:
+        out += ["Peak RSS increase: `ru_maxrss` after the first energy+forces call minus the RSS just before it, each "
+                "size in a fresh process (model and graph already built).", ""]
+
+    # (d) batching
+    if batch:
+        out += ["### Batched prediction", ""]
+        loop_ms = float(sorted(batch["loop_ms"])[len(batch["loop_ms"]) // 2])
+        batch_ms = float(sorted(batch["batch_ms"])[len(batch["batch_ms"]) // 2])
+        loop_cpu = float(sorted(batch["loop_cpu_ms"])[len(batch["loop_cpu_ms"]) // 2])
+        batch_cpu = float(sorted(batch["batch_cpu_ms"])[len(batch["batch_cpu_ms"]) // 2])
+        n, atoms = batch["structures"], batch["atoms"]
+        out += [
+            f"{n} small structures ({atoms} atoms in all: Cu and Pd bulk cells, Cu(111)+O slabs, ethanol; 8-13 atoms each), "
+            f"shipped-size model, energies and forces, graph construction included. Largest force difference between "
+            f"the two ways: {batch['max_force_difference']:.1e} eV/A.",
+            "",
+            table(
+                ["mode", "ms for all", "CPU ms", "structures/s", "atom-steps/s"],
+                [
+                    ["loop of `predict([s])`", fmt_ms(loop_ms), fmt_ms(loop_cpu), f"{n / loop_ms * 1e3:.1f}", fmt_rate(atoms, loop_ms)],
+                    ["`predict(list)`", fmt_ms(batch_ms), fmt_ms(batch_cpu), f"{n / batch_ms * 1e3:.1f}", fmt_rate(atoms, batch_ms)],
+                ],
+            ),
+            "",
+            f"Batching gain: {loop_ms / batch_ms:.1f}x (wall), {loop_cpu / batch_cpu:.1f}x (CPU).",
+            "",
+        ]
+    out += ["### Setting up the comparison", "", SETUP_NOTES, ""]
+    return "\n".join(out)
+
+
+def update_results(path: Path, body: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    lines = text.splitlines()
+    try:
+        start = next(k for k, line in enumerate(lines) if line.strip() == SECTION)
+    except StopIteration:
+        new = text.rstrip("\n") + "\n\n" + body
+    else:
+        end = next((k for k in range(start + 1, len(lines)) if lines[k].startswith("## ") or lines[k].startswith("# ")), len(lines))
+        before = "\n".join(lines[:start]).rstrip("\n")
+        after = "\n".join(lines[end:])
+        new = (before + "\n\n" if before else "") + body.rstrip("\n") + ("\n\n" + after if after else "")
+    path.write_text(new.rstrip("\n") + "\n")
+    log.info("updated section %r of %s", SECTION, path)
+
+
+# ---------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(args)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if args.quick:
+        args.repeats, args.rounds = min(args.repeats, 2), 1
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    env = thread_env(args.threads, args.omp_wait_policy)
+    load_before, jobs_before = os.getloadavg(), training_jobs()
+    sys.path.insert(0, str(ROOT))
+
+    workdir = Path(tempfile.mkdtemp(prefix="equiformer-speed-"))
+    cases_path = workdir / "cases.npz"
+    info = write_cases(build_structures(args.quick), cases_path)
+    log.info("cases: %s", ", ".join(f"{k} ({v['atoms']} atoms, {v['edges']} edges)" for k, v in info.items()))
+    a_cases = [n for n in REFERENCE_CASES if n in info]
+    s_cases = [n for n in ["slab37"] + SCALING_CASES if n in info]
+
+    runners: dict[str, Runner] = {
+        "ours_a": Runner("ours md17-l2", our_cmd(ROOT, "md17-l2", True), a_cases),
+        "ours_s": Runner("ours small", our_cmd(ROOT, "small", False, end_to_end=True), s_cases),
+    }
+    if args.baseline_src:
+        fits = [n for n in info if info[n]["atoms"] <= args.baseline_max_atoms]
+        runners["base_a"] = Runner("before md17-l2", our_cmd(args.baseline_src, "md17-l2", True), [n for n in a_cases if n in fits])
+        runners["base_s"] = Runner("before small", our_cmd(args.baseline_src, "small", False), [n for n in s_cases if n in fits])
+    if args.reference_cmd:
+        runners["reference"] = Runner("reference", shlex.split(args.reference_cmd), a_cases)
+    if args.mace_cmd:
+        runners["mace"] = Runner("mace", shlex.split(args.mace_cmd), [n for n in MACE_CASES if n in info])
+
+    per_round = max(1, math.ceil(args.repeats / args.rounds))
+    order = ["ours_a", "base_a", "reference", "ours_s", "base_s", "mace"]
+    for r in range(args.rounds):
+        log.info("round %d of %d", r + 1, args.rounds)
+        for key in order:
+            if key in runners:
+                runners[key].run(cases_path, workdir, args, per_round, env)
+
+    memory = {}
+    if not args.no_memory:
+        for name in SCALING_CASES:
+            if name in info:
+                res = run_worker_once("memory", args, env, workdir, ["--input", str(cases_path), "--only", name, "--preset", "small"])
+                if res:
+                    memory.update(res["cases"])
+    batch = None if args.no_batch else run_worker_once("batch", args, env, workdir, ["--preset", "small"])
+
+    load_after, jobs_after = os.getloadavg(), training_jobs()
+    body = report(args, info, runners, memory, batch, command, load_before, load_after, (jobs_before, jobs_after))
+    print(body)
+    if args.output:
+        args.output.write_text(body + "\n")
+    if args.json:
+        raw = {k: {"label": r.label, "n_params": r.n_params, "error": r.error, "results": r.results} for k, r in runners.items()}
+        args.json.write_text(json.dumps({"info": info, "runners": raw, "memory": memory, "batch": batch}, indent=1))
+    if args.update_results:
+        update_results(args.update_results, body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
