@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import _common  # noqa: E402  (benchmarks/_common.py, beside this script)
+
 log = logging.getLogger("bench.neighbor_list")
 
 SECTION = "## Neighbour list (graph.py backend choice)"
@@ -163,33 +165,11 @@ def markdown_table(rows, names: list[str]) -> str:
 
 
 def machine_line() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        model = platform.processor() or model
-    nproc = os.cpu_count()
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    date = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    return f"Machine: `nproc` = {nproc}, CPU: {model}, Python {platform.python_version()}, date: {date}."
+    return _common.machine_line()
 
 
 def versions_line() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    parts = []
-    for pkg in ("vesin", "matscipy", "ase", "numpy"):
-        try:
-            parts.append(f"{pkg} {version(pkg)}")
-        except PackageNotFoundError:
-            parts.append(f"{pkg} ?")
-    return "Versions: " + ", ".join(parts) + "."
+    return _common.versions_line(("vesin", "matscipy", "ase", "numpy"))
 
 
 def update_results(path: Path, table: str, args: argparse.Namespace, command: str) -> None:

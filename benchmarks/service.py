@@ -33,6 +33,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import _common  # noqa: E402  (benchmarks/_common.py, beside this script)
+
 log = logging.getLogger("bench.service")
 
 SECTION = "## Service throughput"
@@ -224,32 +226,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def machine_line() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        model = platform.processor() or model
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:
-        nproc = os.cpu_count() or 0
-    date = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    return f"Machine: `nproc` = {nproc}, CPU: {model}, Python {platform.python_version()}, date: {date}."
+    return _common.machine_line()
 
 
 def versions_line() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    parts = []
-    for pkg in ("torch", "fastapi", "uvicorn", "ase"):
-        try:
-            parts.append(f"{pkg} {version(pkg)}")
-        except PackageNotFoundError:
-            parts.append(f"{pkg} ?")
-    return "Versions: " + ", ".join(parts) + "."
+    return _common.versions_line(("torch", "fastapi", "uvicorn", "ase"))
 
 
 def load_note() -> str:
