@@ -52,6 +52,38 @@ class EdgeDegreeEmbedding(nn.Module):
     def forward(
         self, num_nodes: int, sh: torch.Tensor, basis: torch.Tensor, envelope: torch.Tensor, edge_index: torch.Tensor
     ) -> torch.Tensor:
+        """Same numbers as :meth:`forward_reference`, computed with the fused tensor product +
+        projection (:meth:`DepthwiseTensorProduct.forward_linear_cl`): the edge features never hold
+        the full tensor-product output, and the blocks of the constant node features that are
+        exactly zero (l > 0: no path, no bias) are skipped."""
+        emb = self
+        proj, expand = emb.proj, emb.expand
+        if proj.irreps_in != emb.dtp.irreps_out_simple or len({ir for _, ir in proj.irreps_in}) != len(proj.irreps_in):
+            return self.forward_reference(num_nodes, sh, basis, envelope, edge_index)
+        ones = torch.ones(1, 1, dtype=sh.dtype, device=sh.device)
+        node = expand.forward_cl([ones.view(1, 1, 1)])
+        fed = {i_out for _, i_out in expand._paths}
+        node = [y if (j in fed or expand.has_bias[j]) else None for j, y in enumerate(node)]
+        mats: list[torch.Tensor | None] = [None] * len(proj.irreps_in)
+        for (i_in, i_out), w, a in zip(proj._paths, proj.weights, proj._alpha):
+            mats[i_in] = w * a  # one path per input block (unique irreps)
+        weight = emb.radial(basis) * envelope.unsqueeze(-1)
+        ys = emb.dtp.forward_linear_cl(node, sh, mats, weight)
+        n_edges = sh.shape[0]
+        outs = []
+        for j, (mul, ir) in enumerate(proj.irreps_out):
+            src = [i_in for i_in, i_out in proj._paths if i_out == j]
+            y = ys[src[0]] if src and ys[src[0]] is not None else sh.new_zeros(n_edges, ir.dim, mul)
+            if proj.has_bias[j]:
+                y = y + proj.bias[proj._bias_start[j] : proj._bias_start[j] + mul]
+            outs.append(y.new_zeros((num_nodes,) + y.shape[1:]).index_add(0, edge_index[1], y))
+        out = torch.cat([o.transpose(1, 2).reshape(num_nodes, -1) for o in outs], dim=-1)
+        return out * emb.inv_sqrt_degree
+
+    def forward_reference(
+        self, num_nodes: int, sh: torch.Tensor, basis: torch.Tensor, envelope: torch.Tensor, edge_index: torch.Tensor
+    ) -> torch.Tensor:
+        """The plain, readable computation (kept as the oracle of :meth:`forward`)."""
         ones = torch.ones(1, 1, dtype=sh.dtype, device=sh.device)
         node = self.expand(ones).expand(sh.shape[0], -1)
         weight = self.radial(basis) * envelope.unsqueeze(-1)

@@ -71,3 +71,18 @@ def test_envelope_softmax():
     # large logits do not overflow
     big = envelope_softmax(logits * 100, env, dst, num_nodes=3)
     assert torch.isfinite(big).all()
+
+
+def test_edge_degree_embedding_fused_equals_reference():
+    from equiformer_calc.nn import EdgeDegreeEmbedding, sh_irreps
+
+    torch.manual_seed(0)
+    irreps = with_parity("8x0e+4x1e+2x2e", True)
+    sh_ir = sh_irreps(2, True)
+    emb = EdgeDegreeEmbedding(irreps, sh_ir, 8, (16,), 10.0).double()
+    vec = torch.randn(30, 3, dtype=torch.float64)
+    sh = o3.spherical_harmonics(sh_ir, vec, True, "component")
+    basis = torch.randn(30, 8, dtype=torch.float64)
+    env = torch.rand(30, dtype=torch.float64)
+    edge_index = torch.randint(0, 7, (2, 30))
+    torch.testing.assert_close(emb(7, sh, basis, env, edge_index), emb.forward_reference(7, sh, basis, env, edge_index))
