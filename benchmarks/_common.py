@@ -38,3 +38,27 @@ def versions_line(packages: Iterable[str]) -> str:
         except PackageNotFoundError:
             parts.append(f"{pkg} ?")
     return "Versions: " + ", ".join(parts) + "."
+
+
+def update_section(path: Path, heading: str, body: str) -> None:
+    """Replace the markdown section that starts with the line ``heading`` (up to the next heading of
+    level 1 or 2) by ``body``, or append ``body`` if there is no such section. Lines inside fenced
+    code blocks (for example ``# comments`` in a bash block) are not taken for headings."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    lines = text.splitlines()
+    try:
+        start = next(k for k, line in enumerate(lines) if line.strip() == heading)
+    except StopIteration:
+        path.write_text(text.rstrip("\n") + "\n\n" + body.rstrip("\n") + "\n")
+        return
+    end, fenced = len(lines), False
+    for k in range(start + 1, len(lines)):
+        if lines[k].lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and lines[k].startswith(("## ", "# ")):
+            end = k
+            break
+    before = "\n".join(lines[:start]).rstrip("\n")
+    after = "\n".join(lines[end:])
+    new = (before + "\n\n" if before else "") + body.rstrip("\n") + ("\n\n" + after if after else "")
+    path.write_text(new.rstrip("\n") + "\n")

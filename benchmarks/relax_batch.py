@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import _common  # noqa: E402  (benchmarks/_common.py, beside this script)
+
 log = logging.getLogger("bench.relax_batch")
 
 SECTION = "## Batched relaxation"
@@ -202,18 +204,7 @@ def update_results(args: argparse.Namespace, table: str, summary: str, model_des
         ]
     )
     path = args.update_results
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    try:
-        start = next(k for k, line in enumerate(lines) if line.strip() == SECTION)
-    except StopIteration:
-        new = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = next((k for k in range(start + 1, len(lines)) if lines[k].startswith(("## ", "# "))), len(lines))
-        before = "\n".join(lines[:start]).rstrip("\n")
-        after = "\n".join(lines[end:])
-        new = (before + "\n\n" if before else "") + body + ("\n" + after if after else "")
-    path.write_text(new.rstrip("\n") + "\n")
+    _common.update_section(path, SECTION, body)
     log.info("updated section %r of %s", SECTION, path)
 
 

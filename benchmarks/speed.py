@@ -54,6 +54,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import _common  # noqa: E402  (benchmarks/_common.py, beside this script)
+
 log = logging.getLogger("bench.speed")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -683,18 +685,7 @@ def report(args, info: dict, runners: dict[str, Runner], memory: dict, batch: di
 
 
 def update_results(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    try:
-        start = next(k for k, line in enumerate(lines) if line.strip() == SECTION)
-    except StopIteration:
-        new = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = next((k for k in range(start + 1, len(lines)) if lines[k].startswith("## ") or lines[k].startswith("# ")), len(lines))
-        before = "\n".join(lines[:start]).rstrip("\n")
-        after = "\n".join(lines[end:])
-        new = (before + "\n\n" if before else "") + body.rstrip("\n") + ("\n\n" + after if after else "")
-    path.write_text(new.rstrip("\n") + "\n")
+    _common.update_section(path, SECTION, body)
     log.info("updated section %r of %s", SECTION, path)
 
 
