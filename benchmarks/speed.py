@@ -41,12 +41,10 @@ Example:
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import logging
 import math
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -481,31 +479,10 @@ def slope(points: list[tuple[int, float]]) -> float | None:
 
 
 def machine_lines(args) -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        model = platform.processor() or model
-    try:
-        nproc = len(os.sched_getaffinity(0))
-    except AttributeError:
-        nproc = os.cpu_count()
-    date = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    versions = []
-    for pkg in ("torch", "e3nn", "numpy", "ase"):
-        try:
-            versions.append(f"{pkg} {version(pkg)}")
-        except PackageNotFoundError:
-            versions.append(f"{pkg} ?")
     return [
-        f"Machine: `nproc` = {nproc}, CPU: {model}, Python {platform.python_version()}, date: {date}.",
-        f"Versions: {', '.join(versions)}. Threads per runner: {args.threads} (torch.set_num_threads and "
-        f"OMP/MKL_NUM_THREADS), OMP_WAIT_POLICY={args.omp_wait_policy or 'unset'}.",
+        _common.machine_line(),
+        _common.versions_line(["torch", "e3nn", "numpy", "ase"])[:-1] + f". Threads per runner: {args.threads} "
+        f"(torch.set_num_threads and OMP/MKL_NUM_THREADS), OMP_WAIT_POLICY={args.omp_wait_policy or 'unset'}.",
     ]
 
 

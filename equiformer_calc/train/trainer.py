@@ -283,7 +283,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         for k, v in metrics.items():
             running.setdefault(k, []).append(v)
         bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.3g}", f_mae=f"{metrics['f_mae']:.3f}")
+        bar.set_postfix(loss=f"{metrics['loss']:.3g}", f_mae=f"{metrics['f_mae']:.3f}", refresh=False)
 
         if step % cfg.val_every == 0 or step == cfg.max_steps:
             model.eval()
