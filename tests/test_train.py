@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -255,6 +256,19 @@ def test_resume_with_larger_max_steps_is_bitwise_identical(data_dir: Path, tmp_p
     second = train(tiny_config(data_dir, resumed, max_steps=6, **settings))
     assert second["steps"] == 6
     _assert_same_run(straight, resumed)
+
+
+@pytest.mark.usefixtures("no_learning_curve")
+def test_wall_time_counts_each_session_once(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a fake clock that advances 1 s per reading: start, then one reading per validation row
+    ticks = iter(range(1000))
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    out = tmp_path / "run"
+    train(tiny_config(data_dir, out, max_train=4, max_steps=4, val_every=1))  # rows at 1 s .. 4 s
+    ticks = iter(range(1000))
+    train(tiny_config(data_dir, out, max_train=4, max_steps=6, val_every=1))  # 2 more rows: +1 s, +2 s
+    walls = [row["wall_s"] for row in json.loads((out / "history.json").read_text())]
+    assert walls == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
 
 
 def test_checkpoint_writes_are_atomic(tmp_path: Path, tiny_model, monkeypatch: pytest.MonkeyPatch) -> None:

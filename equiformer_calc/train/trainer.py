@@ -260,6 +260,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=rank != 0, dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)
     start = time.perf_counter()
+    # wall time of the earlier sessions of this run (the clock restarts at every resume)
+    wall_before = history[-1]["wall_s"] if history else 0.0
     running: dict[str, list[float]] = {}
     stop_reason = "max_steps"
     while step < cfg.max_steps:
@@ -293,7 +295,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             val_loss = val["e_mae_atom"] / 0.003 + val["f_mae"] / 0.03
             row = {
                 "step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-                "wall_s": time.perf_counter() - start + (history[-1]["wall_s"] if history else 0.0),
+                "wall_s": time.perf_counter() - start + wall_before,
                 **{f"train_{k}": float(np.mean(v)) for k, v in running.items()},
                 **{f"val_{k}": v for k, v in val.items()},
             }
