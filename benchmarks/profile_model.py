@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "One energy+forces call (forward + autograd forces, float32, prebuilt 5 A graph) as in the "
         "Model speed section, split by stage and by operator. Module times come from forward hooks "
-        "(inclusive, summed over the blocks), operator times from `torch.profiler` (self CPU time, "
+        "(inclusive, summed over the blocks, hook overhead included), operator times from `torch.profiler` (self CPU time, "
         "forward and backward of one call; profiler overhead included, so the sums exceed the plain "
         "wall time).",
     ]
@@ -276,10 +276,13 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"### Per-edge cost by operator, '{scaling[0]}' vs '{scaling[1]}' ('small' model)",
             "",
-            "Self CPU time per edge of the same operators at two sizes (one profiled call each). A ratio "
-            "above 1 is an operator whose cost grows faster than the number of edges; the last column "
-            f"is the time it adds at {scaling[1]} over linear scaling. Whole call: {ratio:.2f}x the "
-            f"per-edge cost at {scaling[0]}.",
+            "Self CPU time per edge of the same operators at two sizes (one profiled call each, after one "
+            "warm-up call). A ratio above 1 is an operator whose cost grows faster than the number of "
+            f"edges; the last column is the time it adds at {scaling[1]} over linear scaling. Whole call: "
+            f"{ratio:.2f}x the per-edge cost at {scaling[0]}. Compare with the plain timings of the Model "
+            "speed section (several calls, no profiler): the operators that grow are the ones that write "
+            "large new tensors (mul, cat, add), i.e. memory traffic and page faults on multi-GB "
+            "allocations, which the profiler's single call exaggerates.",
             "",
             text,
         ]
