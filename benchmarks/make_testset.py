@@ -61,6 +61,8 @@ def make_testset(
     """Write the sampled frames (in source order) to ``out`` atomically; returns their indices."""
     from ase.io import read, write
 
+    from equiformer_calc.fileio import atomic_path
+
     quota = dict(DEFAULT_QUOTA if quota is None else quota)
     frames = read(str(source), ":")
     strata: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -79,13 +81,8 @@ def make_testset(
         atoms.info["source_index"] = int(k)
         picked.append(atoms)
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         write(str(tmp), picked, format="extxyz")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
     log.info("wrote %d frames (%d bytes) to %s from %s (sha256 %s)", len(picked), out.stat().st_size, out, source,
              digest)

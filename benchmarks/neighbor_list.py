@@ -14,10 +14,8 @@ Example:
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import logging
 import os
-import platform
 import shlex
 import sys
 import time

@@ -17,11 +17,9 @@ Example:
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import logging
 import math
 import os
-import platform
 import shlex
 import socket
 import subprocess

@@ -74,6 +74,8 @@ def plot(histories: list[list[dict]], labels: list[str], summary: dict, path: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from equiformer_calc.train.evaluate import save_figure
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, (key, (target, factor, name)) in zip(axes, TARGETS.items()):
         for label, history, run in zip(labels, histories, summary["runs"]):
@@ -97,8 +99,7 @@ def plot(histories: list[list[dict]], labels: list[str], summary: dict, path: Pa
         ax.legend(fontsize=7)
     fig.suptitle("emt-small: best validation error of each full schedule, extrapolated to the targets")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> int:

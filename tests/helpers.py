@@ -55,3 +55,17 @@ def molecule_system() -> Atoms:
 
 
 SYSTEMS = {"molecule": molecule_system, "slab": slab_with_adsorbate, "bulk": bulk_cell}
+
+
+#: a datagen size spec small enough for tests (a few seconds of EMT)
+TINY_DATASET = {
+    "adsorbate_systems": 6,
+    "slab_systems": 2,
+    "bulk_systems": 2,
+    "relax_tasks": 2,
+    "max_relax_steps": 30,
+    "adsorbate_frames": {"relax": 3, "rattle": 2, "md": 1, "md_stride": 3},
+    "slab_frames": {"relax": 2, "rattle": 2, "md": 1, "md_stride": 3},
+    "bulk_frames": {"relax": 2, "rattle": 2, "md": 1, "md_stride": 3},
+    "val_fraction": 0.2,
+}

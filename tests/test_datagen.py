@@ -23,17 +23,8 @@ from ase.io import read
 from equiformer_calc.train import datagen
 from equiformer_calc.train.datagen import EMT_LATTICE_CONSTANTS, SPLITS, generate_dataset
 
-TINY = {
-    "adsorbate_systems": 6,
-    "slab_systems": 2,
-    "bulk_systems": 2,
-    "relax_tasks": 2,
-    "max_relax_steps": 30,
-    "adsorbate_frames": {"relax": 3, "rattle": 2, "md": 1, "md_stride": 3},
-    "slab_frames": {"relax": 2, "rattle": 2, "md": 1, "md_stride": 3},
-    "bulk_frames": {"relax": 2, "rattle": 2, "md": 1, "md_stride": 3},
-    "val_fraction": 0.2,
-}
+from .helpers import TINY_DATASET
+
 DATA_FILES = [f"{s}.extxyz" for s in SPLITS] + ["relax_initial.extxyz", "relax_relaxed.extxyz", "relax_tasks.json"]
 INFO_KEYS = {"config_type", "metal", "facet", "adsorbate", "site", "frame_kind", "split", "system_id"}
 
@@ -41,7 +32,7 @@ INFO_KEYS = {"config_type", "metal", "facet", "adsorbate", "site", "frame_kind",
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("emt") / "data"
-    summary = generate_dataset(out, seed=3, size=TINY, workers=1, progress=False)
+    summary = generate_dataset(out, seed=3, size=TINY_DATASET, workers=1, progress=False)
     return out, summary
 
 
@@ -129,7 +120,7 @@ def test_splits_disjoint_and_ood_held_out(dataset: tuple[Path, dict], frames: di
     tasks = json.loads((out / "relax_tasks.json").read_text())
     initial = read(out / "relax_initial.extxyz", ":")
     relaxed = read(out / "relax_relaxed.extxyz", ":")
-    assert len(tasks) == len(initial) == len(relaxed) == TINY["relax_tasks"]
+    assert len(tasks) == len(initial) == len(relaxed) == TINY_DATASET["relax_tasks"]
     trained = {
         (a.info["metal"], a.info["facet"], a.info["adsorbate"], a.info["site"])
         for s in ("train", "val")
@@ -145,7 +136,7 @@ def test_splits_disjoint_and_ood_held_out(dataset: tuple[Path, dict], frames: di
 
 def test_same_seed_identical_any_worker_count(dataset: tuple[Path, dict], tmp_path: Path) -> None:
     out, summary = dataset
-    again = generate_dataset(tmp_path / "again", seed=3, size=TINY, workers=2, progress=False)
+    again = generate_dataset(tmp_path / "again", seed=3, size=TINY_DATASET, workers=2, progress=False)
     for name in DATA_FILES:
         assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
     assert again["files"] == summary["files"]
@@ -154,10 +145,10 @@ def test_same_seed_identical_any_worker_count(dataset: tuple[Path, dict], tmp_pa
 def test_rerun_is_noop(dataset: tuple[Path, dict]) -> None:
     out, summary = dataset
     stamps = {name: (out / name).stat().st_mtime_ns for name in DATA_FILES + ["summary.json"]}
-    assert generate_dataset(out, seed=3, size=TINY, progress=False) == json.loads((out / "summary.json").read_text())
+    assert generate_dataset(out, seed=3, size=TINY_DATASET, progress=False) == json.loads((out / "summary.json").read_text())
     assert stamps == {name: (out / name).stat().st_mtime_ns for name in stamps}
     with pytest.raises(FileExistsError):
-        generate_dataset(out, seed=4, size=TINY, progress=False)
+        generate_dataset(out, seed=4, size=TINY_DATASET, progress=False)
 
 
 def test_plan_is_seeded() -> None:

@@ -43,26 +43,15 @@ from equiformer_calc.train.evaluate import compute_metrics, evaluate, predict_sa
 from equiformer_calc.train.relax_benchmark import _adsorbml_groups, anomalies, relax_benchmark, select_tasks
 from equiformer_calc.train.trainer import TrainConfig, fit_energy_references, train
 
-from .helpers import ELEMENTS  # noqa: F401  (also pins torch to one thread)
+from .helpers import TINY_DATASET  # (importing helpers also pins torch to one thread)
 
-TINY_DATA = {
-    "adsorbate_systems": 6,
-    "slab_systems": 2,
-    "bulk_systems": 2,
-    "relax_tasks": 2,
-    "max_relax_steps": 30,
-    "adsorbate_frames": {"relax": 3, "rattle": 2, "md": 1, "md_stride": 3},
-    "slab_frames": {"relax": 2, "rattle": 2, "md": 1, "md_stride": 3},
-    "bulk_frames": {"relax": 2, "rattle": 2, "md": 1, "md_stride": 3},
-    "val_fraction": 0.2,
-}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("train-data") / "emt"
-    generate_dataset(out, seed=3, size=TINY_DATA, workers=1, progress=False)
+    generate_dataset(out, seed=3, size=TINY_DATASET, workers=1, progress=False)
     return out
 
 

@@ -67,6 +67,8 @@ from ase.md.velocitydistribution import Stationary
 from ase.neighborlist import neighbor_list
 from ase.optimize import BFGS
 
+from ..fileio import write_text_atomic
+
 try:
     from ase.md.velocitydistribution import thermalize_momenta
 except ImportError:  # ase < 3.29
@@ -902,12 +904,6 @@ def _fingerprint(seed: int, size_name: str, spec: DatasetSize) -> dict[str, Any]
     return {"seed": int(seed), "size": size_name, "spec": spec.to_dict(), "version": GENERATOR_VERSION}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -1063,7 +1059,7 @@ def generate_dataset(
             logger.info("discarding stale partial work in %s", work)
             shutil.rmtree(work)
     shard_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(plan_file, json.dumps(fingerprint, indent=1, sort_keys=True))
+    write_text_atomic(plan_file, json.dumps(fingerprint, indent=1, sort_keys=True))
 
     wall_start = time.perf_counter()
     tasks, ood = plan_tasks(seed, spec)
@@ -1136,7 +1132,7 @@ def generate_dataset(
         compute_wall_seconds=round(compute_seconds, 2),
         wall_seconds=round(time.perf_counter() - wall_start, 2),
     )
-    _atomic_write_text(out / _SUMMARY, json.dumps(summary, indent=1, sort_keys=True))
+    write_text_atomic(out / _SUMMARY, json.dumps(summary, indent=1, sort_keys=True))
     shutil.rmtree(work, ignore_errors=True)
     logger.info(
         "datagen done in %.1f s (EMT %.1f s over %d calls): %s frames; %d relaxation references; discarded %s",
@@ -1183,7 +1179,7 @@ def _write_outputs(out: Path, shard_dir: Path, tasks: list[_Task]) -> dict[str, 
     files: dict[str, dict[str, Any]] = {}
     for name in [f"{s}.extxyz" for s in SPLITS] + list(relax_names):
         os.replace(out / f"{name}.tmp", out / name)
-    _atomic_write_text(out / "relax_tasks.json", json.dumps(records, indent=1))
+    write_text_atomic(out / "relax_tasks.json", json.dumps(records, indent=1))
     for name in [f"{s}.extxyz" for s in SPLITS] + [*relax_names, "relax_tasks.json"]:
         files[name] = {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
     return {

@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint
+from ..fileio import atomic_path, write_text_atomic
 from ..model import Equiformer
 from ..predictor import compute, resolve_dtype, voigt
 from ..runtime import configure_runtime
@@ -255,18 +255,15 @@ def evaluate_samples(
 
 
 # ----------------------------------------------------------------------------- plots
-def _save_figure(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
+    """Save a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _parity_axes(ax: Any, ref: np.ndarray, pred: np.ndarray, label: str, unit: str, mae: float) -> None:
@@ -318,7 +315,7 @@ def plot_parity(pred: Predictions, out: str | os.PathLike, color_by: str | None 
     ax.set_title(f"{title} energy".strip())
     fig.tight_layout()
     path = out / "parity_energy.png"
-    _save_figure(fig, path)
+    save_figure(fig, path)
     written.append(path)
 
     if "f_mae" in metrics:
@@ -331,7 +328,7 @@ def plot_parity(pred: Predictions, out: str | os.PathLike, color_by: str | None 
         ax.set_title(f"{title} forces (free atoms, cos {metrics['f_cos']:.3f})".strip())
         fig.tight_layout()
         path = out / "parity_forces.png"
-        _save_figure(fig, path)
+        save_figure(fig, path)
         written.append(path)
 
     if "s_mae" in metrics:
@@ -345,7 +342,7 @@ def plot_parity(pred: Predictions, out: str | os.PathLike, color_by: str | None 
         ax.set_title(f"{title} stress (3D-periodic frames)".strip())
         fig.tight_layout()
         path = out / "parity_stress.png"
-        _save_figure(fig, path)
+        save_figure(fig, path)
         written.append(path)
     return written
 
@@ -370,15 +367,7 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
     """Write ``obj`` as indented strict JSON (NaN -> null) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(_jsonable(obj), fh, indent=1, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, json.dumps(_jsonable(obj), indent=1, allow_nan=False) + "\n")
     return path
 
 

@@ -452,7 +452,7 @@ def _plot(tasks: Sequence[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .evaluate import _save_figure
+    from .evaluate import save_figure
 
     tasks = [t for t in tasks if t.get("error") is None]
     if not tasks:
@@ -472,7 +472,7 @@ def _plot(tasks: Sequence[dict[str, Any]], path: Path) -> None:
     ax.legend(fontsize=7)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def format_summary(result: dict[str, Any]) -> str:

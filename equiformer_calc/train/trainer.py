@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +27,12 @@ import torch
 import torch.distributed as dist
 
 from ..checkpoint import save_checkpoint
+from ..fileio import atomic_path, write_text_atomic
 from ..model import Equiformer
 from ..predictor import compute, voigt
 from ..runtime import configure_runtime
 from .data import Sample, collate, read_samples
-from .evaluate import evaluate_samples
+from .evaluate import evaluate_samples, save_figure
 
 __all__ = ["TrainConfig", "train", "fit_energy_references", "HELP", "add_arguments", "run"]
 
@@ -113,14 +113,8 @@ def fit_energy_references(samples: list[Sample], elements: list[str]) -> tuple[n
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -252,7 +246,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             },
             state_path,
         )
-        _write_text(out / "history.json", json.dumps(history))
+        write_text_atomic(out / "history.json", json.dumps(history))
 
     from tqdm.auto import tqdm
 
@@ -324,7 +318,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     summary = {"steps": step, "epochs": epoch, "best_val_loss": best, "stop_reason": stop_reason,
                "last": history[-1] if history else None}
     if rank == 0:
-        _write_text(out / "summary.json", json.dumps(summary, indent=2))
+        write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
@@ -339,29 +333,12 @@ def _provenance(cfg: TrainConfig, row: dict[str, Any], n_train: int) -> dict[str
     }
 
 
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
     keys = sorted({k for row in history for k in row}, key=lambda k: (k != "step", k))
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".metrics.csv.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(history)
-        os.replace(tmp, out / "metrics.csv")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(out / "metrics.csv") as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
     plot_learning_curve(history, out / "learning_curve.png")
 
 
@@ -385,15 +362,7 @@ def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
         ax.legend()
     fig.suptitle("Equiformer training (EMA weights on validation)")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path, dpi=100)
 
 
 # ----------------------------------------------------------------------------- CLI
