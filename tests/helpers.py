@@ -69,3 +69,26 @@ TINY_DATASET = {
     "bulk_frames": {"relax": 2, "rattle": 2, "md": 1, "md_stride": 3},
     "val_fraction": 0.2,
 }
+
+
+def counting_emt():
+    """``module:factory`` labeller for tests (``tests.helpers:counting_emt``): EMT that appends one line
+    per call to ``$EQC_TEST_CALL_LOG`` and SIGKILLs its own process at call ``$EQC_TEST_KILL_AT`` (if
+    set), to test that labelling survives ``kill -9`` without labelling anything twice."""
+    import os
+    import signal
+
+    from ase.calculators.emt import EMT
+
+    class _Counting(EMT):
+        def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+            log = os.environ.get("EQC_TEST_CALL_LOG")
+            if log:
+                with open(log, "a") as fh:
+                    fh.write("call\n")
+                kill_at = int(os.environ.get("EQC_TEST_KILL_AT", "0"))
+                if kill_at and sum(1 for _ in open(log)) >= kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            super().calculate(atoms, properties, system_changes)
+
+    return _Counting()

@@ -54,7 +54,7 @@ def test_files_and_summary(dataset: tuple[Path, dict], frames: dict[str, list[At
     assert summary["frames_per_split"] == on_disk["frames_per_split"]
     for split in ("train", "test_id", "test_ood"):
         assert frames[split], f"empty {split}"
-    assert on_disk["emt_wall_seconds"] > 0
+    assert on_disk["labeller_wall_seconds"] > 0 and on_disk["labeller"] == "emt"
 
 
 def test_labels_read_back(frames: dict[str, list[Atoms]]) -> None:

@@ -1,6 +1,11 @@
-"""OC20-S2EF-style dataset generator labelled with ASE's EMT calculator.
+"""OC20-S2EF-style dataset generator, labelled by EMT, a teacher potential or your own calculator.
 
-The dataset covers seven fcc metals (Cu, Ag, Au, Ni, Pd, Pt, Al) as
+The labeller (``--labeller emt | sevennet | module:factory``, see :mod:`equiformer_calc.data.labellers`)
+drives every relaxation and MD run that makes the frames and labels them; its name and version are
+stored in every frame (``labeller``, ``labeller_version``). With EMT the dataset covers seven fcc
+metals (Cu, Ag, Au, Ni, Pd, Pt, Al); the ``teacher`` size adds Rh and Ir, slabs at ASE's default
+(experimental) lattice constants beside the labeller's own, and gas-phase molecules (H2, H2O, CO, N2,
+CO2, NH3, CH4, O2, NO, CH3OH) at and near equilibrium. Systems come as
 
 * **bulk** cells (primitive / conventional cells and small supercells; randomly strained and
   rattled; fully periodic; energy, forces *and* stress labels),
@@ -24,9 +29,10 @@ hold initial structures and EMT-relaxed references for held-out relaxation bench
 Everything is a pure function of ``(seed, size)``: each system draws its random numbers from
 its own seed derived from the global seed and the system id, so the output files are
 byte-identical whatever the number of worker processes. Work is checkpointed per system
-under ``OUT/.datagen-work`` so an interrupted run resumes where it stopped; final files are
-written to temporary names and renamed, and ``summary.json`` (written last) marks a complete
-dataset.
+under ``OUT/.datagen-work/shards`` (``NNNNNN.extxyz.xz`` + ``NNNNNN.json``, no pickles), and every
+labeller call of an unfinished system is journaled (``journal/NNNNNN.jsonl``), so a run killed at any
+point resumes where it stopped without labelling anything twice; final files are written to
+temporary names and renamed, and ``summary.json`` (written last) marks a complete dataset.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import pickle
+import lzma
 import platform
 import shutil
 import sys
@@ -55,18 +61,28 @@ import numpy as np
 from ase import Atoms, units
 from ase.build import bulk as build_bulk
 from ase.build import fcc100, fcc110, fcc111, fcc211
-from ase.calculators.calculator import all_changes
-from ase.calculators.emt import EMT
+from ase.build import molecule as build_molecule
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.data import atomic_numbers, reference_states
+from ase.eos import EquationOfState
 from ase.constraints import FixAtoms
 from ase.filters import FrechetCellFilter
 from ase.geometry import find_mic
+from ase.io import read as ase_read
 from ase.io import write as ase_write
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary
 from ase.neighborlist import neighbor_list
 from ase.optimize import BFGS
 
+from ..data.labellers import (
+    JournaledCalculator,
+    LabelJournal,
+    Labeller,
+    LabellerError,
+    LabelStats,
+    resolve_labeller,
+)
 from ..fileio import write_text_atomic
 
 try:
@@ -107,11 +123,18 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Bump whenever a change alters the generated data (it is part of the completeness check).
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "2.0.0"
 
-HELP = "generate an EMT-labelled dataset of adsorbates on metal surfaces (extxyz)"
+HELP = "generate a labelled dataset of adsorbates on metal surfaces, bulk and gas molecules (extxyz)"
 
+#: The EMT metals (the default domain).
 METALS: tuple[str, ...] = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al")
+#: The teacher domain: every fcc metal of the distilled model.
+TEACHER_METALS: tuple[str, ...] = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Rh", "Ir", "Al")
+#: Gas-phase molecules (ASE's g2 names) of the teacher domain: adsorption energies need them.
+GAS_MOLECULES: tuple[str, ...] = ("H2", "H2O", "CO", "N2", "CO2", "NH3", "CH4", "O2", "NO", "CH3OH")
+#: Vacuum (Å) around gas-phase molecules (non-periodic; the box only sets the cell).
+GAS_VACUUM = 6.0
 
 #: fcc lattice constants (Å) that minimise the EMT energy of each bulk metal (fitted with
 #: ``ase.calculators.emt.EMT``; ASE's experimental defaults are up to 1.5 % off for EMT).
@@ -244,6 +267,11 @@ class DatasetSize:
     bulk_systems: int | None = None
     adsorbate_replicas: int = 1
     bulk_replicas: int = 2
+    metals: tuple[str, ...] = METALS
+    gas_molecules: tuple[str, ...] = ()
+    gas_replicas: int = 3
+    gas_frames: FrameRecipe = field(default_factory=lambda: FrameRecipe(relax=5, rattle=12, md=6, md_stride=4))
+    ase_lattice_fraction: float = 0.0
     adsorbate_frames: FrameRecipe = field(default_factory=FrameRecipe)
     slab_frames: FrameRecipe = field(default_factory=lambda: FrameRecipe(relax=6, rattle=8, md=6, md_stride=10))
     bulk_frames: FrameRecipe = field(default_factory=lambda: FrameRecipe(relax=5, rattle=12, md=6, md_stride=10))
@@ -265,9 +293,12 @@ class DatasetSize:
         if unknown:
             raise ValueError(f"unknown DatasetSize fields: {sorted(unknown)}")
         kwargs = dict(values)
-        for key in ("adsorbate_frames", "slab_frames", "bulk_frames"):
+        for key in ("adsorbate_frames", "slab_frames", "bulk_frames", "gas_frames"):
             if isinstance(kwargs.get(key), Mapping):
                 kwargs[key] = FrameRecipe(**kwargs[key])
+        for key in ("metals", "gas_molecules"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
 
 
@@ -287,6 +318,24 @@ SIZES: dict[str, DatasetSize] = {
     "medium": DatasetSize(),
     # three placements/supercells per adsorbate site, more bulk: ~3x medium
     "large": DatasetSize(adsorbate_replicas=3, bulk_replicas=6, relax_tasks=None),
+    # distillation from an expensive teacher (~13k frames from ~30k labeller calls): nine metals, half
+    # of the slabs at ASE's default lattice constants, gas molecules; sized for ~1.5 h of 2 cores at
+    # 0.2-0.5 s per call
+    "teacher": DatasetSize(
+        metals=TEACHER_METALS,
+        gas_molecules=GAS_MOLECULES,
+        gas_replicas=4,
+        ase_lattice_fraction=0.5,
+        adsorbate_systems=400,
+        slab_systems=90,
+        bulk_systems=180,
+        bulk_replicas=4,
+        adsorbate_frames=FrameRecipe(relax=10, rattle=3, md=4, md_stride=3),
+        slab_frames=FrameRecipe(relax=8, rattle=6, md=5, md_stride=3),
+        bulk_frames=FrameRecipe(relax=5, rattle=10, md=5, md_stride=3),
+        max_relax_steps=60,
+        relax_tasks=48,
+    ),
 }
 
 
@@ -308,12 +357,19 @@ def resolve_size(size: str | DatasetSize | Mapping[str, Any]) -> tuple[str, Data
 # --------------------------------------------------------------------------------------
 
 
-def build_slab(metal: str, facet: str, cell: tuple[int, int, int]) -> Atoms:
-    """Bulk-terminated slab at the EMT lattice constant, bottom half fixed, OC20 tags.
+def ase_lattice_constant(metal: str) -> float:
+    """ASE's default (experimental) fcc lattice constant, the one ``fcc111(metal, ...)`` uses."""
+    return float(reference_states[atomic_numbers[metal]]["a"])
 
+
+def build_slab(metal: str, facet: str, cell: tuple[int, int, int], a: float | None = None) -> Atoms:
+    """Bulk-terminated slab, bottom half fixed, OC20 tags.
+
+    ``a`` is the lattice constant (default: the EMT minimum of :data:`EMT_LATTICE_CONSTANTS`).
     Tags follow OC20: 0 = fixed sub-surface atoms, 1 = free (surface) atoms, 2 = adsorbate.
     """
-    slab = _SLAB_BUILDERS[facet](metal, size=cell, a=EMT_LATTICE_CONSTANTS[metal], vacuum=SLAB_VACUUM)
+    a = EMT_LATTICE_CONSTANTS[metal] if a is None else float(a)
+    slab = _SLAB_BUILDERS[facet](metal, size=cell, a=a, vacuum=SLAB_VACUUM)
     slab.pbc = (True, True, False)
     z = slab.positions[:, 2]
     fixed = z < 0.5 * (z.min() + z.max()) - 0.1
@@ -328,8 +384,8 @@ def build_adsorbate(name: str) -> Atoms:
     return Atoms(symbols=list(symbols), positions=np.array(positions, dtype=float))
 
 
-def _coordination(atoms: Atoms, metal: str) -> np.ndarray:
-    nn = EMT_LATTICE_CONSTANTS[metal] / np.sqrt(2.0)
+def _coordination(atoms: Atoms) -> np.ndarray:
+    nn = float(neighbor_list("d", atoms, 4.5).min())  # nearest-neighbour distance of the metal
     i = neighbor_list("i", atoms, 1.2 * nn)
     return np.bincount(i, minlength=len(atoms))
 
@@ -354,7 +410,7 @@ def _centroid_xy(atoms: Atoms, indices: Sequence[int]) -> np.ndarray:
     return (origin + vectors.mean(axis=0))[:2]
 
 
-def site_positions(slab: Atoms, metal: str, facet: str, site: str) -> list[np.ndarray]:
+def site_positions(slab: Atoms, facet: str, site: str) -> list[np.ndarray]:
     """Lateral (x, y) positions of every instance of a named site kind on a clean slab.
 
     (111)/(100)/(110) sites follow ASE's ``adsorbate_info`` definitions, replicated over the
@@ -368,7 +424,7 @@ def site_positions(slab: Atoms, metal: str, facet: str, site: str) -> list[np.nd
         top = np.flatnonzero(z > z.max() - 0.1)
         return [slab.positions[i, :2] + offset for i in sorted(top)]
 
-    cn = _coordination(slab, metal)
+    cn = _coordination(slab)
     surface = np.flatnonzero((cn < 12) & (z > 0.5 * (z.min() + z.max())))
     heights = np.unique(np.round(z[surface], 2))[::-1]
     rows = [sorted(int(i) for i in surface if abs(z[i] - h) < 0.05) for h in heights[:3]]
@@ -462,13 +518,22 @@ def _random_strain(rng: np.random.Generator, max_strain: float = 0.05) -> np.nda
     return np.eye(3) + 0.5 * (eps + eps.T)
 
 
-def build_bulk_cell(metal: str, kind: str) -> Atoms:
-    """Unstrained fcc bulk cell of the given kind (see :data:`BULK_CELLS`)."""
+def build_bulk_cell(metal: str, kind: str, a: float | None = None) -> Atoms:
+    """Unstrained fcc bulk cell of the given kind (see :data:`BULK_CELLS`); ``a`` as in :func:`build_slab`."""
     cubic, reps = BULK_CELLS[kind]
-    atoms = build_bulk(metal, "fcc", a=EMT_LATTICE_CONSTANTS[metal], cubic=cubic)
+    atoms = build_bulk(metal, "fcc", a=EMT_LATTICE_CONSTANTS[metal] if a is None else float(a), cubic=cubic)
     atoms = atoms.repeat(reps)
     atoms.pbc = True
     atoms.set_tags(np.zeros(len(atoms), dtype=int))
+    return atoms
+
+
+def build_gas_molecule(name: str) -> Atoms:
+    """A gas-phase molecule (ASE's g2 geometry) centred in a non-periodic box of :data:`GAS_VACUUM`."""
+    atoms = build_molecule(name)
+    atoms.center(vacuum=GAS_VACUUM)
+    atoms.pbc = False
+    atoms.set_tags(np.full(len(atoms), 2))
     return atoms
 
 
@@ -479,25 +544,16 @@ def build_bulk_cell(metal: str, kind: str) -> Atoms:
 
 @dataclass
 class _Stats:
-    """EMT bookkeeping for one task."""
+    """Bookkeeping for one task: labeller calls (paid and replayed) and discarded frames."""
 
-    emt_calls: int = 0
-    emt_seconds: float = 0.0
+    labeller: Labeller
+    journal: LabelJournal | None = None
+    calls: LabelStats = field(default_factory=LabelStats)
     discarded: Counter = field(default_factory=Counter)
 
-
-class _TimedEMT(EMT):
-    """EMT that accumulates its call count and wall time into a :class:`_Stats`."""
-
-    def __init__(self, stats: _Stats) -> None:
-        super().__init__()
-        self._stats = stats
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=None):  # type: ignore[override]
-        start = time.perf_counter()
-        super().calculate(atoms, list(properties), all_changes if system_changes is None else system_changes)
-        self._stats.emt_seconds += time.perf_counter() - start
-        self._stats.emt_calls += 1
+    def calculator(self) -> JournaledCalculator:
+        """A fresh ASE calculator view on the labeller, sharing this task's journal and counters."""
+        return JournaledCalculator(self.labeller, self.calls, self.journal)
 
 
 def _snapshot(atoms: Atoms, with_stress: bool) -> Atoms:
@@ -512,7 +568,7 @@ def _snapshot(atoms: Atoms, with_stress: bool) -> Atoms:
 
 def _label(atoms: Atoms, stats: _Stats, with_stress: bool) -> Atoms:
     work = atoms.copy()
-    work.calc = _TimedEMT(stats)
+    work.calc = stats.calculator()
     return _snapshot(work, with_stress)
 
 
@@ -532,9 +588,9 @@ def _pathology(frame: Atoms) -> str | None:
 def _relax_trajectory(
     atoms: Atoms, stats: _Stats, max_steps: int, with_stress: bool, cell_filter: bool = False
 ) -> tuple[list[Atoms], bool]:
-    """BFGS-relax ``atoms`` with EMT; returns every visited frame and whether it converged."""
+    """BFGS-relax ``atoms`` with the labeller; returns every visited frame and whether it converged."""
     work = atoms.copy()
-    work.calc = _TimedEMT(stats)
+    work.calc = stats.calculator()
     frames: list[Atoms] = []
     target = FrechetCellFilter(work) if cell_filter else work
     opt = BFGS(target, logfile=None)
@@ -550,7 +606,7 @@ def _md_frames(
     if recipe.md <= 0:
         return []
     work = atoms.copy()
-    work.calc = _TimedEMT(stats)
+    work.calc = stats.calculator()
     temperature = float(rng.uniform(300.0, 1000.0))
     timestep = float(rng.uniform(1.0, 2.0))
     thermalize_momenta(work, temperature, rng=rng)
@@ -603,7 +659,7 @@ class _Task:
     """One unit of work: one system (or one relaxation reference)."""
 
     task_id: int
-    kind: str  # bulk | slab | adsorbate | relax_task
+    kind: str  # bulk | slab | adsorbate | gas | relax_task
     system_id: str
     split: str  # train | test_id | test_ood (train frames are further split into train/val)
     metal: str
@@ -617,18 +673,18 @@ def _system_seed(seed: int, key: str) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(seed), zlib.crc32(key.encode())])
 
 
-def choose_ood_combos(seed: int, n: int) -> list[tuple[str, str]]:
+def choose_ood_combos(seed: int, n: int, metals_pool: Sequence[str] = METALS) -> list[tuple[str, str]]:
     """``n`` (metal, adsorbate) pairs held out entirely; distinct metals/adsorbates while possible."""
     rng = np.random.default_rng(_system_seed(seed, "ood-combos"))
     adsorbates = list(ADSORBATES)
     combos: list[tuple[str, str]] = []
     while len(combos) < n:
-        metals = [METALS[i] for i in rng.permutation(len(METALS))]
+        metals = [metals_pool[i] for i in rng.permutation(len(metals_pool))]
         ads = [adsorbates[i] for i in rng.permutation(len(adsorbates))]
         for m, a in zip(metals, ads, strict=False):
             if len(combos) < n and (m, a) not in combos:
                 combos.append((m, a))
-        if len(combos) >= len(METALS) * len(adsorbates):
+        if len(combos) >= len(metals_pool) * len(adsorbates):
             break
     return sorted(combos)
 
@@ -684,7 +740,8 @@ def _assign_test_id(keys: list[Any], fraction: float, rng: np.random.Generator) 
 def plan_tasks(seed: int, spec: DatasetSize) -> tuple[list[_Task], list[tuple[str, str]]]:
     """Enumerate systems, assign splits and subsample; returns (tasks, test_ood combos)."""
     rng = np.random.default_rng(_system_seed(seed, "plan"))
-    ood = set(choose_ood_combos(seed, spec.ood_combos))
+    METALS = spec.metals  # noqa: N806 (the domain of this spec)
+    ood = set(choose_ood_combos(seed, spec.ood_combos, METALS))
 
     # bulk
     bulk_items: list[tuple[Any, str]] = []
@@ -711,6 +768,11 @@ def plan_tasks(seed: int, spec: DatasetSize) -> tuple[list[_Task], list[tuple[st
     pool = [(g, group_split[g]) for g in groups if group_split[g] != "train" and g[3] != RANDOM_SITE]
     relax_items = _stratified_subsample(pool, spec.relax_tasks, rng)
 
+    # gas-phase molecules: one replica of each held out when there are three or more
+    gas_keys = [(g, r) for g in spec.gas_molecules for r in range(spec.gas_replicas)]
+    held_gas = {(g, spec.gas_replicas - 1) for g in spec.gas_molecules} if spec.gas_replicas >= 3 else set()
+    gas_items = [(key, "test_id" if key in held_gas else "train") for key in gas_keys]
+
     tasks: list[_Task] = []
 
     def add(**kwargs: Any) -> None:
@@ -723,6 +785,8 @@ def plan_tasks(seed: int, spec: DatasetSize) -> tuple[list[_Task], list[tuple[st
         add(kind="slab", system_id=f"slab-{m}-{f}-{cell}", split=split, metal=m, facet=f, cell=cell)
     for (m, f, a, s, r), split in ads_items:
         add(kind="adsorbate", system_id=f"ads-{m}-{f}-{a}-{s}-r{r}", split=split, metal=m, facet=f, adsorbate=a, site=s)
+    for (g, r), split in gas_items:
+        add(kind="gas", system_id=f"gas-{g}-r{r}", split=split, metal="none", facet="gas", adsorbate=g)
     for (m, f, a, s), split in relax_items:
         add(kind="relax_task", system_id=f"relax-{m}-{f}-{a}-{s}", split=split, metal=m, facet=f, adsorbate=a, site=s)
     return tasks, sorted(ood)
@@ -733,7 +797,22 @@ def plan_tasks(seed: int, spec: DatasetSize) -> tuple[list[_Task], list[tuple[st
 # --------------------------------------------------------------------------------------
 
 
-def _annotate(frame: Atoms, task: _Task, frame_kind: str, step: int, split: str, config_type: str) -> Atoms:
+@dataclass(frozen=True)
+class _Context:
+    """What every task of one run shares (sent to worker processes with each task)."""
+
+    seed: int
+    spec: DatasetSize
+    shard_dir: str
+    labeller: str
+    labeller_version: str
+    lattice: dict[str, float]  # metal -> the labeller's own fcc lattice constant (Å)
+    journal: bool  # journal every labeller call (expensive labellers)
+
+
+def _annotate(
+    frame: Atoms, task: _Task, frame_kind: str, step: int, split: str, config_type: str, stats: _Stats
+) -> Atoms:
     info = frame.info
     info.pop("adsorbate_info", None)
     info.update(
@@ -747,37 +826,50 @@ def _annotate(frame: Atoms, task: _Task, frame_kind: str, step: int, split: str,
         step=int(step),
         split=split,
         system_id=task.system_id,
+        labeller=stats.labeller.name,
+        labeller_version=stats.labeller.version,
     )
     frame.new_array("fixed", _fixed_mask(frame))
     return frame
 
 
-def _random_slab(task: _Task, rng: np.random.Generator) -> tuple[Atoms, str]:
+def _slab_lattice(task: _Task, ctx: _Context) -> float:
+    """The labeller's lattice constant, or ASE's default one for ``ase_lattice_fraction`` of the systems."""
+    fraction = ctx.spec.ase_lattice_fraction
+    if fraction > 0:
+        draw = np.random.default_rng(_system_seed(ctx.seed, "lattice:" + task.system_id)).random()
+        if draw < fraction:
+            return ase_lattice_constant(task.metal)
+    return ctx.lattice[task.metal]
+
+
+def _random_slab(task: _Task, rng: np.random.Generator, a: float) -> tuple[Atoms, str]:
     options = SLAB_CELLS[task.facet]
     cell = options[int(rng.choice(len(options), p=_SLAB_CELL_WEIGHTS))]
-    return build_slab(task.metal, task.facet, cell), "x".join(map(str, cell))
+    return build_slab(task.metal, task.facet, cell, a=a), "x".join(map(str, cell))
 
 
-def _initial_adsorbate_system(task: _Task, rng: np.random.Generator) -> tuple[Atoms, str]:
-    slab, cell = _random_slab(task, rng)
+def _initial_adsorbate_system(task: _Task, rng: np.random.Generator, a: float) -> tuple[Atoms, str]:
+    slab, cell = _random_slab(task, rng, a)
     if task.site == RANDOM_SITE:
         frac = rng.uniform(0.0, 1.0, size=2)
         xy = frac @ slab.cell.array[:2, :2]
     else:
-        candidates = site_positions(slab, task.metal, task.facet, task.site)
+        candidates = site_positions(slab, task.facet, task.site)
         xy = candidates[int(rng.integers(len(candidates)))]
     return place_adsorbate(slab, task.adsorbate, xy, rng), cell
 
 
-def _system_frames(task: _Task, seed: int, spec: DatasetSize, stats: _Stats) -> list[Atoms]:
-    """All labelled frames of one bulk / slab / adsorbate system (already split-annotated)."""
+def _system_frames(task: _Task, ctx: _Context, stats: _Stats) -> list[Atoms]:
+    """All labelled frames of one bulk / slab / adsorbate / gas system (already split-annotated)."""
+    seed, spec = ctx.seed, ctx.spec
     rng = np.random.default_rng(_system_seed(seed, task.system_id))
     split_rng = np.random.default_rng(_system_seed(seed, "split:" + task.system_id))
     raw: list[tuple[str, int, Atoms]] = []  # (frame kind, trajectory step, labelled frame)
 
     if task.kind == "bulk":
         recipe = spec.bulk_frames
-        base = build_bulk_cell(task.metal, task.cell)
+        base = build_bulk_cell(task.metal, task.cell, a=ctx.lattice[task.metal])
 
         def strained() -> Atoms:
             atoms = base.copy()
@@ -794,16 +886,35 @@ def _system_frames(task: _Task, seed: int, spec: DatasetSize, stats: _Stats) -> 
             raw += [("md", (k + 1) * recipe.md_stride, f) for k, f in enumerate(md)]
         config_type = "bulk"
         cell = task.cell
+    elif task.kind == "gas":
+        recipe = spec.gas_frames
+        base = build_gas_molecule(task.adsorbate)
+        traj, _ = _relax_trajectory(_rattle(base, rng, free_only=False), stats, spec.max_relax_steps, False)
+        raw += [("relax", i, f) for i, f in _sample_relax(traj, recipe.relax, rng)]
+        relaxed = traj[-1].copy()
+        relaxed.calc = None
+        centre = relaxed.positions.mean(axis=0)
+        for k in range(recipe.rattle):
+            distorted = relaxed.copy()
+            if k % 2:  # stretch or compress every bond together, then rattle
+                distorted.positions = centre + rng.uniform(0.88, 1.15) * (distorted.positions - centre)
+            raw.append(("rattle", -1, _label(_rattle(distorted, rng, free_only=False), stats, False)))
+        if len(base) > 1:
+            md = _md_frames(relaxed, stats, rng, recipe, with_stress=False)
+            raw += [("md", (k + 1) * recipe.md_stride, f) for k, f in enumerate(md)]
+        config_type = "gas"
+        cell = "molecule"  # (an empty string would not survive an extxyz round trip)
     else:
         if task.kind == "slab":
             recipe = spec.slab_frames
             nx, ny, layers = (int(x) for x in task.cell.split("x"))
-            initial = _rattle(build_slab(task.metal, task.facet, (nx, ny, layers)), rng, free_only=True)
+            a = _slab_lattice(task, ctx)
+            initial = _rattle(build_slab(task.metal, task.facet, (nx, ny, layers), a=a), rng, free_only=True)
             cell = task.cell
             config_type = "slab"
         else:
             recipe = spec.adsorbate_frames
-            initial, cell = _initial_adsorbate_system(task, rng)
+            initial, cell = _initial_adsorbate_system(task, rng, _slab_lattice(task, ctx))
             # nudge the adsorbate off exact symmetry so trajectories explore a little
             n_ads = int(np.sum(initial.get_tags() == 2))
             initial.positions[-n_ads:] += rng.normal(0.0, 0.03, size=(n_ads, 3))
@@ -828,18 +939,18 @@ def _system_frames(task: _Task, seed: int, spec: DatasetSize, stats: _Stats) -> 
         split = task.split
         if split == "train" and split_rng.random() < spec.val_fraction:
             split = "val"
-        frames.append(_annotate(frame, task, frame_kind, step, split, config_type))
+        frames.append(_annotate(frame, task, frame_kind, step, split, config_type, stats))
     return frames
 
 
-def _relax_reference(task: _Task, seed: int, stats: _Stats) -> dict[str, Any]:
-    """Initial structure + EMT relaxation reference for one held-out site combination."""
-    rng = np.random.default_rng(_system_seed(seed, task.system_id))
-    initial, cell = _initial_adsorbate_system(task, rng)
+def _relax_reference(task: _Task, ctx: _Context, stats: _Stats) -> dict[str, Any]:
+    """Initial structure + labeller relaxation reference for one held-out site combination."""
+    rng = np.random.default_rng(_system_seed(ctx.seed, task.system_id))
+    initial, cell = _initial_adsorbate_system(task, rng, _slab_lattice(task, ctx))
     task = dataclasses.replace(task, cell=cell)
-    initial_frame = _annotate(_label(initial, stats, False), task, "initial", 0, task.split, "adsorbate")
+    initial_frame = _annotate(_label(initial, stats, False), task, "initial", 0, task.split, "adsorbate", stats)
     traj, converged = _relax_trajectory(initial, stats, RELAX_TASK_MAX_STEPS, with_stress=False)
-    final = _annotate(traj[-1], task, "relaxed", len(traj) - 1, task.split, "adsorbate")
+    final = _annotate(traj[-1], task, "relaxed", len(traj) - 1, task.split, "adsorbate", stats)
     slab = initial[initial.get_tags() != 2]
     slab_traj, _ = _relax_trajectory(slab, stats, RELAX_TASK_MAX_STEPS, with_stress=False)
     free = ~_fixed_mask(final)
@@ -865,33 +976,66 @@ def _relax_reference(task: _Task, seed: int, stats: _Stats) -> dict[str, Any]:
     }
 
 
-def _run_task(args: tuple[_Task, int, DatasetSize, str]) -> dict[str, Any]:
-    """Worker entry point: compute one task and checkpoint it to its shard file."""
-    task, seed, spec, shard_dir = args
-    shard = Path(shard_dir) / f"{task.task_id:06d}.pkl"
-    stats = _Stats()
+_LABELLERS: dict[str, Labeller] = {}
+
+
+def _labeller(name: str) -> Labeller:
+    """The process-wide :class:`Labeller` for ``name`` (resolved once per worker process)."""
+    if name not in _LABELLERS:
+        _LABELLERS[name] = resolve_labeller(name)
+    return _LABELLERS[name]
+
+
+def _shard_paths(shard_dir: Path, task_id: int) -> tuple[Path, Path]:
+    """(frames, metadata) files of one finished task; the metadata file is written last."""
+    return shard_dir / f"{task_id:06d}.extxyz.xz", shard_dir / f"{task_id:06d}.json"
+
+
+def _journal_path(shard_dir: Path, task_id: int) -> Path:
+    return shard_dir.parent / "journal" / f"{task_id:06d}.jsonl"
+
+
+def _run_task(args: tuple[_Task, _Context]) -> dict[str, Any]:
+    """Worker entry point: compute one task and checkpoint it to its shard files.
+
+    Frames go to ``NNNNNN.extxyz.xz``, then metadata (and a relaxation record) to ``NNNNNN.json``;
+    both are written to temporary names and renamed, the JSON last, so a shard exists only complete.
+    With ``ctx.journal`` every labeller call is journaled first, and a rerun replays it.
+    """
+    task, ctx = args
+    shard_dir = Path(ctx.shard_dir)
+    frames_path, meta_path = _shard_paths(shard_dir, task.task_id)
+    journal_path = _journal_path(shard_dir, task.task_id)
+    journal = LabelJournal(journal_path) if ctx.journal else None
+    stats = _Stats(labeller=_labeller(ctx.labeller), journal=journal)
     start = time.perf_counter()
-    payload: dict[str, Any]
+    record = None
     if task.kind == "relax_task":
-        payload = _relax_reference(task, seed, stats)
+        payload = _relax_reference(task, ctx, stats)
+        frames = [payload["initial"], payload["relaxed"]]
+        record = payload["record"]
         n_frames = 0
     else:
-        frames = _system_frames(task, seed, spec, stats)
-        payload = {"frames": frames}
+        frames = _system_frames(task, ctx, stats)
         n_frames = len(frames)
     meta = {
         "task_id": task.task_id,
         "n_frames": n_frames,
-        "emt_calls": stats.emt_calls,
-        "emt_seconds": stats.emt_seconds,
+        "labeller_calls": stats.calls.calls,
+        "labeller_seconds": stats.calls.seconds,
+        "replayed_calls": stats.calls.replayed,
         "seconds": time.perf_counter() - start,
         "discarded": dict(stats.discarded),
+        "record": record,
     }
-    payload["meta"] = meta
-    tmp = shard.with_suffix(f".tmp{os.getpid()}")
-    with tmp.open("wb") as fh:
-        pickle.dump(payload, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, shard)
+    tmp = frames_path.with_name(f"{frames_path.name}.tmp{os.getpid()}")
+    with lzma.open(tmp, "wt") as fh:
+        ase_write(fh, frames, format="extxyz")
+    os.replace(tmp, frames_path)
+    write_text_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True))
+    if journal is not None:
+        journal.close()
+        journal_path.unlink(missing_ok=True)
     return meta
 
 
@@ -900,8 +1044,33 @@ def _run_task(args: tuple[_Task, int, DatasetSize, str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
-def _fingerprint(seed: int, size_name: str, spec: DatasetSize) -> dict[str, Any]:
-    return {"seed": int(seed), "size": size_name, "spec": spec.to_dict(), "version": GENERATOR_VERSION}
+def _fingerprint(seed: int, size_name: str, spec: DatasetSize, labeller: Labeller, compress: bool) -> dict[str, Any]:
+    return {
+        "seed": int(seed),
+        "size": size_name,
+        "spec": spec.to_dict(),
+        "version": GENERATOR_VERSION,
+        "labeller": labeller.name,
+        "labeller_version": labeller.version,
+        "compress": bool(compress),
+    }
+
+
+def fit_lattice_constants(labeller: Labeller, metals: Sequence[str]) -> dict[str, float]:
+    """The labeller's own fcc lattice constants: Birch-Murnaghan fit of 9 primitive-cell energies at ±4 %."""
+    stats = _Stats(labeller=labeller)
+    out: dict[str, float] = {}
+    for metal in metals:
+        a_guess = ase_lattice_constant(metal)
+        volumes, energies = [], []
+        for scale in np.linspace(0.96, 1.04, 9):
+            atoms = build_bulk(metal, "fcc", a=a_guess * scale)
+            atoms.calc = stats.calculator()
+            volumes.append(atoms.get_volume())
+            energies.append(atoms.get_potential_energy())
+        v0, _, _ = EquationOfState(volumes, energies, eos="birchmurnaghan").fit()
+        out[metal] = round(float((4.0 * v0) ** (1.0 / 3.0)), 5)
+    return out
 
 
 def _sha256(path: Path) -> str:
@@ -990,15 +1159,22 @@ def _task_runner(workers: int, n_jobs: int) -> Iterator[JobRunner]:
         with _single_threaded_blas():
             yield map
         return
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    # torch-based labellers: never fork a process whose OpenMP runtime is already running
+    method = "fork" if "fork" in mp.get_all_start_methods() and "torch" not in sys.modules else "spawn"
     with mp.get_context(method).Pool(processes=min(workers, n_jobs), initializer=_worker_init) as pool:
         yield lambda fn, jobs: pool.imap_unordered(fn, jobs, chunksize=1)
 
 
-def _iter_shards(shard_dir: Path, tasks: Iterable[_Task]) -> Iterator[tuple[_Task, dict[str, Any]]]:
-    for task in tasks:
-        with (shard_dir / f"{task.task_id:06d}.pkl").open("rb") as fh:
-            yield task, pickle.load(fh)
+def _read_shard(shard_dir: Path, task_id: int) -> tuple[list[Atoms], dict[str, Any]]:
+    frames_path, meta_path = _shard_paths(shard_dir, task_id)
+    meta = json.loads(meta_path.read_text())
+    with lzma.open(frames_path, "rt") as fh:
+        frames = ase_read(fh, index=":", format="extxyz")
+    return frames, meta
+
+
+def _shard_done(shard_dir: Path, task_id: int) -> bool:
+    return all(p.exists() for p in _shard_paths(shard_dir, task_id))
 
 
 def generate_dataset(
@@ -1008,32 +1184,41 @@ def generate_dataset(
     workers: int = 1,
     progress: bool = True,
     overwrite: bool = False,
+    labeller: str = "emt",
+    compress: bool = False,
 ) -> dict[str, Any]:
-    """Generate (or reuse) an EMT-labelled S2EF-style dataset under ``out_dir``.
+    """Generate (or reuse) a labelled S2EF-style dataset under ``out_dir``.
 
     Args:
         out_dir: output directory (created if needed).
-        seed: global seed; the output is a pure function of ``(seed, size)``.
-        size: ``"small"`` | ``"medium"`` | ``"large"``, a :class:`DatasetSize`, or a mapping of
-            :class:`DatasetSize` fields (explicit counts).
+        seed: global seed; the output is a pure function of ``(seed, size, labeller)``.
+        size: ``"small"`` | ``"medium"`` | ``"large"`` | ``"teacher"``, a :class:`DatasetSize`,
+            or a mapping of :class:`DatasetSize` fields (explicit counts).
         workers: worker processes; the output does not depend on it.
-        progress: show a tqdm progress bar.
-        overwrite: replace a complete dataset made with a different seed/size (otherwise that
+        progress: show a tqdm progress bar (with an ETA).
+        overwrite: replace a complete dataset made with other settings (otherwise that
             raises :class:`FileExistsError`).
+        labeller: ``emt``, ``sevennet[:MODEL]`` or ``module:factory`` (see
+            :func:`equiformer_calc.data.labellers.resolve_labeller`). Anything but EMT has every
+            call journaled, so a killed run resumes without labelling anything twice.
+        compress: write the split files xz-compressed (``*.extxyz.xz``; ASE reads them directly).
 
     Returns:
         The summary dict that is also written to ``out_dir/summary.json`` (frame counts per
-        split / kind / metal / adsorbate, seed, size, generator version, EMT wall time, ...).
+        split / kind / metal / adsorbate, seed, size, generator version, labeller calls and time, ...).
 
     Files written: ``{train,val,test_id,test_ood}.extxyz``, ``relax_initial.extxyz``,
-    ``relax_relaxed.extxyz``, ``relax_tasks.json`` and ``summary.json``.
+    ``relax_relaxed.extxyz`` (each with ``.xz`` when compressed), ``relax_tasks.json`` and
+    ``summary.json``.
     """
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     size_name, spec = resolve_size(size)
-    fingerprint = _fingerprint(seed, size_name, spec)
+    resolved = resolve_labeller(labeller)
+    resolved.check_elements(set(spec.metals) | {"H", "C", "N", "O"})
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint(seed, size_name, spec, resolved, compress)
 
     summary_path = out / _SUMMARY
     if summary_path.exists():
@@ -1062,11 +1247,32 @@ def generate_dataset(
     write_text_atomic(plan_file, json.dumps(fingerprint, indent=1, sort_keys=True))
 
     wall_start = time.perf_counter()
+    if resolved.name == "emt":
+        lattice = {m: EMT_LATTICE_CONSTANTS[m] for m in spec.metals}
+    else:
+        lattice_file = work / "lattice.json"
+        try:
+            lattice = json.loads(lattice_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            logger.info("fitting %s's own fcc lattice constants (%d metals)", resolved.name, len(spec.metals))
+            lattice = fit_lattice_constants(resolved, spec.metals)
+            write_text_atomic(lattice_file, json.dumps(lattice, indent=1, sort_keys=True))
+    ctx = _Context(
+        seed=int(seed),
+        spec=spec,
+        shard_dir=str(shard_dir),
+        labeller=resolved.name,
+        labeller_version=resolved.version,
+        lattice=dict(lattice),
+        journal=resolved.name != "emt",
+    )
     tasks, ood = plan_tasks(seed, spec)
-    done = sum(1 for t in tasks if (shard_dir / f"{t.task_id:06d}.pkl").exists())  # resumed work
+    done = sum(1 for t in tasks if _shard_done(shard_dir, t.task_id))  # resumed work
     logger.info(
-        "datagen: seed=%d size=%s -> %d systems + %d relaxation references; %d already done; %d worker(s); "
-        "test_ood combos: %s",
+        "datagen: labeller %s (%s), seed=%d size=%s -> %d systems + %d relaxation references; %d already done; "
+        "%d worker(s); test_ood combos: %s",
+        resolved.name,
+        resolved.version,
         seed,
         size_name,
         sum(t.kind != "relax_task" for t in tasks),
@@ -1076,17 +1282,15 @@ def generate_dataset(
         ", ".join(f"{m}+{a}" for m, a in ood),
     )
     # expensive systems first for better load balance across workers
-    cost = {"relax_task": 3, "adsorbate": 2, "slab": 1, "bulk": 0}
+    cost = {"relax_task": 3, "adsorbate": 2, "slab": 1, "bulk": 0, "gas": 0}
     order = sorted(tasks, key=lambda t: (-cost[t.kind], t.task_id))
     metas: dict[int, dict[str, Any]] = {}
     jobs = []
     for t in order:
-        shard = shard_dir / f"{t.task_id:06d}.pkl"
-        if shard.exists():  # checkpoint of an interrupted run
-            with shard.open("rb") as fh:
-                metas[t.task_id] = pickle.load(fh)["meta"]
+        if _shard_done(shard_dir, t.task_id):  # checkpoint of an interrupted run
+            metas[t.task_id] = json.loads(_shard_paths(shard_dir, t.task_id)[1].read_text())
         else:
-            jobs.append((t, seed, spec, str(shard_dir)))
+            jobs.append((t, ctx))
     frames_done = sum(m["n_frames"] for m in metas.values())
     interactive = sys.stderr.isatty()
     with (
@@ -1109,8 +1313,8 @@ def generate_dataset(
     compute_seconds = time.perf_counter() - wall_start
 
     logger.info("writing extxyz files to %s", out)
-    summary = _write_outputs(out, shard_dir, tasks)
-    emt_seconds = sum(m["emt_seconds"] for m in metas.values())
+    summary = _write_outputs(out, shard_dir, tasks, compress)
+    labeller_seconds = sum(m["labeller_seconds"] for m in metas.values())
     discarded: Counter = Counter()
     for m in metas.values():
         discarded.update(m["discarded"])
@@ -1124,10 +1328,12 @@ def generate_dataset(
         python=platform.python_version(),
         workers=int(workers),
         test_ood_combos=[list(c) for c in ood],
-        lattice_constants=EMT_LATTICE_CONSTANTS,
+        labeller=resolved.name,
+        labeller_version=resolved.version,
+        lattice_constants=dict(lattice),
         discarded_frames=dict(sorted(discarded.items())),
-        emt_calls=int(sum(m["emt_calls"] for m in metas.values())),
-        emt_wall_seconds=round(emt_seconds, 2),
+        labeller_calls=int(sum(m["labeller_calls"] for m in metas.values())),
+        labeller_wall_seconds=round(labeller_seconds, 2),
         task_seconds=round(sum(m["seconds"] for m in metas.values()), 2),
         compute_wall_seconds=round(compute_seconds, 2),
         wall_seconds=round(time.perf_counter() - wall_start, 2),
@@ -1135,10 +1341,10 @@ def generate_dataset(
     write_text_atomic(out / _SUMMARY, json.dumps(summary, indent=1, sort_keys=True))
     shutil.rmtree(work, ignore_errors=True)
     logger.info(
-        "datagen done in %.1f s (EMT %.1f s over %d calls): %s frames; %d relaxation references; discarded %s",
+        "datagen done in %.1f s (labeller %.1f s over %d calls): %s frames; %d relaxation references; discarded %s",
         summary["wall_seconds"],
-        emt_seconds,
-        summary["emt_calls"],
+        labeller_seconds,
+        summary["labeller_calls"],
         summary["frames_per_split"],
         summary["relax_tasks"],
         dict(discarded) or "none",
@@ -1146,23 +1352,31 @@ def generate_dataset(
     return summary
 
 
-def _write_outputs(out: Path, shard_dir: Path, tasks: list[_Task]) -> dict[str, Any]:
+def _write_outputs(out: Path, shard_dir: Path, tasks: list[_Task], compress: bool = False) -> dict[str, Any]:
     """Concatenate shards in task order into the split files and relaxation references."""
-    handles = {s: (out / f"{s}.extxyz.tmp").open("w") for s in SPLITS}
-    relax_names = ("relax_initial.extxyz", "relax_relaxed.extxyz")
-    relax_handles = [(out / f"{n}.tmp").open("w") for n in relax_names]
+    ext = ".extxyz.xz" if compress else ".extxyz"
+
+    def open_tmp(name: str) -> Any:
+        path = out / f"{name}.tmp"
+        # preset=6 with a fixed check: the compressed bytes are a pure function of the text
+        return lzma.open(path, "wt", preset=6, check=lzma.CHECK_CRC64) if compress else path.open("w")
+
+    handles = {s: open_tmp(f"{s}{ext}") for s in SPLITS}
+    relax_names = (f"relax_initial{ext}", f"relax_relaxed{ext}")
+    relax_handles = [open_tmp(n) for n in relax_names]
     counts: dict[str, Counter] = {k: Counter() for k in ("split", "kind", "config", "metal", "adsorbate", "facet")}
     systems: dict[str, set[str]] = {s: set() for s in SPLITS}
     records: list[dict[str, Any]] = []
     try:
-        for task, payload in _iter_shards(shard_dir, tasks):
+        for task in tasks:
+            shard_frames, meta = _read_shard(shard_dir, task.task_id)
             if task.kind == "relax_task":
-                record = dict(payload["record"], index=len(records))
+                record = dict(meta["record"], index=len(records))
                 records.append(record)
-                ase_write(relax_handles[0], payload["initial"], format="extxyz")
-                ase_write(relax_handles[1], payload["relaxed"], format="extxyz")
+                ase_write(relax_handles[0], shard_frames[0], format="extxyz")
+                ase_write(relax_handles[1], shard_frames[1], format="extxyz")
                 continue
-            for frame in payload["frames"]:
+            for frame in shard_frames:
                 info = frame.info
                 split = info["split"]
                 ase_write(handles[split], frame, format="extxyz")
@@ -1177,10 +1391,10 @@ def _write_outputs(out: Path, shard_dir: Path, tasks: list[_Task]) -> dict[str, 
         for fh in [*handles.values(), *relax_handles]:
             fh.close()
     files: dict[str, dict[str, Any]] = {}
-    for name in [f"{s}.extxyz" for s in SPLITS] + list(relax_names):
+    for name in [f"{s}{ext}" for s in SPLITS] + list(relax_names):
         os.replace(out / f"{name}.tmp", out / name)
     write_text_atomic(out / "relax_tasks.json", json.dumps(records, indent=1))
-    for name in [f"{s}.extxyz" for s in SPLITS] + [*relax_names, "relax_tasks.json"]:
+    for name in [f"{s}{ext}" for s in SPLITS] + [*relax_names, "relax_tasks.json"]:
         files[name] = {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
     return {
         "files": files,
@@ -1209,8 +1423,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size",
         choices=sorted(SIZES),
         default="small",
-        help="preset: small (~300 frames, <1 min), medium (~30k frames), large (~3x medium)",
+        help="preset: small (~300 frames, <1 min), medium (~30k frames), large (~3x medium), "
+        "teacher (~15k frames, 9 metals + gas molecules, sized for an expensive labeller)",
     )
+    parser.add_argument(
+        "--labeller",
+        default="emt",
+        help="what labels the data and drives its relaxations/MD: emt (default), sevennet[:MODEL] (needs the "
+        "[teacher] extra), or module:factory for any importable function returning an ASE calculator",
+    )
+    parser.add_argument("--compress", action="store_true", help="write the split files as .extxyz.xz")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (output does not depend on it)")
     parser.add_argument("--overwrite", action="store_true", help="replace a complete dataset with other settings")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -1226,8 +1448,10 @@ def run(args: argparse.Namespace) -> int:
             workers=max(1, args.workers),
             progress=not args.no_progress,
             overwrite=args.overwrite,
+            labeller=args.labeller,
+            compress=args.compress,
         )
-    except FileExistsError as exc:
+    except (FileExistsError, LabellerError) as exc:
         logger.error("%s", exc)
         return 1
     return 0
