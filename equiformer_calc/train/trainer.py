@@ -70,6 +70,10 @@ class TrainConfig:
     dtype: str = "float32"
     max_train: int = 0  # 0: all frames
     time_limit_s: float = 0.0  # stop (resumably) after this wall time; 0: none
+    # start from a trained checkpoint (shipped name or path): its architecture and weights, a new energy
+    # reference fit on this data; preset/model/elements above are then ignored
+    init_from: str = ""
+    init_new_elements: bool = False  # grow the checkpoint by elements it lacks instead of refusing
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -193,13 +197,23 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         train_samples = train_samples[: cfg.max_train]
     val_samples = _sort_for_val(read_samples(cfg.val, cfg.cutoff, progress=rank == 0)[: cfg.max_val])
 
-    model = Equiformer.from_preset(cfg.preset, elements=cfg.elements, cutoff=cfg.cutoff, **cfg.model)
-    refs, scale, shift = fit_energy_references(train_samples, cfg.elements)
+    if cfg.init_from:
+        from .finetune import data_elements, init_from_checkpoint, refit_energy_references
+
+        model = init_from_checkpoint(cfg.init_from, data_elements(train_samples), cfg.init_new_elements)
+        if model.config.cutoff != cfg.cutoff:
+            raise ValueError(f"init_from {cfg.init_from!r} has cutoff {model.config.cutoff}, the config {cfg.cutoff}")
+        model = model.to(dtype=dtype)
+        refit_energy_references(model, train_samples)
+        log.info("initialised from %s", cfg.init_from)
+    else:
+        model = Equiformer.from_preset(cfg.preset, elements=cfg.elements, cutoff=cfg.cutoff, **cfg.model)
+        refs, scale, shift = fit_energy_references(train_samples, cfg.elements)
+        with torch.no_grad():
+            model.atomic_energies.copy_(torch.from_numpy(refs))
+            model.scale.fill_(scale)
+            model.shift.fill_(shift)
     degrees = [s.graph.num_edges / s.num_atoms for s in train_samples[:2000]]
-    with torch.no_grad():
-        model.atomic_energies.copy_(torch.from_numpy(refs))
-        model.scale.fill_(scale)
-        model.shift.fill_(shift)
     model = model.to(device=device, dtype=dtype)
     log.info("model: %s; %d train / %d val frames; mean degree %.1f", model.extra_repr(), len(train_samples),
              len(val_samples), float(np.mean(degrees)))
@@ -371,6 +385,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="override max_steps")
     parser.add_argument("--out", help="override the output folder")
     parser.add_argument("--time-limit", type=float, help="stop resumably after this many seconds")
+    parser.add_argument(
+        "--init-from",
+        metavar="NAME|PATH",
+        help="fine-tune a trained checkpoint: its architecture and weights, a new energy reference fit on this "
+        "data, and (unless --lr is given) a lower learning rate of 2e-4 with 50 warm-up steps",
+    )
+    parser.add_argument("--lr", type=float, help="override the peak learning rate")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -381,6 +402,12 @@ def run(args: argparse.Namespace) -> int:
         cfg.out = args.out
     if args.time_limit is not None:
         cfg.time_limit_s = args.time_limit
+    if args.init_from:
+        cfg.init_from = args.init_from
+        if args.lr is None:
+            cfg.lr, cfg.warmup_steps = min(cfg.lr, 2e-4), min(cfg.warmup_steps, 50)
+    if args.lr is not None:
+        cfg.lr = args.lr
     summary = train(cfg)
     log.info("done: %s", json.dumps(summary))
     return 0
