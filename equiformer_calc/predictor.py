@@ -77,7 +77,7 @@ def compute(
         positions = positions + torch.einsum("ni,nij->nj", positions, sym[graph.batch])
         cell = cell + torch.bmm(cell, sym)
         inputs.append(strain)
-    out = model(graph.numbers, positions, graph.edge_index, graph.shifts, cell, graph.batch, graph.num_graphs)
+    out = model(graph.numbers, positions, graph.edge_index, graph.shifts, cell, graph.batch, graph.num_graphs, tags=graph.tags)
     results = dict(out)
     if inputs:
         grads = torch.autograd.grad(
