@@ -154,7 +154,8 @@ VARIANTS: dict[str, ReferenceVariant] = {
         "oc20-is2re", "oc20", "graph_attention_transformer (OC20 registry)",
         dict(_COMMON, irreps_node_embedding="256x0e+128x1e", irreps_sh="1x0e+1x1e", number_of_basis=128,
              basis_type="gaussian", irreps_head="32x0e+16x1e", num_heads=8, irreps_mlp_mid="768x0e+384x1e",
-             max_neighbors=500, use_auxiliary_task=False, use_node_attr=False, use_atom_edge_attr=False),
+             max_neighbors=500, use_auxiliary_task=False, use_attention_head=False, use_node_attr=False,
+             use_atom_edge_attr=False),
         atom_types=84, avg_num_nodes=77.81317, avg_degree=23.395238876342773, energy_unit="eV", task="is2re-direct",
         num_tags=3,
         notes=("predicts the relaxed adsorption energy (OC20 references) from the initial structure; needs OC20 "
@@ -238,8 +239,10 @@ _ALIASES = {"radius": "max_radius", "num_basis": "number_of_basis"}
 _IGNORED = {
     "alpha_drop", "proj_drop", "out_drop", "drop_path_rate", "otf_graph", "use_pbc", "irreps_in", "num_atoms",
     "bond_feat_dim", "num_targets", "irreps_atom_edge_attr", "auxiliary_head_dropout", "task_mean", "task_std",
-    "mean", "std", "atomref", "scale",
+    "mean", "std",
 }
+#: reference keywords whose only supported value is None
+_MUST_BE_NONE = ("scale", "atomref")
 
 
 def _reference_kwargs(variant: ReferenceVariant, extras: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -248,7 +251,10 @@ def _reference_kwargs(variant: ReferenceVariant, extras: Mapping[str, Any], over
     def merge(values: Mapping[str, Any], strict: bool) -> None:
         for k, v in values.items():
             k = _ALIASES.get(k, k)
-            if k in kwargs:
+            if k in _MUST_BE_NONE:
+                if v is not None:
+                    raise ReferenceCheckpointError(f"reference models built with {k}={v!r} are not supported (only None)")
+            elif k in kwargs:
                 kwargs[k] = v
             elif strict and k not in _IGNORED:
                 raise ReferenceCheckpointError(f"unknown reference keyword {k!r}; known: {sorted(kwargs)}")
@@ -259,8 +265,6 @@ def _reference_kwargs(variant: ReferenceVariant, extras: Mapping[str, Any], over
         if isinstance(model_cfg, Mapping):
             merge(model_cfg, strict=False)
     merge(overrides or {}, strict=True)
-    if kwargs.get("scale") not in (None,):
-        raise ReferenceCheckpointError("reference models built with scale != None are not supported")
     return kwargs
 
 
@@ -285,10 +289,8 @@ def _check_supported(kw: Mapping[str, Any]) -> None:
     for name in ("irreps_node_embedding", "irreps_sh", "irreps_head", "irreps_mlp_mid", "irreps_feature"):
         if any(ir.p != 1 for _, ir in o3.Irreps(kw[name])):
             unsupported.append(f"{name}={kw[name]!r}: odd-parity (E(3)) reference models")
-    lmax = node.lmax
     if o3.Irreps(kw["irreps_sh"]) != o3.Irreps([(1, (l, 1)) for l in range(o3.Irreps(kw["irreps_sh"]).lmax + 1)]):
         unsupported.append(f"irreps_sh={kw['irreps_sh']!r} (must be 1x0e+1x1e+... up to some l)")
-    del lmax
     if kw.get("basis_type") not in ("gaussian", "exp", "bessel"):
         unsupported.append(f"basis_type={kw.get('basis_type')!r}")
     if unsupported:
@@ -407,6 +409,16 @@ class _Source:
                 self.used.add(key)
 
 
+def _type_offsets(irreps: o3.Irreps) -> list[int]:
+    """For each block of ``irreps``: where its channels start among all channels of its irrep type."""
+    seen: dict[o3.Irrep, int] = {}
+    out = []
+    for mul, ir in irreps:
+        out.append(seen.get(ir, 0))
+        seen[ir] = seen.get(ir, 0) + mul
+    return out
+
+
 def _ref_linear(src: _Source, prefix: str, irreps_in: o3.Irreps, irreps_out: o3.Irreps, bias: bool = True) -> tuple[dict, torch.Tensor | None]:
     """The reference's LinearRS / FullyConnectedTensorProductRescale(x, 1x0e) at ``prefix`` as one
     dense matrix per irrep type (channels of that type in layout order) and its 0e bias vector.
@@ -428,15 +440,7 @@ def _ref_linear(src: _Source, prefix: str, irreps_in: o3.Irreps, irreps_out: o3.
             "(is the variant / are the sizes right?)"
         )
 
-    def offsets(irreps: o3.Irreps) -> list[int]:
-        seen: dict[o3.Irrep, int] = {}
-        out = []
-        for mul, ir in irreps:
-            out.append(seen.get(ir, 0))
-            seen[ir] = seen.get(ir, 0) + mul
-        return out
-
-    off_in, off_out = offsets(irreps_in), offsets(irreps_out)
+    off_in, off_out = _type_offsets(irreps_in), _type_offsets(irreps_out)
     total_in: dict[o3.Irrep, int] = {}
     total_out: dict[o3.Irrep, int] = {}
     for mul, ir in irreps_in:
@@ -462,15 +466,7 @@ def _ref_linear(src: _Source, prefix: str, irreps_in: o3.Irreps, irreps_out: o3.
 def _set_linear(lin: IrrepsLinear, dense: Mapping[o3.Irrep, torch.Tensor], bias: torch.Tensor | None, name: str) -> None:
     """Load per-irrep-type dense matrices (and 0e biases) into our layer (weights are stored
     divided by the layer's 1/sqrt(fan-in) factor)."""
-    def offsets(irreps: o3.Irreps) -> list[int]:
-        seen: dict[o3.Irrep, int] = {}
-        out = []
-        for mul, ir in irreps:
-            out.append(seen.get(ir, 0))
-            seen[ir] = seen.get(ir, 0) + mul
-        return out
-
-    off_in, off_out = offsets(lin.irreps_in), offsets(lin.irreps_out)
+    off_in, off_out = _type_offsets(lin.irreps_in), _type_offsets(lin.irreps_out)
     for ir, m in dense.items():
         n_in = sum(mul for mul, i in lin.irreps_in if i == ir)
         n_out = sum(mul for mul, i in lin.irreps_out if i == ir)
@@ -657,8 +653,6 @@ def convert_reference(
         raise ReferenceCheckpointError(f"task_std must be positive and both finite, got mean={task_mean}, std={task_std}")
     if "ema" in extras and extras["ema"] is not None:
         log.warning("%s holds EMA weights as well; the plain 'state_dict' weights are converted", path)
-    if v.family != "md17" and "atomref" in state:
-        raise ReferenceCheckpointError("a checkpoint with an 'atomref' buffer is not supported")
     n_nodes = float(avg_num_nodes if avg_num_nodes is not None else v.avg_num_nodes)
     n_degree = float(avg_degree if avg_degree is not None else v.avg_degree)
     model, kw = reference_model(v, elements, reference_kwargs, extras, avg_degree=n_degree)
@@ -703,10 +697,10 @@ def convert_reference(
             "variant_notes": list(v.notes),
         },
     }
-    if task != "potential":
-        meta["units"] = {"energy": "eV" if task == "is2re-direct" else f"eV ({energy_unit} converted)", "length": "Angstrom"}
-        if task == "is2re-direct":
-            meta["target"] = "relaxed adsorption energy (OC20 references) predicted from the initial structure"
+    if task != "potential":  # no forces or stress from such a model
+        meta["units"] = {"energy": "eV", "length": "Angstrom"}
+    if task == "is2re-direct":
+        meta["target"] = "relaxed adsorption energy (OC20 references) predicted from the initial structure"
     model.metadata = meta  # type: ignore[attr-defined]
     if out is None:
         return model

@@ -180,6 +180,37 @@ def test_cli_convert_reference(tmp_path):
     assert main(["convert-reference", str(path), str(tmp_path / "x.safetensors"), "--variant", "md17-l2"]) == 2
 
 
+@pytest.mark.parametrize("name, variant", [("reference_qm9_bessel_small", "qm9"), ("reference_md17_l3_small", "md17-l3")])
+def test_reduced_qm9_bessel_and_md17_l3_reproduced(name, variant):
+    """QM9 family (its 5-row H/C/N/O/F embedding, Bessel basis with envelope) and L=3 irreps, on
+    fixtures of the reference code: outputs and their position gradients, float32 and float64."""
+    meta = json.loads((LOCAL / f"{name}.json").read_text())
+    model = convert_reference(
+        LOCAL / f"{name}.safetensors", variant, reference_kwargs=meta["constructor_kwargs"], task_mean=0.0,
+        task_std=1.0, energy_unit="eV", task="potential",
+    )
+    for dtype, suffix, tol_e, tol_f in (("float32", "", 2e-6, 2e-5), ("float64", "_float64", 5e-7, 5e-6)):
+        pred = Predictor(model, dtype=dtype)
+        for case in meta["cases"]:
+            r = pred.predict([_molecule(case)])[0]
+            assert abs(r["energy"] - case["output" + suffix]) < tol_e * max(1.0, abs(case["output" + suffix])), case["name"]
+            assert np.abs(r["forces"] - np.asarray(case["forces" + suffix])).max() < tol_f, case["name"]
+
+
+def test_qm9_property_model_refuses_forces():
+    from equiformer_calc.predictor import NotAPotentialError
+
+    meta = json.loads((LOCAL / "reference_qm9_bessel_small.json").read_text())
+    model = convert_reference(LOCAL / "reference_qm9_bessel_small.safetensors", "qm9",
+                              reference_kwargs=meta["constructor_kwargs"], task_mean=0.0, task_std=1.0)
+    assert model.elements == ["H", "C", "N", "O", "F"]
+    atoms = _molecule(meta["cases"][0])
+    assert Predictor(model).predict([atoms], properties=["energy"])[0]["energy"] == pytest.approx(
+        meta["cases"][0]["output"], abs=2e-6)
+    with pytest.raises(NotAPotentialError, match="molecular property"):
+        Predictor(model).predict([atoms], properties=["energy", "forces"])
+
+
 # -------------------------------------------------------------------------------------- OC20 IS2RE
 
 
@@ -245,3 +276,103 @@ def test_oc20_tags_are_required(oc20_model):
     wrong.set_tags(np.arange(len(wrong)) % 5)  # ASE's layer numbers are not OC20 tags
     with pytest.raises(ValueError, match="out of range"):
         Predictor(oc20_model).predict([wrong], properties=["energy"])
+
+
+# ------------------------------------------------------------------------------ IS2RE direct mode
+
+
+@pytest.fixture(scope="module")
+def is2re_checkpoint(tmp_path_factory):
+    meta, _ = _oc20()
+    out = tmp_path_factory.mktemp("is2re") / "is2re-small.safetensors"
+    return convert_reference(
+        OC20, "oc20-is2re", out=out, reference_kwargs=meta["constructor_kwargs"], task_mean=meta["target_mean"],
+        task_std=meta["target_std"],
+    )
+
+
+def test_is2re_calculator_returns_energy_only(is2re_checkpoint):
+    import pickle as std_pickle
+
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    from equiformer_calc import EquiformerCalculator
+    from equiformer_calc.predictor import NotAPotentialError
+
+    meta, atoms = _oc20()
+    calc = EquiformerCalculator(checkpoint=str(is2re_checkpoint))
+    a = atoms[1]
+    a.calc = calc
+    assert a.get_potential_energy() == pytest.approx(meta["structures"][1]["energy"], abs=1e-5)
+    with pytest.raises(PropertyNotImplementedError, match="relaxed adsorption energy"):
+        a.get_forces()
+    with pytest.raises(PropertyNotImplementedError, match="direct IS2RE"):
+        a.get_stress()
+    with pytest.raises(NotAPotentialError):
+        calc.predict([a], properties=["energy", "forces"])
+    clone = std_pickle.loads(std_pickle.dumps(calc))  # the task survives pickling (multiprocessing)
+    b = atoms[1].copy()
+    b.calc = clone
+    assert b.get_potential_energy() == pytest.approx(a.get_potential_energy(), abs=1e-6)
+    with pytest.raises(PropertyNotImplementedError):
+        b.get_forces()
+
+
+def test_is2re_prediction_is_invariant(oc20_model):
+    """Rigid rotations (positions and cell), lateral translations with wrapping, and permutations
+    of the atoms (tags permuted along) leave the predicted energy unchanged."""
+    from scipy.spatial.transform import Rotation
+
+    _, atoms = _oc20()
+    base = atoms[0]
+    pred = Predictor(oc20_model, dtype="float64")
+    e0 = pred.predict([base], properties=["energy"])[0]["energy"]
+    rot = base.copy()
+    R = Rotation.from_euler("xyz", [0.3, -1.1, 2.0]).as_matrix()
+    rot.set_cell(base.cell.array @ R.T)
+    rot.positions = base.positions @ R.T
+    moved = base.copy()
+    moved.translate([1.7, -0.9, 0.4])
+    moved.wrap()
+    perm = base[np.random.default_rng(0).permutation(len(base))]
+    for variant in (rot, moved, perm):
+        assert pred.predict([variant], properties=["energy"])[0]["energy"] == pytest.approx(e0, abs=1e-9)
+
+
+def test_screen_direct_end_to_end(tmp_path, is2re_checkpoint):
+    """Direct screening of a converted IS2RE model: every (surface, adsorbate, site) initial
+    structure evaluated once, with OC20 tags, ranked by the prediction; CSVs and heat map."""
+    import csv
+
+    from equiformer_calc.workflows.screening import find_sites, place_adsorbate_on_site, screen_direct, build_surface
+
+    slab = build_surface("Cu", "111", size=(2, 2, 3))
+    out = screen_direct({"Cu-fcc111": slab}, ["O", "CO"], checkpoint=str(is2re_checkpoint), out_dir=tmp_path)
+    sites = find_sites(slab)
+    assert len(out.sites) == 2 * len(sites) and len(out.summary) == 2
+    pred = Predictor(load_checkpoint(is2re_checkpoint))
+    by_site = {s.label: s for s in sites}
+    for row in out.sites:
+        system = place_adsorbate_on_site(slab, row["adsorbate"], by_site[row["site"]])
+        z = np.round(system.positions[: len(slab), 2], 3)
+        tags = np.concatenate([np.where(z >= z.max() - 0.1, 1, 0), np.full(len(system) - len(slab), 2)])
+        system.set_tags(tags)  # 3 layers, 2 fixed: the top layer is the surface
+        np.testing.assert_array_equal(out.structures[f"Cu-fcc111/{row['adsorbate']}/{row['site']}"].get_tags(), tags)
+        assert row["e_ads_pred"] == pytest.approx(pred.predict([system], properties=["energy"])[0]["energy"], abs=1e-6)
+    for ads in ("O", "CO"):
+        rows = [r for r in out.sites if r["adsorbate"] == ads]
+        assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+        assert [r["e_ads_pred"] for r in rows] == sorted(r["e_ads_pred"] for r in rows)
+        best = [s for s in out.summary if s["adsorbate"] == ads][0]
+        assert best["e_ads_min"] == rows[0]["e_ads_pred"] and best["site"] == rows[0]["site"]
+    with open(out.files["sites"]) as f:
+        assert len(list(csv.DictReader(f))) == len(out.sites)
+    assert out.files["heatmap"].stat().st_size > 0
+
+
+def test_screen_direct_cli(tmp_path, is2re_checkpoint):
+    args = ["screen", "--direct", "--metals", "Pt", "--facets", "100", "--size", "2x2x3", "--adsorbates", "O",
+            "--out-dir", str(tmp_path)]
+    assert main(args + ["--checkpoint", str(is2re_checkpoint)]) == 0
+    assert (tmp_path / "screen_direct_summary.csv").is_file()
+    assert main(args + ["--checkpoint", "emt-small"]) == 2  # a potential: screen without --direct
