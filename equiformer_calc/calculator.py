@@ -12,7 +12,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from .graph import NeighborListCache
 from .model import Equiformer
-from .predictor import Predictor
+from .predictor import Predictor, model_task, not_a_potential_message
 
 __all__ = ["EquiformerCalculator"]
 
@@ -29,6 +29,11 @@ class EquiformerCalculator(Calculator):
     ``skin > 0`` (Angstrom) reuses the neighbour list of the attached structure between calls
     until an atom moved more than ``skin / 2`` (MD, relaxations; identical results, see
     :class:`~equiformer_calc.graph.NeighborListCache`); ``neighbor_cache`` then counts the searches.
+
+    A checkpoint whose metadata ``task`` is not ``"potential"`` (a direct OC20 IS2RE model
+    converted from the reference code: the energy is the predicted *relaxed* adsorption energy of
+    an initial structure) returns ``energy`` (and ``energies``) only; forces and stress raise
+    ``PropertyNotImplementedError`` saying why.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -68,6 +73,14 @@ class EquiformerCalculator(Calculator):
     ) -> None:
         super().calculate(atoms, properties, system_changes)
         assert self.atoms is not None
+        task = model_task(self.model)
+        if task != "potential":
+            for prop in ("forces", "stress"):
+                if prop in properties:
+                    raise PropertyNotImplementedError(not_a_potential_message(task, prop))
+            result = self.predictor.predict([self.atoms], properties=["energy", "energies"])[0]
+            self.results = {k: (np.asarray(v) if k == "energies" else v) for k, v in result.items()}
+            return
         periodic = bool(self.atoms.pbc.all())
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError(
@@ -93,6 +106,7 @@ class EquiformerCalculator(Calculator):
         state["_config"] = model.config.to_dict()
         state["_weights"] = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
         state["_max_atoms"] = self.predictor.max_atoms_per_batch
+        state["_metadata"] = getattr(model, "metadata", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -101,9 +115,12 @@ class EquiformerCalculator(Calculator):
         config = state.pop("_config")
         weights = load(state.pop("_weights"))
         max_atoms = state.pop("_max_atoms")
+        metadata = state.pop("_metadata", None)
         self.__dict__.update(state)
         self.atoms = None
         self.results = {}
         model = Equiformer.from_config(config)
         model.load_state_dict(weights)
+        if metadata is not None:
+            model.metadata = metadata  # type: ignore[attr-defined]
         self.predictor = Predictor(model, device=self.device, dtype=self.dtype, max_atoms_per_batch=max_atoms)

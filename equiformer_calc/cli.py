@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "md": "equiformer_calc.workflows.md",
     "screen": "equiformer_calc.workflows.screening",
     "serve": "equiformer_calc.service.server",
+    "convert-reference": "equiformer_calc.reference",
 }
 
 _HELP: dict[str, str] = {
@@ -32,6 +33,7 @@ _HELP: dict[str, str] = {
     "md": "molecular dynamics (NVE or Langevin NVT) with a checkpoint",
     "screen": "adsorbate screening over metals, facets and adsorbates into an ASE database",
     "serve": "serve a checkpoint over HTTP with dynamic batching",
+    "convert-reference": "convert a checkpoint of the reference Equiformer code to ours",
 }
 
 

@@ -46,13 +46,15 @@ class Structure:
     """The plain arrays that describe one structure (no ASE needed).
 
     numbers: (N,) atomic numbers; positions: (N, 3) Angstrom; cell: (3, 3) rows are lattice
-    vectors (may be zero for non-periodic systems); pbc: (3,) bools.
+    vectors (may be zero for non-periodic systems); pbc: (3,) bools; tags: (N,) integer tags or
+    None (read only by models that embed tags, e.g. OC20's 0/1/2 = subsurface/surface/adsorbate).
     """
 
     numbers: np.ndarray
     positions: np.ndarray
     cell: np.ndarray
     pbc: np.ndarray
+    tags: np.ndarray | None = None
 
     @classmethod
     def from_arrays(
@@ -61,6 +63,7 @@ class Structure:
         positions: Sequence[Sequence[float]] | np.ndarray,
         cell: Sequence[Sequence[float]] | np.ndarray | None = None,
         pbc: Sequence[bool] | bool | np.ndarray = False,
+        tags: Sequence[int] | np.ndarray | None = None,
     ) -> "Structure":
         """Build and validate a structure from array-likes; raises :class:`StructureError`."""
         try:
@@ -92,7 +95,13 @@ class Structure:
             raise StructureError(f"cell must have shape (3, 3), got {cell_arr.shape}")
         if pbc_arr.shape != (3,):
             raise StructureError(f"pbc must be one bool or three bools, got shape {pbc_arr.shape}")
-        structure = cls(numbers_arr, positions_arr, cell_arr, pbc_arr)
+        tags_arr = None
+        if tags is not None:
+            tags_arr = np.asarray(tags)
+            if tags_arr.shape != numbers_arr.shape or (tags_arr.size and not np.issubdtype(tags_arr.dtype, np.integer)):
+                raise StructureError(f"tags must be {numbers_arr.shape[0]} integers, got shape {tags_arr.shape}")
+            tags_arr = tags_arr.astype(np.int64)
+        structure = cls(numbers_arr, positions_arr, cell_arr, pbc_arr, tags_arr)
         structure.validate()
         return structure
 
@@ -133,9 +142,10 @@ class Structure:
 
 
 def structure_from_atoms(atoms) -> Structure:
-    """Read numbers / positions / cell / pbc out of an ``ase.Atoms`` and validate them."""
+    """Read numbers / positions / cell / pbc (and tags, when the Atoms has them) out of an
+    ``ase.Atoms`` and validate them."""
     return Structure.from_arrays(
-        atoms.get_atomic_numbers(), atoms.get_positions(), atoms.cell.array, atoms.pbc
+        atoms.get_atomic_numbers(), atoms.get_positions(), atoms.cell.array, atoms.pbc, atoms.arrays.get("tags")
     )
 
 
@@ -213,7 +223,7 @@ class AtomicGraph:
     numbers (N,) int64; positions (N, 3); cell (B, 3, 3); pbc (B, 3) bool;
     edge_index (2, E) int64 with row 0 = source j (neighbour) and row 1 = destination i (centre);
     shifts (E, 3) integer-valued cell shifts in the positions' dtype; batch (N,) graph index
-    of every atom; ptr (B + 1,) atom offsets; num_graphs B.
+    of every atom; ptr (B + 1,) atom offsets; num_graphs B; tags (N,) int64 or None.
     """
 
     numbers: torch.Tensor
@@ -224,6 +234,7 @@ class AtomicGraph:
     shifts: torch.Tensor
     batch: torch.Tensor
     ptr: torch.Tensor
+    tags: torch.Tensor | None = None
 
     @property
     def num_graphs(self) -> int:
@@ -239,7 +250,9 @@ class AtomicGraph:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "AtomicGraph":
         """Move to a device; ``dtype`` applies to the floating tensors only."""
-        def f(t: torch.Tensor) -> torch.Tensor:
+        def f(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None:
+                return None
             return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device=device)
 
         return AtomicGraph(*(f(getattr(self, name)) for name in self.__dataclass_fields__))
@@ -267,6 +280,7 @@ def build_graph(
         shifts=torch.tensor(shifts, dtype=dtype),
         batch=torch.zeros(n, dtype=torch.int64),
         ptr=torch.tensor([0, n], dtype=torch.int64),
+        tags=None if structure.tags is None else torch.from_numpy(structure.tags.astype(np.int64)),
     )
 
 
@@ -289,7 +303,15 @@ def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
         shifts=torch.cat([g.shifts for g in graphs]),
         batch=torch.cat([g.batch + b for g, b in zip(graphs, batch_offsets)]),
         ptr=torch.cat([torch.zeros(1, dtype=torch.int64)] + [g.ptr[1:] + o for g, o in zip(graphs, offsets)]),
+        tags=_batch_tags(graphs),
     )
+
+
+def _batch_tags(graphs: Sequence[AtomicGraph]) -> torch.Tensor | None:
+    """Concatenated tags; None when no graph has any; -1 (an invalid tag) for graphs without."""
+    if all(g.tags is None for g in graphs):
+        return None
+    return torch.cat([g.tags if g.tags is not None else torch.full((g.num_atoms,), -1, dtype=torch.int64) for g in graphs])
 
 
 class NeighborListCache:

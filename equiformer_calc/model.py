@@ -42,6 +42,21 @@ class EquiformerConfig:
     ``parity=True`` (E(3), the default) odd l are relabelled 'o' so energies are mirror-invariant.
 
     elements: chemical symbols the model accepts (order defines the embedding rows).
+
+    Options that reproduce the reference Equiformer code (used by ``equiformer_calc.reference`` to
+    convert its checkpoints; the defaults are this project's cutoff-smooth model):
+
+    - ``radial_basis``: also ``"gaussian-reference"``, ``"exp-reference"``, ``"bessel-reference"``
+      (see ``nn/radial.py``).
+    - ``radial_envelope=False``: radial weights are not multiplied by the polynomial envelope.
+    - ``softmax="plain"``: attention softmax without the envelope and the null neighbour.
+    - ``norm="block"``: the paper's per-block layer norm; ``parity=False``: SE(3) irreps.
+    - ``edge_embedding_bias=True``: the edge-degree embedding's projection has 0e biases.
+    - ``num_tags``: > 0 adds an embedding of per-atom integer tags 0..num_tags-1 (OC20: 0
+      subsurface, 1 surface, 2 adsorbate); the model then needs ``tags`` in :meth:`Equiformer.forward`.
+    - ``energy_offset``: a constant added once to every structure's energy (the reference's
+      de-normalisation mean); per-atom energies carry offset / N each.
+    - ``irreps_feature`` may hold l > 0 irreps (only its scalars reach the readout).
     """
 
     elements: list[str]
@@ -65,6 +80,11 @@ class EquiformerConfig:
     drop_path: float = 0.0
     avg_degree: float = 30.0
     norm: str = "smooth"
+    softmax: str = "envelope"
+    radial_envelope: bool = True
+    edge_embedding_bias: bool = False
+    num_tags: int = 0
+    energy_offset: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -149,8 +169,11 @@ class Equiformer(nn.Module):
         irreps_head = with_parity(config.irreps_head, e3)
         irreps_mlp = with_parity(config.irreps_mlp, e3)
         irreps_feature = with_parity(config.irreps_feature, e3)
-        if any(ir.l > 0 for _, ir in irreps_feature):
-            raise ValueError("irreps_feature must be scalars (0e)")
+        feature_scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_feature if ir.l == 0 and ir.p == 1])
+        if feature_scalars.num_irreps == 0:
+            raise ValueError("irreps_feature must contain scalars (0e) for the energy readout")
+        if config.num_tags < 0:
+            raise ValueError(f"num_tags must be >= 0, got {config.num_tags}")
         self.irreps_node, self.irreps_sh = irreps_node, irreps_sh
 
         z_to_index = torch.full((119,), -1, dtype=torch.long)
@@ -160,10 +183,14 @@ class Equiformer(nn.Module):
         n_el = len(config.elements)
 
         self.atom_embedding = AtomEmbedding(n_el, irreps_node)
-        self.basis = make_radial_basis(config.radial_basis, config.cutoff, config.num_basis)
+        if config.num_tags:
+            self.tag_embedding = AtomEmbedding(config.num_tags, irreps_node)
+        self.basis = make_radial_basis(config.radial_basis, config.cutoff, config.num_basis, config.envelope_p)
         self.envelope = PolynomialEnvelope(config.cutoff, config.envelope_p)
         fc = tuple(config.fc_neurons)
-        self.edge_embedding = EdgeDegreeEmbedding(irreps_node, irreps_sh, config.num_basis, fc, config.avg_degree)
+        self.edge_embedding = EdgeDegreeEmbedding(
+            irreps_node, irreps_sh, config.num_basis, fc, config.avg_degree, proj_bias=config.edge_embedding_bias
+        )
         drop = [config.drop_path * k / max(config.num_blocks - 1, 1) for k in range(config.num_blocks)]
         self.blocks = nn.ModuleList(
             TransformerBlock(
@@ -171,19 +198,18 @@ class Equiformer(nn.Module):
                 irreps_head, config.num_heads, irreps_mlp, config.num_basis, fc,
                 attention=config.attention, nonlinear_message=config.nonlinear_message,
                 alpha_drop=config.alpha_drop, proj_drop=config.proj_drop, drop_path=drop[k], norm=config.norm,
+                softmax=config.softmax,
             )
             for k in range(config.num_blocks)
         )
         self.norm = EquivariantLayerNorm(irreps_feature, mode=config.norm)
-        n_feat = irreps_feature.dim
         self.head = nn.Sequential(
-            IrrepsLinear(irreps_feature, irreps_feature), nn.SiLU(), IrrepsLinear(irreps_feature, "1x0e")
+            IrrepsLinear(irreps_feature, feature_scalars), nn.SiLU(), IrrepsLinear(feature_scalars, "1x0e")
         )
         # energy de-normalisation, in float64 so that large reference energies keep precision
         self.register_buffer("atomic_energies", torch.zeros(n_el, dtype=torch.float64))
         self.register_buffer("scale", torch.ones((), dtype=torch.float64))
         self.register_buffer("shift", torch.zeros((), dtype=torch.float64))
-        del n_feat
 
     _FLOAT64_BUFFERS = ("atomic_energies", "scale", "shift")
 
@@ -238,6 +264,26 @@ class Equiformer(nn.Module):
             )
         return species
 
+    def tag_index(self, tags: torch.Tensor | None, num_atoms: int) -> torch.Tensor:
+        """Per-atom tags (N,) -> embedding rows, for a model with ``num_tags > 0``; a clear
+        ValueError when they are missing or out of range."""
+        k = self.config.num_tags
+        if tags is None:
+            raise ValueError(
+                f"this model embeds per-atom tags (0..{k - 1}; OC20: 0 subsurface, 1 surface, 2 adsorbate) "
+                "and none were given: set them with atoms.set_tags(...)"
+            )
+        if tags.shape != (num_atoms,):
+            raise ValueError(f"tags must have shape ({num_atoms},), got {tuple(tags.shape)}")
+        tags = tags.long()
+        if num_atoms and (int(tags.min()) < 0 or int(tags.max()) >= k):
+            bad = sorted(set(t for t in tags.tolist() if not 0 <= t < k))
+            raise ValueError(
+                f"tags {bad} out of range: this model knows tags 0..{k - 1} "
+                "(OC20: 0 subsurface, 1 surface, 2 adsorbate)"
+            )
+        return tags
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -248,14 +294,17 @@ class Equiformer(nn.Module):
         cell: torch.Tensor,
         batch: torch.Tensor,
         num_graphs: int,
+        tags: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Energies of a batch of graphs.
 
         numbers (N,) atomic numbers; positions (N, 3); edge_index (2, E) rows [src j, dst i];
-        shifts (E, 3) integer cell shifts (float); cell (B, 3, 3); batch (N,) graph of each atom.
+        shifts (E, 3) integer cell shifts (float); cell (B, 3, 3); batch (N,) graph of each atom;
+        tags (N,) integer tags, needed (and only read) when ``config.num_tags > 0``.
         Returns ``energy`` (B,) float64 and ``energies`` (N,) float64 per-atom energies.
         """
         species = self.species_index(numbers)
+        tag_index = self.tag_index(tags, numbers.shape[0]) if self.config.num_tags else None
         src, dst = edge_index[0], edge_index[1]
         vec = positions[src] - positions[dst]
         if shifts.numel():
@@ -263,14 +312,21 @@ class Equiformer(nn.Module):
         r = vec.norm(dim=-1)
         sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")
         basis = self.basis(r)
-        envelope = self.envelope(r)
+        envelope = self.envelope(r) if self.config.radial_envelope else torch.ones_like(r)
 
         x = self.atom_embedding(species, positions.dtype)
+        if tag_index is not None:
+            x = x + self.tag_embedding(tag_index, positions.dtype)
         x = x + self.edge_embedding(x.shape[0], sh, basis, envelope, edge_index)
         for block in self.blocks:
             x = block(x, sh, basis, envelope, edge_index, batch, num_graphs)
         out = self.head(self.norm(x)).squeeze(-1)
         energies = out.to(torch.float64) * self.scale + self.shift + self.atomic_energies[species]
+        if self.config.energy_offset:
+            counts = torch.zeros(num_graphs, dtype=torch.float64, device=energies.device).index_add(
+                0, batch, torch.ones_like(energies)
+            )
+            energies = energies + self.config.energy_offset / counts[batch]
         energy = torch.zeros(num_graphs, dtype=torch.float64, device=energies.device).index_add(0, batch, energies)
         return {"energy": energy, "energies": energies}
 

@@ -26,12 +26,38 @@ from .graph import (
 from .model import Equiformer, UnknownElementError
 from .runtime import configure_runtime
 
-__all__ = ["compute", "Predictor", "ALL_PROPERTIES", "resolve_dtype", "voigt"]
+__all__ = ["compute", "Predictor", "ALL_PROPERTIES", "NotAPotentialError", "model_task", "not_a_potential_message", "resolve_dtype", "voigt"]
 
 log = logging.getLogger(__name__)
 
 #: properties a prediction can return (ASE names and units: eV, eV/A, eV/A^3)
 ALL_PROPERTIES = ("energy", "free_energy", "energies", "forces", "stress")
+
+
+class NotAPotentialError(ValueError):
+    """Forces or stress were asked of a model whose energy is not a potential energy surface."""
+
+
+def model_task(model: Equiformer) -> str:
+    """What the model's energy is: ``"potential"`` (the default), ``"is2re-direct"`` (OC20's
+    relaxed adsorption energy predicted from an initial structure) or ``"property"`` (a
+    molecular property); from the checkpoint metadata's ``task``."""
+    return str((getattr(model, "metadata", None) or {}).get("task", "potential"))
+
+
+def not_a_potential_message(task: str, prop: str) -> str:
+    """Why ``prop`` (forces / stress) is refused for a model of ``task``."""
+    if task == "is2re-direct":
+        return (
+            f"{prop} are not available: this is a direct IS2RE model. It predicts the relaxed adsorption energy "
+            "of the structure an initial (unrelaxed) geometry would relax to, not the energy of the geometry "
+            "itself, so its derivative is not a force. Use its energy for screening (screen --direct), and a "
+            "potential for relaxations and MD."
+        )
+    return (
+        f"{prop} are not available: this model predicts a molecular property (task {task!r}), not a potential "
+        "energy; convert it with task='potential' if its target is an energy"
+    )
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -77,7 +103,7 @@ def compute(
         positions = positions + torch.einsum("ni,nij->nj", positions, sym[graph.batch])
         cell = cell + torch.bmm(cell, sym)
         inputs.append(strain)
-    out = model(graph.numbers, positions, graph.edge_index, graph.shifts, cell, graph.batch, graph.num_graphs)
+    out = model(graph.numbers, positions, graph.edge_index, graph.shifts, cell, graph.batch, graph.num_graphs, tags=graph.tags)
     results = dict(out)
     if inputs:
         grads = torch.autograd.grad(
@@ -165,6 +191,9 @@ class Predictor:
             for it, cache in zip(items, neighbor_caches):
                 it.neighbors = cache
         want_stress = "stress" in properties
+        task = model_task(self.model)
+        if task != "potential" and (want_stress or "forces" in properties):
+            raise NotAPotentialError(not_a_potential_message(task, "forces" if "forces" in properties else "stress"))
         if want_stress:
             for it in items:
                 if not it.structure.pbc.all():

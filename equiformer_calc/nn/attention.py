@@ -13,7 +13,7 @@ from .linear import IrrepsLinear
 from .radial import RadialMLP
 from .tensor_product import DepthwiseTensorProduct, from_channels_last, to_channels_last
 
-__all__ = ["GraphAttention", "envelope_softmax"]
+__all__ = ["GraphAttention", "envelope_softmax", "plain_softmax"]
 
 
 def envelope_softmax(logits: torch.Tensor, envelope: torch.Tensor, dst: torch.Tensor, num_nodes: int) -> torch.Tensor:
@@ -33,6 +33,24 @@ def envelope_softmax(logits: torch.Tensor, envelope: torch.Tensor, dst: torch.Te
     return num / den[dst]
 
 
+def plain_softmax(logits: torch.Tensor, dst: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """alpha_ij = exp(a_ij) / sum_k exp(a_ik) over the edges entering each node, as the reference
+    Equiformer computes it (PyG's softmax, with its 1e-16 in the denominator). logits (E, H),
+    dst (E,) -> (E, H). Not continuous when a neighbour crosses the cutoff: each edge keeps a
+    finite weight up to the cutoff, and the weights renormalise when it leaves."""
+    heads = logits.shape[1]
+    with torch.no_grad():
+        shift = torch.full((num_nodes, heads), float("-inf"), dtype=logits.dtype, device=logits.device)
+        shift = shift.scatter_reduce(0, dst.unsqueeze(-1).expand_as(logits), logits, reduce="amax", include_self=True)
+    num = torch.exp(logits - shift[dst])
+    den = torch.zeros(num_nodes, heads, dtype=logits.dtype, device=logits.device).index_add(0, dst, num) + 1e-16
+    return num / den[dst]
+
+
+#: attention softmax variants: ours (envelope-weighted, with a null neighbour) or the reference's
+SOFTMAXES = ("envelope", "plain")
+
+
 def _can_fuse(tp: DepthwiseTensorProduct, consumers: list[IrrepsLinear]) -> bool:
     """Whether linear layers can be fused into the tensor product before them: they read exactly
     its simplified output blocks, one block per irrep (so one path per consumer output block)."""
@@ -48,7 +66,8 @@ class GraphAttention(nn.Module):
     2. Logits: MLP attention (linear -> smooth leaky ReLU -> dot with a per-head vector) or
        dot-product attention (query of x_i . key of h_ij / sqrt(d)).
     3. Values: non-linear (linear -> gate -> second DTP with shared weights -> linear) or linear.
-    4. out_i = Linear(sum_j alpha_ij v_ij), alpha from :func:`envelope_softmax`.
+    4. out_i = Linear(sum_j alpha_ij v_ij), alpha from :func:`envelope_softmax` (``softmax="envelope"``)
+       or, as the reference code, :func:`plain_softmax` (``softmax="plain"``).
 
     All per-edge features stay in the channels-last layout (E, 2l+1, mul) of each irrep block
     (see ``tensor_product.py``), in which every linear layer is one plain matmul; only node-level
@@ -72,11 +91,15 @@ class GraphAttention(nn.Module):
         alpha_drop: float = 0.0,
         proj_drop: float = 0.0,
         alpha_hidden: int | None = None,
+        softmax: str = "envelope",
     ) -> None:
         super().__init__()
         if attention not in ("mlp", "dot"):
             raise ValueError(f"attention must be 'mlp' or 'dot', got {attention!r}")
+        if softmax not in SOFTMAXES:
+            raise ValueError(f"softmax must be one of {SOFTMAXES}, got {softmax!r}")
         self.attention = attention
+        self.softmax = softmax
         self.nonlinear_message = nonlinear_message
         self.num_heads = num_heads
         irreps_node, irreps_sh, irreps_head = o3.Irreps(irreps_node), o3.Irreps(irreps_sh), o3.Irreps(irreps_head)
@@ -237,7 +260,10 @@ class GraphAttention(nn.Module):
         else:
             q = self.query(x).view(-1, self.num_heads, self.alpha_hidden)[dst]
             logits = (q * a).sum(-1) / math.sqrt(self.alpha_hidden)
-        alpha = envelope_softmax(logits, envelope, dst, n)
+        if self.softmax == "plain":
+            alpha = plain_softmax(logits, dst, n)
+        else:
+            alpha = envelope_softmax(logits, envelope, dst, n)
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)
 

@@ -37,16 +37,23 @@ class EdgeDegreeEmbedding(nn.Module):
     """A constant scalar per atom, expanded to the node irreps, tensor-multiplied with each edge's
     spherical harmonics (radial weights times the envelope), projected without bias and summed
     over incoming edges / sqrt(average degree). Each edge's term vanishes at the cutoff.
-    -> (N, irreps_node.dim)."""
+    ``proj_bias`` adds a bias to the 0e outputs of the projection (per edge, as the reference
+    code does; that term does not vanish at the cutoff). -> (N, irreps_node.dim)."""
 
     def __init__(
-        self, irreps_node: o3.Irreps, irreps_sh: o3.Irreps, num_basis: int, fc_neurons: tuple[int, ...], avg_degree: float
+        self,
+        irreps_node: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        num_basis: int,
+        fc_neurons: tuple[int, ...],
+        avg_degree: float,
+        proj_bias: bool = False,
     ) -> None:
         super().__init__()
         self.expand = IrrepsLinear("1x0e", irreps_node, bias=False)
         self.dtp = DepthwiseTensorProduct(irreps_node, irreps_sh, irreps_node)
         self.radial = RadialMLP(num_basis, fc_neurons, self.dtp.weight_numel)
-        self.proj = IrrepsLinear(self.dtp.irreps_out.simplify(), irreps_node, bias=False)
+        self.proj = IrrepsLinear(self.dtp.irreps_out.simplify(), irreps_node, bias=proj_bias)
         self.inv_sqrt_degree = 1.0 / math.sqrt(avg_degree)
 
     def forward(
@@ -127,12 +134,14 @@ class TransformerBlock(nn.Module):
         proj_drop: float = 0.0,
         drop_path: float = 0.0,
         norm: str = "smooth",
+        softmax: str = "envelope",
     ) -> None:
         super().__init__()
         self.norm1 = EquivariantLayerNorm(irreps_node, mode=norm)
         self.attn = GraphAttention(
             irreps_node, irreps_sh, irreps_node, irreps_head, num_heads, num_basis, fc_neurons,
             attention=attention, nonlinear_message=nonlinear_message, alpha_drop=alpha_drop, proj_drop=proj_drop,
+            softmax=softmax,
         )
         self.norm2 = EquivariantLayerNorm(irreps_node, mode=norm)
         self.ffn = FeedForward(irreps_node, irreps_mlp, irreps_out)

@@ -53,6 +53,15 @@ surface of the same name but another geometry) is an error rather than a silent 
 
 **Outputs** (with ``out_dir``): ``screen_summary.csv`` (minimum E_ads per surface x adsorbate),
 ``screen_sites.csv`` (every site) and ``screen_heatmap.png``.
+
+**Direct screening** (:func:`screen_direct`, ``screen --direct``): with a direct IS2RE model (an
+OC20 IS2RE checkpoint of the reference Equiformer code, converted with ``convert-reference
+--variant oc20-is2re``), every (surface, adsorbate, site) *initial* structure of steps 1-3 is
+evaluated once, without relaxing: the model predicts the relaxed adsorption energy (OC20's
+references) directly, which is OC20's IS2RE task. Atoms get OC20 tags (0: the ``fix_bottom``
+subsurface layers, 1: the other slab atoms, 2: adsorbate). Sites are ranked by the prediction;
+``screen_direct_sites.csv``, ``screen_direct_summary.csv`` and ``screen_direct_heatmap.png`` are
+written (no database: nothing is relaxed).
 """
 
 from __future__ import annotations
@@ -72,7 +81,7 @@ from ase.build import fcc100, fcc110, fcc111, fcc211, molecule
 from ase.data import covalent_radii
 from ase.geometry import find_mic
 
-from ._common import add_model_arguments, resolve_calculator, write_csv
+from ._common import add_model_arguments, bottom_fixed_mask, fixed_mask, resolve_calculator, write_csv
 from .batch import relax_batch
 from .relax import OPTIMIZERS, RelaxResult
 
@@ -88,6 +97,9 @@ __all__ = [
     "reference_potentials",
     "adsorbate_checks",
     "screen_adsorbates",
+    "DirectScreenResult",
+    "oc20_tags",
+    "screen_direct",
     "add_arguments",
     "run",
 ]
@@ -733,6 +745,121 @@ def screen_adsorbates(
     return ScreenResult(summary, site_rows, db_name, files, counts["computed"], counts["skipped"])
 
 
+# ---------------------------------------------------------------------------- direct screening
+
+
+def oc20_tags(system: Atoms, n_slab: int, fix_bottom: int | None = 2) -> np.ndarray:
+    """OC20's per-atom tags of a slab + adsorbate system whose first ``n_slab`` atoms are the slab:
+    2 for the adsorbate, 0 for subsurface slab atoms (the ``fix_bottom`` lowest layers and any atom
+    already held by FixAtoms: OC20 fixes exactly its subsurface atoms), 1 for the other slab atoms."""
+    if not 0 < n_slab <= len(system):
+        raise ValueError(f"n_slab must be between 1 and {len(system)}, got {n_slab}")
+    slab = system[:n_slab]
+    subsurface = bottom_fixed_mask(slab, fix_bottom) | fixed_mask(system)[:n_slab]
+    tags = np.full(len(system), 2, dtype=int)
+    tags[:n_slab] = np.where(subsurface, 0, 1)
+    return tags
+
+
+@dataclass
+class DirectScreenResult:
+    """sites: one dict per (surface, adsorbate, site) with the predicted relaxed adsorption energy
+    ``e_ads_pred`` and its ``rank`` among the sites of that surface x adsorbate (1 = most stable),
+    sorted by (surface, adsorbate, rank); summary: the best site per surface x adsorbate;
+    structures: the tagged initial structures, keyed like the sites (``surface/adsorbate/site``)."""
+
+    summary: list[dict[str, Any]]
+    sites: list[dict[str, Any]]
+    structures: dict[str, Atoms]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def screen_direct(
+    slabs: Any,
+    adsorbates: Sequence[str | Atoms],
+    calculator: Any = None,
+    checkpoint: str | os.PathLike | None = None,
+    fix_bottom: int | None = 2,
+    site_kinds: Sequence[str] | None = None,
+    out_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> DirectScreenResult:
+    """Rank (surface, adsorbate, site) initial structures by the relaxed adsorption energy a direct
+    IS2RE model predicts for them, without relaxing anything (see the module docstring).
+
+    slabs / adsorbates / site_kinds: as :func:`screen_adsorbates`. calculator / checkpoint: the
+    model, whose checkpoint task must be ``"is2re-direct"``. fix_bottom: the subsurface layers
+    (tag 0). out_dir: write the CSVs and the heat map there.
+    """
+    from ..predictor import model_task
+
+    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
+    model = getattr(calc, "model", None)
+    task = model_task(model) if model is not None else "unknown"
+    if task != "is2re-direct":
+        raise ValueError(
+            f"direct screening needs a direct IS2RE model (task 'is2re-direct', e.g. an OC20 IS2RE checkpoint of the "
+            f"reference code converted with convert-reference --variant oc20-is2re); this model's task is {task!r}: "
+            "screen without --direct to relax with it"
+        )
+    surfaces = _normalise_surfaces(slabs)
+    templates = [_adsorbate_template(a) for a in adsorbates]
+    names = [n for n, _ in templates]
+    if len(set(names)) != len(names):
+        raise ValueError(f"adsorbate names must be unique, got {names}")
+    keys: list[str] = []
+    rows: list[dict[str, Any]] = []
+    systems: list[Atoms] = []
+    for name, slab in surfaces:
+        sites = find_sites(slab)
+        if site_kinds is not None:
+            sites = [st for st in sites if st.kind in set(site_kinds)]
+        for ads_name, template in templates:
+            for site in sites:
+                system = place_adsorbate_on_site(slab, template, site)
+                system.set_tags(oc20_tags(system, len(slab), fix_bottom))
+                key = f"{name}/{ads_name}/{site.label}"
+                keys.append(key)
+                systems.append(system)
+                rows.append({
+                    "surface": name, "metal": slab.info.get("metal", ""), "facet": slab.info.get("facet", ""),
+                    "adsorbate": ads_name, "site": site.label, "site_kind": site.kind,
+                    "site_x": float(site.position[0]), "site_y": float(site.position[1]),
+                })
+    log.info("direct screening: %d initial structures on %d surfaces", len(systems), len(surfaces))
+    results = calc.predict(systems, properties=["energy"]) if systems else []
+    for row, result in zip(rows, results):
+        row["e_ads_pred"] = float(result["energy"])
+    order = sorted(range(len(rows)), key=lambda k: (rows[k]["surface"], rows[k]["adsorbate"], rows[k]["e_ads_pred"]))
+    ranked: list[dict[str, Any]] = []
+    summary: list[dict[str, Any]] = []
+    for k in order:
+        row = rows[k]
+        prev = ranked[-1] if ranked else None
+        same = prev is not None and (prev["surface"], prev["adsorbate"]) == (row["surface"], row["adsorbate"])
+        row["rank"] = prev["rank"] + 1 if same else 1
+        ranked.append(row)
+        if row["rank"] == 1:
+            summary.append({
+                "surface": row["surface"], "metal": row["metal"], "facet": row["facet"], "adsorbate": row["adsorbate"],
+                "e_ads_min": row["e_ads_pred"], "site": row["site"], "site_kind": row["site_kind"], "n_sites": 0,
+            })
+        summary[-1]["n_sites"] += 1
+    structures = {keys[k]: systems[k] for k in order}
+    files: dict[str, Path] = {}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        site_keys = ["surface", "adsorbate", "rank", "site", "site_kind", "e_ads_pred", "site_x", "site_y"]
+        files["sites"] = write_csv(out / "screen_direct_sites.csv", site_keys, [[r[k] for k in site_keys] for r in ranked])
+        if summary:
+            keys_s = list(summary[0])
+            files["summary"] = write_csv(out / "screen_direct_summary.csv", keys_s, [[r[k] for k in keys_s] for r in summary])
+            files["heatmap"] = plot_heatmap(summary, out / "screen_direct_heatmap.png")
+    return DirectScreenResult(summary, ranked, structures, files)
+
+
 def write_screen_outputs(summary: list[dict[str, Any]], sites: list[dict[str, Any]], out_dir: Path) -> dict[str, Path]:
     """``screen_summary.csv``, ``screen_sites.csv`` and the heat map ``screen_heatmap.png``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -802,6 +929,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fix-bottom", type=int, default=2, metavar="K", help="fixed bottom layers (default 2)")
     parser.add_argument("--batch-size", type=int, default=64, help="relaxations in flight at once")
     parser.add_argument("--retry-failed", action="store_true", help="redo tasks that failed in an earlier run")
+    parser.add_argument("--direct", action="store_true",
+                        help="no relaxation: rank initial structures by a direct IS2RE model's predicted relaxed "
+                             "adsorption energy (a converted OC20 IS2RE checkpoint); writes screen_direct_*.csv")
     add_model_arguments(parser)
 
 
@@ -819,6 +949,20 @@ def run(args: argparse.Namespace) -> int:
         slabs[Path(path).stem] = read(path)
     if not slabs:
         raise SystemExit("nothing to screen: give --metals (and --facets) and/or --slab FILE")
+    if args.direct:
+        try:
+            direct = screen_direct(
+                slabs, args.adsorbates, checkpoint=args.checkpoint, fix_bottom=args.fix_bottom,
+                site_kinds=args.site_kinds, out_dir=args.out_dir, device=args.device, dtype=args.dtype,
+            )
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
+        for r in direct.summary:
+            log.info("%-14s %-4s predicted relaxed E_ads,min = %+.3f eV at %s (%d sites)",
+                     r["surface"], r["adsorbate"], r["e_ads_min"], r["site"], r["n_sites"])
+        log.info("wrote %s", ", ".join(str(p) for p in direct.files.values()))
+        return 0
     result = screen_adsorbates(
         slabs, args.adsorbates, db=args.db, checkpoint=args.checkpoint, fmax=args.fmax, steps=args.steps,
         optimizer=args.optimizer, fix_bottom=args.fix_bottom, site_kinds=args.site_kinds, out_dir=args.out_dir,
