@@ -1,9 +1,11 @@
-"""AdsorbML-style relaxation benchmark of a model against EMT references.
+"""AdsorbML-style relaxation benchmark of a model against the references of the labeller that made them.
 
 Input: a datagen output folder with ``relax_initial.extxyz`` (initial adsorbate + slab
-structures), ``relax_relaxed.extxyz`` (their EMT-relaxed references) and ``relax_tasks.json``
-(one record per task: metal, facet, adsorbate, site, slab ``cell_size``, EMT ``relaxed_energy``
-and the EMT energy of the relaxed clean slab, ``clean_slab_energy``).
+structures), ``relax_relaxed.extxyz`` (their relaxed references, by the dataset's labeller: EMT, the
+distillation teacher, ...) and ``relax_tasks.json`` (one record per task: metal, facet, adsorbate,
+site, slab ``cell_size``, the reference ``relaxed_energy`` and the reference energy of the relaxed
+clean slab, ``clean_slab_energy``). Below, "EMT" stands for that reference labeller (recorded in the
+frames' ``labeller`` field, or given with ``reference=``); its single points are computed again here.
 
 For every task the initial structure is relaxed with the model (ASE BFGS / FIRE / LBFGS,
 ``fmax`` 0.05 eV/A, at most 500 steps, the ``fixed`` atoms held by ``FixAtoms``; all tasks at
@@ -12,9 +14,13 @@ optimizers with one batched model call per step), and reported:
 
 * ``e_model`` -- the model's energy of its relaxed structure, against EMT's relaxed energy
   (``relaxed_energy_mae``: the relaxed-energy MAE in eV),
-* ``e_emt_sp`` -- EMT single point on the model-relaxed structure (``emt_sp_mae``; with
+* ``e_ref_sp`` -- EMT single point on the model-relaxed structure (``ref_sp_mae``; with
   ``within_0.1eV``: the fraction of tasks whose model-relaxed structure is, by EMT, at most
   0.1 eV above EMT's own relaxed energy),
+* gas-referenced adsorption energies ``E(slab+ads) - E(clean slab) - sum_X n_X mu_X`` with OC20's
+  element references from H2, H2O, CO and N2, each relaxed by the same calculator (model or
+  reference): ``adsorption_energy_gas_mae``, and the best site's adsorption energy of each (metal,
+  facet, adsorbate) group by the model against the reference's best (``best_site_within_0.1eV``),
 * adsorption energies ``E(slab+ads) - E(clean slab)`` (the model relaxes each distinct clean
   slab itself), since sites of one group can sit on different slab supercells,
 * anomalies of the model-relaxed structure beyond those of the EMT reference: ``desorbed``
@@ -202,12 +208,38 @@ def _relax_all(
             for a in tqdm(structures, desc="relax", unit="structure", disable=not progress, leave=False)]
 
 
-def _emt_energy(atoms: Atoms) -> float:
-    from ase.calculators.emt import EMT
+def _reference_energy(atoms: Atoms, labeller: str) -> float:
+    """Single-point energy of ``atoms`` by the reference labeller (``emt``, ``sevennet``, ...)."""
+    from ..data.labellers import JournaledCalculator, LabelStats, resolve_labeller
 
     work = atoms.copy()
-    work.calc = EMT()
+    work.calc = JournaledCalculator(resolve_labeller(labeller), LabelStats())
     return float(work.get_potential_energy())
+
+
+#: gas molecules of OC20's element references
+_GAS = ("H2", "H2O", "CO", "N2")
+
+
+def _gas_potentials(relax: Any) -> dict[str, float]:
+    """mu_H, mu_O, mu_C, mu_N from H2, H2O, CO, N2 relaxed by ``relax(list_of_atoms) -> energies``."""
+    from ase.build import molecule
+
+    mols = []
+    for name in _GAS:
+        atoms = molecule(name)
+        atoms.center(vacuum=6.0)
+        atoms.pbc = False
+        mols.append(atoms)
+    e = dict(zip(_GAS, relax(mols), strict=True))
+    mu = {"H": 0.5 * e["H2"], "O": e["H2O"] - e["H2"]}
+    mu["C"] = e["CO"] - mu["O"]
+    mu["N"] = 0.5 * e["N2"]
+    return mu
+
+
+def _gas_correction(atoms: Atoms, mu: dict[str, float]) -> float:
+    return float(sum(mu[s] for s in np.array(atoms.get_chemical_symbols())[_adsorbate_mask(atoms)]))
 
 
 def _slab_key(slab: Atoms) -> bytes:
@@ -265,12 +297,14 @@ def relax_benchmark(
     device: str = "cpu",
     out: str | os.PathLike | None = None,
     progress: bool = False,
+    labeller: str | None = None,
 ) -> dict[str, Any]:
     """Relax the benchmark's initial structures with the model (an :class:`Equiformer`, a
     checkpoint path / shipped name, or any ASE calculator) and compare with EMT (see the module
     docstring). ``task_ids`` (datagen ``task_id`` strings) or ``max_tasks`` (see
     :func:`select_tasks`) restrict the run. Returns ``{"summary", "groups", "tasks"}``; with
-    ``out`` also writes ``out/relax_benchmark.json`` and ``out/relax_parity.png``."""
+    ``out`` also writes ``out/relax_benchmark.json`` and ``out/relax_parity.png``. ``labeller``
+    names the labeller of the references (default: the ``labeller`` recorded in the frames, else EMT)."""
     from ase.io import read
 
     from ..calculator import EquiformerCalculator
@@ -293,6 +327,8 @@ def relax_benchmark(
             raise ValueError(f"unknown task ids {sorted(missing)}")
     else:
         indices = select_tasks(records, max_tasks)
+    if labeller is None:
+        labeller = str(initial[0].info.get("labeller", "emt")) if initial else "emt"
 
     if isinstance(checkpoint_or_model, Calculator):  # any ASE calculator (EMT: a sanity check)
         calc, ckpt = checkpoint_or_model, type(checkpoint_or_model).__name__
@@ -320,11 +356,24 @@ def relax_benchmark(
     slab_results = dict(zip(slabs, _relax_all(list(slabs.values()), calc, optimizer, fmax, steps, progress),
                             strict=True))
 
+    # element references from gas molecules relaxed by the model and by the reference labeller
+    def model_relax(mols: list[Atoms]) -> list[float]:
+        return [float(r.energy) if r.energy is not None else float("nan")
+                for r in _relax_all(mols, calc, optimizer, fmax, steps, False)]
+
+    def reference_relax(mols: list[Atoms]) -> list[float]:
+        from ..data.labellers import JournaledCalculator, LabelStats, resolve_labeller
+
+        ref_calc = JournaledCalculator(resolve_labeller(labeller), LabelStats())
+        return [float(r.energy) for r in (_relax_one(m, ref_calc, optimizer, fmax, steps) for m in mols)]
+
+    mu_model, mu_ref = _gas_potentials(model_relax), _gas_potentials(reference_relax)
+
     tasks: list[dict[str, Any]] = []
     for k, res, key in zip(indices, relaxed, slab_of, strict=True):
         rec, ref = records[k], reference[k]
         e_ref = float(rec["relaxed_energy"])
-        e_slab_emt = float(rec["clean_slab_energy"])
+        e_slab_ref = float(rec["clean_slab_energy"])
         task: dict[str, Any] = {
             "index": int(k),
             "task_id": rec["task_id"],
@@ -338,8 +387,8 @@ def relax_benchmark(
             "steps": res.steps,
             "converged": res.converged,
             "fmax": res.fmax,
-            "e_emt_ref": e_ref,
-            "e_ads_emt_ref": e_ref - e_slab_emt,
+            "e_ref": e_ref,
+            "e_ads_ref": e_ref - e_slab_ref,
             "error": res.error,
         }
         slab = slab_results[key]
@@ -352,30 +401,35 @@ def relax_benchmark(
             continue
         assert res.atoms is not None and res.energy is not None and slab.energy is not None
         e_model = res.energy
-        e_emt_sp = _emt_energy(res.atoms)
+        e_ref_sp = _reference_energy(res.atoms, labeller)
         ref_flags = anomalies(ref)
         task.update(
             e_model=e_model,
-            e_emt_sp=e_emt_sp,
+            e_ref_sp=e_ref_sp,
             error_model=e_model - e_ref,
-            error_emt_sp=e_emt_sp - e_ref,
-            model_vs_emt_at_model_minimum=e_model - e_emt_sp,
+            error_ref_sp=e_ref_sp - e_ref,
+            model_vs_ref_at_model_minimum=e_model - e_ref_sp,
             e_ads_model=e_model - slab.energy,
-            e_ads_emt_sp=e_emt_sp - e_slab_emt,
+            e_ads_ref_sp=e_ref_sp - e_slab_ref,
+            e_ads_gas_model=e_model - slab.energy - _gas_correction(res.atoms, mu_model),
+            e_ads_gas_ref=e_ref - e_slab_ref - _gas_correction(ref, mu_ref),
             slab_model_steps=slab.steps,
             adsorbate_rmsd=_adsorbate_rmsd(res.atoms, ref),
             anomalies=sorted(anomalies(res.atoms) - ref_flags),
             reference_anomalies=sorted(ref_flags),
-            within_threshold=bool(e_emt_sp - e_ref <= SUCCESS_THRESHOLD),
+            within_threshold=bool(e_ref_sp - e_ref <= SUCCESS_THRESHOLD),
         )
         tasks.append(task)
 
     groups = _adsorbml_groups(tasks)
     multi = [g for g in groups if g["n_sites"] > 1]
     ok = [t for t in tasks if t["error"] is None]
-    ads_err = [t["e_ads_model"] - t["e_ads_emt_ref"] for t in ok]
+    ads_err = [t["e_ads_model"] - t["e_ads_ref"] for t in ok]
     summary: dict[str, Any] = {
         "checkpoint": ckpt,
+        "reference": labeller,
+        "gas_potentials_model": mu_model,
+        "gas_potentials_reference": mu_ref,
         "data_dir": str(data_dir),
         "optimizer": optimizer,
         "fmax": fmax,
@@ -387,10 +441,13 @@ def relax_benchmark(
         "converged_fraction": _mean([float(t["converged"]) for t in tasks]),
         "mean_steps": _mean([float(t["steps"]) for t in ok]),
         "relaxed_energy_mae": _mean([abs(t["error_model"]) for t in ok]),
-        "emt_sp_mae": _mean([abs(t["error_emt_sp"]) for t in ok]),
-        "emt_sp_mean_signed": _mean([t["error_emt_sp"] for t in ok]),
-        "model_vs_emt_at_model_minimum_mae": _mean([abs(t["model_vs_emt_at_model_minimum"]) for t in ok]),
+        "ref_sp_mae": _mean([abs(t["error_ref_sp"]) for t in ok]),
+        "ref_sp_mean_signed": _mean([t["error_ref_sp"] for t in ok]),
+        "model_vs_ref_at_model_minimum_mae": _mean([abs(t["model_vs_ref_at_model_minimum"]) for t in ok]),
         "adsorption_energy_mae": _mean([abs(e) for e in ads_err]),
+        "adsorption_energy_gas_mae": _mean([abs(t["e_ads_gas_model"] - t["e_ads_gas_ref"]) for t in ok]),
+        "best_site_within_0.1eV": _mean([float(g["best_site_within_threshold"]) for g in groups
+                                         if g["best_site_within_threshold"] is not None]),
         "within_0.1eV": _mean([float(t["within_threshold"]) for t in tasks]),
         "anomalies": {f: sum(f in t["anomalies"] for t in tasks) for f in ("desorbed", "dissociated", "failed")},
         "adsorbml": {
@@ -424,9 +481,12 @@ def _adsorbml_groups(tasks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         by_group[_group_key(t)].append(t)
     groups = []
     for key, members in sorted(by_group.items()):
-        emt_min = min(t["e_ads_emt_ref"] for t in members)
+        ref_min = min(t["e_ads_ref"] for t in members)
         valid = [t for t in members if not t["anomalies"]]
         chosen = min(valid, key=lambda t: t["e_ads_model"]) if valid else None
+        ok = [t for t in members if t.get("e_ads_gas_model") is not None]
+        model_best = min((t["e_ads_gas_model"] for t in ok), default=None)
+        ref_best = min((t["e_ads_gas_ref"] for t in ok), default=None)
         groups.append(
             {
                 "metal": key[0],
@@ -434,11 +494,15 @@ def _adsorbml_groups(tasks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "adsorbate": key[2],
                 "n_sites": len(members),
                 "sites": [t["site"] for t in members],
-                "emt_best_site": min(members, key=lambda t: t["e_ads_emt_ref"])["site"],
-                "emt_min_e_ads": emt_min,
+                "ref_best_site": min(members, key=lambda t: t["e_ads_ref"])["site"],
+                "ref_min_e_ads": ref_min,
                 "model_choice": chosen["site"] if chosen else None,
-                "emt_e_ads_of_model_choice": chosen["e_ads_emt_sp"] if chosen else None,
-                "success": bool(chosen is not None and chosen["e_ads_emt_sp"] <= emt_min + SUCCESS_THRESHOLD),
+                "ref_e_ads_of_model_choice": chosen["e_ads_ref_sp"] if chosen else None,
+                "success": bool(chosen is not None and chosen["e_ads_ref_sp"] <= ref_min + SUCCESS_THRESHOLD),
+                "model_best_e_ads_gas": model_best,
+                "ref_best_e_ads_gas": ref_best,
+                "best_site_within_threshold": None if model_best is None or ref_best is None
+                else bool(abs(model_best - ref_best) <= SUCCESS_THRESHOLD),
             }
         )
     return groups
@@ -457,9 +521,9 @@ def _plot(tasks: Sequence[dict[str, Any]], path: Path) -> None:
     tasks = [t for t in tasks if t.get("error") is None]
     if not tasks:
         return
-    ref = np.array([t["e_ads_emt_ref"] for t in tasks])
+    ref = np.array([t["e_ads_ref"] for t in tasks])
     model = np.array([t["e_ads_model"] for t in tasks])
-    sp = np.array([t["e_ads_emt_sp"] for t in tasks])
+    sp = np.array([t["e_ads_ref_sp"] for t in tasks])
     fig, ax = plt.subplots(figsize=(5.5, 5.2))
     lo, hi = float(min(ref.min(), model.min(), sp.min())), float(max(ref.max(), model.max(), sp.max()))
     pad = 0.05 * (hi - lo or 1.0)
@@ -489,9 +553,11 @@ def format_summary(result: dict[str, Any]) -> str:
             f"converged {f(s['converged_fraction'], '.0%')}  "
             f"mean steps {f(s['mean_steps'], '.1f')}  wall {s['wall_s']:.1f} s",
             f"relaxed energy MAE (model vs EMT ref): {f(s['relaxed_energy_mae'])} eV",
-            f"EMT single point on model-relaxed vs EMT ref: MAE {f(s['emt_sp_mae'])} eV, "
-            f"mean {f(s['emt_sp_mean_signed'])} eV, within 0.1 eV {f(s['within_0.1eV'], '.0%')}",
-            f"adsorption energy MAE: {f(s['adsorption_energy_mae'])} eV; anomalies {s['anomalies']}",
+            f"EMT single point on model-relaxed vs EMT ref: MAE {f(s['ref_sp_mae'])} eV, "
+            f"mean {f(s['ref_sp_mean_signed'])} eV, within 0.1 eV {f(s['within_0.1eV'], '.0%')}",
+            f"adsorption energy MAE: {f(s['adsorption_energy_mae'])} eV (vs clean slab), "
+            f"{f(s['adsorption_energy_gas_mae'])} eV (gas-referenced); best site within 0.1 eV "
+            f"{f(s['best_site_within_0.1eV'], '.0%')}; anomalies {s['anomalies']}",
             f"AdsorbML success: multi-site groups {f(a['success_rate_multi_site'], '.0%')} "
             f"(n={a['n_multi_site_groups']}), all groups {f(a['success_rate_all_groups'], '.0%')} (n={a['n_groups']})",
         ]
@@ -510,11 +576,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", type=Path, help="folder for relax_benchmark.json and relax_parity.png")
+    parser.add_argument("--labeller", help="labeller of the references (default: the one recorded in the data)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     result = relax_benchmark(args.checkpoint, args.data_dir, max_tasks=args.max_tasks, optimizer=args.optimizer,
-                             dtype=args.dtype, out=args.out, progress=True)
+                             dtype=args.dtype, out=args.out, progress=True, labeller=args.labeller)
     log.info("relaxation benchmark:\n%s", format_summary(result))
     return 0
 
