@@ -1,0 +1,63 @@
+"""Bulk properties of fcc metals: a model against a reference calculator (its teacher, or EMT).
+
+``python benchmarks/bulk_properties.py --model CKPT --reference LABELLER [--metals Cu,Pt] [--out FILE.json]``
+
+For each metal: lattice constant and bulk modulus (EOS), C11/C12/C44 (stress-strain), phonon frequencies at
+X and L (finite displacements, 4x4x4 supercell), for the model (an Equiformer checkpoint name or path) and
+the reference (``emt``, ``sevennet`` or ``module:factory``, see ``equiformer_calc.data.labellers``), with
+the relative deviations. Prints a Markdown table; ``--out`` writes everything as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+KEYS = ("a0", "bulk_modulus_GPa", "C11_GPa", "C12_GPa", "C44_GPa")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="emt-small", help="checkpoint name or path (default emt-small)")
+    parser.add_argument("--reference", default="emt", help="labeller of the reference (default emt)")
+    parser.add_argument("--metals", default="Cu,Ag,Au,Ni,Pd,Pt,Al", help="comma-separated fcc metals")
+    parser.add_argument("--dtype", default="float64", choices=("float32", "float64"))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, help="JSON output")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from equiformer_calc.calculator import EquiformerCalculator
+    from equiformer_calc.data.labellers import JournaledCalculator, LabelStats, resolve_labeller
+    from equiformer_calc.workflows.bulk import fcc_properties, relative_deviation
+
+    model = EquiformerCalculator(checkpoint=args.model, dtype=args.dtype)
+    reference = JournaledCalculator(resolve_labeller(args.reference), LabelStats())
+    rows = {}
+    for metal in args.metals.split(","):
+        ref = fcc_properties(reference, metal)
+        mod = fcc_properties(model, metal, a_guess=ref["a0"])
+        rows[metal] = {"model": mod, "reference": ref, "deviation": relative_deviation(mod, ref, KEYS)}
+        logging.info("%s: %s", metal, {k: round(v, 3) for k, v in rows[metal]["deviation"].items()})
+
+    dev_keys = [*KEYS, "nu_max_X", "nu_max_L"]
+    print(f"| metal | {' | '.join(dev_keys)} |")
+    print("|---|" + "---:|" * len(dev_keys))
+    for metal, row in rows.items():
+        cells = [f"{row['model'][k]:.3g} / {row['reference'][k]:.3g} ({100 * row['deviation'][k]:+.0f} %)"
+                 if k in row["model"] else f"{100 * row['deviation'][k]:+.0f} %" for k in dev_keys]
+        print(f"| {metal} | {' | '.join(cells)} |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"model": args.model, "reference": args.reference, "metals": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
