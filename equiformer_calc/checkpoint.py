@@ -43,12 +43,16 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_dirs() -> list[Path]:
-    """Folders searched for named checkpoints: $EQUIFORMER_CALC_CHECKPOINTS, then the project's."""
+    """Folders searched for named checkpoints: $EQUIFORMER_CALC_CHECKPOINTS, then the shipped ones.
+
+    The shipped ones are ``equiformer_calc/checkpoints`` (package data, in a wheel or a normal install;
+    in the source tree a link to the top-level ``checkpoints/`` folder).
+    """
     dirs = []
     env = os.environ.get("EQUIFORMER_CALC_CHECKPOINTS")
     if env:
         dirs += [Path(p) for p in env.split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parent.parent / "checkpoints")
+    dirs.append(Path(__file__).resolve().parent / "checkpoints")
     return dirs
 
 
