@@ -25,12 +25,9 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+from prometheus_client.exposition import choose_encoder
 
-__all__ = ["ServiceMetrics", "CONTENT_TYPE"]
-
-#: the Content-Type of the default (Prometheus text 0.0.4) exposition
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+__all__ = ["ServiceMetrics"]
 
 
 class ServiceMetrics:
