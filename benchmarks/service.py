@@ -168,6 +168,16 @@ class Server:
         self._log.close()
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), NaN where not available."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = raw[raw.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in [0, 100])."""
     ordered = sorted(values)
@@ -190,6 +200,7 @@ def client_cell(spec: dict[str, Any]) -> dict[str, Any]:
         for i in range(3 if k == 0 else 1):
             calc.predict([pool[(k + i) % len(pool)]])
     before = scrape(url)
+    server_cpu0, client_cpu0 = process_cpu_seconds(spec["server_pid"]), time.process_time()
     latencies: list[list[float]] = [[] for _ in range(clients)]
     barrier = threading.Barrier(clients + 1)
     stop_at = [0.0]
@@ -213,6 +224,7 @@ def client_cell(spec: dict[str, Any]) -> dict[str, Any]:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    server_cpu, client_cpu = process_cpu_seconds(spec["server_pid"]) - server_cpu0, time.process_time() - client_cpu0
     after = scrape(url)
     for calc in calcs:
         calc.close()
@@ -221,13 +233,16 @@ def client_cell(spec: dict[str, Any]) -> dict[str, Any]:
         "wall": wall,
         "calls": after["equiformer_batch_requests_count"] - before["equiformer_batch_requests_count"],
         "merged": after["equiformer_batch_requests_sum"] - before["equiformer_batch_requests_sum"],
+        "server_cpu": server_cpu,
+        "client_cpu": client_cpu,
         "client_module": client_module.__file__,
     }
 
 
 def run_cell(server: Server, version: Version, clients: int, args: argparse.Namespace) -> dict[str, Any]:
     """One cell in a client subprocess of ``version``; checks it imported that version's client."""
-    spec = {"url": server.url, "clients": clients, "requests": args.requests, "max_seconds": args.max_seconds}
+    spec = {"url": server.url, "server_pid": server.proc.pid, "clients": clients, "requests": args.requests,
+            "max_seconds": args.max_seconds}
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--client-cell", json.dumps(spec)],
                           cwd=version.checkout, env=version.env(), capture_output=True, text=True)
     if done.returncode != 0:
@@ -371,19 +386,21 @@ def aggregate(cells: list[dict[str, Any]]) -> dict[str, Any]:
         "p50_ms": 1000 * percentile(latencies, 50),
         "p99_ms": 1000 * percentile(latencies, 99),
         "per_call": sum(c["merged"] for c in cells) / calls if calls else float("nan"),
+        "server_cpu_ms": 1000 * sum(c["server_cpu"] for c in cells) / len(latencies),
+        "client_cpu_ms": 1000 * sum(c["client_cpu"] for c in cells) / len(latencies),
     }
 
 
 def markdown_table(rows: list[dict[str, Any]], with_code: bool) -> str:
     header = (["code"] if with_code else []) + [
         "batching", "clients", "requests", "structures/s", "per repeat", "p50 latency (ms)", "p99 latency (ms)",
-        "requests per model call"]
+        "requests per model call", "server CPU ms/request", "client CPU ms/request"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for r in rows:
         cells = ([r["code"]] if with_code else []) + [
             r["mode"], str(r["clients"]), str(r["requests"]), f"{r['throughput']:.1f}",
             ", ".join(f"{x:.1f}" for x in r["per_repeat"]), f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}",
-            f"{r['per_call']:.2f}"]
+            f"{r['per_call']:.2f}", f"{r['server_cpu_ms']:.1f}", f"{r['client_cpu_ms']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -400,7 +417,9 @@ def comparison(rows: list[dict[str, Any]], versions: list[Version]) -> str:
             continue
         o = by[(old, mode, clients)]
         parts.append(f"batching {mode}, {clients} client(s): throughput x{r['throughput'] / o['throughput']:.2f}, "
-                     f"p50 x{r['p50_ms'] / o['p50_ms']:.2f}")
+                     f"p50 x{r['p50_ms'] / o['p50_ms']:.2f}, server CPU per request "
+                     f"x{r['server_cpu_ms'] / o['server_cpu_ms']:.2f}, client CPU per request "
+                     f"x{r['client_cpu_ms'] / o['client_cpu_ms']:.2f}")
     return f"{new} relative to {old}: " + "; ".join(parts) + "."
 
 
@@ -427,7 +446,9 @@ def update_results(path: Path, table: str, args: argparse.Namespace, command: st
         f"{args.requests} requests per cell or {args.max_seconds:g} s, over {args.repeats} round(s). "
         f"'structures/s' is all requests of a row over their summed wall time, 'per repeat' each round's; "
         f"latency is the client-side wall time of one request, pooled over the rounds. 'requests per model "
-        f"call' is from the server's /metrics.",
+        f"call' is from the server's /metrics. 'server CPU' is the server process's user + system time "
+        f"(/proc) and 'client CPU' the client subprocess's (all its threads) over the timed requests, per "
+        f"request: unlike wall time, this cost is hardly moved by other load on the machine.",
         "",
         code,
         "",
