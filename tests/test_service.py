@@ -10,9 +10,9 @@ timeout and graceful-shutdown tests.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -32,6 +32,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.io import write
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
+from prometheus_client.parser import text_string_to_metric_families
 
 from equiformer_calc.calculator import EquiformerCalculator
 from equiformer_calc.checkpoint import save_checkpoint
@@ -72,8 +73,15 @@ class ServerProcess:
         self._log = open(log_path, "wb")
         cmd = [sys.executable, "-m", "equiformer_calc.cli", "serve", "--checkpoint", str(checkpoint),
                "--host", "127.0.0.1", "--port", str(self.port), "--threads", "1", *args]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     env={**os.environ, **(env or {})})
+        self.cmd, self.env = cmd, {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env)
+        self._ready = False
+
+    def kill_and_restart(self) -> None:
+        """SIGKILL the server and start it again on the same port (not waiting for it)."""
+        self.proc.kill()
+        self.proc.wait(30)
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=self.env)
         self._ready = False
 
     def log(self) -> str:
@@ -130,6 +138,26 @@ def http(url: str, body: Any = None, *, token: str | None = TOKEN, content_type:
         return status, json.loads(text), headers
     except json.JSONDecodeError:
         return status, text, headers
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """Run an ASGI app with uvicorn in a thread of this process; yields its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
 
 
 def as_json(atoms: Atoms) -> dict[str, Any]:
@@ -300,16 +328,14 @@ def test_sixteen_concurrent_clients_are_answered_correctly_and_batched(server, l
 
 
 def metric_values(text: str) -> dict[str, float]:
-    """Unlabelled samples (and labelled ones under 'name{labels}') of a Prometheus text page."""
+    """The samples of a Prometheus text page, parsed by prometheus_client: unlabelled ones under
+    their name, labelled ones under 'name{label="value",...}' (labels sorted)."""
     values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            values[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
     return values
-
-
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*\})? (\S+)$')
 
 
 def test_metrics_are_prometheus_text(server):
@@ -319,22 +345,9 @@ def test_metrics_are_prometheus_text(server):
     assert status == 401
     status, text, headers = http(server.url + "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
-    types: dict[str, str] = {}
-    for line in text.strip().splitlines():
-        if line.startswith("# HELP "):
-            continue
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split()
-            assert kind in ("counter", "gauge", "histogram")
-            types[name] = kind
-            continue
-        m = _SAMPLE.match(line)
-        assert m, f"bad sample line {line!r}"
-        float(m.group(4).replace("+Inf", "inf"))
-        base = re.sub(r"_(bucket|sum|count)$", "", m.group(1))
-        assert m.group(1) in types or base in types, f"sample without TYPE: {line}"
-    for name in ("equiformer_http_requests_total", "equiformer_http_errors_total", "equiformer_batch_requests",
-                 "equiformer_predict_latency_seconds", "equiformer_batch_atoms"):
+    types = {family.name: family.type for family in text_string_to_metric_families(text)}
+    for name in ("equiformer_http_requests", "equiformer_http_errors", "equiformer_batch_requests",
+                 "equiformer_predict_latency_seconds", "equiformer_batch_atoms", "process_resident_memory_bytes"):
         assert name in types
     assert types["equiformer_predict_latency_seconds"] == "histogram"
     values = metric_values(text)
@@ -473,7 +486,7 @@ def test_one_bad_request_does_not_fail_concurrent_good_ones(server, local):
 # ------------------------------------------------------------------------------------ remote calculator
 def test_remote_client_errors_are_clear(server):
     port = free_port()  # nothing listens there
-    calc = RemoteEquiformerCalculator(f"http://127.0.0.1:{port}", timeout=5)
+    calc = RemoteEquiformerCalculator(f"http://127.0.0.1:{port}", timeout=5, retries=0)
     with pytest.raises(ServerUnavailableError, match="cannot reach the equiformer-calc server"):
         calc.predict([water()])
     atoms = water()
@@ -496,9 +509,18 @@ def test_remote_client_errors_are_clear(server):
 
 def test_client_timeout_is_a_clear_error(aux):
     many = [molecule("CH3CH2OH") for _ in range(300)]  # ~1-2 s with a 64-atom model-call budget
-    calc = RemoteEquiformerCalculator(aux.url, timeout=0.2)
+    calc = RemoteEquiformerCalculator(aux.url, timeout=0.2, retries=5, backoff=0.01)
+    before = metric_values(http(aux.url + "/metrics")[1])
     with pytest.raises(RemoteTimeoutError, match="within 0.2 s"):
         calc.predict(many, properties=["energy"])
+    # a read timeout is not sent again: the server finishes the one request it got
+    deadline = time.monotonic() + 60
+    while http(aux.url + "/health", token=None)[1]["queue_depth"] > 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    after = metric_values(http(aux.url + "/metrics")[1])
+    key = 'equiformer_http_requests_total{path="/v1/predict",status="200"}'
+    assert after[key] - before.get(key, 0) == 1
 
 
 @pytest.mark.slow
@@ -563,7 +585,7 @@ def test_sigterm_lets_the_in_flight_request_finish(aux, local):
     assert aux.proc.wait(30) == 0
     assert "Finished server process" in aux.log() or "server stopped" in aux.log()
     with pytest.raises(ServerUnavailableError):
-        RemoteEquiformerCalculator(aux.url, timeout=5).predict([water()])
+        RemoteEquiformerCalculator(aux.url, timeout=5, retries=0).predict([water()])
 
 
 # ------------------------------------------------------------------------------------ batcher (in-process)
@@ -647,8 +669,6 @@ def test_batcher_timeout_and_drain_on_stop():
 
 def test_in_process_app_gives_504_on_timeout(checkpoint):
     """create_app over a Predictor object, served by uvicorn in a thread: a slow model -> 504."""
-    import uvicorn
-
     from equiformer_calc.checkpoint import load_checkpoint
     from equiformer_calc.predictor import Predictor
     from equiformer_calc.service.server import create_app
@@ -659,21 +679,11 @@ def test_in_process_app_gives_504_on_timeout(checkpoint):
             return super().predict(structures, properties)
 
     app = create_app(SlowPredictor(load_checkpoint(checkpoint)), request_timeout_s=0.1)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        url = f"http://127.0.0.1:{port}"
+    with serve_in_thread(app) as url:
         status, body, _ = http(url + "/v1/predict", {"structures": [as_json(water())]}, token=None)
         assert status == 504 and body["error"]["type"] == "timeout" and "0.1 s" in body["error"]["message"]
         with pytest.raises(RemoteTimeoutError, match="504"):
-            RemoteEquiformerCalculator(url).predict([water()])
+            RemoteEquiformerCalculator(url, retries=5, backoff=0.01).predict([water()])
+        key = 'equiformer_http_requests_total{path="/v1/predict",status="504"}'
+        assert metric_values(http(url + "/metrics", token=None)[1])[key] == 2  # one above, one here: not re-sent
         assert http(url + "/v1/models", token=None)[1]["models"][0]["id"] == "tiny"
-    finally:
-        server.should_exit = True
-        thread.join(20)

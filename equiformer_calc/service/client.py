@@ -1,7 +1,9 @@
 """ASE calculator that evaluates structures on an ``equiformer-calc serve`` server over HTTP.
 
-Standard library only (``http.client``): one persistent keep-alive connection per thread, so a
-relaxation or an MD run pays for one TCP handshake, and one calculator may be shared by threads.
+The transport is ``httpx``: one pooled, thread-safe ``httpx.Client`` per calculator (keep-alive
+connections shared by every thread that uses the calculator), separate connect and read
+timeouts, and retries with exponential backoff where re-sending is safe (see
+:class:`RemoteEquiformerCalculator`).
 
 >>> calc = RemoteEquiformerCalculator("http://127.0.0.1:8000", token=os.environ.get("EQUIFORMER_CALC_TOKEN"))
 >>> atoms.calc = calc; atoms.get_forces()
@@ -10,13 +12,16 @@ relaxation or an MD run pays for one TCP handshake, and one calculator may be sh
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
+import os
+import random
 import threading
+import time
 import urllib.parse
 from typing import Any, Sequence
 
+import httpx
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
@@ -100,34 +105,68 @@ def _result_from_json(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+
+#: transport failures after which a request is sent again: it never reached the server (refused,
+#: unreachable, connect timeout) or the server dropped the connection without answering (it died
+#: or restarted, or closed an idle keep-alive connection as the request went out). Predictions are
+#: pure functions of the request, so sending one again is safe.
+_RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+_NOT_CONNECTED = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
 class RemoteEquiformerCalculator(Calculator):
     """The :class:`~equiformer_calc.calculator.EquiformerCalculator` interface, evaluated by a server.
 
     ``url`` is the server's base address (``http://host:port``); ``token`` its bearer token
-    (default ``$EQUIFORMER_CALC_TOKEN``); ``timeout`` the seconds to wait for one answer. Stress is
-    available for systems periodic in 3D only. Errors are :class:`RemoteCalculatorError`
-    subclasses carrying the server's message. ``predict(list_of_atoms)`` evaluates many
-    structures in as few requests as the server's atom limit allows.
+    (default ``$EQUIFORMER_CALC_TOKEN``). ``timeout`` is the seconds to wait for an answer once a
+    request is sent (and to send it), ``connect_timeout`` the seconds to wait for a connection.
+    Stress is available for systems periodic in 3D only. ``predict(list_of_atoms)`` evaluates
+    many structures in as few requests as the server's atom limit allows.
+
+    One pooled ``httpx.Client`` per calculator carries every request: keep-alive connections are
+    reused across calls and shared by threads, so one calculator may serve many threads at once.
+
+    Retries: a request that did not reach the server (connection refused, unreachable, connect
+    timeout), a connection the server dropped without answering, and a 503 answer (overloaded or
+    shutting down) are sent again up to ``retries`` times after waiting about ``backoff``,
+    ``2 * backoff``, ``4 * backoff``... seconds (each at most ``max_backoff``; a 503's
+    ``Retry-After`` is honoured up to that cap). With the defaults a server that is back within
+    about 20 s (a restart) goes unnoticed by a relaxation or an MD run. Never sent again: a 4xx
+    answer (the request itself is wrong), any other 5xx, a 504 (the server's own request timeout:
+    it has queued or run the request; sending it again would queue the same work) and a read
+    timeout (the server may still be working on it).
+
+    Errors are :class:`RemoteCalculatorError` subclasses carrying the server's message:
+    :class:`ServerUnavailableError` (no connection, after the retries),
+    :class:`RemoteTimeoutError` (read timeout or 504), :class:`AuthenticationError` (401),
+    :class:`RequestTooLargeError` (413), :class:`ServerRejectedError` (any other error status).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
     def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 300.0,
+                 *, connect_timeout: float = 10.0, retries: int = 6, backoff: float = 0.5, max_backoff: float = 10.0,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        import os
-
         parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"url must look like http://host:port, got {url!r}")
+        for name, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+            if not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if int(retries) != retries or retries < 0:
+            raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
+        if not 0 <= backoff <= max_backoff:
+            raise ValueError(f"need 0 <= backoff <= max_backoff, got backoff={backoff!r}, max_backoff={max_backoff!r}")
         self.url = urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, parsed.path.rstrip("/"), "", ""))
-        self._scheme = parsed.scheme
-        self._host = parsed.hostname
-        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        self._prefix = parsed.path.rstrip("/")
         self.token = token if token is not None else os.environ.get("EQUIFORMER_CALC_TOKEN")
         self.timeout = float(timeout)
-        self._local = threading.local()
+        self.connect_timeout = float(connect_timeout)
+        self.retries = int(retries)
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self._client: httpx.Client | None = None
+        self._client_lock = threading.Lock()
         self._info: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ ASE interface
@@ -176,17 +215,38 @@ class RemoteEquiformerCalculator(Calculator):
         return self._info
 
     def health(self) -> dict[str, Any]:
-        """``GET /health`` (raises :class:`ServerUnavailableError` when the server is down)."""
-        return self._request("GET", "/health")
+        """``GET /health``, not retried (raises :class:`ServerUnavailableError` at once when the
+        server is down)."""
+        return self._request("GET", "/health", retries=0)
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their threads end)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Close the pooled connections (a later request opens new ones)."""
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __enter__(self) -> "RemoteEquiformerCalculator":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ transport
+    def _http(self) -> httpx.Client:
+        """The calculator's pooled client, created on first use (thread-safe)."""
+        client = self._client
+        if client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = httpx.Client(
+                        timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+                        # no cap on connections: every thread gets one; idle ones are kept for reuse
+                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+                    )
+                client = self._client
+        return client
+
     def _max_atoms_per_request(self) -> int | None:
         try:
             return int(self.info()["limits"]["max_atoms_per_request"])
@@ -206,72 +266,81 @@ class RemoteEquiformerCalculator(Calculator):
         answer = self._request("POST", "/v1/predict", body=body)
         return [_result_from_json(r) for r in answer["results"]]
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        """This thread's connection and whether it is a reused one."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn, True
-        cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-        conn = cls(self._host, self._port, timeout=self.timeout)
-        self._local.conn = conn
-        return conn, False
-
-    def _request(self, method: str, path: str, payload: Any = None, body: bytes | None = None) -> Any:
-        if payload is not None:
-            body = json.dumps(payload).encode()
+    def _request(self, method: str, path: str, body: bytes | None = None, retries: int | None = None) -> Any:
+        """Send one request (again where that is safe, see the class docstring); the decoded JSON
+        answer, or a :class:`RemoteCalculatorError`."""
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         target = f"{self.url}{path}"
-        for attempt in (0, 1):
-            conn, reused = self._connection()
+        retries = self.retries if retries is None else retries
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            retry_after: str | None = None
             try:
-                conn.request(method, self._prefix + path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-            except TimeoutError:  # socket.timeout is an alias
-                self.close()
-                raise RemoteTimeoutError(f"no answer from {target} within {self.timeout:g} s", url=target) from None
-            except (http.client.HTTPException, OSError) as exc:
-                self.close()
-                if reused and attempt == 0:
-                    # the server closed an idle keep-alive connection: reconnect once (predictions
-                    # are idempotent, so resending is safe)
-                    log.debug("stale keep-alive connection to %s (%s); reconnecting", self.url, exc)
-                    continue
-                if isinstance(exc, (http.client.HTTPException, ConnectionResetError, BrokenPipeError)):
-                    hint = ""
-                    if body is not None and len(body) > (1 << 20):
-                        hint = f"; the server may have refused the {len(body)}-byte request body as too large"
-                    raise ServerUnavailableError(f"the connection to {target} was dropped ({exc!r}){hint}",
-                                                 url=target) from None
-                # refused, unreachable, DNS failure
-                raise ServerUnavailableError(
-                    f"cannot reach the equiformer-calc server at {self.url} ({exc}); is it running "
-                    f"('equiformer-calc serve') and is the address right?", url=target) from None
-            if response.will_close:
-                self.close()
-            return self._decode(response.status, data, target)
-        raise AssertionError("unreachable")  # pragma: no cover
+                response = self._http().request(method, target, content=body, headers=headers)
+            except _RETRYABLE as exc:
+                error = self._transport_error(exc, target, body)
+            except httpx.TimeoutException as exc:  # read, write or pool timeout: never sent again
+                if isinstance(exc, httpx.ReadTimeout):
+                    message = f"no answer from {target} within {self.timeout:g} s"
+                else:
+                    message = f"could not send the request to {target} within {self.timeout:g} s ({type(exc).__name__})"
+                raise RemoteTimeoutError(message, url=target) from None
+            except httpx.HTTPError as exc:  # proxy or protocol trouble: not a server that could come back
+                raise ServerUnavailableError(f"the request to {target} failed: {exc!r}", url=target) from None
+            else:
+                if response.status_code != 503:
+                    return self._decode(response.status_code, response.content, target)
+                error = self._status_error(response.status_code, response.content, target)
+                retry_after = response.headers.get("retry-after")
+            if attempt >= retries:
+                if attempt:
+                    error = type(error)(f"{error.message} (gave up after {attempt + 1} attempts in "
+                                        f"{time.monotonic() - start:.1f} s)", url=error.url, status=error.status,
+                                        error_type=error.error_type)
+                raise error
+            delay = self._delay(attempt, retry_after)
+            log.warning("%s; retrying in %.1f s (retry %d of %d)", error.message, delay, attempt + 1, retries)
+            time.sleep(delay)
+            attempt += 1
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        """Exponential backoff with a little jitter (so that clients of a restarted server do not
+        all come back at once), at least a 503's ``Retry-After``, at most ``max_backoff``."""
+        delay = min(self.max_backoff, self.backoff * 2.0**attempt) * random.uniform(0.8, 1.0)
+        try:
+            delay = max(delay, min(self.max_backoff, float(retry_after))) if retry_after else delay
+        except ValueError:
+            pass  # an HTTP-date Retry-After: use the backoff
+        return delay
+
+    def _transport_error(self, exc: Exception, target: str, body: bytes | None) -> RemoteCalculatorError:
+        if isinstance(exc, _NOT_CONNECTED):
+            return ServerUnavailableError(
+                f"cannot reach the equiformer-calc server at {self.url} ({exc or type(exc).__name__}); is it running "
+                f"('equiformer-calc serve') and is the address right?", url=target)
+        hint = ""
+        if body is not None and len(body) > (1 << 20):
+            hint = f"; the server may have refused the {len(body)}-byte request body as too large"
+        return ServerUnavailableError(f"the connection to {target} was dropped ({exc!r}){hint}", url=target)
 
     @staticmethod
-    def _decode(status: int, data: bytes, target: str) -> Any:
+    def _status_error(status: int, data: bytes, target: str) -> RemoteCalculatorError:
+        """The error for a non-2xx answer, with the server's error type and message."""
         try:
             decoded = json.loads(data) if data else None
         except (json.JSONDecodeError, UnicodeDecodeError):
             decoded = None
-        if 200 <= status < 300:
-            if decoded is None:
-                raise ServerRejectedError(f"{target} answered {status} without a JSON body", url=target, status=status)
-            return decoded
         error = decoded.get("error") if isinstance(decoded, dict) else None
         if isinstance(error, dict):
             error_type, message = str(error.get("type")), str(error.get("message"))
         else:
             error_type = "http_error"
-            message = data[:300].decode("utf-8", "replace") or http.client.responses.get(status, "")
+            message = data[:300].decode("utf-8", "replace") or httpx.codes.get_reason_phrase(status)
         text = f"server refused the request ({status} {error_type}): {message}"
         cls: type[RemoteCalculatorError]
         if status == 401:
@@ -282,15 +351,28 @@ class RemoteEquiformerCalculator(Calculator):
             cls = RemoteTimeoutError
         else:
             cls = ServerRejectedError
-        raise cls(text, url=target, status=status, error_type=error_type)
+        return cls(text, url=target, status=status, error_type=error_type)
+
+    @classmethod
+    def _decode(cls, status: int, data: bytes, target: str) -> Any:
+        if not 200 <= status < 300:
+            raise cls._status_error(status, data, target)
+        try:
+            decoded = json.loads(data) if data else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            decoded = None
+        if decoded is None:
+            raise ServerRejectedError(f"{target} answered {status} without a JSON body", url=target, status=status)
+        return decoded
 
     # ------------------------------------------------------------------ pickling (no sockets)
     def __getstate__(self) -> dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_local", "atoms", "results")}
-        return state
+        skip = ("_client", "_client_lock", "atoms", "results")
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._local = threading.local()
+        self._client = None
+        self._client_lock = threading.Lock()
         self.atoms = None
         self.results = {}

@@ -46,7 +46,7 @@ from ..graph import Structure, StructureError
 from ..model import UnknownElementError
 from ..predictor import ALL_PROPERTIES, Predictor
 from .batcher import Batcher, BatcherClosedError, QueueFullError, RequestTimeoutError
-from .metrics import CONTENT_TYPE, ServiceMetrics
+from .metrics import ServiceMetrics
 
 __all__ = ["HELP", "ApiError", "PredictRequest", "PredictResponse", "create_app", "add_arguments", "run"]
 
@@ -323,7 +323,7 @@ class _MetricsMiddleware:
         finally:
             path = scope.get("path", "")
             label = path if path in _PATHS else "other"
-            self.metrics.requests.inc(path=label, status=str(status))
+            self.metrics.requests.labels(path=label, status=str(status)).inc()
             if label == "/v1/predict" and scope.get("method") == "POST":
                 self.metrics.latency.observe(time.perf_counter() - start)
 
@@ -439,7 +439,7 @@ def create_app(
     app.add_middleware(_MetricsMiddleware, metrics=metrics)  # type: ignore[arg-type]
 
     def error_response(status: int, type_: str, message: str, headers: dict[str, str] | None = None) -> Response:
-        metrics.errors.inc(type=type_)
+        metrics.errors.labels(type=type_).inc()
         if status >= 500:
             log.warning("%d %s: %s", status, type_, message)
         else:
@@ -508,9 +508,11 @@ def create_app(
 
     @app.get("/metrics", dependencies=[Depends(authorize)], tags=["service"],
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
-    async def prometheus() -> Response:
-        """Request / error counters, batch-size and latency histograms (Prometheus format)."""
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+    async def prometheus(request: Request) -> Response:
+        """Request / error counters, batch-size and latency histograms, process metrics (Prometheus
+        text format, or OpenMetrics when the scraper asks for it)."""
+        body, content_type = metrics.render(request.headers.get("accept"))
+        return Response(body, headers={"Content-Type": content_type})
 
     async def read_body(request: Request) -> bytes:
         limit = limits.max_body_bytes
