@@ -10,7 +10,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from .graph import NeighborListCache
+from .graph import DEFAULT_MIN_DISTANCE_RATIO, NeighborListCache
 from .model import Equiformer
 from .predictor import Predictor
 
@@ -29,6 +29,9 @@ class EquiformerCalculator(Calculator):
     ``skin > 0`` (Angstrom) reuses the neighbour list of the attached structure between calls
     until an atom moved more than ``skin / 2`` (MD, relaxations; identical results, see
     :class:`~equiformer_calc.graph.NeighborListCache`); ``neighbor_cache`` then counts the searches.
+    ``min_distance_ratio`` (default 0.25) is the distance floor as a fraction of the sum of two
+    atoms' covalent radii: closer pairs raise ``StructureError`` (lower it to scan compressed
+    geometries; the model's ZBL repulsion, when it has one, keeps such energies physical).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -41,6 +44,7 @@ class EquiformerCalculator(Calculator):
         dtype: str = "float32",
         max_atoms_per_batch: int = 2048,
         skin: float = 0.0,
+        min_distance_ratio: float = DEFAULT_MIN_DISTANCE_RATIO,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -54,7 +58,10 @@ class EquiformerCalculator(Calculator):
         self.checkpoint = checkpoint
         self.device = device
         self.dtype = dtype
-        self.predictor = Predictor(model, device=device, dtype=dtype, max_atoms_per_batch=max_atoms_per_batch)
+        self.predictor = Predictor(
+            model, device=device, dtype=dtype, max_atoms_per_batch=max_atoms_per_batch,
+            min_distance_ratio=min_distance_ratio,
+        )
 
     @property
     def model(self) -> Equiformer:
@@ -93,6 +100,7 @@ class EquiformerCalculator(Calculator):
         state["_config"] = model.config.to_dict()
         state["_weights"] = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
         state["_max_atoms"] = self.predictor.max_atoms_per_batch
+        state["_min_distance_ratio"] = self.predictor.min_distance_ratio
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -101,9 +109,12 @@ class EquiformerCalculator(Calculator):
         config = state.pop("_config")
         weights = load(state.pop("_weights"))
         max_atoms = state.pop("_max_atoms")
+        ratio = state.pop("_min_distance_ratio", DEFAULT_MIN_DISTANCE_RATIO)
         self.__dict__.update(state)
         self.atoms = None
         self.results = {}
         model = Equiformer.from_config(config)
         model.load_state_dict(weights)
-        self.predictor = Predictor(model, device=self.device, dtype=self.dtype, max_atoms_per_batch=max_atoms)
+        self.predictor = Predictor(
+            model, device=self.device, dtype=self.dtype, max_atoms_per_batch=max_atoms, min_distance_ratio=ratio
+        )

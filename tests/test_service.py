@@ -413,7 +413,7 @@ BAD_INPUTS = {
     "pbc_without_cell": ({"structures": [_h2o(pbc=True)]}, 422, "invalid_structure", "cell vector 0 is zero"),
     "empty_structure": ({"structures": [{"numbers": [], "positions": []}]}, 422, "invalid_structure", "no atoms"),
     "overlapping_atoms": ({"structures": [_h2o(), _h2o(positions=[[0, 0, 0], [0, 0, 0.01], [1, 0, 0]])]}, 422,
-                          "invalid_structure", "structure 1: atoms 0 and 1 overlap"),
+                          "invalid_structure", "structure 1: atoms 0 (O) and 1 (H) overlap"),
     "stress_non_periodic": ({"structures": [as_json(bulk_cell()), _h2o()], "properties": ["energy", "stress"]},
                             422, "stress_unavailable", "structure 1, which is not periodic"),
     "unknown_property": ({"structures": [_h2o()], "properties": ["hessian"]}, 422, "invalid_request", "properties[0]"),

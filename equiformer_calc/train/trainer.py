@@ -34,7 +34,7 @@ from ..runtime import configure_runtime
 from .data import Sample, collate, read_samples
 from .evaluate import evaluate_samples, save_figure
 
-__all__ = ["TrainConfig", "train", "fit_energy_references", "HELP", "add_arguments", "run"]
+__all__ = ["TrainConfig", "train", "fit_energy_references", "pair_repulsion_labels", "HELP", "add_arguments", "run"]
 
 HELP = "train an Equiformer on labelled structures (YAML config); resumable, DDP-capable"
 log = logging.getLogger(__name__)
@@ -91,9 +91,30 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- helpers
-def fit_energy_references(samples: list[Sample], elements: list[str]) -> tuple[np.ndarray, float, float]:
+def pair_repulsion_labels(samples: list[Sample], model: Equiformer) -> tuple[np.ndarray, np.ndarray]:
+    """Energy (S,) and forces (sum N, 3) of the model's fixed pair repulsion on every sample (zeros
+    when it has none), in float64: the network is trained on the labels minus these."""
+    energies = np.zeros(len(samples))
+    forces = [np.zeros_like(s.forces) for s in samples]
+    if getattr(model, "pair", None) is None:
+        return energies, np.concatenate(forces) if forces else np.zeros((0, 3))
+    for k, s in enumerate(samples):
+        g = s.graph.to(dtype=torch.float64)
+        positions = g.positions.detach().requires_grad_(True)
+        e = model.pair_energy(g.numbers, positions, g.edge_index, g.shifts, g.cell, g.batch, g.num_graphs).sum()
+        if e.requires_grad:
+            (grad,) = torch.autograd.grad(e, positions)
+            forces[k] = -grad.numpy()
+        energies[k] = float(e.detach())
+    return energies, np.concatenate(forces)
+
+
+def fit_energy_references(
+    samples: list[Sample], elements: list[str], model: Equiformer | None = None
+) -> tuple[np.ndarray, float, float]:
     """Per-element reference energies by least squares (E ~ sum_Z n_Z e_Z), the force RMS as the
-    energy scale, and the mean per-atom residual as the shift."""
+    energy scale, and the mean per-atom residual as the shift. With a ``model`` that has a pair
+    repulsion, all three are fitted to the labels minus that fixed term (what the network learns)."""
     from ase.data import atomic_numbers
 
     index = {atomic_numbers[s]: k for k, s in enumerate(elements)}
@@ -102,12 +123,16 @@ def fit_energy_references(samples: list[Sample], elements: list[str]) -> tuple[n
         for z, c in zip(*np.unique(s.graph.numbers.numpy(), return_counts=True)):
             counts[r, index[int(z)]] = c
     energies = np.array([s.energy for s in samples])
+    forces = np.concatenate([s.forces for s in samples])
+    if model is not None:
+        pair_e, pair_f = pair_repulsion_labels(samples, model)
+        energies = energies - pair_e
+        forces = forces - pair_f
     present = counts.sum(0) > 0
     refs = np.zeros(len(elements))
     sol, *_ = np.linalg.lstsq(counts[:, present], energies, rcond=None)
     refs[present] = sol
     residual = (energies - counts @ refs) / counts.sum(1)
-    forces = np.concatenate([s.forces for s in samples])
     scale = float(np.sqrt(np.mean(forces**2))) or 1.0
     return refs, scale, float(residual.mean())
 
@@ -194,7 +219,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     val_samples = _sort_for_val(read_samples(cfg.val, cfg.cutoff, progress=rank == 0)[: cfg.max_val])
 
     model = Equiformer.from_preset(cfg.preset, elements=cfg.elements, cutoff=cfg.cutoff, **cfg.model)
-    refs, scale, shift = fit_energy_references(train_samples, cfg.elements)
+    refs, scale, shift = fit_energy_references(train_samples, cfg.elements, model)
     degrees = [s.graph.num_edges / s.num_atoms for s in train_samples[:2000]]
     with torch.no_grad():
         model.atomic_energies.copy_(torch.from_numpy(refs))
