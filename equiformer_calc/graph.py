@@ -102,6 +102,9 @@ class BudgetError(StructureError, MemoryError):
         self.limit = limit
         self.unit = unit
 
+    def __reduce__(self):  # pickles with its attributes (errors cross process boundaries in the service)
+        return (type(self), (str(self), self.estimate, self.limit, self.unit))
+
 
 @dataclass
 class Structure:

@@ -296,7 +296,7 @@ class Predictor:
             it.edges = self._locate_budget(it, properties)
         results: list[dict[str, Any]] = [dict() for _ in items]
         for chunk in self._chunks(items, properties):
-            graphs = [self.graph(it.structure, it.neighbors) for it in chunk]
+            graphs = [self._located_graph(it) for it in chunk]
             for it, g in zip(chunk, graphs):  # the actual counts, before the model call
                 self._locate_budget(it, properties, g.num_edges)
             batch = batch_graphs(graphs)
@@ -317,6 +317,15 @@ class Predictor:
                 if s is not None:
                     r["stress"] = s[b].copy()
         return results
+
+    def _located_graph(self, it: _Item) -> AtomicGraph:
+        """The graph of one item; a StructureError names the structure's index in the call."""
+        try:
+            return self.graph(it.structure, it.neighbors)
+        except BudgetError as exc:
+            raise BudgetError(f"structure {it.index}: {exc}", exc.estimate, exc.limit, exc.unit) from None
+        except StructureError as exc:
+            raise StructureError(f"structure {it.index}: {exc}") from None
 
     def _locate_budget(self, it: _Item, properties: Sequence[str], edges: int | None = None) -> int:
         try:
