@@ -464,7 +464,7 @@ def test_one_bad_request_does_not_fail_concurrent_good_ones(server, local):
     with concurrent.futures.ThreadPoolExecutor(8) as ex:
         for k, (status, answer) in ex.map(send, range(8)):
             if k % 4 == 0:
-                assert status == 422 and "structure 1: atoms 0 and 1 overlap" in answer["error"]["message"]
+                assert status == 422 and "structure 1: atoms 0 (O) and 1 (H) overlap" in answer["error"]["message"]
             else:
                 assert status == 200
                 assert_same(answer["results"][0], expected)
