@@ -76,7 +76,15 @@ class TrainConfig:
         import yaml
 
         with open(path) as fh:
-            raw = yaml.safe_load(fh) or {}
+            try:
+                raw = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(
+                f"{path} must be a YAML mapping of TrainConfig fields (key: value lines such as 'train: data.xyz'), "
+                f"got a {type(raw).__name__}"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(raw) - names
         if unknown:
@@ -135,6 +143,22 @@ def fit_energy_references(
     residual = (energies - counts @ refs) / counts.sum(1)
     scale = float(np.sqrt(np.mean(forces**2))) or 1.0
     return refs, scale, float(residual.mean())
+
+
+def _check_elements(samples: list[Sample], elements: list[str]) -> None:
+    """Every element of the data is one the model is configured for (ValueError naming the others)."""
+    from ase.data import atomic_numbers, chemical_symbols
+
+    allowed = {atomic_numbers[s] for s in elements}
+    present: set[int] = set()
+    for sample in samples:
+        present.update(int(z) for z in np.unique(sample.graph.numbers.numpy()))
+    missing = sorted(present - allowed)
+    if missing:
+        raise ValueError(
+            f"the data contain {', '.join(chemical_symbols[z] for z in missing)}, which the config's elements "
+            f"({', '.join(elements)}) do not include; add them to 'elements'"
+        )
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -209,14 +233,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     device = torch.device(cfg.device if not cfg.device.startswith("cuda") or not distributed else f"cuda:{rank}")
     dtype = getattr(torch, cfg.dtype)
     out = Path(cfg.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
     train_samples = read_samples(cfg.train, cfg.cutoff, progress=rank == 0)
     if cfg.max_train:
         train_samples = train_samples[: cfg.max_train]
     val_samples = _sort_for_val(read_samples(cfg.val, cfg.cutoff, progress=rank == 0)[: cfg.max_val])
+    _check_elements(train_samples + val_samples, cfg.elements)
+    if rank == 0:  # the inputs are valid: only now is anything written
+        out.mkdir(parents=True, exist_ok=True)
 
     model = Equiformer.from_preset(cfg.preset, elements=cfg.elements, cutoff=cfg.cutoff, **cfg.model)
     refs, scale, shift = fit_energy_references(train_samples, cfg.elements, model)
