@@ -9,6 +9,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from .calculators.base import reject_unknown_keywords
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from .graph import DEFAULT_MIN_DISTANCE_RATIO, NeighborListCache
 from .model import Equiformer
@@ -17,7 +18,6 @@ from .predictor import Predictor
 __all__ = ["EquiformerCalculator"]
 
 log = logging.getLogger(__name__)
-
 
 class EquiformerCalculator(Calculator):
     """Energy, forces, stress and per-atom energies of an Equiformer model, for any ASE workflow.
@@ -35,6 +35,9 @@ class EquiformerCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    #: THE list of keywords this calculator accepts (besides ASE's base ones): anything else is a
+    #: TypeError. Add a new keyword here and to ``__init__`` (a test checks the two agree).
+    keywords = ("checkpoint", "model", "device", "dtype", "max_atoms_per_batch", "skin", "min_distance_ratio")
 
     def __init__(
         self,
@@ -47,6 +50,7 @@ class EquiformerCalculator(Calculator):
         min_distance_ratio: float = DEFAULT_MIN_DISTANCE_RATIO,
         **kwargs: Any,
     ) -> None:
+        reject_unknown_keywords(type(self).__name__, kwargs, self.keywords)
         super().__init__(**kwargs)
         self.skin = float(skin)
         self.neighbor_cache: NeighborListCache | None = NeighborListCache(self.skin) if self.skin > 0 else None
