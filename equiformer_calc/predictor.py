@@ -55,7 +55,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 DEFAULT_MEMORY_FRACTION = 0.6
 # floats kept per edge and per unit of the per-edge width (see bytes_per_edge), calibrated with
 # benchmarks/memory_budget.py (RESULTS.md, "Memory per edge") and rounded up
-_FLOATS_PER_WIDTH_GRAD = 16.0
+_FLOATS_PER_WIDTH_GRAD = 18.0
 _FLOATS_PER_WIDTH_NOGRAD = 8.0
 #: per-edge floats that do not scale with the network (indices, shifts, vectors, basis, envelope)
 _FLOATS_PER_EDGE_FIXED = 64.0
