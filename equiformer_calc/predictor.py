@@ -156,7 +156,8 @@ class Predictor:
     ``predict(structures)`` accepts ``ase.Atoms`` or :class:`~equiformer_calc.graph.Structure`
     objects, validates them (clear :class:`StructureError` / :class:`UnknownElementError`),
     groups them into batches of at most ``max_atoms_per_batch`` atoms and returns one dict of
-    numpy arrays per structure, in input order, with the same numbers as one-by-one calls.
+    numpy arrays per structure, in input order, with the numbers of one-by-one calls (to round-off:
+    bit for bit only when the batch holds one structure; see README "Reliability").
 
     ``min_distance_ratio`` sets the element-aware distance floor (a fraction of the sum of
     covalent radii, :func:`~equiformer_calc.graph.distance_floor`): closer pairs raise
