@@ -322,9 +322,10 @@ def estimate_edges(structure: Structure, cutoff: float, frame: LocalFrame | None
     than that is one bin holding the whole cell, so periodic images count), and every atom is
     given the density of its own bin times the cutoff sphere's volume:
     ``sum_b n_b^2 * (4/3 pi r_c^3) / V_b``. O(N log N) time and O(N) memory; no pair is formed.
-    It is exact in the mean for a homogeneous bulk and a tiny periodic cell, and within about a
-    factor of two for slabs, molecules and clusters (see ``tests/test_hardening.py``); a
-    non-periodic axis narrower than the cutoff is counted as ``cutoff`` thick.
+    It is exact in the mean for a homogeneous bulk and a tiny periodic cell; for slabs, molecules,
+    clusters and wires it lies within 0.5-4x the count (``tests/test_budget.py``; thin wires are
+    overestimated most, a slab in a 3D cell with vacuum underestimated by ~1.5x). A non-periodic
+    axis narrower than the cutoff is counted as ``cutoff`` thick.
     """
     if frame is None:
         frame = local_frame(structure)
