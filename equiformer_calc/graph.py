@@ -283,7 +283,8 @@ def local_frame(structure: Structure) -> LocalFrame:
     if too_wide.any():
         axis = int(np.flatnonzero(too_wide)[0])
         raise StructureError(
-            f"the atoms span {spans[axis]:.3g} A along {'xyz'[axis] if not pbc.any() else f'non-periodic axis {axis}'}; "
+            f"the atoms span {spans[axis]:.3g} A along "
+            f"{'xyz'[axis] if not pbc.any() else f'non-periodic axis {axis}'}; "
             f"at most {MAX_EXTENT:.0e} A is accepted (is an atom far away by mistake?)"
         )
     return LocalFrame(local, images, origin, basis, spans, widths)
@@ -353,7 +354,9 @@ def estimate_edges(structure: Structure, cutoff: float, frame: LocalFrame | None
     return int(max(estimate, 0.0))
 
 
-def check_edge_budget(structure: Structure, cutoff: float, max_edges: int | None, frame: LocalFrame | None = None) -> int:
+def check_edge_budget(
+    structure: Structure, cutoff: float, max_edges: int | None, frame: LocalFrame | None = None
+) -> int:
     """The edge estimate of ``structure``; raises :class:`BudgetError` if it exceeds ``max_edges``."""
     estimate = estimate_edges(structure, cutoff, frame)
     if max_edges is not None and estimate > max_edges:
@@ -488,7 +491,8 @@ def _complete_cell(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray, cut
 class AtomicGraph:
     """One or many structures as a single disconnected graph, as torch tensors.
 
-    numbers (N,) int64; positions (N, 3) in each structure's local frame (:func:`local_frame`); cell (B, 3, 3); pbc (B, 3) bool;
+    numbers (N,) int64; positions (N, 3) in each structure's local frame (:func:`local_frame`);
+    cell (B, 3, 3); pbc (B, 3) bool;
     edge_index (2, E) int64 with row 0 = source j (neighbour) and row 1 = destination i (centre);
     shifts (E, 3) integer-valued cell shifts in the positions' dtype; batch (N,) graph index
     of every atom; ptr (B + 1,) atom offsets; num_graphs B.

@@ -74,7 +74,9 @@ def bytes_per_edge(config: EquiformerConfig, dtype: str | torch.dtype, grad: boo
 
     size = resolve_dtype(dtype).itemsize
     width_block = (
-        o3.Irreps(config.irreps_node).dim + config.num_heads * o3.Irreps(config.irreps_head).dim + sum(config.fc_neurons)
+        o3.Irreps(config.irreps_node).dim
+        + config.num_heads * o3.Irreps(config.irreps_head).dim
+        + sum(config.fc_neurons)
     )
     if grad:
         floats = _FLOATS_PER_WIDTH_GRAD * config.num_blocks * width_block
@@ -333,6 +335,8 @@ class Predictor:
             return self.check_budget(it.structure, properties, edges)
         except BudgetError as exc:
             raise BudgetError(f"structure {it.index}: {exc}", exc.estimate, exc.limit, exc.unit) from None
+        except StructureError as exc:  # the estimate's own checks (extent)
+            raise StructureError(f"structure {it.index}: {exc}") from None
 
     def _chunks(self, items: list[_Item], properties: Sequence[str] = ("energy", "forces")) -> Iterable[list[_Item]]:
         """Consecutive items, cut at ``max_atoms_per_batch`` atoms and at the edge limit."""

@@ -118,9 +118,10 @@ def test_issue_inputs_that_crashed_the_process_are_clear_errors():
     proc = _run(code)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
-    assert lines["h2"].startswith("StructureError: the atoms span 1e+06 A"), lines
-    assert lines["slab"].startswith("StructureError: the atoms span 1e+06 A along non-periodic axis 2"), lines
-    assert lines["wide"].startswith("StructureError: the structure is too wide and flat"), lines
+    assert lines["h2"].startswith("StructureError: structure 0: the atoms span 1e+06 A"), lines
+    assert lines["slab"].startswith(
+        "StructureError: structure 0: the atoms span 1e+06 A along non-periodic axis 2"), lines
+    assert lines["wide"].startswith("StructureError: structure 0: the structure is too wide and flat"), lines
 
 
 SHAPES = {
