@@ -2,28 +2,55 @@
 
 >>> from equiformer_calc import Equiformer, EquiformerCalculator
 >>> atoms.calc = EquiformerCalculator()            # the shipped checkpoint
+
+Every public name loads on first use (PEP 562), so ``import equiformer_calc`` and the command
+line's ``--help`` do not import torch.
 """
 
-from .calculator import EquiformerCalculator
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .graph import Structure, StructureError
-from .model import Equiformer, EquiformerConfig, UnknownElementError
-from .predictor import Predictor
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CheckpointError", "Equiformer", "EquiformerCalculator", "EquiformerConfig", "Predictor", "Structure",
-    "StructureError", "UnknownElementError", "load_checkpoint", "save_checkpoint",
-    "relax", "relax_batch", "run_md", "screen_adsorbates",
-]
+#: public name -> module that defines it (relative to this package)
+_EXPORTS: dict[str, str] = {
+    "EquiformerCalculator": ".calculator",
+    "CheckpointError": ".checkpoint",
+    "load_checkpoint": ".checkpoint",
+    "save_checkpoint": ".checkpoint",
+    "BudgetError": ".graph",
+    "Structure": ".graph",
+    "StructureError": ".graph",
+    "Equiformer": ".model",
+    "EquiformerConfig": ".model",
+    "UnknownElementError": ".model",
+    "Predictor": ".predictor",
+    "relax": ".workflows",
+    "relax_batch": ".workflows",
+    "run_md": ".workflows",
+    "screen_adsorbates": ".workflows",
+}
 
-_WORKFLOWS = ("relax", "relax_batch", "run_md", "screen_adsorbates")
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from .calculator import EquiformerCalculator
+    from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from .graph import BudgetError, Structure, StructureError
+    from .model import Equiformer, EquiformerConfig, UnknownElementError
+    from .predictor import Predictor
+    from .workflows import relax, relax_batch, run_md, screen_adsorbates
 
 
-def __getattr__(name: str):  # the workflows (and ASE's optimizers, MD, pymatgen) load on first use
-    if name in _WORKFLOWS:
-        from . import workflows
-
-        return getattr(workflows, name)
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -9,15 +9,15 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from .calculators.base import reject_unknown_keywords
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
-from .graph import NeighborListCache
+from .graph import DEFAULT_MIN_DISTANCE_RATIO, NeighborListCache
 from .model import Equiformer
 from .predictor import Predictor, model_task, not_a_potential_message
 
 __all__ = ["EquiformerCalculator"]
 
 log = logging.getLogger(__name__)
-
 
 class EquiformerCalculator(Calculator):
     """Energy, forces, stress and per-atom energies of an Equiformer model, for any ASE workflow.
@@ -34,9 +34,15 @@ class EquiformerCalculator(Calculator):
     converted from the reference code: the energy is the predicted *relaxed* adsorption energy of
     an initial structure) returns ``energy`` (and ``energies``) only; forces and stress raise
     ``PropertyNotImplementedError`` saying why.
+    ``min_distance_ratio`` (default 0.25) is the distance floor as a fraction of the sum of two
+    atoms' covalent radii: closer pairs raise ``StructureError`` (lower it to scan compressed
+    geometries; the model's ZBL repulsion, when it has one, keeps such energies physical).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    #: THE list of keywords this calculator accepts (besides ASE's base ones): anything else is a
+    #: TypeError. Add a new keyword here and to ``__init__`` (a test checks the two agree).
+    keywords = ("checkpoint", "model", "device", "dtype", "max_atoms_per_batch", "skin", "min_distance_ratio")
 
     def __init__(
         self,
@@ -46,8 +52,10 @@ class EquiformerCalculator(Calculator):
         dtype: str = "float32",
         max_atoms_per_batch: int = 2048,
         skin: float = 0.0,
+        min_distance_ratio: float = DEFAULT_MIN_DISTANCE_RATIO,
         **kwargs: Any,
     ) -> None:
+        reject_unknown_keywords(type(self).__name__, kwargs, self.keywords)
         super().__init__(**kwargs)
         self.skin = float(skin)
         self.neighbor_cache: NeighborListCache | None = NeighborListCache(self.skin) if self.skin > 0 else None
@@ -59,7 +67,10 @@ class EquiformerCalculator(Calculator):
         self.checkpoint = checkpoint
         self.device = device
         self.dtype = dtype
-        self.predictor = Predictor(model, device=device, dtype=dtype, max_atoms_per_batch=max_atoms_per_batch)
+        self.predictor = Predictor(
+            model, device=device, dtype=dtype, max_atoms_per_batch=max_atoms_per_batch,
+            min_distance_ratio=min_distance_ratio,
+        )
 
     @property
     def model(self) -> Equiformer:
@@ -107,6 +118,7 @@ class EquiformerCalculator(Calculator):
         state["_weights"] = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
         state["_max_atoms"] = self.predictor.max_atoms_per_batch
         state["_metadata"] = getattr(model, "metadata", None)
+        state["_min_distance_ratio"] = self.predictor.min_distance_ratio
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -116,6 +128,7 @@ class EquiformerCalculator(Calculator):
         weights = load(state.pop("_weights"))
         max_atoms = state.pop("_max_atoms")
         metadata = state.pop("_metadata", None)
+        ratio = state.pop("_min_distance_ratio", DEFAULT_MIN_DISTANCE_RATIO)
         self.__dict__.update(state)
         self.atoms = None
         self.results = {}
@@ -123,4 +136,6 @@ class EquiformerCalculator(Calculator):
         model.load_state_dict(weights)
         if metadata is not None:
             model.metadata = metadata  # type: ignore[attr-defined]
-        self.predictor = Predictor(model, device=self.device, dtype=self.dtype, max_atoms_per_batch=max_atoms)
+        self.predictor = Predictor(
+            model, device=self.device, dtype=self.dtype, max_atoms_per_batch=max_atoms, min_distance_ratio=ratio
+        )

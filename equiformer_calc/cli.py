@@ -2,7 +2,12 @@
 
 Each subcommand lives in the module that owns the concept; that module exposes
 ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. The modules are imported
-only when their subcommand runs, so ``equiformer-calc --help`` stays fast.
+only when their subcommand runs, so ``equiformer-calc --help`` stays fast (no torch import).
+
+Errors: a wrong input (missing file, unsupported element, bad structure, unknown checkpoint, bad
+option value, structure over the memory budget) ends the command with one line on stderr,
+``equiformer-calc CMD: error: <cause> (hint: <what to do>)``, and exit status 2; anything else is
+reported the same way with status 1. ``-v`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from typing import Sequence
 
 #: subcommand name -> module implementing it
@@ -68,10 +74,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     idx = argv.index(known.command)
     args = full.parse_args(argv[:idx] + argv[idx + 1 :])
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose or known.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"equiformer-calc {known.command}: interrupted\n")
+        return 130
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            raise
+        hint = f"see equiformer-calc {known.command} --help"
+        return _report(known.command, " ".join(str(exc.code).split()), hint, 2, args.verbose or known.verbose)
+    except Exception as exc:  # noqa: BLE001 - every error becomes one line (and a traceback with -v)
+        status, hint = _classify(exc)
+        return _report(known.command, _one_line(exc), hint, status, args.verbose or known.verbose)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        text = f"unknown key {exc.args[0]!r}"
+    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in text:
+        text = f"{text}: {exc.filename}"
+    return text or type(exc).__name__
+
+
+def _classify(exc: BaseException) -> tuple[int, str | None]:
+    """(exit status, hint) of an error: 2 for wrong inputs, 1 for the unexpected."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "BudgetError" in names:
+        return 2, "use a smaller structure, or raise the memory budget where the command has one"
+    if "UnknownElementError" in names:
+        return 2, "use a checkpoint trained on these elements (--checkpoint)"
+    if "StructureError" in names:
+        return 2, "check the input structure (positions, cell, pbc)"
+    if "CheckpointError" in names:
+        return 2, "give a shipped checkpoint name (e.g. emt-small) or an existing .safetensors file"
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return 2, "check the path"
+    if isinstance(exc, (ValueError, KeyError, IndexError, TypeError)):
+        return 2, "see --help for the expected values"
+    if isinstance(exc, MemoryError):
+        return 2, "use a smaller input"
+    return 1, "this looks like a bug; run with -v for the traceback and report it"
+
+
+def _report(command: str, message: str, hint: str | None, status: int, verbose: bool) -> int:
+    if verbose:
+        traceback.print_exc()
+    line = f"equiformer-calc {command}: error: {message}"
+    if hint:
+        line += f" (hint: {hint}{'' if verbose or status == 1 else '; -v shows the traceback'})"
+    sys.stderr.write(line + "\n")
+    return status
 
 
 if __name__ == "__main__":

@@ -11,10 +11,28 @@ The neighbour search is vesin's compiled cell list (linear in the number of atom
 ``benchmarks/RESULTS.md`` for the comparison with matscipy and ASE that motivated the choice).
 It handles non-periodic, fully periodic and mixed boundary conditions, any triclinic cell,
 cells smaller than the cutoff (several images of the same neighbour) and atoms outside the cell.
+
+Numerical safety (all documented limits are module constants):
+
+* every coordinate and cell entry must be finite and at most :data:`MAX_COORDINATE` in magnitude,
+  and a structure may span at most :data:`MAX_EXTENT` along any axis (periodic cell vectors
+  included); beyond that :class:`StructureError` says so, never a crash in the compiled search;
+* the search and the edge vectors work in a *local frame* (:func:`local_frame`): positions relative
+  to a per-structure origin and wrapped into the cell along periodic axes, in float64. The graph
+  stores these local positions and the matching integer shifts, and :func:`edge_vectors` forms
+  ``pos[j] - pos[i] + S @ cell`` in float64 before any cast, so translating a structure by 1e8 A
+  changes nothing beyond float64 round-off;
+* the number of edges is estimated before the search (:func:`estimate_edges`, a cheap binned density
+  count) and a structure over ``max_edges`` is refused with :class:`BudgetError` in milliseconds;
+* distances below a floor are refused: :data:`MIN_DISTANCE` always, and with ``min_distance_ratio``
+  a physical, element-aware floor ``ratio * (r_cov(Z_i) + r_cov(Z_j))`` (covalent radii of
+  ``ase.data``), with a logged warning below twice that floor.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -23,22 +41,69 @@ import torch
 
 __all__ = [
     "StructureError",
+    "BudgetError",
     "Structure",
     "AtomicGraph",
+    "LocalFrame",
+    "local_frame",
     "neighbor_list",
     "structure_from_atoms",
     "build_graph",
     "batch_graphs",
+    "edge_vectors",
+    "estimate_edges",
+    "check_edge_budget",
+    "distance_floor",
     "NeighborListCache",
     "MIN_DISTANCE",
+    "MAX_COORDINATE",
+    "MAX_EXTENT",
+    "DEFAULT_MAX_EDGES",
+    "DEFAULT_MIN_DISTANCE_RATIO",
+    "WARN_DISTANCE_FACTOR",
 ]
 
-#: Two atoms closer than this (in Angstrom) are reported as overlapping.
+log = logging.getLogger(__name__)
+
+#: Two atoms closer than this (in Angstrom) are always reported as overlapping, whatever the
+#: element-aware floor (``min_distance_ratio``) says.
 MIN_DISTANCE = 0.1
+#: Largest accepted magnitude of any coordinate or cell entry (Angstrom). Positions are shifted to
+#: a local origin in float64 (ulp 1.2e-7 A at this magnitude) before anything else happens.
+MAX_COORDINATE = 1e9
+#: Largest accepted span of a structure along any axis, and length of any periodic cell vector
+#: (Angstrom; 10 micrometres).
+MAX_EXTENT = 1e5
+#: Default cap on the (estimated) number of edges of one structure in :func:`neighbor_list`: the
+#: neighbour list alone needs ~50 bytes per edge (2.5 GB at this cap); callers that run a model
+#: pass their own, much smaller, budget (see ``predictor.Predictor``).
+DEFAULT_MAX_EDGES = 50_000_000
+#: The element-aware distance floor used when a model is evaluated (``Predictor`` /
+#: ``EquiformerCalculator(min_distance_ratio=...)``): a fraction of the sum of covalent radii.
+DEFAULT_MIN_DISTANCE_RATIO = 0.25
+#: With an element-aware floor, pairs closer than this many floors are logged as a warning.
+WARN_DISTANCE_FACTOR = 2.0
+#: the compiled cell list refuses to have more cells than this (vesin's ``MAX_NUMBER_OF_CELLS``)
+_SEARCH_MAX_CELLS = 1e5
 
 
 class StructureError(ValueError):
     """An input structure that cannot be evaluated; the message names the problem."""
+
+
+class BudgetError(StructureError, MemoryError):
+    """A structure (or a batch) whose estimated size exceeds a budget: ``estimate`` and ``limit``
+    (in ``unit``: "edges" or "bytes") are attributes and appear in the message. It is both a
+    :class:`StructureError` (bad input) and a :class:`MemoryError` (what it prevents)."""
+
+    def __init__(self, message: str, estimate: float, limit: float, unit: str) -> None:
+        super().__init__(message)
+        self.estimate = estimate
+        self.limit = limit
+        self.unit = unit
+
+    def __reduce__(self):  # pickles with its attributes (errors cross process boundaries in the service)
+        return (type(self), (str(self), self.estimate, self.limit, self.unit))
 
 
 @dataclass
@@ -122,6 +187,20 @@ class Structure:
             raise StructureError(f"positions contain NaN or inf (atoms {bad})")
         if not np.isfinite(self.cell).all():
             raise StructureError("the cell contains NaN or inf")
+        big = np.abs(self.positions).max(axis=1) > MAX_COORDINATE
+        if big.any():
+            bad = np.flatnonzero(big)[:10].tolist()
+            raise StructureError(
+                f"positions of atoms {bad} exceed {MAX_COORDINATE:.0e} A in magnitude (largest "
+                f"{np.abs(self.positions).max():.3g} A); translate the structure closer to the origin"
+            )
+        lengths = np.linalg.norm(self.cell, axis=1)
+        if np.abs(self.cell).max() > MAX_COORDINATE or (self.pbc & (lengths > MAX_EXTENT)).any():
+            axis = int(np.argmax(np.where(self.pbc, lengths, np.abs(self.cell).max(axis=1))))
+            raise StructureError(
+                f"cell vector {axis} is {lengths[axis]:.3g} A long; periodic cell vectors may be at most "
+                f"{MAX_EXTENT:.0e} A (and cell entries {MAX_COORDINATE:.0e} A)"
+            )
         if self.pbc.any():
             lengths = np.linalg.norm(self.cell, axis=1)
             for axis in np.flatnonzero(self.pbc):
@@ -149,23 +228,227 @@ def structure_from_atoms(atoms) -> Structure:
     )
 
 
-def neighbor_list(structure: Structure, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@dataclass
+class LocalFrame:
+    """A structure's positions in a numerically safe frame (float64).
+
+    ``positions`` (N, 3) are relative to ``origin`` (3,) and wrapped into the cell along periodic
+    axes; ``images`` (N, 3) int64 counts the cell vectors removed, so that the input positions are
+    ``origin + positions + images @ cell``. ``basis`` (3, 3) is a full-rank frame: the periodic
+    cell vectors plus unit vectors orthogonal to them for the non-periodic axes; ``spans`` (3,)
+    the extent of the positions along each basis axis (fractional for periodic axes, Angstrom for
+    the others), and ``face_distances`` (3,) the widths that a cell list over this frame has.
+    """
+
+    positions: np.ndarray
+    images: np.ndarray
+    origin: np.ndarray
+    basis: np.ndarray
+    spans: np.ndarray
+    face_distances: np.ndarray
+
+
+def _search_basis(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """Periodic cell vectors plus orthonormal directions for the non-periodic axes."""
+    basis = np.eye(3)
+    if not pbc.any():
+        return basis
+    basis = cell.copy()
+    periodic = cell[pbc]
+    if pbc.sum() == 2:
+        normal = np.cross(periodic[0], periodic[1])
+        basis[int(np.flatnonzero(~pbc)[0])] = normal / np.linalg.norm(normal)
+    elif pbc.sum() == 1:
+        a = periodic[0] / np.linalg.norm(periodic[0])
+        b = np.cross(a, np.eye(3)[np.argmin(np.abs(a))])
+        b /= np.linalg.norm(b)
+        others = np.flatnonzero(~pbc)
+        basis[others[0]] = b
+        basis[others[1]] = np.cross(a, b)
+    return basis
+
+
+def local_frame(structure: Structure) -> LocalFrame:
+    """Positions relative to a per-structure origin, wrapped along periodic axes (see
+    :class:`LocalFrame`). The origin is the centre of the structure's extent along non-periodic
+    axes and 0 along periodic ones. Raises :class:`StructureError` when the structure spans more
+    than :data:`MAX_EXTENT` along an axis."""
+    pos = structure.positions
+    pbc = structure.pbc
+    basis = _search_basis(structure.cell, pbc)
+    frac = pos if not pbc.any() else np.linalg.solve(basis.T, pos.T).T
+    lo, hi = frac.min(axis=0), frac.max(axis=0)
+    centre = np.where(pbc, 0.0, 0.5 * (lo + hi))
+    images = np.zeros(pos.shape, dtype=np.int64)
+    if pbc.any():
+        images[:, pbc] = np.floor(frac[:, pbc]).astype(np.int64)
+    origin = centre @ basis
+    local = pos - origin - images @ structure.cell if pbc.any() else pos - origin
+    spans = hi - lo
+    # widths of the cell-list box: periodic axes span the cell, the others the atoms' extent
+    volume = abs(np.linalg.det(basis))
+    faces = np.array([volume / np.linalg.norm(np.cross(basis[(k + 1) % 3], basis[(k + 2) % 3])) for k in range(3)])
+    widths = np.where(pbc, faces, spans)
+    too_wide = (~pbc) & (spans > MAX_EXTENT)
+    if too_wide.any():
+        axis = int(np.flatnonzero(too_wide)[0])
+        raise StructureError(
+            f"the atoms span {spans[axis]:.3g} A along "
+            f"{'xyz'[axis] if not pbc.any() else f'non-periodic axis {axis}'}; "
+            f"at most {MAX_EXTENT:.0e} A is accepted (is an atom far away by mistake?)"
+        )
+    return LocalFrame(local, images, origin, basis, spans, widths)
+
+
+def _check_search_grid(frame: LocalFrame, pbc: np.ndarray, cutoff: float) -> None:
+    """Refuse boxes the compiled cell list cannot bin (it crashes with SIGFPE on them).
+
+    vesin sizes its grid as ``trunc(width / cutoff)`` cells per axis and, when that makes more than
+    1e5 cells, rescales the three counts keeping their ratios; for a box that is both wide and
+    flat (or needle-like) a count then truncates to zero and the search divides by it. This
+    repeats that arithmetic on the search box (the bounding box along non-periodic axes, padded
+    by 1% and at least 1 A wide, as vesin makes it) and refuses the structure before the call.
+    """
+    widths = np.where(pbc, frame.face_distances, np.maximum(np.where(frame.spans < 1e-6, 1.0, frame.spans) * 1.01, 1.0))
+    n = np.maximum(np.trunc(widths / cutoff), 1.0)
+    if n.prod() <= _SEARCH_MAX_CELLS:
+        return
+    ratio_xy, ratio_yz = n[0] / n[1], n[1] / n[2]
+    nz = math.trunc(np.cbrt(_SEARCH_MAX_CELLS / (ratio_xy * ratio_yz * ratio_yz)))
+    ny = math.trunc(ratio_yz * nz)
+    nx = math.trunc(ratio_xy * ny)
+    if min(nx, ny, nz) < 1:
+        raise StructureError(
+            f"the structure is too wide and flat for the neighbour search: search box "
+            f"{widths[0]:.3g} x {widths[1]:.3g} x {widths[2]:.3g} A with a {cutoff:g} A cutoff "
+            f"(wide periodic cell vectors around a thin non-periodic extent, or a sparse structure "
+            f"spread over > ~1000 A); give a thicker box or fewer, closer atoms"
+        )
+
+
+def estimate_edges(structure: Structure, cutoff: float, frame: LocalFrame | None = None) -> int:
+    """A cheap estimate of the number of edges ``neighbor_list(structure, cutoff)`` will return.
+
+    Atoms are binned in the local frame (bins at least ``cutoff`` wide; a periodic axis shorter
+    than that is one bin holding the whole cell, so periodic images count), and every atom is
+    given the density of its own bin times the cutoff sphere's volume:
+    ``sum_b n_b^2 * (4/3 pi r_c^3) / V_b``. O(N log N) time and O(N) memory; no pair is formed.
+    It is exact in the mean for a homogeneous bulk and a tiny periodic cell; for slabs, molecules,
+    clusters and wires it lies within 0.5-4x the count (``tests/test_budget.py``; thin wires are
+    overestimated most, a slab in a 3D cell with vacuum underestimated by ~1.5x). A non-periodic
+    axis narrower than the cutoff is counted as ``cutoff`` thick.
+    """
+    if frame is None:
+        frame = local_frame(structure)
+    n_atoms = len(structure)
+    pbc = structure.pbc
+    widths = np.where(pbc, frame.face_distances, np.maximum(frame.spans, cutoff))
+    bins = np.clip(np.floor(widths / cutoff), 1, 1e5).astype(np.int64)
+    # fractional coordinates in [0, 1) along every axis of the basis
+    if pbc.any():
+        frac = np.linalg.solve(frame.basis.T, frame.positions.T).T
+    else:
+        frac = frame.positions.copy()
+    for k in np.flatnonzero(~pbc):
+        frac[:, k] = (frac[:, k] - frac[:, k].min()) / widths[k]
+    idx = np.clip(np.floor(frac * bins).astype(np.int64), 0, bins - 1)
+    linear = (idx[:, 0] * bins[1] + idx[:, 1]) * bins[2] + idx[:, 2]
+    _, counts = np.unique(linear, return_counts=True)
+    counts = counts.astype(np.float64)
+    box_volume = abs(np.linalg.det(frame.basis)) * float(np.prod(np.where(pbc, 1.0, widths)))
+    sphere_per_bin = 4.0 / 3.0 * math.pi * cutoff**3 / (box_volume / float(np.prod(bins)))
+    if pbc.any():  # an atom's own periodic images are edges too
+        estimate = float(np.sum(counts**2)) * sphere_per_bin
+    else:  # no self-pairs, and never more than all pairs
+        estimate = min(float(np.sum(counts * (counts - 1))) * sphere_per_bin, float(n_atoms) * (n_atoms - 1))
+    return int(max(estimate, 0.0))
+
+
+def check_edge_budget(
+    structure: Structure, cutoff: float, max_edges: int | None, frame: LocalFrame | None = None
+) -> int:
+    """The edge estimate of ``structure``; raises :class:`BudgetError` if it exceeds ``max_edges``."""
+    estimate = estimate_edges(structure, cutoff, frame)
+    if max_edges is not None and estimate > max_edges:
+        raise BudgetError(
+            f"{len(structure)} atoms with a {cutoff:g} A cutoff make about {estimate:,} edges "
+            f"(estimated), over the limit of {int(max_edges):,} edges per structure; "
+            f"use a smaller structure or a larger cell",
+            estimate=estimate, limit=int(max_edges), unit="edges",
+        )
+    return estimate
+
+
+def distance_floor(numbers_i: np.ndarray, numbers_j: np.ndarray, ratio: float) -> np.ndarray:
+    """The shortest accepted distance of each pair: ``max(MIN_DISTANCE, ratio * (r_cov_i + r_cov_j))``
+    with the covalent radii of ``ase.data`` (0.31 A for H, 1.32 A for Cu: with ratio 0.25 the floor
+    is 0.155 A for H-H and 0.66 A for Cu-Cu)."""
+    from ase.data import covalent_radii
+
+    radii = np.asarray(covalent_radii)
+    return np.maximum(MIN_DISTANCE, ratio * (radii[numbers_i] + radii[numbers_j]))
+
+
+def _check_distances(
+    structure: Structure, i: np.ndarray, j: np.ndarray, d: np.ndarray, ratio: float
+) -> None:
+    """StructureError for a pair under the floor, a logged warning for one under twice it."""
+    if not d.size:
+        return
+    if ratio <= 0:
+        if d.min() < MIN_DISTANCE:
+            k = int(np.argmin(d))
+            raise StructureError(
+                f"atoms {int(i[k])} and {int(j[k])} overlap (distance {d[k]:.3g} A < {MIN_DISTANCE} A)"
+            )
+        return
+    floor = distance_floor(structure.numbers[i], structure.numbers[j], ratio)
+    rel = d / floor
+    k = int(np.argmin(rel))
+    if rel[k] < 1.0:
+        from ase.data import chemical_symbols
+
+        zi, zj = chemical_symbols[int(structure.numbers[i[k]])], chemical_symbols[int(structure.numbers[j[k]])]
+        raise StructureError(
+            f"atoms {int(i[k])} ({zi}) and {int(j[k])} ({zj}) overlap: distance {d[k]:.3g} A is below the "
+            f"floor of {floor[k]:.3g} A ({ratio:g} x the sum of their covalent radii); lower "
+            f"min_distance_ratio to evaluate such close contacts anyway"
+        )
+    if rel[k] < WARN_DISTANCE_FACTOR:
+        log.warning(
+            "atoms %d and %d are very close: %.3g A, %.2g x the distance floor of %.3g A",
+            int(i[k]), int(j[k]), d[k], rel[k], floor[k],
+        )
+
+
+def neighbor_list(
+    structure: Structure,
+    cutoff: float,
+    min_distance_ratio: float = 0.0,
+    max_edges: int | None = DEFAULT_MAX_EDGES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs (i, j, S) with ``|pos[j] - pos[i] + S @ cell| < cutoff``, i != j or S != 0.
 
     Returns int64 arrays ``i`` (N_e,), ``j`` (N_e,) and ``S`` (N_e, 3), sorted by ``i`` then ``j``
     (then ``S``, so the order is a function of the pair set only: see :class:`NeighborListCache`).
-    Raises :class:`StructureError` for overlapping atoms (closer than ``MIN_DISTANCE``).
+    ``S`` refers to the positions as given (not wrapped). Raises :class:`StructureError` for
+    overlapping atoms (closer than ``MIN_DISTANCE``, or than the element-aware floor when
+    ``min_distance_ratio > 0``, see :func:`distance_floor`) and for structures the search cannot
+    handle, and :class:`BudgetError` when the edge estimate exceeds ``max_edges`` (checked before
+    the search; ``None`` disables the check).
     """
     import vesin
 
-    if cutoff <= 0:
+    if not cutoff > 0:
         raise ValueError(f"cutoff must be positive, got {cutoff}")
     pbc = structure.pbc
+    frame = local_frame(structure)
+    check_edge_budget(structure, cutoff, max_edges, frame)
+    _check_search_grid(frame, pbc, cutoff)
+    positions = frame.positions
     cell = structure.cell
-    positions = structure.positions
     if not pbc.any():
-        # vesin wants a box even when nothing is periodic; any box works, so use the bounding box
-        # padded by the cutoff. Positions are used as given (no wrapping).
+        # vesin wants a box even when nothing is periodic and ignores it: use zeros
         cell = np.zeros((3, 3))
     elif not pbc.all():
         # mixed pbc: non-periodic axes may have a zero or arbitrary vector; vesin needs a full-rank box
@@ -178,11 +461,9 @@ def neighbor_list(structure: Structure, cutoff: float) -> tuple[np.ndarray, np.n
     d = np.asarray(d)
     if not pbc.all():
         shifts[:, ~pbc] = 0  # only meaningful along periodic axes
-    if d.size and d.min() < MIN_DISTANCE:
-        k = int(np.argmin(d))
-        raise StructureError(
-            f"atoms {int(i[k])} and {int(j[k])} overlap (distance {d[k]:.3g} A < {MIN_DISTANCE} A)"
-        )
+    _check_distances(structure, i, j, d, min_distance_ratio)
+    # back to the convention of the input positions: pos = origin + local + images @ cell
+    shifts = shifts - frame.images[j] + frame.images[i]
     order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], j, i))
     return i[order], j[order], shifts[order]
 
@@ -220,7 +501,8 @@ def _complete_cell(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray, cut
 class AtomicGraph:
     """One or many structures as a single disconnected graph, as torch tensors.
 
-    numbers (N,) int64; positions (N, 3); cell (B, 3, 3); pbc (B, 3) bool;
+    numbers (N,) int64; positions (N, 3) in each structure's local frame (:func:`local_frame`);
+    cell (B, 3, 3); pbc (B, 3) bool;
     edge_index (2, E) int64 with row 0 = source j (neighbour) and row 1 = destination i (centre);
     shifts (E, 3) integer-valued cell shifts in the positions' dtype; batch (N,) graph index
     of every atom; ptr (B + 1,) atom offsets; num_graphs B; tags (N,) int64 or None.
@@ -263,25 +545,53 @@ def build_graph(
     cutoff: float,
     dtype: torch.dtype = torch.float64,
     neighbors: "NeighborListCache | None" = None,
+    min_distance_ratio: float = 0.0,
+    max_edges: int | None = DEFAULT_MAX_EDGES,
 ) -> AtomicGraph:
-    """The radius graph of one structure (a batch of one).
+    """The radius graph of one structure (a batch of one), in its local frame.
 
-    With ``neighbors`` (a :class:`NeighborListCache` owned by the caller for this structure) the
-    edges come from its skin list when still valid; the graph is the same either way.
+    ``positions`` are :func:`local_frame` positions (relative to the structure's origin, wrapped
+    along periodic axes) and ``shifts`` refer to them: edge vectors, forces and stress are those of
+    the input positions, only computed without large numbers. With ``neighbors`` (a
+    :class:`NeighborListCache` owned by the caller for this structure) the edges come from its skin
+    list when still valid; the graph is the same either way. ``min_distance_ratio`` and
+    ``max_edges`` are passed to :func:`neighbor_list`.
     """
-    i, j, shifts = neighbor_list(structure, cutoff) if neighbors is None else neighbors.edges(structure, cutoff)
+    if neighbors is None:
+        i, j, shifts = neighbor_list(structure, cutoff, min_distance_ratio, max_edges)
+    else:
+        i, j, shifts = neighbors.edges(structure, cutoff, min_distance_ratio, max_edges)
+    frame = local_frame(structure)
+    local_shifts = shifts + frame.images[j] - frame.images[i]
     n = len(structure)
     return AtomicGraph(
         numbers=torch.from_numpy(structure.numbers.astype(np.int64)),
-        positions=torch.tensor(structure.positions, dtype=dtype),
+        positions=torch.tensor(frame.positions, dtype=dtype),
         cell=torch.tensor(structure.cell, dtype=dtype).unsqueeze(0),
         pbc=torch.tensor(structure.pbc, dtype=torch.bool).unsqueeze(0),
         edge_index=torch.from_numpy(np.stack([j, i])),
-        shifts=torch.tensor(shifts, dtype=dtype),
+        shifts=torch.tensor(local_shifts, dtype=dtype),
         batch=torch.zeros(n, dtype=torch.int64),
         ptr=torch.tensor([0, n], dtype=torch.int64),
         tags=None if structure.tags is None else torch.from_numpy(structure.tags.astype(np.int64)),
     )
+
+
+def edge_vectors(
+    positions: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor, cell: torch.Tensor, batch: torch.Tensor
+) -> torch.Tensor:
+    """Edge vectors ``pos[j] - pos[i] + S @ cell`` (E, 3), differentiable in positions and cell.
+
+    Computed in float64 whatever the inputs' dtype (the difference of two positions and the shift
+    vector are formed before any rounding to the model's precision; cast the result, not the
+    inputs). ``edge_index`` rows are [source j, destination i]; ``batch`` maps atoms to cells.
+    """
+    pos = positions.to(torch.float64)
+    src, dst = edge_index[0], edge_index[1]
+    vec = pos[src] - pos[dst]
+    if shifts.numel():
+        vec = vec + torch.einsum("ek,ekl->el", shifts.to(torch.float64), cell.to(torch.float64)[batch[dst]])
+    return vec
 
 
 def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
@@ -361,13 +671,20 @@ class NeighborListCache:
         moved = np.linalg.norm(structure.positions - self._positions, axis=1)
         return bool(moved.max(initial=0.0) <= 0.5 * self.skin)
 
-    def edges(self, structure: Structure, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(i, j, S)`` exactly as :func:`neighbor_list(structure, cutoff) <neighbor_list>` returns
-        them (same pairs, same order, same :class:`StructureError` for overlapping atoms)."""
+    def edges(
+        self,
+        structure: Structure,
+        cutoff: float,
+        min_distance_ratio: float = 0.0,
+        max_edges: int | None = DEFAULT_MAX_EDGES,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(i, j, S)`` exactly as :func:`neighbor_list(structure, cutoff, ...) <neighbor_list>`
+        returns them (same pairs, same order, same errors for overlapping atoms and budgets)."""
         cutoff = float(cutoff)
         if self._valid_for(structure, cutoff):
             self.reuses += 1
         else:
+            check_edge_budget(structure, cutoff, max_edges)
             self._pairs = neighbor_list(structure, cutoff + self.skin)
             self._positions = structure.positions.copy()
             self._key = (structure.numbers.copy(), structure.cell.copy(), structure.pbc.copy(), cutoff)
@@ -376,9 +693,5 @@ class NeighborListCache:
         vectors = structure.positions[j] - structure.positions[i] + shifts @ structure.cell
         d = np.linalg.norm(vectors, axis=1)
         keep = d < cutoff
-        if keep.any() and d[keep].min() < MIN_DISTANCE:
-            k = int(np.flatnonzero(keep)[np.argmin(d[keep])])
-            raise StructureError(
-                f"atoms {int(i[k])} and {int(j[k])} overlap (distance {d[k]:.3g} A < {MIN_DISTANCE} A)"
-            )
+        _check_distances(structure, i[keep], j[keep], d[keep], min_distance_ratio)
         return i[keep], j[keep], shifts[keep]

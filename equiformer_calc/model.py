@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import atomic_numbers, chemical_symbols, covalent_radii
 from e3nn import o3
 from torch import nn
 
+from .graph import edge_vectors
 from .nn import (
     AtomEmbedding,
     EdgeDegreeEmbedding,
@@ -24,6 +25,7 @@ from .nn import (
     IrrepsLinear,
     PolynomialEnvelope,
     TransformerBlock,
+    ZBLRepulsion,
     make_radial_basis,
     sh_irreps,
     with_parity,
@@ -57,6 +59,11 @@ class EquiformerConfig:
     - ``energy_offset``: a constant added once to every structure's energy (the reference's
       de-normalisation mean); per-atom energies carry offset / N each.
     - ``irreps_feature`` may hold l > 0 irreps (only its scalars reach the readout).
+    pair_repulsion: ``"zbl"`` adds the switched ZBL screened-Coulomb repulsion
+    (:class:`~equiformer_calc.nn.ZBLRepulsion`) to the learned energy, acting below
+    ``pair_repulsion_cutoff`` x the sum of the two atoms' covalent radii; ``None`` adds nothing.
+    New models have it on; configs saved before it existed (no ``pair_repulsion`` key, e.g. the
+    emt-small checkpoint) read as ``None`` and give exactly their old numbers.
     """
 
     elements: list[str]
@@ -85,6 +92,8 @@ class EquiformerConfig:
     edge_embedding_bias: bool = False
     num_tags: int = 0
     energy_offset: float = 0.0
+    pair_repulsion: str | None = "zbl"
+    pair_repulsion_cutoff: float = 0.75
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -98,6 +107,8 @@ class EquiformerConfig:
         if unknown:
             raise ValueError(f"unknown Equiformer config keys: {sorted(unknown)}")
         d = dict(d)
+        # configs written before the pair term existed describe models without it
+        d.setdefault("pair_repulsion", None)
         if "fc_neurons" in d:
             d["fc_neurons"] = tuple(d["fc_neurons"])
         return cls(**d)
@@ -210,6 +221,12 @@ class Equiformer(nn.Module):
         self.register_buffer("atomic_energies", torch.zeros(n_el, dtype=torch.float64))
         self.register_buffer("scale", torch.ones((), dtype=torch.float64))
         self.register_buffer("shift", torch.zeros((), dtype=torch.float64))
+        if config.pair_repulsion not in (None, "zbl"):
+            raise ValueError(f"pair_repulsion must be 'zbl' or None, got {config.pair_repulsion!r}")
+        self.pair: ZBLRepulsion | None = None
+        if config.pair_repulsion == "zbl":
+            numbers = [atomic_numbers[s] for s in config.elements]
+            self.pair = ZBLRepulsion(numbers, [float(covalent_radii[z]) for z in numbers], config.pair_repulsion_cutoff)
 
     _FLOAT64_BUFFERS = ("atomic_energies", "scale", "shift")
 
@@ -305,18 +322,17 @@ class Equiformer(nn.Module):
         """
         species = self.species_index(numbers)
         tag_index = self.tag_index(tags, numbers.shape[0]) if self.config.num_tags else None
-        src, dst = edge_index[0], edge_index[1]
-        vec = positions[src] - positions[dst]
-        if shifts.numel():
-            vec = vec + torch.einsum("ek,ekl->el", shifts.to(positions.dtype), cell[batch[dst]])
+        dtype = next(self.head.parameters()).dtype  # the network's precision; edge vectors are cast to it
+        vec64 = edge_vectors(positions, edge_index, shifts, cell, batch)
+        vec = vec64.to(dtype)
         r = vec.norm(dim=-1)
         sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")
         basis = self.basis(r)
         envelope = self.envelope(r) if self.config.radial_envelope else torch.ones_like(r)
 
-        x = self.atom_embedding(species, positions.dtype)
+        x = self.atom_embedding(species, dtype)
         if tag_index is not None:
-            x = x + self.tag_embedding(tag_index, positions.dtype)
+            x = x + self.tag_embedding(tag_index, dtype)
         x = x + self.edge_embedding(x.shape[0], sh, basis, envelope, edge_index)
         for block in self.blocks:
             x = block(x, sh, basis, envelope, edge_index, batch, num_graphs)
@@ -327,8 +343,41 @@ class Equiformer(nn.Module):
                 0, batch, torch.ones_like(energies)
             )
             energies = energies + self.config.energy_offset / counts[batch]
+        if self.pair is not None:
+            energies = energies + self._pair_energies(species, vec64, edge_index)
         energy = torch.zeros(num_graphs, dtype=torch.float64, device=energies.device).index_add(0, batch, energies)
         return {"energy": energy, "energies": energies}
+
+    def _pair_energies(self, species: torch.Tensor, vec64: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """(N,) float64 per-atom share of the pair repulsion: half of every pair to each atom."""
+        assert self.pair is not None
+        r = vec64.norm(dim=-1)
+        close = torch.nonzero(r < self.pair.max_cutoff).squeeze(-1)
+        out = torch.zeros(species.shape[0], dtype=torch.float64, device=species.device)
+        if close.numel() == 0:
+            return out
+        src, dst = edge_index[0, close], edge_index[1, close]
+        pair = self.pair(species[dst], species[src], r[close])
+        return out.index_add(0, dst, 0.5 * pair)
+
+    def pair_energy(
+        self,
+        numbers: torch.Tensor,
+        positions: torch.Tensor,
+        edge_index: torch.Tensor,
+        shifts: torch.Tensor,
+        cell: torch.Tensor,
+        batch: torch.Tensor,
+        num_graphs: int,
+    ) -> torch.Tensor:
+        """(B,) float64 energy of the pair repulsion alone (zeros without one); differentiable, so
+        the trainer can fit the network to the labels minus this term."""
+        species = self.species_index(numbers)
+        energy = torch.zeros(num_graphs, dtype=torch.float64, device=positions.device)
+        if self.pair is None:
+            return energy
+        vec64 = edge_vectors(positions, edge_index, shifts, cell, batch)
+        return energy.index_add(0, batch, self._pair_energies(species, vec64, edge_index))
 
     def extra_repr(self) -> str:
         c = self.config

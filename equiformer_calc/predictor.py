@@ -8,6 +8,7 @@ trainer's loss) calls :func:`compute` (differentiable, torch in / torch out) or
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -15,18 +16,24 @@ import numpy as np
 import torch
 
 from .graph import (
+    DEFAULT_MIN_DISTANCE_RATIO,
     AtomicGraph,
+    BudgetError,
     NeighborListCache,
     Structure,
     StructureError,
     batch_graphs,
     build_graph,
+    estimate_edges,
     structure_from_atoms,
 )
-from .model import Equiformer, UnknownElementError
+from .model import Equiformer, EquiformerConfig, UnknownElementError
 from .runtime import configure_runtime
 
-__all__ = ["compute", "Predictor", "ALL_PROPERTIES", "NotAPotentialError", "model_task", "not_a_potential_message", "resolve_dtype", "voigt"]
+__all__ = [
+    "compute", "Predictor", "ALL_PROPERTIES", "NotAPotentialError", "model_task", "not_a_potential_message",
+    "resolve_dtype", "voigt", "bytes_per_edge", "default_memory_budget", "DEFAULT_MEMORY_FRACTION",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,49 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
 
 
+#: the default memory budget of a :class:`Predictor` is this fraction of the machine's physical memory
+DEFAULT_MEMORY_FRACTION = 0.6
+# floats kept per edge and per unit of the per-edge width (see bytes_per_edge), calibrated with
+# benchmarks/memory_budget.py (RESULTS.md, "Memory per edge") and rounded up
+_FLOATS_PER_WIDTH_GRAD = 18.0
+_FLOATS_PER_WIDTH_NOGRAD = 8.0
+#: per-edge floats that do not scale with the network (indices, shifts, vectors, basis, envelope)
+_FLOATS_PER_EDGE_FIXED = 64.0
+
+
+def bytes_per_edge(config: EquiformerConfig, dtype: str | torch.dtype, grad: bool = True) -> float:
+    """Estimated peak memory of one model call per edge (bytes), for the memory budget.
+
+    The per-edge width of the network is ``num_blocks * (irreps_node + num_heads * irreps_head +
+    sum(fc_neurons))`` (dimensions); a call with forces or stress (``grad``) keeps the per-edge
+    tensors of every block for the backward pass, an energy-only call about one block's worth.
+    The constants are calibrated, and the estimate compared with measured peaks, by
+    ``benchmarks/memory_budget.py`` (RESULTS.md "Memory per edge"): it errs on the high side.
+    """
+    from e3nn import o3
+
+    size = resolve_dtype(dtype).itemsize
+    width_block = (
+        o3.Irreps(config.irreps_node).dim
+        + config.num_heads * o3.Irreps(config.irreps_head).dim
+        + sum(config.fc_neurons)
+    )
+    if grad:
+        floats = _FLOATS_PER_WIDTH_GRAD * config.num_blocks * width_block
+    else:
+        floats = _FLOATS_PER_WIDTH_NOGRAD * width_block
+    return float(size * (floats + _FLOATS_PER_EDGE_FIXED))
+
+
+def default_memory_budget() -> int:
+    """``DEFAULT_MEMORY_FRACTION`` of the physical memory (bytes), or 8 GiB where unknown."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 0
+    return int(DEFAULT_MEMORY_FRACTION * total) if total > 0 else 8 << 30
+
+
 def voigt(stress: torch.Tensor) -> torch.Tensor:
     """(B, 3, 3) -> (B, 6) in ASE's Voigt order xx, yy, zz, yz, xz, xy."""
     return stress[:, [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
@@ -84,10 +134,11 @@ def compute(
 ) -> dict[str, torch.Tensor]:
     """Energies, and forces = -dE/dpos and stress = (1/V) dE/d(strain) from one autograd pass.
 
-    ``graph`` must already be on the model's device and dtype. ``stress`` requires every graph of
-    the batch to be periodic in 3D. With ``create_graph`` the results can be differentiated
+    ``graph`` must already be on the model's device; its positions, cell and shifts may stay
+    float64 (the model forms edge vectors in float64 and casts them to its own dtype). ``stress``
+    requires every graph of the batch to be periodic in 3D. With ``create_graph`` the results can be differentiated
     again (training on forces). Returns ``energy`` (B,) float64, ``energies`` (N,) float64,
-    ``forces`` (N, 3) and ``stress`` (B, 3, 3) in the graph's dtype.
+    ``forces`` (N, 3) and ``stress`` (B, 3, 3) in the graph's positions' dtype.
     """
     positions = graph.positions
     cell = graph.cell
@@ -124,6 +175,7 @@ class _Item:
     structure: Structure
     graph: AtomicGraph | None = None
     neighbors: NeighborListCache | None = None
+    edges: int = 0
 
 
 class Predictor:
@@ -132,7 +184,22 @@ class Predictor:
     ``predict(structures)`` accepts ``ase.Atoms`` or :class:`~equiformer_calc.graph.Structure`
     objects, validates them (clear :class:`StructureError` / :class:`UnknownElementError`),
     groups them into batches of at most ``max_atoms_per_batch`` atoms and returns one dict of
-    numpy arrays per structure, in input order, with the same numbers as one-by-one calls.
+    numpy arrays per structure, in input order, with the numbers of one-by-one calls (to round-off:
+    bit for bit only when the batch holds one structure; see README "Reliability").
+
+    ``min_distance_ratio`` sets the element-aware distance floor (a fraction of the sum of
+    covalent radii, :func:`~equiformer_calc.graph.distance_floor`): closer pairs raise
+    :class:`StructureError`, pairs within twice the floor are logged as warnings. Lower it (0 keeps
+    only the 0.1 A overlap check) to scan deliberately compressed geometries.
+
+    Memory: before a neighbour search, every structure's edge count is estimated
+    (:func:`~equiformer_calc.graph.estimate_edges`) and charged :func:`bytes_per_edge` bytes per
+    edge; a structure over ``max_edges`` or whose model call would need more than ``memory_budget``
+    bytes (default ``"auto"``: :data:`DEFAULT_MEMORY_FRACTION` of physical memory; ``None``: no
+    limit) raises :class:`~equiformer_calc.graph.BudgetError` (a ``StructureError`` and a
+    ``MemoryError``) naming the estimate and the limit, in milliseconds and before any large
+    allocation; the actual edge count is checked again after the search. Batches are also cut so
+    that no model call exceeds the budget.
     """
 
     def __init__(
@@ -141,8 +208,22 @@ class Predictor:
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "float32",
         max_atoms_per_batch: int = 2048,
+        min_distance_ratio: float = DEFAULT_MIN_DISTANCE_RATIO,
+        memory_budget: int | str | None = "auto",
+        max_edges: int | None = None,
     ) -> None:
         configure_runtime()
+        if memory_budget == "auto":
+            memory_budget = default_memory_budget()
+        elif memory_budget is not None and (isinstance(memory_budget, str) or not memory_budget > 0):
+            raise ValueError(f"memory_budget must be 'auto', None or a positive number of bytes, got {memory_budget!r}")
+        if max_edges is not None and not max_edges > 0:
+            raise ValueError(f"max_edges must be positive or None, got {max_edges}")
+        self.memory_budget: int | None = None if memory_budget is None else int(memory_budget)
+        self.max_edges: int | None = None if max_edges is None else int(max_edges)
+        if not min_distance_ratio >= 0:
+            raise ValueError(f"min_distance_ratio must be >= 0, got {min_distance_ratio}")
+        self.min_distance_ratio = float(min_distance_ratio)
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
@@ -153,6 +234,45 @@ class Predictor:
     @property
     def cutoff(self) -> float:
         return self.model.cutoff
+
+    def bytes_per_edge(self, properties: Sequence[str] = ("energy", "forces")) -> float:
+        """Estimated peak bytes per edge of a model call for ``properties`` (see :func:`bytes_per_edge`)."""
+        grad = "forces" in properties or "stress" in properties
+        return bytes_per_edge(self.model.config, self.dtype, grad)
+
+    def edge_limit(self, properties: Sequence[str] = ("energy", "forces")) -> int | None:
+        """The most edges one model call may have: ``max_edges`` and the memory budget, whichever is
+        smaller (``None``: unlimited)."""
+        limits = [] if self.max_edges is None else [self.max_edges]
+        if self.memory_budget is not None:
+            limits.append(int(self.memory_budget // self.bytes_per_edge(properties)))
+        return min(limits) if limits else None
+
+    def check_budget(self, structure: Structure, properties: Sequence[str] = ("energy", "forces"),
+                     edges: int | None = None) -> int:
+        """The edge count of one structure (``edges`` if known, else the estimate); raises
+        :class:`~equiformer_calc.graph.BudgetError` naming the estimate and the limit when it is
+        over ``max_edges`` or its model call would exceed the memory budget."""
+        estimated = edges is None
+        if edges is None:
+            edges = estimate_edges(structure, self.cutoff)
+        what = "about" if estimated else "exactly"
+        if self.max_edges is not None and edges > self.max_edges:
+            raise BudgetError(
+                f"{len(structure)} atoms with the model's {self.cutoff:g} A cutoff make {what} {edges:,} edges, "
+                f"over the limit of {self.max_edges:,} edges per structure",
+                estimate=edges, limit=self.max_edges, unit="edges",
+            )
+        if self.memory_budget is not None:
+            need = edges * self.bytes_per_edge(properties)
+            if need > self.memory_budget:
+                raise BudgetError(
+                    f"{len(structure)} atoms with the model's {self.cutoff:g} A cutoff make {what} {edges:,} edges; "
+                    f"evaluating {', '.join(properties)} would need about {need / 2**30:.3g} GiB, over the memory "
+                    f"budget of {self.memory_budget / 2**30:.3g} GiB; use a smaller structure (or raise memory_budget)",
+                    estimate=need, limit=self.memory_budget, unit="bytes",
+                )
+        return edges
 
     @property
     def elements(self) -> list[str]:
@@ -165,9 +285,12 @@ class Predictor:
         return structure
 
     def graph(self, structure: Structure, neighbors: NeighborListCache | None = None) -> AtomicGraph:
-        """The radius graph of one structure, on the model's device and dtype (``neighbors``: a
-        skin cache for this structure, see :class:`~equiformer_calc.graph.NeighborListCache`)."""
-        return build_graph(structure, self.cutoff, dtype=torch.float64, neighbors=neighbors).to(self.device, self.dtype)
+        """The radius graph of one structure on the model's device, positions in float64 (``neighbors``:
+        a skin cache for this structure, see :class:`~equiformer_calc.graph.NeighborListCache`)."""
+        graph = build_graph(
+            structure, self.cutoff, dtype=torch.float64, neighbors=neighbors, min_distance_ratio=self.min_distance_ratio
+        )
+        return graph.to(self.device)
 
     def predict(
         self,
@@ -201,9 +324,13 @@ class Predictor:
                         f"stress requested for structure {it.index}, which is not periodic in all three directions"
                     )
         want_forces = "forces" in properties
+        for it in items:  # cheap estimates, before any neighbour search
+            it.edges = self._locate_budget(it, properties)
         results: list[dict[str, Any]] = [dict() for _ in items]
-        for chunk in self._chunks(items):
-            graphs = [self.graph(it.structure, it.neighbors) for it in chunk]
+        for chunk in self._chunks(items, properties):
+            graphs = [self._located_graph(it) for it in chunk]
+            for it, g in zip(chunk, graphs):  # the actual counts, before the model call
+                self._locate_budget(it, properties, g.num_edges)
             batch = batch_graphs(graphs)
             with torch.set_grad_enabled(want_forces or want_stress):
                 out = compute(self.model, batch, forces=want_forces, stress=want_stress)
@@ -223,15 +350,36 @@ class Predictor:
                     r["stress"] = s[b].copy()
         return results
 
-    def _chunks(self, items: list[_Item]) -> Iterable[list[_Item]]:
+    def _located_graph(self, it: _Item) -> AtomicGraph:
+        """The graph of one item; a StructureError names the structure's index in the call."""
+        try:
+            return self.graph(it.structure, it.neighbors)
+        except BudgetError as exc:
+            raise BudgetError(f"structure {it.index}: {exc}", exc.estimate, exc.limit, exc.unit) from None
+        except StructureError as exc:
+            raise StructureError(f"structure {it.index}: {exc}") from None
+
+    def _locate_budget(self, it: _Item, properties: Sequence[str], edges: int | None = None) -> int:
+        try:
+            return self.check_budget(it.structure, properties, edges)
+        except BudgetError as exc:
+            raise BudgetError(f"structure {it.index}: {exc}", exc.estimate, exc.limit, exc.unit) from None
+        except StructureError as exc:  # the estimate's own checks (extent)
+            raise StructureError(f"structure {it.index}: {exc}") from None
+
+    def _chunks(self, items: list[_Item], properties: Sequence[str] = ("energy", "forces")) -> Iterable[list[_Item]]:
+        """Consecutive items, cut at ``max_atoms_per_batch`` atoms and at the edge limit."""
+        edge_limit = self.edge_limit(properties)
         chunk: list[_Item] = []
-        atoms = 0
+        atoms = edges = 0
         for it in items:
             n = len(it.structure)
-            if chunk and atoms + n > self.max_atoms_per_batch:
+            over_edges = edge_limit is not None and edges + it.edges > edge_limit
+            if chunk and (atoms + n > self.max_atoms_per_batch or over_edges):
                 yield chunk
-                chunk, atoms = [], 0
+                chunk, atoms, edges = [], 0, 0
             chunk.append(it)
             atoms += n
+            edges += it.edges
         if chunk:
             yield chunk

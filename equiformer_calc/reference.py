@@ -346,6 +346,7 @@ def reference_model(
         radial_envelope=False,
         edge_embedding_bias=True,
         num_tags=v.num_tags,
+        pair_repulsion=None,  # the reference has no short-range repulsion: exactness first
     )
     return Equiformer(config=config), kw
 

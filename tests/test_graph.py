@@ -31,6 +31,7 @@ from equiformer_calc.graph import (
     StructureError,
     batch_graphs,
     build_graph,
+    local_frame,
     neighbor_list,
     structure_from_atoms,
 )
@@ -276,14 +277,17 @@ def edge_vectors(graph: AtomicGraph) -> torch.Tensor:
 def test_edge_vectors_equal_ase_D(pbc, cell, frac, cutoff):
     atoms = make_atoms(frac, cell, pbc)
     assume(ase_min_distance(atoms, cutoff) > MIN_DISTANCE + EPS)
-    graph = build_graph(structure_from_atoms(atoms), cutoff)
+    structure = structure_from_atoms(atoms)
+    graph = build_graph(structure, cutoff)
     assert graph.edge_index.dtype == torch.int64 and graph.shifts.dtype == torch.float64
     vec = edge_vectors(graph).numpy()
     ai, aj, aS, aD = ase_neighbor_list("ijSD", atoms, cutoff + EPS)
     ref = {(a, b, tuple(s)): d for a, b, s, d in zip(ai.tolist(), aj.tolist(), aS.tolist(), aD)}
     dst = graph.edge_index[1].tolist()
     src = graph.edge_index[0].tolist()
-    shifts = graph.shifts.round().long().tolist()
+    # the graph's shifts refer to its local (wrapped) positions: back to the input's convention
+    images = local_frame(structure).images
+    shifts = (graph.shifts.round().long().numpy() - images[src] + images[dst]).tolist()
     for k, key in enumerate(zip(dst, src, map(tuple, shifts))):
         assert key in ref
         np.testing.assert_allclose(vec[k], ref[key], atol=1e-9, rtol=0)

@@ -426,7 +426,7 @@ BAD_INPUTS = {
     "pbc_without_cell": ({"structures": [_h2o(pbc=True)]}, 422, "invalid_structure", "cell vector 0 is zero"),
     "empty_structure": ({"structures": [{"numbers": [], "positions": []}]}, 422, "invalid_structure", "no atoms"),
     "overlapping_atoms": ({"structures": [_h2o(), _h2o(positions=[[0, 0, 0], [0, 0, 0.01], [1, 0, 0]])]}, 422,
-                          "invalid_structure", "structure 1: atoms 0 and 1 overlap"),
+                          "invalid_structure", "structure 1: atoms 0 (O) and 1 (H) overlap"),
     "stress_non_periodic": ({"structures": [as_json(bulk_cell()), _h2o()], "properties": ["energy", "stress"]},
                             422, "stress_unavailable", "structure 1, which is not periodic"),
     "unknown_property": ({"structures": [_h2o()], "properties": ["hessian"]}, 422, "invalid_request", "properties[0]"),
@@ -477,7 +477,7 @@ def test_one_bad_request_does_not_fail_concurrent_good_ones(server, local):
     with concurrent.futures.ThreadPoolExecutor(8) as ex:
         for k, (status, answer) in ex.map(send, range(8)):
             if k % 4 == 0:
-                assert status == 422 and "structure 1: atoms 0 and 1 overlap" in answer["error"]["message"]
+                assert status == 422 and "structure 1: atoms 0 (O) and 1 (H) overlap" in answer["error"]["message"]
             else:
                 assert status == 200
                 assert_same(answer["results"][0], expected)

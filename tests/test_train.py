@@ -127,7 +127,7 @@ def test_training_decreases_the_loss(trained: tuple[Path, dict[str, Any]], data_
     samples = read_samples(cfg.train, cfg.cutoff)
     torch.manual_seed(cfg.seed)
     initial = Equiformer.from_preset("tiny", elements=cfg.elements, cutoff=cfg.cutoff)
-    refs, scale, shift = fit_energy_references(samples, cfg.elements)
+    refs, scale, shift = fit_energy_references(samples, cfg.elements, initial)
     with torch.no_grad():
         initial.atomic_energies.copy_(torch.from_numpy(refs))
         initial.scale.fill_(scale)

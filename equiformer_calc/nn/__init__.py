@@ -8,11 +8,12 @@ from .irreps import sh_irreps, with_parity
 from .linear import IrrepsLinear
 from .norm import EquivariantLayerNorm
 from .radial import BesselBasis, ExpNormalBasis, GaussianBasis, PolynomialEnvelope, RadialMLP, make_radial_basis
+from .repulsion import ZBLRepulsion
 from .tensor_product import DepthwiseTensorProduct, reference_tensor_product
 
 __all__ = [
     "AtomEmbedding", "BesselBasis", "DepthwiseTensorProduct", "EdgeDegreeEmbedding", "EquivariantLayerNorm",
     "ExpNormalBasis", "FeedForward", "GaussianBasis", "GraphAttention", "GraphDropPath", "IrrepsLinear",
     "PolynomialEnvelope", "RadialMLP", "SmoothLeakyReLU", "TransformerBlock", "envelope_softmax",
-    "make_gate", "make_radial_basis", "reference_tensor_product", "sh_irreps", "with_parity",
+    "ZBLRepulsion", "make_gate", "make_radial_basis", "reference_tensor_product", "sh_irreps", "with_parity",
 ]

@@ -26,6 +26,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from ..calculators.base import reject_unknown_keywords
+
 __all__ = [
     "RemoteEquiformerCalculator",
     "RemoteCalculatorError",
@@ -144,9 +146,13 @@ class RemoteEquiformerCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
+    #: the keywords this calculator accepts besides ASE's base ones (anything else is a TypeError)
+    keywords = ("url", "token", "timeout")
+
     def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 300.0,
                  *, connect_timeout: float = 10.0, retries: int = 6, backoff: float = 0.5, max_backoff: float = 10.0,
                  **kwargs: Any) -> None:
+        reject_unknown_keywords(type(self).__name__, kwargs, self.keywords)
         super().__init__(**kwargs)
         parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
         if parsed.scheme not in ("http", "https") or not parsed.hostname:

@@ -30,7 +30,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal, Sequence
+from typing import Annotated, Any, AsyncIterator, Literal, Sequence
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
@@ -42,11 +42,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..graph import Structure, StructureError
+from ..graph import BudgetError, Structure, StructureError, estimate_edges
 from ..model import UnknownElementError
 from ..predictor import ALL_PROPERTIES, Predictor
 from .batcher import Batcher, BatcherClosedError, QueueFullError, RequestTimeoutError
 from .metrics import ServiceMetrics
+from .worker import IsolatedPredictor, WorkerCrashedError, WorkerTimeoutError
 
 __all__ = ["HELP", "ApiError", "PredictRequest", "PredictResponse", "create_app", "add_arguments", "run"]
 
@@ -65,6 +66,10 @@ Property = Literal["energy", "free_energy", "energies", "forces", "stress"]
 
 
 # ---------------------------------------------------------------------------------- schemas
+#: an integer in a range numpy holds exactly (values outside 1..118 get the element error)
+AtomicNumber = Annotated[int, Field(ge=-(2**31), le=2**31)]
+
+
 class StructureIn(BaseModel):
     """One structure. Give ``numbers`` (atomic numbers) or ``symbols``; positions in Angstrom;
     ``cell`` rows are lattice vectors (or three lengths of an orthorhombic cell); ``pbc`` one
@@ -72,13 +77,14 @@ class StructureIn(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,  # JSON types as declared: no booleans as numbers, no numbers as booleans
         json_schema_extra={
             "example": {"numbers": [8, 1, 1], "positions": [[0, 0, 0.119], [0, 0.763, -0.477], [0, -0.763, -0.477]],
                         "cell": None, "pbc": False}
         },
     )
 
-    numbers: list[int] | None = Field(None, description="atomic numbers, length N")
+    numbers: list[AtomicNumber] | None = Field(None, description="atomic numbers, length N")
     symbols: list[str] | None = Field(None, description="chemical symbols, length N (instead of numbers)")
     positions: list[list[float]] = Field(description="Cartesian positions in Angstrom, shape (N, 3)")
     cell: list[list[float]] | list[float] | None = Field(None, description="3x3 lattice vectors (rows) or 3 lengths")
@@ -88,7 +94,7 @@ class StructureIn(BaseModel):
 class PredictRequest(BaseModel):
     """Structures to evaluate (``structures`` or an ``extxyz`` string) and the properties wanted."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     structures: list[StructureIn] | None = Field(None, description="structures, evaluated in this order")
     extxyz: str | None = Field(None, description="extended-XYZ text with one or more frames (instead of structures)")
@@ -171,7 +177,7 @@ class ApiError(Exception):
 
 
 _STATUS_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                 413: "too_large", 415: "unsupported_media_type", 422: "invalid_request", 503: "unavailable",
+                 413: "too_large", 415: "unsupported_media_type", 422: "invalid_request", 500: "internal", 503: "unavailable",
                  504: "timeout"}
 
 
@@ -245,6 +251,9 @@ class Limits(BaseModel):
 
     max_atoms_per_structure: int
     max_atoms_per_request: int
+    max_edges_per_structure: int
+    max_edges_per_request: int
+    memory_budget_bytes: int | None
     max_body_bytes: int
     request_timeout_s: float
 
@@ -260,6 +269,29 @@ def _check_sizes(sizes: Sequence[int], limits: Limits) -> None:
     if total > limits.max_atoms_per_request:
         raise ApiError(413, "too_large", f"the request has {total} atoms in {len(sizes)} structures; this server "
                                          f"accepts at most {limits.max_atoms_per_request} atoms per request")
+
+
+def _check_edges(structures: Sequence[Structure], cutoff: float, limits: Limits, bytes_per_edge: float) -> None:
+    """413 for a structure or a request whose estimated edge count is over its limit (the estimate
+    is cheap: no neighbour search; see :func:`~equiformer_calc.graph.estimate_edges`)."""
+    budget = "" if limits.memory_budget_bytes is None else (
+        f" (the server's memory budget of {limits.memory_budget_bytes / 2**30:.3g} GiB at about "
+        f"{bytes_per_edge / 1024:.0f} KiB per edge)")
+    total = 0
+    for k, structure in enumerate(structures):
+        try:
+            edges = estimate_edges(structure, cutoff)
+        except StructureError as exc:
+            raise StructureError(f"structure {k}: {exc}") from None
+        if edges > limits.max_edges_per_structure:
+            raise ApiError(413, "too_large", f"structure {k} ({len(structure)} atoms) makes about {edges:,} edges "
+                                             f"with the {cutoff:g} A cutoff; this server accepts at most "
+                                             f"{limits.max_edges_per_structure:,} edges per structure{budget}")
+        total += edges
+    if total > limits.max_edges_per_request:
+        raise ApiError(413, "too_large", f"the request's {len(structures)} structures make about {total:,} edges; "
+                                         f"this server accepts at most {limits.max_edges_per_request:,} edges per "
+                                         f"request{budget}")
 
 
 def _validate(predictor: Any, raw: Sequence[tuple[Any, Any, Any, Any]]) -> list[Structure]:
@@ -366,6 +398,10 @@ def create_app(
     token: str | None = None,
     max_atoms_per_structure: int = 10_000,
     max_atoms_per_request: int = 50_000,
+    max_edges_per_structure: int | None = None,
+    max_edges_per_request: int | None = None,
+    memory_budget: int | str | None = "auto",
+    isolate: bool | None = None,
     max_body_bytes: int = 16 << 20,
     request_timeout_s: float = 120.0,
     max_batch_atoms: int = 1024,
@@ -384,23 +420,43 @@ def create_app(
     ``max_body_bytes`` and structures/requests over the atom limits are answered 413; a request
     not answered within ``request_timeout_s`` gets 504. ``batching=False`` runs every request in
     its own model call (still one at a time).
+
+    Memory: ``memory_budget`` (bytes; ``"auto"``: the predictor's default, a fraction of physical
+    memory) bounds every model call. ``max_edges_per_structure`` and ``max_edges_per_request``
+    default to what fits in it (budget / bytes per edge for energy+forces), so any request that is
+    admitted fits; estimates over them get 413 naming the estimate and the limit.
+
+    Isolation: with ``isolate`` (default: on when a checkpoint is given, off for a Predictor object,
+    which may not be copyable) the model runs in a worker process
+    (:class:`~equiformer_calc.service.worker.IsolatedPredictor`); if it dies, the request gets 500
+    ``worker_crashed``, a new worker starts and the server keeps serving.
     """
     from ..checkpoint import load_checkpoint
 
     checkpoint: str | None = None
     if isinstance(predictor_or_checkpoint, (str, os.PathLike)):
         model = load_checkpoint(predictor_or_checkpoint, device=device)
-        predictor: Any = Predictor(model, device=device, dtype=dtype, max_atoms_per_batch=max_batch_atoms)
+        predictor: Any = Predictor(model, device=device, dtype=dtype, max_atoms_per_batch=max_batch_atoms,
+                                   memory_budget=memory_budget)
         checkpoint = getattr(model, "checkpoint_path", str(predictor_or_checkpoint))
         model_id = model_id or Path(str(predictor_or_checkpoint)).stem
+        isolate = True if isolate is None else isolate
     else:
         predictor = predictor_or_checkpoint
         checkpoint = getattr(getattr(predictor, "model", None), "checkpoint_path", None)
         model_id = model_id or (Path(checkpoint).stem if checkpoint else "in-memory")
+    # edge limits that keep every admitted request within the memory budget
+    per_edge = float(predictor.bytes_per_edge(["energy", "forces"])) if hasattr(predictor, "bytes_per_edge") else 0.0
+    budget = getattr(predictor, "memory_budget", None)
+    fits = int(budget // per_edge) if budget and per_edge else 2**62
     limits = Limits(
         max_atoms_per_structure=int(max_atoms_per_structure), max_atoms_per_request=int(max_atoms_per_request),
-        max_body_bytes=int(max_body_bytes), request_timeout_s=float(request_timeout_s),
+        max_edges_per_structure=int(min(fits, max_edges_per_structure or fits)),
+        max_edges_per_request=int(min(fits, max_edges_per_request or fits)),
+        memory_budget_bytes=budget, max_body_bytes=int(max_body_bytes), request_timeout_s=float(request_timeout_s),
     )
+    if isolate:
+        predictor = IsolatedPredictor(predictor, timeout_s=max(float(request_timeout_s), 1.0) * 2)
     metrics = ServiceMetrics(queue_depth=lambda: batcher.queue_depth)
     # predict requests received and not yet queued (changed on the event loop, read by the worker)
     arriving = _Counter()
@@ -415,15 +471,23 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if isinstance(predictor, IsolatedPredictor):
+            predictor.start()  # the model is built in the worker before the first request
         batcher.start()
         log.info("serving model %r (%s, %s, %d elements, cutoff %.2f A); batching %s",
                  model_id, info["dtype"], info["device"], len(info["elements"]), info["cutoff"],
                  f"on (max {max_batch_atoms} atoms, {max_wait_ms} ms)" if batching else "off")
+        log.info("limits: %s edges per structure, %s per request, memory budget %s; model calls %s",
+                 f"{limits.max_edges_per_structure:,}", f"{limits.max_edges_per_request:,}",
+                 "none" if budget is None else f"{budget / 2**30:.3g} GiB",
+                 "in a worker process" if isinstance(predictor, IsolatedPredictor) else "in this process")
         try:
             yield
         finally:
             log.info("shutting down: finishing %d queued request(s)", batcher.queue_depth)
             batcher.stop(timeout=max(request_timeout_s, 1.0))
+            if isinstance(predictor, IsolatedPredictor):
+                predictor.stop()
 
     app = FastAPI(
         title="equiformer-calc inference service",
@@ -548,7 +612,7 @@ def create_app(
             properties = _parse_properties(request.query_params.getlist("properties"))
             raw = _read_extxyz(text)
             _check_sizes([len(r[0]) for r in raw], limits)
-            return _validate(predictor, raw), properties
+            return validated(raw), properties
         # curl's -d default (form-urlencoded) is read as JSON too
         json_types = ("application/json", "application/x-www-form-urlencoded")
         if content_type not in json_types and not content_type.endswith("+json"):
@@ -569,7 +633,7 @@ def create_app(
         if req.extxyz is not None:
             raw = _read_extxyz(req.extxyz)
             _check_sizes([len(r[0]) for r in raw], limits)
-            return _validate(predictor, raw), properties
+            return validated(raw), properties
         assert req.structures is not None
         items = req.structures
         _check_sizes([max(len(s.positions), len(s.numbers or s.symbols or [])) for s in items], limits)
@@ -579,7 +643,15 @@ def create_app(
                 raise ApiError(422, "invalid_structure", f"structure {k}: positions[{bad}] has {len(s.positions[bad])} "
                                                          f"coordinates; positions must have shape (N, 3)")
         raw = [(_numbers_of(k, s), s.positions, s.cell, s.pbc) for k, s in enumerate(items)]
-        return _validate(predictor, raw), properties
+        return validated(raw), properties
+
+    def validated(raw: Sequence[tuple[Any, Any, Any, Any]]) -> list[Structure]:
+        structures = _validate(predictor, raw)
+        try:
+            _check_edges(structures, float(predictor.cutoff), limits, per_edge)
+        except StructureError as exc:  # the estimate's own checks (extent) name the structure
+            raise ApiError(422, "invalid_structure", str(exc)) from None
+        return structures
 
     request_body_doc = {
         "required": True,
@@ -594,7 +666,7 @@ def create_app(
         "/v1/predict", response_model=PredictResponse, dependencies=[Depends(authorize)], tags=["model"],
         openapi_extra={"requestBody": request_body_doc},
         responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
-                   503: {"model": ErrorResponse}, 504: {"model": ErrorResponse}},
+                   500: {"model": ErrorResponse}, 503: {"model": ErrorResponse}, 504: {"model": ErrorResponse}},
     )
     async def predict(request: Request) -> Response:
         """Energy (eV), forces (eV/A), stress (eV/A^3, Voigt) and per-atom energies of structures.
@@ -624,8 +696,14 @@ def create_app(
         except RequestTimeoutError:
             raise ApiError(504, "timeout", f"no result within the server's request timeout of "
                                            f"{limits.request_timeout_s:g} s") from None
+        except WorkerCrashedError as exc:
+            raise ApiError(500, "worker_crashed", str(exc)) from None
+        except WorkerTimeoutError as exc:
+            raise ApiError(504, "timeout", str(exc)) from None
         except UnknownElementError as exc:
             raise ApiError(422, "unknown_element", str(exc)) from None
+        except BudgetError as exc:
+            raise ApiError(413, "too_large", str(exc)) from None
         except StructureError as exc:
             raise ApiError(422, "invalid_structure", str(exc)) from None
         return _json_response({"results": [_result_json(r) for r in results], "model": model_ref})
@@ -677,6 +755,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-batching", action="store_true", help="one model call per request")
     parser.add_argument("--max-atoms-per-structure", type=int, default=10_000, help="413 above (default 10000)")
     parser.add_argument("--max-atoms-per-request", type=int, default=50_000, help="413 above (default 50000)")
+    parser.add_argument("--max-edges-per-structure", type=int, default=None,
+                        help="413 above this estimated edge count (default: what fits in the memory budget)")
+    parser.add_argument("--max-edges-per-request", type=int, default=None,
+                        help="413 above this estimated edge count summed over a request (default: what fits in the "
+                             "memory budget)")
+    parser.add_argument("--memory-budget-gb", type=float, default=None,
+                        help="memory one model call may use, in GiB (default: 60%% of physical memory)")
+    parser.add_argument("--no-isolation", action="store_true",
+                        help="run the model in the server process (default: in a worker process that is restarted "
+                             "if it crashes)")
     parser.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (default 16)")
     parser.add_argument("--request-timeout", type=float, default=120.0,
                         help="seconds (queueing included) before a request gets 504 (default 120)")
@@ -706,6 +794,10 @@ def run(args: argparse.Namespace) -> int:
             token=args.token or None,
             max_atoms_per_structure=args.max_atoms_per_structure,
             max_atoms_per_request=args.max_atoms_per_request,
+            max_edges_per_structure=args.max_edges_per_structure,
+            max_edges_per_request=args.max_edges_per_request,
+            memory_budget="auto" if args.memory_budget_gb is None else int(args.memory_budget_gb * (1 << 30)),
+            isolate=not args.no_isolation,
             max_body_bytes=int(args.max_body_mb * (1 << 20)),
             request_timeout_s=args.request_timeout,
             max_batch_atoms=args.max_batch_atoms,

@@ -34,7 +34,7 @@ from ..runtime import configure_runtime
 from .data import Sample, collate, read_samples
 from .evaluate import evaluate_samples, save_figure
 
-__all__ = ["TrainConfig", "train", "fit_energy_references", "HELP", "add_arguments", "run"]
+__all__ = ["TrainConfig", "train", "fit_energy_references", "pair_repulsion_labels", "HELP", "add_arguments", "run"]
 
 HELP = "train an Equiformer on labelled structures (YAML config); resumable, DDP-capable"
 log = logging.getLogger(__name__)
@@ -80,7 +80,15 @@ class TrainConfig:
         import yaml
 
         with open(path) as fh:
-            raw = yaml.safe_load(fh) or {}
+            try:
+                raw = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(
+                f"{path} must be a YAML mapping of TrainConfig fields (key: value lines such as 'train: data.xyz'), "
+                f"got a {type(raw).__name__}"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(raw) - names
         if unknown:
@@ -95,9 +103,30 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- helpers
-def fit_energy_references(samples: list[Sample], elements: list[str]) -> tuple[np.ndarray, float, float]:
+def pair_repulsion_labels(samples: list[Sample], model: Equiformer) -> tuple[np.ndarray, np.ndarray]:
+    """Energy (S,) and forces (sum N, 3) of the model's fixed pair repulsion on every sample (zeros
+    when it has none), in float64: the network is trained on the labels minus these."""
+    energies = np.zeros(len(samples))
+    forces = [np.zeros_like(s.forces) for s in samples]
+    if getattr(model, "pair", None) is None:
+        return energies, np.concatenate(forces) if forces else np.zeros((0, 3))
+    for k, s in enumerate(samples):
+        g = s.graph.to(dtype=torch.float64)
+        positions = g.positions.detach().requires_grad_(True)
+        e = model.pair_energy(g.numbers, positions, g.edge_index, g.shifts, g.cell, g.batch, g.num_graphs).sum()
+        if e.requires_grad:
+            (grad,) = torch.autograd.grad(e, positions)
+            forces[k] = -grad.numpy()
+        energies[k] = float(e.detach())
+    return energies, np.concatenate(forces)
+
+
+def fit_energy_references(
+    samples: list[Sample], elements: list[str], model: Equiformer | None = None
+) -> tuple[np.ndarray, float, float]:
     """Per-element reference energies by least squares (E ~ sum_Z n_Z e_Z), the force RMS as the
-    energy scale, and the mean per-atom residual as the shift."""
+    energy scale, and the mean per-atom residual as the shift. With a ``model`` that has a pair
+    repulsion, all three are fitted to the labels minus that fixed term (what the network learns)."""
     from ase.data import atomic_numbers
 
     index = {atomic_numbers[s]: k for k, s in enumerate(elements)}
@@ -106,14 +135,34 @@ def fit_energy_references(samples: list[Sample], elements: list[str]) -> tuple[n
         for z, c in zip(*np.unique(s.graph.numbers.numpy(), return_counts=True)):
             counts[r, index[int(z)]] = c
     energies = np.array([s.energy for s in samples])
+    forces = np.concatenate([s.forces for s in samples])
+    if model is not None:
+        pair_e, pair_f = pair_repulsion_labels(samples, model)
+        energies = energies - pair_e
+        forces = forces - pair_f
     present = counts.sum(0) > 0
     refs = np.zeros(len(elements))
     sol, *_ = np.linalg.lstsq(counts[:, present], energies, rcond=None)
     refs[present] = sol
     residual = (energies - counts @ refs) / counts.sum(1)
-    forces = np.concatenate([s.forces for s in samples])
     scale = float(np.sqrt(np.mean(forces**2))) or 1.0
     return refs, scale, float(residual.mean())
+
+
+def _check_elements(samples: list[Sample], elements: list[str]) -> None:
+    """Every element of the data is one the model is configured for (ValueError naming the others)."""
+    from ase.data import atomic_numbers, chemical_symbols
+
+    allowed = {atomic_numbers[s] for s in elements}
+    present: set[int] = set()
+    for sample in samples:
+        present.update(int(z) for z in np.unique(sample.graph.numbers.numpy()))
+    missing = sorted(present - allowed)
+    if missing:
+        raise ValueError(
+            f"the data contain {', '.join(chemical_symbols[z] for z in missing)}, which the config's elements "
+            f"({', '.join(elements)}) do not include; add them to 'elements'"
+        )
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -188,14 +237,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     device = torch.device(cfg.device if not cfg.device.startswith("cuda") or not distributed else f"cuda:{rank}")
     dtype = getattr(torch, cfg.dtype)
     out = Path(cfg.out)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
 
     train_samples = read_samples(cfg.train, cfg.cutoff, progress=rank == 0)
     if cfg.max_train:
         train_samples = train_samples[: cfg.max_train]
     val_samples = _sort_for_val(read_samples(cfg.val, cfg.cutoff, progress=rank == 0)[: cfg.max_val])
+    _check_elements(train_samples + val_samples, cfg.elements)
+    if rank == 0:  # the inputs are valid: only now is anything written
+        out.mkdir(parents=True, exist_ok=True)
 
     if cfg.init_from:
         from .finetune import data_elements, init_from_checkpoint, refit_energy_references
@@ -208,7 +258,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log.info("initialised from %s", cfg.init_from)
     else:
         model = Equiformer.from_preset(cfg.preset, elements=cfg.elements, cutoff=cfg.cutoff, **cfg.model)
-        refs, scale, shift = fit_energy_references(train_samples, cfg.elements)
+        refs, scale, shift = fit_energy_references(train_samples, cfg.elements, model)
         with torch.no_grad():
             model.atomic_energies.copy_(torch.from_numpy(refs))
             model.scale.fill_(scale)

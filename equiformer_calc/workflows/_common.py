@@ -24,6 +24,9 @@ __all__ = [
     "write_csv",
     "plot_lines",
     "add_model_arguments",
+    "read_structure",
+    "LazyTrajectory",
+    "check_structure",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,3 +172,66 @@ def add_model_arguments(parser: Any) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="model precision")
+
+
+def read_structure(path: str | os.PathLike, index: str | int = -1, format: str | None = None) -> Atoms:
+    """One structure from a file in any ASE-readable format: frame ``index`` (an int, or a string
+    such as ``"-1"``). Errors are clear ``FileNotFoundError`` / ``ValueError`` naming the file and,
+    for an index out of range, how many frames it has."""
+    from ase.io import iread, read
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input file {str(path)!r} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"input {str(path)!r} is a folder, not a structure file")
+    text = str(index).strip()
+    try:
+        position = int(text)
+    except ValueError:
+        raise ValueError(f"--index must be a frame number such as 0 or -1, got {text!r}") from None
+    try:
+        atoms = read(str(path), index=position, format=format)
+    except (StopIteration, IndexError):
+        try:
+            count = sum(1 for _ in iread(str(path), format=format))
+        except Exception:  # noqa: BLE001 - only for the message
+            count = "?"
+        raise ValueError(f"--index {position} is out of range: {path} has {count} frame(s)") from None
+    except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
+        raise ValueError(f"could not read {path} ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                         f"check the file or give --format") from None
+    if not isinstance(atoms, Atoms) or len(atoms) == 0:
+        raise ValueError(f"{path} frame {position} holds no atoms")
+    return atoms
+
+
+def check_structure(atoms: Atoms, calculator: Calculator) -> None:
+    """Evaluate ``atoms`` once with ``calculator`` (the result stays cached in it), so that an
+    unsupported element, a bad geometry or an over-budget structure fails before any file is
+    written."""
+    probe = atoms.copy()
+    probe.calc = calculator
+    probe.get_potential_energy()
+
+
+class LazyTrajectory:
+    """An ASE trajectory writer that creates its file at the first frame, so a run that fails
+    before its first step leaves no empty file behind."""
+
+    def __init__(self, path: str | os.PathLike, atoms: Atoms | None = None) -> None:
+        self.path = Path(path)
+        self.atoms = atoms
+        self._writer: Any = None
+
+    def write(self, atoms: Atoms | None = None, **kwargs: Any) -> None:
+        if self._writer is None:
+            from ase.io.trajectory import Trajectory
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = Trajectory(str(self.path), "w", self.atoms)
+        self._writer.write(atoms, **kwargs)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

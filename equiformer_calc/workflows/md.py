@@ -28,13 +28,22 @@ from typing import Any
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
-from ase.io.trajectory import Trajectory
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 from tqdm.auto import tqdm
 
-from ._common import add_fix_bottom, add_model_arguments, output_stem, plot_lines, resolve_calculator, write_csv
+from ._common import (
+    LazyTrajectory,
+    add_fix_bottom,
+    add_model_arguments,
+    check_structure,
+    output_stem,
+    plot_lines,
+    read_structure,
+    resolve_calculator,
+    write_csv,
+)
 
 try:
     from ase.md.velocitydistribution import thermalize_momenta
@@ -148,10 +157,7 @@ def run_md(
 
     natoms = len(work)
     series: dict[str, list[float]] = {"t": [], "epot": [], "ekin": [], "temp": []}
-    traj = None
-    if trajectory is not None:
-        Path(trajectory).parent.mkdir(parents=True, exist_ok=True)
-        traj = Trajectory(str(trajectory), "w", work)
+    traj = None if trajectory is None else LazyTrajectory(trajectory, work)  # created at the first frame
     bar = tqdm(total=steps, desc=f"md {ensemble}", unit="step", disable=not progress, leave=False)
 
     def observe() -> None:
@@ -256,12 +262,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc md``: read, integrate, write trajectory + CSV + PNG, report the drift."""
-    from ase.io import read
-
-    index: Any = int(args.index) if args.index.lstrip("-").isdigit() else args.index
-    atoms = read(args.input, index=index, format=args.format)
-    if not isinstance(atoms, Atoms):
-        raise SystemExit(f"--index {args.index!r} selects {len(atoms)} frames; md takes one structure")
+    atoms = read_structure(args.input, args.index, args.format)
+    calc = resolve_calculator(None, args.checkpoint, device=args.device, dtype=args.dtype, skin=args.skin)
+    check_structure(atoms, calc)  # every input error surfaces before anything is written
     output = args.output or f"{Path(args.input).stem or Path(args.input).name}_md.traj"
     stem = output_stem(output)
     traj = Path(output) if Path(output).suffix == ".traj" else stem.with_name(stem.name + ".traj")
@@ -272,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_md(
         atoms, ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep, steps=args.steps,
         friction=args.friction, trajectory=traj, log_interval=args.log_interval, seed=args.seed, skin=args.skin,
-        checkpoint=args.checkpoint, fix_bottom=args.fix_bottom, fix_below=args.fix_below,
+        calculator=calc, fix_bottom=args.fix_bottom, fix_below=args.fix_below,
         init_velocities=None if not args.keep_velocities else False, device=args.device, dtype=args.dtype,
     )
     paths = write_md_outputs(result, stem, args.log_interval)

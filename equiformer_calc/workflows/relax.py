@@ -30,11 +30,20 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.filters import FrechetCellFilter
-from ase.io.trajectory import Trajectory, TrajectoryWriter
 from ase.optimize import BFGS, FIRE, LBFGS
 from ase.optimize.optimize import Optimizer
 
-from ._common import add_fix_bottom, add_model_arguments, output_stem, plot_lines, resolve_calculator, write_csv
+from ._common import (
+    LazyTrajectory,
+    add_fix_bottom,
+    add_model_arguments,
+    check_structure,
+    output_stem,
+    plot_lines,
+    read_structure,
+    resolve_calculator,
+    write_csv,
+)
 
 __all__ = ["HELP", "OPTIMIZERS", "RelaxResult", "relax", "prepare_relaxation", "add_arguments", "run"]
 
@@ -77,7 +86,7 @@ class RelaxResult:
 class _Recorder:
     """Optimizer observer: energy and force criterion at every step, optional trajectory."""
 
-    def __init__(self, atoms: Atoms, target: Any, trajectory: TrajectoryWriter | None) -> None:
+    def __init__(self, atoms: Atoms, target: Any, trajectory: LazyTrajectory | None) -> None:
         self.atoms = atoms
         self.target = target
         self.trajectory = trajectory
@@ -99,7 +108,7 @@ class _Relaxation:
     atoms: Atoms
     optimizer: Optimizer
     recorder: _Recorder
-    trajectory: TrajectoryWriter | None
+    trajectory: LazyTrajectory | None
     cell: bool
 
     def result(self, converged: bool, error: str | None = None) -> RelaxResult:
@@ -156,10 +165,7 @@ def prepare_relaxation(
                 f"cell relaxation needs a structure periodic in all three directions (pbc={work.pbc.tolist()})"
             )
         target = FrechetCellFilter(work)
-    traj = None
-    if trajectory is not None:
-        Path(trajectory).parent.mkdir(parents=True, exist_ok=True)
-        traj = Trajectory(str(trajectory), "w", work)
+    traj = None if trajectory is None else LazyTrajectory(trajectory, work)  # created at the first frame
     opt = OPTIMIZERS[name](target, logfile=None if logfile is None else str(logfile), **(optimizer_kwargs or {}))
     recorder = _Recorder(work, target, traj)
     opt.attach(recorder, interval=1)
@@ -261,18 +267,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc relax``: read, relax, write trajectory + final structure + CSV + PNG."""
-    from ase.io import read
-
-    index: Any = int(args.index) if args.index.lstrip("-").isdigit() else args.index
-    atoms = read(args.input, index=index, format=args.format)
-    if not isinstance(atoms, Atoms):
-        raise SystemExit(f"--index {args.index!r} selects {len(atoms)} frames; relax takes one structure")
+    atoms = read_structure(args.input, args.index, args.format)
+    calc = resolve_calculator(None, args.checkpoint, device=args.device, dtype=args.dtype)
+    check_structure(atoms, calc)  # every input error surfaces before anything is written
     output = args.output or f"{Path(args.input).stem or Path(args.input).name}_relaxed.traj"
     stem = output_stem(output)
     traj = Path(output) if Path(output).suffix == ".traj" else stem.with_name(stem.name + ".traj")
     log.info("relaxing %s (%d atoms) from %s", atoms.get_chemical_formula(), len(atoms), args.input)
     result = relax(
-        atoms, checkpoint=args.checkpoint, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
+        atoms, calculator=calc, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
         fix_bottom=args.fix_bottom, fix_below=args.fix_below, cell=args.cell, trajectory=traj, logfile="-",
         device=args.device, dtype=args.dtype,
     )

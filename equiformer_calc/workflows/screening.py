@@ -81,7 +81,7 @@ from ase.build import fcc100, fcc110, fcc111, fcc211, molecule
 from ase.data import covalent_radii
 from ase.geometry import find_mic
 
-from ._common import add_model_arguments, bottom_fixed_mask, fixed_mask, resolve_calculator, write_csv
+from ._common import add_model_arguments, bottom_fixed_mask, fixed_mask, read_structure, resolve_calculator, write_csv
 from .batch import relax_batch
 from .relax import OPTIMIZERS, RelaxResult
 
@@ -142,9 +142,20 @@ def build_surface(metal: str, facet: str = "111", size: Sequence[int] = (3, 3, 4
         raise ValueError(f"size is (nx, ny, layers), got {size}")
     if name == "fcc211" and size[0] % 3:
         size = (3 * -(-size[0] // 3), size[1], size[2])
+    if any(n < 1 for n in size):
+        raise ValueError(f"size is (nx, ny, layers), each at least 1, got {size}")
     kwargs: dict[str, Any] = {"size": size, "vacuum": vacuum}
     if metal in EMT_LATTICE_CONSTANTS:
         kwargs["a"] = EMT_LATTICE_CONSTANTS[metal]
+    else:
+        from ase.data import atomic_numbers, reference_states
+
+        if metal not in atomic_numbers:
+            raise ValueError(f"unknown metal {metal!r}: give a chemical symbol such as Cu or Pt")
+        state = reference_states[atomic_numbers[metal]] or {}
+        if state.get("symmetry") != "fcc":
+            raise ValueError(f"{metal} is not an fcc metal (its reference structure is "
+                             f"{state.get('symmetry', 'unknown')}); this builder makes fcc surfaces")
     slab = _BUILDERS[name](metal, **kwargs)
     slab.pbc = (True, True, False)
     slab.info.update({"metal": metal, "facet": name, "size": "x".join(map(str, size))})
@@ -484,6 +495,27 @@ def _existing(db: Any) -> dict[str, Any]:
     return rows
 
 
+def _check_supported(calc: Any, surfaces: Sequence[tuple[str, Atoms]], templates: Sequence[tuple[str, Atoms]]) -> None:
+    """Every surface, adsorbate and gas reference is a structure the model accepts (elements,
+    geometry); raises ``UnknownElementError`` / ``StructureError`` naming the one at fault."""
+    predictor = getattr(calc, "predictor", None)
+    if predictor is None:  # another calculator: it will say what it cannot do
+        return
+    from ..graph import StructureError
+    from ..model import UnknownElementError
+
+    items = [(f"surface {name!r}", slab) for name, slab in surfaces]
+    items += [(f"adsorbate {name!r}", t) for name, t in templates]
+    items += [(f"gas reference {m}", _gas_molecule(m)) for m in GAS_MOLECULES]
+    for what, atoms in items:
+        try:
+            predictor.to_structure(atoms)
+        except UnknownElementError as exc:
+            raise UnknownElementError(f"{what}: {exc}") from None
+        except StructureError as exc:
+            raise StructureError(f"{what}: {exc}") from None
+
+
 def _normalise_surfaces(slabs: Any) -> list[tuple[str, Atoms]]:
     if isinstance(slabs, (Atoms,)) or hasattr(slabs, "lattice"):
         slabs = [slabs]
@@ -565,6 +597,7 @@ def screen_adsorbates(
         if bad:
             raise ValueError(f"adsorbate {name}: no gas-phase reference for {', '.join(bad)} (only H, C, N, O)")
     calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
+    _check_supported(calc, surfaces, templates)  # before the database or any relaxation
     fingerprint = _model_fingerprint(calc)
     settings = {"fmax": fmax, "steps": steps, "optimizer": optimizer.upper(), "fix_bottom": fix_bottom}
 
@@ -911,6 +944,14 @@ def _csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _size(text: str) -> tuple[int, int, int]:
+    """``"3x3x4"`` -> (3, 3, 4); anything else is an argparse error naming the expected form."""
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected NXxNYxLAYERS with positive integers, e.g. 3x3x4, got {text!r}")
+    return (int(parts[0]), int(parts[1]), int(parts[2]))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``equiformer-calc screen``."""
     parser.add_argument("--metals", type=_csv_list, default=[], help="comma-separated fcc metals, e.g. Cu,Pt")
@@ -918,7 +959,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slab", action="append", default=[], metavar="FILE",
                         help="also screen this slab file (any ASE-readable format; repeatable)")
     parser.add_argument("--adsorbates", type=_csv_list, default=["O", "OH", "CO"], help="comma-separated names")
-    parser.add_argument("--size", default="3x3x4", help="slab size nx x ny x layers (default 3x3x4)")
+    parser.add_argument("--size", type=_size, default=(3, 3, 4), help="slab size NXxNYxLAYERS (default 3x3x4)")
     parser.add_argument("--vacuum", type=float, default=7.0, help="vacuum on each side, A")
     parser.add_argument("--site-kinds", type=_csv_list, default=None, help="only these: ontop,bridge,fcc,hcp,hollow")
     parser.add_argument("--db", default="screen.db", help="ASE database: a path (SQLite) or a postgresql:// URL")
@@ -937,16 +978,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc screen``."""
-    from ase.io import read
-
-    size = tuple(int(x) for x in args.size.lower().split("x"))
+    size = args.size
     slabs: dict[str, Any] = {}
     for metal in args.metals:
         for facet in args.facets:
             slab = build_surface(metal, facet, size=size, vacuum=args.vacuum)
             slabs[f"{metal}-{slab.info['facet']}"] = slab
     for path in args.slab:
-        slabs[Path(path).stem] = read(path)
+        slabs[Path(path).stem] = read_structure(path)
     if not slabs:
         raise SystemExit("nothing to screen: give --metals (and --facets) and/or --slab FILE")
     if args.direct:
