@@ -147,7 +147,7 @@ class RemoteEquiformerCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
     #: the keywords this calculator accepts besides ASE's base ones (anything else is a TypeError)
-    keywords = ("url", "token", "timeout")
+    keywords = ("url", "token", "timeout", "connect_timeout", "retries", "backoff", "max_backoff")
 
     def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 300.0,
                  *, connect_timeout: float = 10.0, retries: int = 6, backoff: float = 0.5, max_backoff: float = 10.0,
