@@ -121,7 +121,9 @@ def default_memory_budget() -> int:
 
 
 def voigt(stress: torch.Tensor) -> torch.Tensor:
-    """(B, 3, 3) -> (B, 6) in ASE's Voigt order xx, yy, zz, yz, xz, xy."""
+    """(B, 3, 3) -> (B, 6) in ASE's Voigt order xx, yy, zz, yz, xz, xy, differentiable (training's stress
+    loss needs the torch graph; numpy code uses ASE's ``full_3x3_to_voigt_6_stress``, and a test checks
+    that the two agree)."""
     return stress[:, [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
 
 

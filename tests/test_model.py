@@ -196,3 +196,15 @@ def test_energy_accumulated_in_float64(tiny_model):
     finally:
         with torch.no_grad():
             model.atomic_energies.copy_(torch.linspace(-5.0, -1.0, len(model.elements), dtype=torch.float64))
+
+
+def test_torch_voigt_agrees_with_ase() -> None:
+    import torch
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    from equiformer_calc.predictor import voigt
+
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(3, 3, 3))
+    m = m + m.transpose(0, 2, 1)
+    np.testing.assert_array_equal(voigt(torch.from_numpy(m)).numpy(), [full_3x3_to_voigt_6_stress(x) for x in m])

@@ -40,7 +40,7 @@ from equiformer_calc.train import trainer
 from equiformer_calc.train.data import read_samples, samples_from_atoms
 from equiformer_calc.train.datagen import generate_dataset
 from equiformer_calc.train.evaluate import compute_metrics, evaluate, predict_samples
-from equiformer_calc.train.relax_benchmark import _adsorbml_groups, anomalies, relax_benchmark, select_tasks
+from equiformer_calc.train.relax_benchmark import _adsorbml_groups, relax_benchmark, select_tasks
 from equiformer_calc.train.trainer import TrainConfig, fit_energy_references, train
 
 from .helpers import TINY_DATASET  # (importing helpers also pins torch to one thread)
@@ -469,19 +469,3 @@ def test_adsorbml_group_success() -> None:
     # anomalous relaxations are not chosen
     skip = _adsorbml_groups([task("ontop", -3.0, -1.0, -1.0, ["desorbed"]), task("fcc", -2.0, -2.0, -2.0)])[0]
     assert skip["success"] and skip["model_choice"] == "fcc"
-
-
-def test_anomaly_flags() -> None:
-    slab = fcc111("Cu", (2, 2, 3), vacuum=8.0)
-    slab.set_tags(np.zeros(len(slab), dtype=int))
-    bound = slab.copy()
-    add_adsorbate(bound, "C", 1.6, "fcc")
-    add_adsorbate(bound, "O", 2.75, "fcc")
-    bound.set_tags([0] * len(slab) + [2, 2])
-    assert anomalies(bound) == set()
-    desorbed = bound.copy()
-    desorbed.positions[-2:, 2] += 4.0
-    assert anomalies(desorbed) == {"desorbed"}
-    split = bound.copy()
-    split.positions[-1, 0] += 3.0
-    assert anomalies(split) == {"dissociated"}

@@ -23,7 +23,6 @@ from equiformer_calc.graph import NeighborListCache, build_graph, neighbor_list,
 from equiformer_calc.predictor import compute
 from equiformer_calc.workflows._common import bottom_fixed_mask, layer_indices
 from equiformer_calc.workflows.screening import (
-    adsorbate_checks,
     build_surface,
     find_sites,
     place_adsorbate_on_site,
@@ -296,28 +295,6 @@ def test_site_finding_and_placement():
     system = place_adsorbate_on_site(slab, "CO", site)
     assert system.get_chemical_symbols()[-2:] == ["C", "O"]  # binding atom first, i.e. down
     assert system.positions[-1, 2] > system.positions[-2, 2] > slab.positions[:, 2].max() + 1.5
-
-
-def test_adsorbate_checks_flags():
-    slab = build_surface("Cu", "111", size=(2, 2, 3))
-    sites = find_sites(slab, symmetry_reduce=False)
-    site = next(s for s in sites if s.kind == "fcc")
-    initial = place_adsorbate_on_site(slab, "CO", site)
-    n = len(slab)
-    same = adsorbate_checks(initial, initial.copy(), n, site, sites)
-    assert not any(same[k] for k in ("desorbed", "dissociated", "moved", "surface_changed"))
-    assert same["final_site"] == "fcc"
-    up = initial.copy()
-    up.positions[n:, 2] += 4.0
-    assert adsorbate_checks(initial, up, n, site, sites)["desorbed"]
-    split = initial.copy()
-    split.positions[-1] += [0.0, 0.0, 2.0]
-    assert adsorbate_checks(initial, split, n, site, sites)["dissociated"]
-    hcp = next(s for s in sites if s.kind == "hcp")
-    moved = initial.copy()
-    moved.positions[n:, :2] += hcp.position[:2] - site.position[:2]
-    flags = adsorbate_checks(initial, moved, n, site, sites)
-    assert flags["moved"] and flags["final_site"] == "hcp"
 
 
 def test_pymatgen_slab_with_none_tags_converts():

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from ase.stress import full_3x3_to_voigt_6_stress
 import torch
 from ase import Atoms
 
@@ -64,7 +65,7 @@ def samples_from_atoms(frames: Iterable[Atoms], cutoff: float, progress: bool = 
         if stress is not None:
             stress = np.asarray(stress, dtype=np.float64).reshape(-1)
             if stress.shape == (9,):
-                stress = stress.reshape(3, 3)[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+                stress = full_3x3_to_voigt_6_stress(stress.reshape(3, 3))
         if not atoms.pbc.all():
             stress = None
         structure = structure_from_atoms(atoms)

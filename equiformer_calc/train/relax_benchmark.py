@@ -23,9 +23,8 @@ optimizers with one batched model call per step), and reported:
   facet, adsorbate) group by the model against the reference's best (``best_site_within_0.1eV``),
 * adsorption energies ``E(slab+ads) - E(clean slab)`` (the model relaxes each distinct clean
   slab itself), since sites of one group can sit on different slab supercells,
-* anomalies of the model-relaxed structure beyond those of the EMT reference: ``desorbed``
-  (no adsorbate atom within 1.5x the covalent-radius sum of a slab atom), ``dissociated``
-  (the adsorbate's bond graph splits).
+* anomalies of the model-relaxed structure beyond those of the EMT reference (the package's one
+  checker, :func:`equiformer_calc.surfaces.check_relaxation`): ``desorbed``, ``dissociated``.
 
 **AdsorbML success rate.** Tasks are grouped by (metal, facet, adsorbate): one task per site
 kind (datagen draws one task per held-out (metal, facet, adsorbate, site) group, each on its own
@@ -56,17 +55,16 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.constraints import FixAtoms
-from ase.data import covalent_radii
 from ase.geometry import get_distances
 
 from ..checkpoint import load_checkpoint
 from ..graph import StructureError
 from ..model import Equiformer
+from ..surfaces import check_relaxation
 
 __all__ = [
     "relax_benchmark",
     "select_tasks",
-    "anomalies",
     "format_summary",
     "SUCCESS_THRESHOLD",
     "FMAX",
@@ -96,42 +94,6 @@ def _with_fixed(atoms: Atoms) -> Atoms:
 
 def _adsorbate_mask(atoms: Atoms) -> np.ndarray:
     return atoms.get_tags() == 2
-
-
-def _components(n: int, edges: np.ndarray) -> int:
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in edges:
-        parent[find(int(i))] = find(int(j))
-    return len({find(i) for i in range(n)})
-
-
-def anomalies(atoms: Atoms) -> set[str]:
-    """Flags of an adsorbate + slab structure: ``desorbed`` (no adsorbate atom within 1.5x the
-    covalent-radius sum of any slab atom) and ``dissociated`` (adsorbate atoms no longer one
-    bonded fragment at 1.25x covalent radii). Distances use the minimum image."""
-    ads = np.flatnonzero(_adsorbate_mask(atoms))
-    slab = np.flatnonzero(~_adsorbate_mask(atoms))
-    flags: set[str] = set()
-    if len(ads) == 0 or len(slab) == 0:
-        return flags
-    radii = covalent_radii[atoms.numbers]
-    _, d = get_distances(atoms.positions[ads], atoms.positions[slab], cell=atoms.cell, pbc=atoms.pbc)
-    if np.all(d > 1.5 * (radii[ads][:, None] + radii[slab][None, :])):
-        flags.add("desorbed")
-    if len(ads) > 1:
-        _, dd = get_distances(atoms.positions[ads], cell=atoms.cell, pbc=atoms.pbc)
-        bonded = dd < 1.25 * (radii[ads][:, None] + radii[ads][None, :])
-        edges = np.argwhere(np.triu(bonded, 1))
-        if _components(len(ads), edges) > 1:
-            flags.add("dissociated")
-    return flags
 
 
 def _adsorbate_rmsd(a: Atoms, b: Atoms) -> float:
@@ -402,7 +364,7 @@ def relax_benchmark(
         assert res.atoms is not None and res.energy is not None and slab.energy is not None
         e_model = res.energy
         e_ref_sp = _reference_energy(res.atoms, labeller)
-        ref_flags = anomalies(ref)
+        ref_flags = set(check_relaxation(ref)["anomalies"])
         task.update(
             e_model=e_model,
             e_ref_sp=e_ref_sp,
@@ -415,7 +377,7 @@ def relax_benchmark(
             e_ads_gas_ref=e_ref - e_slab_ref - _gas_correction(ref, mu_ref),
             slab_model_steps=slab.steps,
             adsorbate_rmsd=_adsorbate_rmsd(res.atoms, ref),
-            anomalies=sorted(anomalies(res.atoms) - ref_flags),
+            anomalies=sorted(set(check_relaxation(res.atoms)["anomalies"]) - ref_flags),
             reference_anomalies=sorted(ref_flags),
             within_threshold=bool(e_ref_sp - e_ref <= SUCCESS_THRESHOLD),
         )

@@ -31,7 +31,8 @@ What it does:
 5. **Adsorption energy** ``E_ads = E(slab+ads) - E(slab) - sum_X n_X mu_X`` with OC20-style
    gas-phase references relaxed with the same model: ``mu_H = E(H2)/2``,
    ``mu_O = E(H2O) - E(H2)``, ``mu_C = E(CO) - mu_O``, ``mu_N = E(N2)/2``.
-6. **Checks** against the initial site: ``desorbed`` (no adsorbate atom bonded to the surface),
+6. **Checks** against the initial site (:func:`equiformer_calc.surfaces.check_relaxation`, one set of
+   thresholds for the whole package): ``desorbed`` (no adsorbate atom in contact with the surface),
    ``dissociated`` (the adsorbate's bond graph fell apart), ``moved`` (binding atom more than
    ``move_tolerance`` A away laterally; ``final_site`` names the nearest site kind) and
    ``surface_changed`` (a slab atom moved more than 1 A). The minimum per (surface, adsorbate)
@@ -73,14 +74,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from ase import Atoms
 from ase.build import fcc100, fcc110, fcc111, fcc211, molecule
-from ase.data import covalent_radii
 from ase.geometry import find_mic
 
+from ..surfaces import check_relaxation
 from ._common import add_model_arguments, bottom_fixed_mask, fixed_mask, read_structure, resolve_calculator, write_csv
 from .batch import relax_batch
 from .relax import OPTIMIZERS, RelaxResult
@@ -95,7 +96,6 @@ __all__ = [
     "find_sites",
     "place_adsorbate_on_site",
     "reference_potentials",
-    "adsorbate_checks",
     "screen_adsorbates",
     "DirectScreenResult",
     "oc20_tags",
@@ -113,10 +113,6 @@ GAS_MOLECULES: tuple[str, ...] = ("H2", "H2O", "CO", "N2")
 REFERENCE_SCHEME = "OC20: mu_H=E(H2)/2, mu_O=E(H2O)-E(H2), mu_C=E(CO)-mu_O, mu_N=E(N2)/2"
 
 _BUILDERS = {"fcc111": fcc111, "fcc100": fcc100, "fcc110": fcc110, "fcc211": fcc211}
-#: bonded if closer than this factor times the sum of covalent radii
-BOND_FACTOR = 1.25
-#: a slab atom that moved more than this (A) flags the surface as changed
-SURFACE_CHANGE = 1.0
 
 
 # ------------------------------------------------------------------------------------ surfaces
@@ -355,74 +351,6 @@ def reference_potentials(gas_energies: Mapping[str, float]) -> dict[str, float]:
     mu["C"] = e["CO"] - mu["O"]
     mu["N"] = 0.5 * e["N2"]
     return mu
-
-
-def _bond_graph(atoms: Atoms, indices: Sequence[int]) -> list[tuple[int, int]]:
-    bonds = []
-    for a, i in enumerate(indices):
-        for j in indices[a + 1 :]:
-            d = np.linalg.norm(_mic(atoms.positions[j] - atoms.positions[i], atoms))
-            if d < BOND_FACTOR * (covalent_radii[atoms.numbers[i]] + covalent_radii[atoms.numbers[j]]):
-                bonds.append((i, j))
-    return bonds
-
-
-def _components(n: int, edges: Iterable[tuple[int, int]], offset: int) -> int:
-    parent = list(range(n))
-
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for i, j in edges:
-        parent[root(i - offset)] = root(j - offset)
-    return len({root(k) for k in range(n)})
-
-
-def adsorbate_checks(
-    initial: Atoms,
-    final: Atoms,
-    n_slab: int,
-    site: Site,
-    all_sites: Sequence[Site] = (),
-    move_tolerance: float = 0.5,
-) -> dict[str, Any]:
-    """Geometric checks of a relaxed adsorbate system against its initial site.
-
-    desorbed: no adsorbate atom within 1.25 x (sum of covalent radii) of a slab atom.
-    dissociated: the adsorbate's own bond graph has more pieces than at the start.
-    moved: lateral (minimum-image) shift of the binding atom > ``move_tolerance`` A;
-    final_site: the kind of the nearest of ``all_sites`` to the binding atom's final position.
-    surface_changed: a slab atom moved more than 1 A.
-    """
-    ads = list(range(n_slab, len(final)))
-    slab_idx = np.arange(n_slab)
-    bonded_to_surface = False
-    for i in ads:
-        v = _mic(final.positions[slab_idx] - final.positions[i], final)
-        limit = BOND_FACTOR * (covalent_radii[final.numbers[slab_idx]] + covalent_radii[final.numbers[i]])
-        if np.any(np.linalg.norm(v, axis=1) < limit):
-            bonded_to_surface = True
-            break
-    pieces_before = _components(len(ads), _bond_graph(initial, ads), n_slab)
-    pieces_after = _components(len(ads), _bond_graph(final, ads), n_slab)
-    shift = _mic(final.positions[n_slab] - site.position, final)
-    lateral = float(np.hypot(shift[0], shift[1]))
-    final_site = site.kind
-    if all_sites:
-        d = [np.hypot(*_mic(final.positions[n_slab] - s.position, final)[:2]) for s in all_sites]
-        final_site = all_sites[int(np.argmin(d))].kind
-    slab_moves = np.linalg.norm(_mic(final.positions[:n_slab] - initial.positions[:n_slab], final), axis=1)
-    return {
-        "desorbed": not bonded_to_surface,
-        "dissociated": pieces_after > pieces_before,
-        "moved": lateral > move_tolerance,
-        "lateral_shift": lateral,
-        "final_site": final_site,
-        "surface_changed": bool(slab_moves.max(initial=0.0) > SURFACE_CHANGE),
-    }
 
 
 # ----------------------------------------------------------------------------------- screening
@@ -719,8 +647,10 @@ def screen_adsorbates(
         assert task.site is not None
         slab_row = existing.get(f"slab/{task.info['surface']}")
         e_slab = slab_row.get("relaxed_energy") if slab_row is not None else None
-        checks = adsorbate_checks(task.atoms, result.atoms, task.n_slab, task.site, site_lists[task.info["surface"]], move_tolerance)
-        out: dict[str, Any] = {**checks, "slab_energy": e_slab}
+        mask = np.arange(len(result.atoms)) >= task.n_slab
+        checks = check_relaxation(result.atoms, mask, task.atoms, task.site.position,
+                                  [(x.kind, x.position) for x in site_lists[task.info["surface"]]], move_tolerance)
+        out: dict[str, Any] = {**{k: v for k, v in checks.items() if k != "anomalies"}, "slab_energy": e_slab}
         if e_slab is not None and mu is not None:
             symbols = result.atoms.get_chemical_symbols()[task.n_slab :]
             out["e_ads"] = result.final_energy - e_slab - sum(mu[s] for s in symbols)
