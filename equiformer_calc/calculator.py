@@ -29,6 +29,10 @@ class EquiformerCalculator(Calculator):
     ``skin > 0`` (Angstrom) reuses the neighbour list of the attached structure between calls
     until an atom moved more than ``skin / 2`` (MD, relaxations; identical results, see
     :class:`~equiformer_calc.graph.NeighborListCache`); ``neighbor_cache`` then counts the searches.
+    ``dispersion="d3bj"`` (or ``"d3zero"``, ``"d3bjm"``, ``"d3zerom"``, each with an optional
+    ``"-atm"`` three-body term) adds Grimme's D3 for the functional ``xc`` (default ``"pbe"``) to
+    energy, forces and stress (``pip install 'equiformer-calc[d3]'``); per-atom ``energies`` stay
+    model-only. See :mod:`equiformer_calc.calculators.dispersion`.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -41,9 +45,14 @@ class EquiformerCalculator(Calculator):
         dtype: str = "float32",
         max_atoms_per_batch: int = 2048,
         skin: float = 0.0,
+        dispersion: str | None = None,
+        xc: str = "pbe",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.parameters.update(dispersion=dispersion, xc=xc)
+        self._d3: Any = None
+        self.dispersion_term  # validate the names (and that the library is installed) now
         self.skin = float(skin)
         self.neighbor_cache: NeighborListCache | None = NeighborListCache(self.skin) if self.skin > 0 else None
         if model is not None and checkpoint is not None:
@@ -59,6 +68,27 @@ class EquiformerCalculator(Calculator):
     @property
     def model(self) -> Equiformer:
         return self.predictor.model
+
+    def set(self, **kwargs: Any) -> dict[str, Any]:
+        """Change parameters; a new ``dispersion`` or ``xc`` is validated and drops old results."""
+        changed = super().set(**kwargs)
+        if {"dispersion", "xc"} & set(changed):
+            self.dispersion_term  # noqa: B018 - raises on a bad name
+            self.reset()
+        return changed
+
+    @property
+    def dispersion_term(self) -> Any:
+        """The :class:`~equiformer_calc.calculators.dispersion.D3` term of the current
+        ``dispersion`` / ``xc`` parameters, or None when dispersion is off."""
+        from .calculators.dispersion import D3, parse_dispersion
+
+        name = self.parameters.get("dispersion")
+        if parse_dispersion(name) is None:
+            self._d3 = None
+        elif self._d3 is None or (self._d3.name, self._d3.xc) != (str(name).lower(), str(self.parameters.get("xc")).lower()):
+            self._d3 = D3(name, xc=self.parameters.get("xc", "pbe"))
+        return self._d3
 
     def calculate(
         self,
@@ -77,18 +107,25 @@ class EquiformerCalculator(Calculator):
         cache = getattr(self, "neighbor_cache", None)
         caches = None if cache is None else [cache]
         result = self.predictor.predict([self.atoms], properties=props, neighbor_caches=caches)[0]
+        d3 = self.dispersion_term
+        if d3 is not None:
+            d3.add_to(result, self.atoms)
         self.results = {k: (np.asarray(v) if k not in ("energy", "free_energy") else v) for k, v in result.items()}
 
     def predict(self, structures: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces")) -> list[dict]:
         """Energies (and forces, stress...) of many structures in batched model calls; the numbers
-        equal one-by-one evaluation. Returns one dict per structure."""
-        return self.predictor.predict(structures, properties=properties)
+        equal one-by-one evaluation (D3 included when ``dispersion`` is set). Returns one dict per
+        structure."""
+        structures = list(structures)
+        results = self.predictor.predict(structures, properties=properties)
+        d3 = self.dispersion_term
+        return results if d3 is None else [d3.add_to(r, s) for r, s in zip(results, structures)]
 
     # pickling: keep the settings and the weights, not torch modules with generated code
     def __getstate__(self) -> dict[str, Any]:
         from safetensors.torch import save
 
-        state = {k: v for k, v in self.__dict__.items() if k not in ("predictor", "atoms", "results")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("predictor", "atoms", "results", "_d3")}
         model = self.model
         state["_config"] = model.config.to_dict()
         state["_weights"] = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
@@ -104,6 +141,7 @@ class EquiformerCalculator(Calculator):
         self.__dict__.update(state)
         self.atoms = None
         self.results = {}
+        self._d3 = None
         model = Equiformer.from_config(config)
         model.load_state_dict(weights)
         self.predictor = Predictor(model, device=self.device, dtype=self.dtype, max_atoms_per_batch=max_atoms)

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..calculators.dispersion import add_dispersion_arguments
 from ..graph import Structure, StructureError
 from ..model import UnknownElementError
 from ..predictor import ALL_PROPERTIES, Predictor
@@ -133,6 +134,7 @@ class ModelInfo(BaseModel):
     limits: dict[str, Any]
     batching: dict[str, Any]
     metadata: dict[str, Any]
+    dispersion: str = "none"
 
 
 class ModelsResponse(BaseModel):
@@ -357,6 +359,7 @@ def _model_info(
         "batching": {"enabled": batcher.enabled, "max_batch_atoms": batcher.max_batch_atoms,
                      "max_wait_ms": 1000.0 * batcher.max_wait_s},
         "metadata": metadata,
+        "dispersion": str(getattr(predictor, "d3", None) or "none"),
     }
 
 
@@ -375,6 +378,8 @@ def create_app(
     device: str = "cpu",
     dtype: str = "float32",
     model_id: str | None = None,
+    dispersion: str | None = None,
+    xc: str = "pbe",
 ) -> FastAPI:
     """The FastAPI app serving one model.
 
@@ -383,7 +388,8 @@ def create_app(
     authentication on every endpoint except ``/health`` and the API docs. Bodies over
     ``max_body_bytes`` and structures/requests over the atom limits are answered 413; a request
     not answered within ``request_timeout_s`` gets 504. ``batching=False`` runs every request in
-    its own model call (still one at a time).
+    its own model call (still one at a time). ``dispersion`` (e.g. ``"d3bj"``, for the functional
+    ``xc``) adds D3 to every energy, force and stress (per-atom energies stay model-only).
     """
     from ..checkpoint import load_checkpoint
 
@@ -397,6 +403,10 @@ def create_app(
         predictor = predictor_or_checkpoint
         checkpoint = getattr(getattr(predictor, "model", None), "checkpoint_path", None)
         model_id = model_id or (Path(checkpoint).stem if checkpoint else "in-memory")
+    if dispersion is not None and dispersion.lower() != "none":
+        from ..calculators.dispersion import D3, DispersionPredictor
+
+        predictor = DispersionPredictor(predictor, D3(dispersion, xc=xc))
     limits = Limits(
         max_atoms_per_structure=int(max_atoms_per_structure), max_atoms_per_request=int(max_atoms_per_request),
         max_body_bytes=int(max_body_bytes), request_timeout_s=float(request_timeout_s),
@@ -686,6 +696,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds an idle client connection stays open; clients reconnect transparently "
                              "(default 30)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    add_dispersion_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -712,8 +723,10 @@ def run(args: argparse.Namespace) -> int:
             max_queued_requests=args.max_queued_requests,
             device=args.device,
             dtype=args.dtype,
+            dispersion=args.dispersion,
+            xc=args.xc,
         )
-    except (CheckpointError, ValueError) as exc:
+    except (CheckpointError, ValueError, ImportError) as exc:
         log.error("%s", exc)
         return 2
     if not args.token and args.host not in ("127.0.0.1", "localhost", "::1"):

@@ -272,7 +272,10 @@ def run(args: argparse.Namespace) -> int:
     result = run_md(
         atoms, ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep, steps=args.steps,
         friction=args.friction, trajectory=traj, log_interval=args.log_interval, seed=args.seed, skin=args.skin,
-        checkpoint=args.checkpoint, fix_bottom=args.fix_bottom, fix_below=args.fix_below,
+        calculator=resolve_calculator(
+            None, args.checkpoint, args.device, args.dtype, skin=args.skin, dispersion=args.dispersion, xc=args.xc
+        ),
+        fix_bottom=args.fix_bottom, fix_below=args.fix_below,
         init_velocities=None if not args.keep_velocities else False, device=args.device, dtype=args.dtype,
     )
     paths = write_md_outputs(result, stem, args.log_interval)

@@ -272,7 +272,8 @@ def run(args: argparse.Namespace) -> int:
     traj = Path(output) if Path(output).suffix == ".traj" else stem.with_name(stem.name + ".traj")
     log.info("relaxing %s (%d atoms) from %s", atoms.get_chemical_formula(), len(atoms), args.input)
     result = relax(
-        atoms, checkpoint=args.checkpoint, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
+        atoms, fmax=args.fmax,
+        calculator=resolve_calculator(None, args.checkpoint, args.device, args.dtype, dispersion=args.dispersion, xc=args.xc), steps=args.steps, optimizer=args.optimizer,
         fix_bottom=args.fix_bottom, fix_below=args.fix_below, cell=args.cell, trajectory=traj, logfile="-",
         device=args.device, dtype=args.dtype,
     )
