@@ -1,4 +1,5 @@
-"""Labelled structures for training and evaluation: readers (extxyz, ASE db) and graph batches."""
+"""Labelled structures for training and evaluation: samples with graphs, and their batches (the
+files are read by :mod:`equiformer_calc.data.readers`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
+from ..data.readers import LabelKeys, read_frames
 from ..graph import AtomicGraph, Structure, batch_graphs, build_graph, structure_from_atoms
 
 __all__ = ["Sample", "read_samples", "samples_from_atoms", "collate", "Batch"]
@@ -81,25 +83,18 @@ def samples_from_atoms(frames: Iterable[Atoms], cutoff: float, progress: bool = 
     return samples
 
 
-def read_samples(path: str | Path, cutoff: float, index: str = ":", progress: bool = False) -> list[Sample]:
-    """Read an extxyz file (or an ASE database, ``.db``) of labelled frames into samples."""
-    from ase.io import read
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"dataset {path} does not exist")
-    if path.suffix == ".db":
-        from ase.db import connect
-
-        frames = []
-        with connect(str(path)) as db:
-            for row in db.select():
-                atoms = row.toatoms(add_additional_information=True)
-                atoms.info.update(row.key_value_pairs)
-                frames.append(atoms)
-    else:
-        frames = read(str(path), index=index)
-    log.info("read %d frames from %s", len(frames), path)
+def read_samples(
+    path: str | Path,
+    cutoff: float,
+    index: str = ":",
+    progress: bool = False,
+    keys: LabelKeys | None = None,
+    format: str | None = None,
+) -> list[Sample]:
+    """Read labelled frames into samples: extxyz (labels under ``keys``), ASE databases (``.db``,
+    PostgreSQL / MySQL URLs), fairchem ``.aselmdb`` files or folders, and anything else
+    ``ase.io`` reads (all frames); see :func:`equiformer_calc.data.readers.read_frames`."""
+    frames = read_frames(path, keys=keys, index=index, format=format)
     return samples_from_atoms(frames, cutoff, progress=progress)
 
 
