@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "md": "equiformer_calc.workflows.md",
     "screen": "equiformer_calc.workflows.screening",
     "serve": "equiformer_calc.service.server",
+    "ipi": "equiformer_calc.calculators.ipi",
 }
 
 _HELP: dict[str, str] = {
@@ -32,6 +33,7 @@ _HELP: dict[str, str] = {
     "md": "molecular dynamics (NVE or Langevin NVT) with a checkpoint",
     "screen": "adsorbate screening over metals, facets and adsorbates into an ASE database",
     "serve": "serve a checkpoint over HTTP with dynamic batching",
+    "ipi": "serve a checkpoint as an i-PI force-field client (path-integral MD, NPT, ...)",
 }
 
 
