@@ -36,10 +36,12 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "own_checkpoint.py": (["--preset", "tiny", "--steps", "2"], ["own_checkpoint/my-model.safetensors"]),
     "ipi_pimd_h_pt.py": (["--beads", "2", "--steps", "4"], ["ipi_pimd_h_pt/pimd.out", "ipi_pimd_h_pt/input.xml"]),
+    "phonons.py": (["--supercell", "2", "--mesh", "6", "--points", "5"], ["phonons/phonons_cu.png"]),
+    "elastic_constants.py": (["--metals", "Cu"], ["elastic/elastic_constants.csv"]),
 }
 
 #: script -> the module of the optional extra it needs (the test skips only when that is missing)
-REQUIRES: dict[str, str] = {"ipi_pimd_h_pt.py": "ipi"}
+REQUIRES: dict[str, str] = {"ipi_pimd_h_pt.py": "ipi", "phonons.py": "phonopy"}
 
 
 @pytest.fixture(scope="module")
