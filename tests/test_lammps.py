@@ -114,8 +114,6 @@ def test_lammps_nve_matches_ase_velocity_verlet(tmp_path):
 
 
 def test_input_without_the_fix_is_refused(tmp_path):
-    from equiformer_calc.calculators.lammps import run_input
-
     code = (
         "from equiformer_calc.calculators.lammps import run_input\n"
         "try:\n"
@@ -126,7 +124,6 @@ def test_input_without_the_fix_is_refused(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert "REFUSED the input runs before any 'fix ID all external pf/callback' line" in proc.stdout, proc.stderr
-    del run_input
 
 
 def test_example_input_runs_nvt_then_npt(tmp_path):
