@@ -158,11 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             "D3(BJ) with PBE parameters, both libraries through their own ASE calculators in float64, same "
             "real-space cutoffs (pairs 60 bohr, coordination numbers and three-body 40 bohr). Time: median "
             f"of {args.repeats} energy+forces(+stress) calls after one warm-up for simple-dftd3, one call after a "
-            "warm-up for torch-dftd, one thread. '-': not run (torch-dftd's three-body term on the 52-atom slab "
-            "alone took about a minute and 3.3 GB; the larger cells would take far longer) or not defined "
+            "warm-up for torch-dftd, one thread. '-': not run (torch-dftd's three-body term on the 38-atom slab "
+            "alone took 1-1.5 minutes and 3.3 GB; the larger cells would take far longer) or not defined "
             "(stress of the slab).",
             "", table, "", fd_line, "",
-            "Choice: simple-dftd3. Same two-body numbers (1e-5 eV, 1e-8 eV/A), 100x faster, and its three-body "
+            "Choice: simple-dftd3. Same two-body numbers (1e-5 eV, 1e-8 eV/A), 60-180x faster, and its three-body "
             "forces are the derivative of its energy (torch-dftd's are not, see the line above).", "",
         ])
         _common.update_section(args.update_results, SECTION, body)

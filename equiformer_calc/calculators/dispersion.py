@@ -5,12 +5,12 @@ adsorption energies are usually quoted with one. :class:`D3` evaluates Grimme's 
 for a damping function and the functional the labels came from (``xc``), and
 :class:`DispersionPredictor` adds it to every result of a
 :class:`~equiformer_calc.predictor.Predictor`. ``EquiformerCalculator(dispersion="d3bj",
-xc="pbe")`` and ``equiformer-calc serve/relax/md --dispersion d3bj`` use these.
+xc="pbe")`` and ``equiformer-calc relax/md/screen/serve/ipi/lammps --dispersion d3bj`` use these.
 
 Why simple-dftd3 (``pip install dftd3``) and not torch-dftd: it is the reference implementation,
-agrees with torch-dftd to 1e-5 eV, and was 100-1000x faster on CPU here (a 108-atom Cu bulk: tens
-of ms against 8 s; see ``benchmarks/RESULTS.md``, section "D3 dispersion library"); torch-dftd's
-three-body term took a minute and 3 GB for a 38-atom slab.
+agrees with torch-dftd's two-body term to 1e-5 eV and 1e-8 eV/A, was 60-180x faster on CPU here
+(a 108-atom Cu bulk: 40 ms against 2.5 s), and its three-body forces match finite differences
+where torch-dftd's are off by 0.1 eV/A (``benchmarks/d3_choice.py``, ``benchmarks/RESULTS.md``).
 
 Per-atom energies (``energies``) stay model-only: D3 is a pair (and optionally three-body) sum
 with no unique split between atoms, so ``sum(energies) != energy`` when dispersion is on.
