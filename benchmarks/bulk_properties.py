@@ -3,7 +3,7 @@
 ``python benchmarks/bulk_properties.py --model CKPT --reference LABELLER [--metals Cu,Pt] [--out FILE.json]``
 
 For each metal: lattice constant and bulk modulus (EOS), C11/C12/C44 (stress-strain), phonon frequencies at
-X and L (finite displacements, 4x4x4 supercell), for the model (an Equiformer checkpoint name or path) and
+X and L (phonopy, 4x4x4 supercell; needs the [phonons] extra), for the model (an Equiformer checkpoint name or path) and
 the reference (``emt``, ``sevennet`` or ``module:factory``, see ``equiformer_calc.data.labellers``), with
 the relative deviations. Prints a Markdown table; ``--out`` writes everything as JSON.
 """
@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-KEYS = ("a0", "bulk_modulus_GPa", "C11_GPa", "C12_GPa", "C44_GPa")
+KEYS = ("a0", "B_GPa", "C11", "C12", "C44")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from equiformer_calc.calculator import EquiformerCalculator
     from equiformer_calc.data.labellers import JournaledCalculator, LabelStats, resolve_labeller
-    from equiformer_calc.workflows.bulk import fcc_properties, relative_deviation
+    from equiformer_calc.workflows.bulk_properties import fcc_properties, relative_deviation
 
     model = EquiformerCalculator(checkpoint=args.model, dtype=args.dtype)
     reference = JournaledCalculator(resolve_labeller(args.reference), LabelStats())

@@ -37,12 +37,18 @@ class EquiformerCalculator(Calculator):
     ``min_distance_ratio`` (default 0.25) is the distance floor as a fraction of the sum of two
     atoms' covalent radii: closer pairs raise ``StructureError`` (lower it to scan compressed
     geometries; the model's ZBL repulsion, when it has one, keeps such energies physical).
+    ``dispersion="d3bj"`` (or ``"d3zero"``, ``"d3bjm"``, ``"d3zerom"``, each with an optional
+    ``"-atm"`` three-body term) adds Grimme's D3 for the functional ``xc`` (default ``"pbe"``) to
+    energy, forces and stress (``pip install 'equiformer-calc[d3]'``); per-atom ``energies`` stay
+    model-only. See :mod:`equiformer_calc.calculators.dispersion`.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
     #: THE list of keywords this calculator accepts (besides ASE's base ones): anything else is a
     #: TypeError. Add a new keyword here and to ``__init__`` (a test checks the two agree).
-    keywords = ("checkpoint", "model", "device", "dtype", "max_atoms_per_batch", "skin", "min_distance_ratio")
+    keywords = (
+        "checkpoint", "model", "device", "dtype", "max_atoms_per_batch", "skin", "min_distance_ratio", "dispersion", "xc",
+    )
 
     def __init__(
         self,
@@ -53,10 +59,15 @@ class EquiformerCalculator(Calculator):
         max_atoms_per_batch: int = 2048,
         skin: float = 0.0,
         min_distance_ratio: float = DEFAULT_MIN_DISTANCE_RATIO,
+        dispersion: str | None = None,
+        xc: str = "pbe",
         **kwargs: Any,
     ) -> None:
         reject_unknown_keywords(type(self).__name__, kwargs, self.keywords)
         super().__init__(**kwargs)
+        self.parameters.update(dispersion=dispersion, xc=xc)
+        self._d3: Any = None
+        self.dispersion_term  # validate the names (and that the library is installed) now
         self.skin = float(skin)
         self.neighbor_cache: NeighborListCache | None = NeighborListCache(self.skin) if self.skin > 0 else None
         if model is not None and checkpoint is not None:
@@ -75,6 +86,27 @@ class EquiformerCalculator(Calculator):
     @property
     def model(self) -> Equiformer:
         return self.predictor.model
+
+    def set(self, **kwargs: Any) -> dict[str, Any]:
+        """Change parameters; a new ``dispersion`` or ``xc`` is validated and drops old results."""
+        changed = super().set(**kwargs)
+        if {"dispersion", "xc"} & set(changed):
+            self.dispersion_term  # noqa: B018 - raises on a bad name
+            self.reset()
+        return changed
+
+    @property
+    def dispersion_term(self) -> Any:
+        """The :class:`~equiformer_calc.calculators.dispersion.D3` term of the current
+        ``dispersion`` / ``xc`` parameters, or None when dispersion is off."""
+        from .calculators.dispersion import D3, parse_dispersion
+
+        name = self.parameters.get("dispersion")
+        if parse_dispersion(name) is None:
+            self._d3 = None
+        elif self._d3 is None or (self._d3.name, self._d3.xc) != (str(name).lower(), str(self.parameters.get("xc")).lower()):
+            self._d3 = D3(name, xc=self.parameters.get("xc", "pbe"))
+        return self._d3
 
     def calculate(
         self,
@@ -101,18 +133,25 @@ class EquiformerCalculator(Calculator):
         cache = getattr(self, "neighbor_cache", None)
         caches = None if cache is None else [cache]
         result = self.predictor.predict([self.atoms], properties=props, neighbor_caches=caches)[0]
+        d3 = self.dispersion_term
+        if d3 is not None:
+            d3.add_to(result, self.atoms)
         self.results = {k: (np.asarray(v) if k not in ("energy", "free_energy") else v) for k, v in result.items()}
 
     def predict(self, structures: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces")) -> list[dict]:
         """Energies (and forces, stress...) of many structures in batched model calls; the numbers
-        equal one-by-one evaluation. Returns one dict per structure."""
-        return self.predictor.predict(structures, properties=properties)
+        equal one-by-one evaluation (D3 included when ``dispersion`` is set). Returns one dict per
+        structure."""
+        structures = list(structures)
+        results = self.predictor.predict(structures, properties=properties)
+        d3 = self.dispersion_term
+        return results if d3 is None else [d3.add_to(r, s) for r, s in zip(results, structures)]
 
     # pickling: keep the settings and the weights, not torch modules with generated code
     def __getstate__(self) -> dict[str, Any]:
         from safetensors.torch import save
 
-        state = {k: v for k, v in self.__dict__.items() if k not in ("predictor", "atoms", "results")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("predictor", "atoms", "results", "_d3")}
         model = self.model
         state["_config"] = model.config.to_dict()
         state["_weights"] = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
@@ -132,6 +171,7 @@ class EquiformerCalculator(Calculator):
         self.__dict__.update(state)
         self.atoms = None
         self.results = {}
+        self._d3 = None
         model = Equiformer.from_config(config)
         model.load_state_dict(weights)
         if metadata is not None:

@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "screen": "equiformer_calc.workflows.screening",
     "serve": "equiformer_calc.service.server",
     "convert-reference": "equiformer_calc.reference",
+    "ipi": "equiformer_calc.calculators.ipi",
+    "lammps": "equiformer_calc.calculators.lammps",
 }
 
 _HELP: dict[str, str] = {
@@ -40,6 +42,8 @@ _HELP: dict[str, str] = {
     "screen": "adsorbate screening over metals, facets and adsorbates into an ASE database",
     "serve": "serve a checkpoint over HTTP with dynamic batching",
     "convert-reference": "convert a checkpoint of the reference Equiformer code to ours",
+    "ipi": "serve a checkpoint as an i-PI force-field client (path-integral MD, NPT, ...)",
+    "lammps": "run a LAMMPS input with the model as its force field (fix external pf/callback)",
 }
 
 

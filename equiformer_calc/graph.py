@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -538,6 +538,73 @@ class AtomicGraph:
             return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device=device)
 
         return AtomicGraph(*(f(getattr(self, name)) for name in self.__dataclass_fields__))
+
+    def to_pyg(self) -> Any:
+        """This graph as a PyTorch Geometric ``Data`` (one structure) or ``Batch`` (several).
+
+        Fields: ``pos`` (N, 3), ``z`` and ``atomic_numbers`` (N,), ``cell`` (B, 3, 3), ``pbc``
+        (B, 3), ``edge_index`` (2, E; row 0 = source j, row 1 = target i, PyG's own convention),
+        ``cell_offsets`` (E, 3), ``natoms`` (B,), and ``tags`` (N,; -1 where a structure has none). One-structure ``Data`` objects collate into the
+        same ``Batch`` (``torch_geometric.loader.DataLoader``). Needs ``torch_geometric``.
+        """
+        from torch_geometric.data import Batch, Data
+
+        graphs = []
+        # every Data carries tags (-1: none, as in batch_graphs) so that any mix of them collates
+        untagged = torch.full_like(self.numbers, -1)
+        for b in range(self.num_graphs):
+            lo, hi = int(self.ptr[b]), int(self.ptr[b + 1])
+            mask = (self.edge_index[1] >= lo) & (self.edge_index[1] < hi)
+            graphs.append(
+                Data(
+                    pos=self.positions[lo:hi], z=self.numbers[lo:hi], atomic_numbers=self.numbers[lo:hi],
+                    cell=self.cell[b : b + 1], pbc=self.pbc[b : b + 1], edge_index=self.edge_index[:, mask] - lo,
+                    cell_offsets=self.shifts[mask], natoms=torch.tensor([hi - lo]), num_nodes=hi - lo,
+                    tags=untagged[lo:hi] if self.tags is None else self.tags[lo:hi],
+                )
+            )
+        return graphs[0] if len(graphs) == 1 else Batch.from_data_list(graphs)
+
+    @classmethod
+    def from_pyg(cls, data: Any) -> "AtomicGraph":
+        """An :class:`AtomicGraph` from a PyG ``Data`` / ``Batch`` with ``pos``, ``z`` or
+        ``atomic_numbers``, ``edge_index`` and ``cell_offsets``; ``cell`` ((3, 3) or (B, 3, 3)) and
+        ``pbc`` are optional (absent: a non-periodic structure). The edge convention is PyG's
+        (row 0 = source). Missing fields are a clear ``ValueError``."""
+        def field(*names: str) -> torch.Tensor | None:
+            for name in names:
+                value = getattr(data, name, None)
+                if value is not None:
+                    return value
+            return None
+
+        positions = field("pos")
+        numbers = field("z", "atomic_numbers")
+        edge_index = field("edge_index")
+        if positions is None or numbers is None or edge_index is None:
+            missing = [n for n, v in (("pos", positions), ("z/atomic_numbers", numbers), ("edge_index", edge_index)) if v is None]
+            raise ValueError(f"the PyG data lacks {', '.join(missing)}")
+        n = int(positions.shape[0])
+        batch = field("batch")
+        if batch is None:
+            batch = torch.zeros(n, dtype=torch.int64, device=positions.device)
+        num_graphs = int(getattr(data, "num_graphs", 1) or 1) if field("batch") is not None else 1
+        shifts = field("cell_offsets")
+        if shifts is None:
+            shifts = torch.zeros((edge_index.shape[1], 3), dtype=positions.dtype, device=positions.device)
+        cell = field("cell")
+        cell = torch.zeros((num_graphs, 3, 3), dtype=positions.dtype, device=positions.device) if cell is None else cell.reshape(-1, 3, 3)
+        pbc = field("pbc")
+        pbc = torch.zeros((num_graphs, 3), dtype=torch.bool, device=positions.device) if pbc is None else pbc.reshape(-1, 3).bool()
+        if cell.shape[0] != num_graphs or pbc.shape[0] != num_graphs:
+            raise ValueError(f"the PyG data has {num_graphs} graphs but cell {tuple(cell.shape)} and pbc {tuple(pbc.shape)}")
+        counts = torch.bincount(batch, minlength=num_graphs)
+        ptr = torch.cat([torch.zeros(1, dtype=torch.int64, device=counts.device), torch.cumsum(counts, 0)])
+        return cls(
+            numbers=numbers.long(), positions=positions, cell=cell.to(positions.dtype), pbc=pbc,
+            edge_index=edge_index.long(), shifts=shifts.to(positions.dtype), batch=batch.long(), ptr=ptr,
+            tags=None if field("tags") is None or bool((field("tags") < 0).all()) else field("tags").long(),
+        )
 
 
 def build_graph(

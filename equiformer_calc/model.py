@@ -304,13 +304,13 @@ class Equiformer(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(
         self,
-        numbers: torch.Tensor,
-        positions: torch.Tensor,
-        edge_index: torch.Tensor,
-        shifts: torch.Tensor,
-        cell: torch.Tensor,
-        batch: torch.Tensor,
-        num_graphs: int,
+        numbers: torch.Tensor | Any,
+        positions: torch.Tensor | None = None,
+        edge_index: torch.Tensor | None = None,
+        shifts: torch.Tensor | None = None,
+        cell: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None,
+        num_graphs: int | None = None,
         tags: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Energies of a batch of graphs.
@@ -318,8 +318,19 @@ class Equiformer(nn.Module):
         numbers (N,) atomic numbers; positions (N, 3); edge_index (2, E) rows [src j, dst i];
         shifts (E, 3) integer cell shifts (float); cell (B, 3, 3); batch (N,) graph of each atom;
         tags (N,) integer tags, needed (and only read) when ``config.num_tags > 0``.
+        Or ``model(pyg_batch)``: one PyTorch Geometric ``Data`` / ``Batch`` (see
+        :meth:`~equiformer_calc.graph.AtomicGraph.from_pyg`), already in the model's dtype.
         Returns ``energy`` (B,) float64 and ``energies`` (N,) float64 per-atom energies.
         """
+        if not isinstance(numbers, torch.Tensor):  # a PyG Data / Batch
+            from .graph import AtomicGraph
+
+            g = AtomicGraph.from_pyg(numbers)
+            numbers, positions, edge_index, shifts, cell, batch = g.numbers, g.positions, g.edge_index, g.shifts, g.cell, g.batch
+            num_graphs = g.num_graphs
+            tags = g.tags if tags is None else tags
+        elif positions is None or edge_index is None or shifts is None or cell is None or batch is None or num_graphs is None:
+            raise TypeError("Equiformer takes numbers, positions, edge_index, shifts, cell, batch and num_graphs, or one PyG Data/Batch")
         species = self.species_index(numbers)
         tag_index = self.tag_index(tags, numbers.shape[0]) if self.config.num_tags else None
         dtype = next(self.head.parameters()).dtype  # the network's precision; edge vectors are cast to it

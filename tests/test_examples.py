@@ -35,7 +35,13 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ["pymatgen_example/Pt111_relaxed.cif", "pymatgen_example/screen_summary.csv"],
     ),
     "own_checkpoint.py": (["--preset", "tiny", "--steps", "2"], ["own_checkpoint/my-model.safetensors"]),
+    "ipi_pimd_h_pt.py": (["--beads", "2", "--steps", "4"], ["ipi_pimd_h_pt/pimd.out", "ipi_pimd_h_pt/input.xml"]),
+    "phonons.py": (["--supercell", "2", "--mesh", "6", "--points", "5"], ["phonons/phonons_cu.png"]),
+    "elastic_constants.py": (["--metals", "Cu"], ["elastic/elastic_constants.csv"]),
 }
+
+#: script -> the module of the optional extra it needs (the test skips only when that is missing)
+REQUIRES: dict[str, str] = {"ipi_pimd_h_pt.py": "ipi", "phonons.py": "phonopy"}
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +61,8 @@ def test_examples_exist():
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_example_runs(script, checkpoint_args, tmp_path):
     args, outputs = CASES[script]
+    if script in REQUIRES:
+        pytest.importorskip(REQUIRES[script], reason=f"{script} needs an optional extra that is not installed")
     if script != "own_checkpoint.py":  # that one makes its own checkpoint
         args = args + checkpoint_args
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}

@@ -1,8 +1,8 @@
 """Unknown calculator keywords are errors (issue 11, failure 9).
 
 ASE's base class files unknown keywords under ``parameters`` and ignores them:
-``EquiformerCalculator(dispersion="d3bj")`` added nothing and said nothing, and a misspelled
-``chekpoint=`` was ignored the same way. Both calculators now raise ``TypeError`` naming the
+``EquiformerCalculator(dispersion="d3bj")`` added nothing and said nothing (before D3 existed), and a
+misspelled ``chekpoint=`` or ``dispersoin=`` was ignored the same way. Both calculators now raise ``TypeError`` naming the
 keyword and the accepted ones, which live in one list per class (``keywords``).
 """
 
@@ -26,7 +26,7 @@ def test_keyword_list_is_the_signature(cls):
     assert tuple(p.name for p in params) == cls.keywords
 
 
-@pytest.mark.parametrize("kwargs, bad", [({"dispersion": "d3bj"}, "'dispersion'"), ({"chekpoint": "emt-small"},
+@pytest.mark.parametrize("kwargs, bad", [({"dispersoin": "d3bj"}, "'dispersoin'"), ({"chekpoint": "emt-small"},
                                                                                     "'chekpoint'")])
 def test_unknown_keywords_raise_type_error_naming_them(kwargs, bad):
     with pytest.raises(TypeError, match=f"unexpected keyword argument\\(s\\) {bad}; accepted: checkpoint, model"):

@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..calculators.dispersion import add_dispersion_arguments
 from ..graph import BudgetError, Structure, StructureError, estimate_edges
 from ..model import UnknownElementError
 from ..predictor import ALL_PROPERTIES, Predictor
@@ -139,6 +140,7 @@ class ModelInfo(BaseModel):
     limits: dict[str, Any]
     batching: dict[str, Any]
     metadata: dict[str, Any]
+    dispersion: str = "none"
 
 
 class ModelsResponse(BaseModel):
@@ -389,6 +391,7 @@ def _model_info(
         "batching": {"enabled": batcher.enabled, "max_batch_atoms": batcher.max_batch_atoms,
                      "max_wait_ms": 1000.0 * batcher.max_wait_s},
         "metadata": metadata,
+        "dispersion": str(getattr(predictor, "d3", None) or "none"),
     }
 
 
@@ -411,6 +414,8 @@ def create_app(
     device: str = "cpu",
     dtype: str = "float32",
     model_id: str | None = None,
+    dispersion: str | None = None,
+    xc: str = "pbe",
 ) -> FastAPI:
     """The FastAPI app serving one model.
 
@@ -430,6 +435,8 @@ def create_app(
     which may not be copyable) the model runs in a worker process
     (:class:`~equiformer_calc.service.worker.IsolatedPredictor`); if it dies, the request gets 500
     ``worker_crashed``, a new worker starts and the server keeps serving.
+    its own model call (still one at a time). ``dispersion`` (e.g. ``"d3bj"``, for the functional
+    ``xc``) adds D3 to every energy, force and stress (per-atom energies stay model-only).
     """
     from ..checkpoint import load_checkpoint
 
@@ -457,6 +464,11 @@ def create_app(
     )
     if isolate:
         predictor = IsolatedPredictor(predictor, timeout_s=max(float(request_timeout_s), 1.0) * 2)
+    # D3 wraps the (isolated) model predictor: the worker recreates only the model, so the term is added here
+    if dispersion is not None and dispersion.lower() != "none":
+        from ..calculators.dispersion import D3, DispersionPredictor
+
+        predictor = DispersionPredictor(predictor, D3(dispersion, xc=xc))
     metrics = ServiceMetrics(queue_depth=lambda: batcher.queue_depth)
     # predict requests received and not yet queued (changed on the event loop, read by the worker)
     arriving = _Counter()
@@ -776,6 +788,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds an idle client connection stays open; clients reconnect transparently "
                              "(default 30)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    add_dispersion_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -806,8 +819,10 @@ def run(args: argparse.Namespace) -> int:
             max_queued_requests=args.max_queued_requests,
             device=args.device,
             dtype=args.dtype,
+            dispersion=args.dispersion,
+            xc=args.xc,
         )
-    except (CheckpointError, ValueError) as exc:
+    except (CheckpointError, ValueError, ImportError) as exc:
         log.error("%s", exc)
         return 2
     if not args.token and args.host not in ("127.0.0.1", "localhost", "::1"):

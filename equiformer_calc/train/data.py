@@ -1,4 +1,5 @@
-"""Labelled structures for training and evaluation: readers (extxyz, ASE db) and graph batches."""
+"""Labelled structures for training and evaluation: samples with graphs, and their batches (the
+files are read by :mod:`equiformer_calc.data.readers`)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from ase.stress import full_3x3_to_voigt_6_stress
 import torch
 from ase import Atoms
 
+from ..data.readers import LabelKeys, read_frames
 from ..graph import AtomicGraph, Structure, batch_graphs, build_graph, structure_from_atoms
 
-__all__ = ["Sample", "read_samples", "samples_from_atoms", "collate", "Batch"]
+__all__ = ["Sample", "SampleDataset", "read_samples", "samples_from_atoms", "collate", "batch_from_pyg", "Batch"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,32 @@ class Sample:
     @property
     def num_atoms(self) -> int:
         return self.graph.num_atoms
+
+    def to_pyg(self) -> Any:
+        """This sample as a PyTorch Geometric ``Data``: the graph's fields (see
+        :meth:`~equiformer_calc.graph.AtomicGraph.to_pyg`) plus the labels ``energy`` (1,),
+        ``forces`` (N, 3), ``free`` (N,), ``stress`` (1, 6) and ``has_stress`` (1,)."""
+        data = self.graph.to_pyg()
+        data.energy = torch.tensor([self.energy], dtype=torch.float64)
+        data.forces = torch.from_numpy(np.asarray(self.forces, dtype=np.float64))
+        data.free = torch.from_numpy(np.asarray(self.free, dtype=bool))
+        data.stress = torch.from_numpy(np.zeros((1, 6)) if self.stress is None else np.asarray(self.stress, dtype=np.float64).reshape(1, 6))
+        data.has_stress = torch.tensor([self.stress is not None])
+        return data
+
+
+class SampleDataset(torch.utils.data.Dataset):
+    """Samples as PyG ``Data`` objects, for ``torch_geometric.loader.DataLoader``; turn each of its
+    batches into a training :class:`Batch` with :func:`batch_from_pyg`."""
+
+    def __init__(self, samples: Sequence[Sample]) -> None:
+        self.samples = list(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.samples[index].to_pyg()
 
 
 def _free_mask(atoms: Atoms) -> np.ndarray:
@@ -82,25 +110,18 @@ def samples_from_atoms(frames: Iterable[Atoms], cutoff: float, progress: bool = 
     return samples
 
 
-def read_samples(path: str | Path, cutoff: float, index: str = ":", progress: bool = False) -> list[Sample]:
-    """Read an extxyz file (or an ASE database, ``.db``) of labelled frames into samples."""
-    from ase.io import read
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"dataset {path} does not exist")
-    if path.suffix == ".db":
-        from ase.db import connect
-
-        frames = []
-        with connect(str(path)) as db:
-            for row in db.select():
-                atoms = row.toatoms(add_additional_information=True)
-                atoms.info.update(row.key_value_pairs)
-                frames.append(atoms)
-    else:
-        frames = read(str(path), index=index)
-    log.info("read %d frames from %s", len(frames), path)
+def read_samples(
+    path: str | Path,
+    cutoff: float,
+    index: str = ":",
+    progress: bool = False,
+    keys: LabelKeys | None = None,
+    format: str | None = None,
+) -> list[Sample]:
+    """Read labelled frames into samples: extxyz (labels under ``keys``), ASE databases (``.db``,
+    PostgreSQL / MySQL URLs), fairchem ``.aselmdb`` files or folders, and anything else
+    ``ase.io`` reads (all frames); see :func:`equiformer_calc.data.readers.read_frames`."""
+    frames = read_frames(path, keys=keys, index=index, format=format)
     return samples_from_atoms(frames, cutoff, progress=progress)
 
 
@@ -115,6 +136,21 @@ class Batch:
     stress: torch.Tensor  # (B, 6), zeros where absent
     has_stress: torch.Tensor  # (B,) bool
     num_atoms: torch.Tensor  # (B,) float64
+
+
+def batch_from_pyg(data: Any, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> "Batch":
+    """A PyG ``Batch`` of :meth:`Sample.to_pyg` objects -> the :class:`Batch` the loss takes (the
+    same tensors :func:`collate` builds from the samples)."""
+    graph = AtomicGraph.from_pyg(data).to(device, dtype)
+    return Batch(
+        graph=graph,
+        energy=data.energy.to(device, torch.float64),
+        forces=data.forces.to(device, dtype),
+        free=data.free.to(device),
+        stress=data.stress.to(device, dtype),
+        has_stress=data.has_stress.to(device),
+        num_atoms=(graph.ptr[1:] - graph.ptr[:-1]).to(device, torch.float64),
+    )
 
 
 def collate(samples: Sequence[Sample], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Batch:

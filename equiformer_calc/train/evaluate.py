@@ -40,6 +40,7 @@ from ..fileio import atomic_path, write_text_atomic
 from ..model import Equiformer
 from ..predictor import compute, resolve_dtype, voigt
 from ..runtime import configure_runtime
+from ..data.readers import LabelKeys
 from .data import Sample, collate, read_samples
 
 __all__ = [
@@ -389,9 +390,11 @@ def evaluate(
     max_frames: int | None = None,
     progress: bool = False,
     return_predictions: bool = False,
+    keys: LabelKeys | None = None,
 ) -> dict[str, Any] | tuple[dict[str, Any], Predictions]:
     """Metrics of a model (an :class:`Equiformer`, a checkpoint path or a shipped name) on one or
-    more labelled files (extxyz or ASE ``.db``).
+    more labelled files or databases (extxyz, ASE db or URL, ``.aselmdb``, any ``ase.io`` format;
+    labels under ``keys``, see :class:`~equiformer_calc.data.readers.LabelKeys`).
 
     Returns ``{"checkpoint", "data", "dtype", "units", "overall": metrics, "groups": {key: {value:
     metrics}}}`` (see :func:`compute_metrics` for the metric keys); with several files, group
@@ -406,7 +409,7 @@ def evaluate(
         raise ValueError("no data files given")
     samples: list[Sample] = []
     for path in paths:
-        part = read_samples(path, model.cutoff, progress=progress)
+        part = read_samples(path, model.cutoff, progress=progress, keys=keys)
         if max_frames:
             part = part[:max_frames]
         for s in part:
@@ -456,7 +459,11 @@ def format_table(result: dict[str, Any]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``equiformer-calc evaluate``."""
     parser.add_argument("checkpoint", help="checkpoint file (.safetensors) or shipped name (e.g. emt-small)")
-    parser.add_argument("data", nargs="*", help="labelled extxyz / ASE .db file(s)")
+    parser.add_argument("data", nargs="*",
+                        help="labelled file(s): extxyz, ASE .db or postgresql:// URL, .aselmdb (file or folder), vasprun.xml, OUTCAR, ...")
+    parser.add_argument("--energy-key", default="energy", help="energy label name (e.g. REF_energy; default: energy)")
+    parser.add_argument("--forces-key", default="forces", help="forces label name (e.g. REF_forces; default: forces)")
+    parser.add_argument("--stress-key", default="stress", help="stress label name (e.g. REF_stress; default: stress)")
     parser.add_argument("--out", type=Path, help="folder for metrics.json and parity PNGs (default: JSON to stdout)")
     parser.add_argument("--by", default=",".join(DEFAULT_BY),
                         help=f"comma-separated frame info keys to group by "
@@ -487,7 +494,8 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {}
     if args.data:
         result = evaluate(model, args.data, batch_size=args.batch_size, dtype=args.dtype, device=args.device, by=by,
-                          out=args.out, max_frames=args.max_frames, progress=not args.no_progress)
+                          out=args.out, max_frames=args.max_frames, progress=not args.no_progress,
+                          keys=LabelKeys(args.energy_key, args.forces_key, args.stress_key))
         log.info("metrics:\n%s", format_table(result))
         report = result
     if args.relax is not None:

@@ -31,6 +31,7 @@ from ..fileio import atomic_path, write_text_atomic
 from ..model import Equiformer
 from ..predictor import compute, voigt
 from ..runtime import configure_runtime
+from ..data.readers import LabelKeys
 from .data import Sample, collate, read_samples
 from .evaluate import evaluate_samples, save_figure
 
@@ -74,6 +75,11 @@ class TrainConfig:
     # reference fit on this data; preset/model/elements above are then ignored
     init_from: str = ""
     init_new_elements: bool = False  # grow the checkpoint by elements it lacks instead of refusing
+    # where the labels are in train/val files (extxyz info/arrays, db key-value pairs/data): e.g.
+    # MACE-style REF_energy / REF_forces / REF_stress; see equiformer_calc.data.readers
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    stress_key: str = "stress"
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
@@ -239,10 +245,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
 
-    train_samples = read_samples(cfg.train, cfg.cutoff, progress=rank == 0)
+    keys = LabelKeys(cfg.energy_key, cfg.forces_key, cfg.stress_key)
+    train_samples = read_samples(cfg.train, cfg.cutoff, progress=rank == 0, keys=keys)
     if cfg.max_train:
         train_samples = train_samples[: cfg.max_train]
-    val_samples = _sort_for_val(read_samples(cfg.val, cfg.cutoff, progress=rank == 0)[: cfg.max_val])
+    val_samples = _sort_for_val(read_samples(cfg.val, cfg.cutoff, progress=rank == 0, keys=keys)[: cfg.max_val])
     _check_elements(train_samples + val_samples, cfg.elements)
     if rank == 0:  # the inputs are valid: only now is anything written
         out.mkdir(parents=True, exist_ok=True)

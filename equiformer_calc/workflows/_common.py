@@ -41,9 +41,12 @@ def resolve_calculator(
     device: str = "cpu",
     dtype: str = "float32",
     skin: float = 0.0,
+    dispersion: str | None = None,
+    xc: str = "pbe",
 ) -> Calculator:
     """``calculator`` if given, else an :class:`~equiformer_calc.EquiformerCalculator` for
-    ``checkpoint`` (a shipped name or a path; ``None``: the default shipped checkpoint)."""
+    ``checkpoint`` (a shipped name or a path; ``None``: the default shipped checkpoint), with D3
+    ``dispersion`` for ``xc`` when given."""
     if calculator is not None:
         if checkpoint is not None:
             raise ValueError("give either calculator or checkpoint, not both")
@@ -51,7 +54,8 @@ def resolve_calculator(
     from ..calculator import EquiformerCalculator
 
     return EquiformerCalculator(
-        checkpoint=None if checkpoint is None else str(checkpoint), device=device, dtype=dtype, skin=skin
+        checkpoint=None if checkpoint is None else str(checkpoint), device=device, dtype=dtype, skin=skin,
+        dispersion=dispersion, xc=xc,
     )
 
 
@@ -172,6 +176,9 @@ def add_model_arguments(parser: Any) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="model precision")
+    from ..calculators.dispersion import add_dispersion_arguments
+
+    add_dispersion_arguments(parser)
 
 
 def read_structure(path: str | os.PathLike, index: str | int = -1, format: str | None = None) -> Atoms:

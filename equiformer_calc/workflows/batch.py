@@ -123,6 +123,11 @@ def _predictor_of(calculator: Any) -> Predictor:
         return calculator
     predictor = getattr(calculator, "predictor", None)
     if isinstance(predictor, Predictor):
+        d3 = getattr(calculator, "dispersion_term", None)
+        if d3 is not None:  # the calculator adds D3: so must the batched calls
+            from ..calculators.dispersion import DispersionPredictor
+
+            return DispersionPredictor(predictor, d3)  # type: ignore[return-value]
         return predictor
     raise TypeError(
         "relax_batch needs an EquiformerCalculator (or a Predictor) to batch model calls, "

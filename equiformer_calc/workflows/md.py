@@ -263,7 +263,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc md``: read, integrate, write trajectory + CSV + PNG, report the drift."""
     atoms = read_structure(args.input, args.index, args.format)
-    calc = resolve_calculator(None, args.checkpoint, device=args.device, dtype=args.dtype, skin=args.skin)
+    calc = resolve_calculator(
+        None, args.checkpoint, device=args.device, dtype=args.dtype, skin=args.skin, dispersion=args.dispersion, xc=args.xc
+    )
     check_structure(atoms, calc)  # every input error surfaces before anything is written
     output = args.output or f"{Path(args.input).stem or Path(args.input).name}_md.traj"
     stem = output_stem(output)

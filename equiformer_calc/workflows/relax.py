@@ -268,7 +268,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc relax``: read, relax, write trajectory + final structure + CSV + PNG."""
     atoms = read_structure(args.input, args.index, args.format)
-    calc = resolve_calculator(None, args.checkpoint, device=args.device, dtype=args.dtype)
+    calc = resolve_calculator(
+        None, args.checkpoint, device=args.device, dtype=args.dtype, dispersion=args.dispersion, xc=args.xc
+    )
     check_structure(atoms, calc)  # every input error surfaces before anything is written
     output = args.output or f"{Path(args.input).stem or Path(args.input).name}_relaxed.traj"
     stem = output_stem(output)

@@ -390,6 +390,8 @@ def _model_fingerprint(calc: Any) -> dict[str, str]:
         h.update(name.encode())
         h.update(tensor.detach().cpu().double().numpy().tobytes())
     h.update(str(getattr(calc, "dtype", "")).encode())
+    if getattr(calc, "dispersion_term", None) is not None:
+        h.update(repr(calc.dispersion_term).encode())
     path = getattr(model, "checkpoint_path", None)
     return {"model": Path(path).stem if path else "in-memory model", "model_hash": h.hexdigest()[:16]}
 
@@ -933,7 +935,8 @@ def run(args: argparse.Namespace) -> int:
         log.info("wrote %s", ", ".join(str(p) for p in direct.files.values()))
         return 0
     result = screen_adsorbates(
-        slabs, args.adsorbates, db=args.db, checkpoint=args.checkpoint, fmax=args.fmax, steps=args.steps,
+        slabs, args.adsorbates, db=args.db, fmax=args.fmax, steps=args.steps,
+        calculator=resolve_calculator(None, args.checkpoint, args.device, args.dtype, dispersion=args.dispersion, xc=args.xc),
         optimizer=args.optimizer, fix_bottom=args.fix_bottom, site_kinds=args.site_kinds, out_dir=args.out_dir,
         batch_size=args.batch_size, device=args.device, dtype=args.dtype, retry_failed=args.retry_failed,
     )

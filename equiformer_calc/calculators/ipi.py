@@ -1,0 +1,111 @@
+"""i-PI force-field client: the model answers i-PI's socket requests (energy, forces, virial).
+
+i-PI (``pip install ipi``) runs the dynamics -- path-integral MD, replica exchange, NPT with its
+barostats -- and asks a *client* for energies and forces of each configuration (each bead) over
+a UNIX or TCP socket. ``equiformer-calc ipi STRUCTURE --unix NAME`` (or ``--host H --port P``)
+is such a client: it connects to the socket that i-PI's ``<ffsocket>`` opened, and answers with
+:class:`~equiformer_calc.calculator.EquiformerCalculator` through ASE's implementation of the
+i-PI protocol (:class:`ase.calculators.socketio.SocketClient`).
+
+i-PI sends positions and the cell but not the elements, so the client reads them (and which
+directions are periodic) from ``STRUCTURE``, the same structure i-PI starts from. For a
+structure periodic in all three directions the virial (``-V * stress``) is sent too, so NPT
+works; for a slab or a molecule the virial is zero (i-PI's constant-pressure modes then make
+no sense). i-PI may turn the structure so that cell vector a lies along x and b in the xy plane;
+the client evaluates positions and cell exactly as i-PI sends them, so forces and virial are in
+i-PI's frame. The client exits when i-PI sends EXIT or closes the socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import time
+from typing import Any
+
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+
+__all__ = ["HELP", "run_client", "connect", "add_arguments", "run"]
+
+HELP = "serve the model as an i-PI force-field client (UNIX or TCP socket), with the virial for NPT"
+log = logging.getLogger(__name__)
+
+
+def connect(unix: str | None = None, host: str = "localhost", port: int | None = None, wait_s: float = 60.0) -> Any:
+    """An ASE ``SocketClient`` connected to i-PI, retrying for ``wait_s`` seconds while the server
+    is not up yet (i-PI opens its socket a moment after it starts)."""
+    from ase.calculators.socketio import SocketClient
+
+    if (unix is None) == (port is None):
+        raise ValueError("give either a UNIX socket name (--unix) or a TCP port (--port)")
+    where = f"UNIX socket /tmp/ipi_{unix}" if unix is not None else f"{host}:{port}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client = SocketClient(host=host, port=port, unixsocket=unix)
+            log.info("connected to i-PI at %s", where)
+            return client
+        except (ConnectionRefusedError, FileNotFoundError, socket.timeout) as exc:
+            if time.monotonic() > deadline:
+                raise ConnectionError(f"no i-PI server at {where} after {wait_s:g} s ({exc}); start i-pi first") from None
+            time.sleep(0.2)
+
+
+def run_client(
+    atoms: Atoms,
+    calculator: Calculator,
+    unix: str | None = None,
+    host: str = "localhost",
+    port: int | None = None,
+    wait_s: float = 60.0,
+) -> int:
+    """Answer i-PI's requests for ``atoms`` (elements and pbc; i-PI sends positions and cell) with
+    ``calculator`` until i-PI ends the run. Returns the number of force evaluations done."""
+    work = atoms.copy()
+    work.calc = calculator
+    use_stress = bool(work.pbc.all())
+    client = connect(unix=unix, host=host, port=port, wait_s=wait_s)
+    steps = 0
+    try:
+        for _ in client.irun(work, use_stress=use_stress):
+            steps += 1
+            if steps == 1:
+                log.info("first evaluation: %d atoms, energy %.6f eV%s", len(work), work.get_potential_energy(),
+                         "" if use_stress else " (no virial: the structure is not periodic in 3D)")
+    except ValueError as exc:
+        raise ValueError(f"i-PI sent a configuration that does not fit the structure ({len(work)} atoms): {exc}") from None
+    log.info("i-PI ended the run after %d force evaluations", steps)
+    return steps
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``equiformer-calc ipi``."""
+    from .dispersion import add_dispersion_arguments
+
+    parser.add_argument("structure", help="the structure i-PI starts from (any ASE format): elements and pbc")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--unix", metavar="NAME", help="i-PI UNIX socket name (<address> of a mode='unix' ffsocket; /tmp/ipi_NAME)")
+    where.add_argument("--port", type=int, help="TCP port of a mode='inet' ffsocket")
+    parser.add_argument("--host", default="localhost", help="host of the i-PI server for --port (default localhost)")
+    parser.add_argument("--wait", type=float, default=60.0, help="seconds to keep trying to connect (default 60)")
+    parser.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, A (0: rebuild every call)")
+    parser.add_argument("--checkpoint", default=None, help="shipped checkpoint name or .safetensors path (default: emt-small)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"],
+                        help="model precision (default float64: i-PI integrates long trajectories)")
+    add_dispersion_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``equiformer-calc ipi``: read the structure, load the model, answer i-PI until it stops."""
+    from ase.io import read
+
+    from ..calculator import EquiformerCalculator
+
+    atoms = read(args.structure)
+    calc = EquiformerCalculator(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, skin=args.skin,
+                                dispersion=args.dispersion, xc=args.xc)
+    run_client(atoms, calc, unix=args.unix, host=args.host, port=args.port, wait_s=args.wait)
+    return 0
