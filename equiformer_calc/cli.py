@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "relax": "equiformer_calc.workflows.relax",
     "md": "equiformer_calc.workflows.md",
     "screen": "equiformer_calc.workflows.screening",
+    "predict": "equiformer_calc.workflows.predict",
     "serve": "equiformer_calc.service.server",
     "convert-reference": "equiformer_calc.reference",
 }
@@ -32,6 +33,7 @@ _HELP: dict[str, str] = {
     "relax": "relax a structure (positions, optionally the cell) with a checkpoint",
     "md": "molecular dynamics (NVE or Langevin NVT) with a checkpoint",
     "screen": "adsorbate screening over metals, facets and adsorbates into an ASE database",
+    "predict": "energies and forces of every structure of an extxyz file or ASE database, to extxyz or CSV",
     "serve": "serve a checkpoint over HTTP with dynamic batching",
     "convert-reference": "convert a checkpoint of the reference Equiformer code to ours",
 }
