@@ -282,6 +282,14 @@ def test_predict_on_dask_equals_in_process_and_isolates_bad_structures(model, ch
     with open(tmp_path / "p_forces.csv") as f:
         assert len(list(csv.DictReader(f))) == 4 * len(frames[0])
 
+    with ase.db.connect(tmp_path / "in.db") as db:  # an ASE database in: every row, exact positions
+        for atoms in frames:
+            db.write(atoms)
+    from_db = predict_file(tmp_path / "in.db", calculator=calc, chunk_size=2)
+    assert set(from_db.errors) == {3} and [a.info["db_id"] for a in from_db.structures] == [1, 2, 3, 4, 5]
+    assert [a.get_potential_energy() for a in from_db.structures if a.calc is not None] == [
+        a.get_potential_energy() for a in serial.structures if a.calc is not None]
+
 
 # ------------------------------------------------------------------------------ labelling
 
