@@ -174,8 +174,8 @@ def predict_samples(
     3D-periodic frames, stress, next to the labels. The model is evaluated in eval mode (its
     train/eval flag is restored afterwards). With an
     :class:`~equiformer_calc.distributed.Executor`, tasks of ``batches_per_task`` batches fan
-    out to its workers (each has its own copy of the model); the batches, hence the numbers,
-    are the same as in-process."""
+    out to its workers (each has its own copy of the model); the batches, hence the numbers
+    (with the same torch threads per process), are the same as in-process."""
     from tqdm.auto import tqdm
 
     configure_runtime()

@@ -10,9 +10,10 @@ The input is an extxyz file, an ASE database (``.db``: every row) or anything ``
 reads. Structures are cut into tasks of ``--chunk-size`` structures; each task is one batched
 :meth:`~equiformer_calc.predictor.Predictor.predict` call per atom budget on the model of the
 process that runs it: here, or a Dask worker (``--workers N`` / ``--scheduler ADDRESS``, see
-:mod:`equiformer_calc.distributed`). The numbers are a function of the chunks, not of where they
-ran. A structure the model cannot take (unknown element, atoms on top of each other, ...) gets
-an error naming the problem and no numbers; the others are predicted.
+:mod:`equiformer_calc.distributed`). The numbers are a function of the chunks (and of torch's
+threads per process), not of where they ran. A structure the model cannot take (unknown element,
+atoms on top of each other, ...) gets an error naming the problem and no numbers; the others are
+predicted.
 
 Outputs, in input order:
 
@@ -221,7 +222,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="extxyz file, ASE database (.db) or any ASE-readable structure file")
     parser.add_argument("--out", required=True, help="output: .extxyz / .xyz (labelled structures) or .csv")
     parser.add_argument("--chunk-size", type=int, default=64, metavar="K",
-                        help="structures per task (default 64); numbers depend on it, not on the workers")
+                        help="structures per task (default 64); float32 numbers depend on it (and on torch threads), "
+                        "not on the number of workers")
     add_model_arguments(parser)
     add_executor_arguments(parser)
 

@@ -561,7 +561,8 @@ def screen_adsorbates(
     ``chunk_size`` structures, each relaxed with :func:`relax_batch` (``batch_size`` in flight)
     on a worker's copy of the model; this process alone writes the database, as chunks
     complete. The numbers depend on the chunk size (which structures share a batched model
-    call: float32 sums differ in the last bits), not on the executor or the number of workers.
+    call) and on torch's threads per process (float32 sums differ in the last bits), not on the
+    executor or the number of workers.
     Without an executor everything runs here, in batches of ``batch_size``, as before.
     """
     import ase.db
