@@ -275,6 +275,20 @@ def test_relax_batch_isolates_a_failing_structure(calc64):
     assert sorted(seen) == [0, 1]
 
 
+def test_relax_batch_records_a_structure_the_model_refuses(calc64):
+    refused = small_slab()
+    refused[0].symbol = "Fe"  # not an element of the model
+    with pytest.raises(ValueError, match="structure 1: .*Fe"):
+        relax_batch([small_slab(), refused], calculator=calc64, steps=3, progress=False)
+    seen = []
+    results = relax_batch([small_slab(), refused, small_slab(seed=1)], calculator=calc64, steps=3, progress=False,
+                          invalid="record", callback=lambda k, r: seen.append(k))
+    assert results[1].error.startswith("UnknownElementError") and "Fe" in results[1].error
+    assert results[1].nsteps == 0 and results[1].energies == [] and seen[0] == 1 and sorted(seen) == [0, 1, 2]
+    alone = relax_batch([small_slab(), small_slab(seed=1)], calculator=calc64, steps=3, progress=False)
+    assert [r.energies for r in alone] == [results[0].energies, results[2].energies]  # as if it were absent
+
+
 def test_relax_batch_with_bounded_concurrency(calc64):
     systems = batch_systems()
     a = relax_batch(systems, calculator=calc64, steps=10, max_concurrent=2, progress=False)

@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import multiprocessing as mp
@@ -1003,10 +1004,17 @@ def _run_task(args: tuple[_Task, _Context]) -> dict[str, Any]:
     With ``ctx.journal`` every labeller call is journaled first, and a rerun replays it.
     """
     task, ctx = args
+    frames_xz, meta = _compute_task(task, ctx, journal=ctx.journal)
+    _store_shard(Path(ctx.shard_dir), task.task_id, frames_xz, meta)
+    return meta
+
+
+def _compute_task(task: _Task, ctx: _Context, journal: bool) -> tuple[bytes, dict[str, Any]]:
+    """Label one task: its frames as xz-compressed extxyz bytes (the shard file's content) and its
+    metadata. With ``journal`` every labeller call goes through the task's journal first."""
     shard_dir = Path(ctx.shard_dir)
-    frames_path, meta_path = _shard_paths(shard_dir, task.task_id)
     journal_path = _journal_path(shard_dir, task.task_id)
-    journal = LabelJournal(journal_path) if ctx.journal else None
+    journal = LabelJournal(journal_path) if journal else None
     stats = _Stats(labeller=_labeller(ctx.labeller), journal=journal)
     start = time.perf_counter()
     record = None
@@ -1028,15 +1036,51 @@ def _run_task(args: tuple[_Task, _Context]) -> dict[str, Any]:
         "discarded": dict(stats.discarded),
         "record": record,
     }
-    tmp = frames_path.with_name(f"{frames_path.name}.tmp{os.getpid()}")
-    with lzma.open(tmp, "wt") as fh:
+    buffer = io.BytesIO()
+    with lzma.open(buffer, "wt") as fh:
         ase_write(fh, frames, format="extxyz")
-    os.replace(tmp, frames_path)
-    write_text_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True))
     if journal is not None:
         journal.close()
-        journal_path.unlink(missing_ok=True)
-    return meta
+    return buffer.getvalue(), meta
+
+
+def _store_shard(shard_dir: Path, task_id: int, frames_xz: bytes, meta: dict[str, Any]) -> None:
+    """Checkpoint a computed task: frames, then metadata (each to a temporary name, renamed), then
+    drop its journal, whose calls the shard now holds."""
+    frames_path, meta_path = _shard_paths(shard_dir, task_id)
+    tmp = frames_path.with_name(f"{frames_path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(frames_xz)
+    os.replace(tmp, frames_path)
+    write_text_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True))
+    _journal_path(shard_dir, task_id).unlink(missing_ok=True)
+
+
+class LabellingFailed(RuntimeError):
+    """Some labelling tasks failed on an executor; the finished ones are checkpointed."""
+
+
+def _compute_task_job(args: tuple[_Task, _Context]) -> tuple[bytes, dict[str, Any]]:
+    """Task of :func:`generate_dataset` on an executor (a Dask worker): compute, return to the
+    client, which alone writes the shard. The labeller call journal is kept when this process sees
+    the output folder (same machine or shared file system), so even a task cut short resumes
+    mid-way; elsewhere a retried task starts over."""
+    task, ctx = args
+    journal = ctx.journal and Path(ctx.shard_dir).is_dir()
+    with _single_threaded_blas():
+        return _compute_task(task, ctx, journal=journal)
+
+
+def _executor_jobs(executor: Any, jobs: list[tuple[_Task, _Context]], failures: list[str]) -> Iterator[dict[str, Any]]:
+    """Run ``jobs`` on ``executor`` and store each shard here as it arrives; a failing task is
+    appended to ``failures`` (``"task N (system): error"``) and the others go on."""
+    for outcome in executor.map(_compute_task_job, jobs, name="datagen"):
+        task, ctx = jobs[outcome.index]
+        if outcome.error is not None:
+            failures.append(f"task {task.task_id} ({task.kind} {task.system_id}): {outcome.error}")
+            continue
+        frames_xz, meta = outcome.value
+        _store_shard(Path(ctx.shard_dir), task.task_id, frames_xz, meta)
+        yield meta
 
 
 # --------------------------------------------------------------------------------------
@@ -1186,6 +1230,7 @@ def generate_dataset(
     overwrite: bool = False,
     labeller: str = "emt",
     compress: bool = False,
+    executor: Any = None,
 ) -> dict[str, Any]:
     """Generate (or reuse) a labelled S2EF-style dataset under ``out_dir``.
 
@@ -1202,6 +1247,10 @@ def generate_dataset(
             :func:`equiformer_calc.data.labellers.resolve_labeller`). Anything but EMT has every
             call journaled, so a killed run resumes without labelling anything twice.
         compress: write the split files xz-compressed (``*.extxyz.xz``; ASE reads them directly).
+        executor: an :class:`~equiformer_calc.distributed.Executor` (e.g. Dask) to run the tasks
+            on instead of ``workers`` local processes; this process writes every shard as its
+            task returns, so a killed run resumes from the shards here. The output does not
+            depend on it.
 
     Returns:
         The summary dict that is also written to ``out_dir/summary.json`` (frame counts per
@@ -1293,8 +1342,16 @@ def generate_dataset(
             jobs.append((t, ctx))
     frames_done = sum(m["n_frames"] for m in metas.values())
     interactive = sys.stderr.isatty()
+    failures: list[str] = []
+    if executor is not None:
+        workers = executor.n_workers
+        runner: contextlib.AbstractContextManager[JobRunner] = contextlib.nullcontext(
+            lambda _fn, todo: _executor_jobs(executor, todo, failures)
+        )
+    else:
+        runner = _task_runner(workers, len(jobs))
     with (
-        _task_runner(workers, len(jobs)) as run_jobs,
+        runner as run_jobs,
         tqdm(
             total=len(tasks),
             initial=len(metas),
@@ -1310,6 +1367,11 @@ def generate_dataset(
             frames_done += meta["n_frames"]
             bar.set_postfix(frames=frames_done, refresh=False)
             bar.update(1)
+    if failures:
+        raise LabellingFailed(
+            f"{len(failures)} of {len(jobs)} labelling task(s) failed (the others are checkpointed in {shard_dir}; "
+            "rerun to retry only these): " + "; ".join(failures)
+        )
     compute_seconds = time.perf_counter() - wall_start
 
     logger.info("writing extxyz files to %s", out)
@@ -1433,25 +1495,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "[teacher] extra), or module:factory for any importable function returning an ASE calculator",
     )
     parser.add_argument("--compress", action="store_true", help="write the split files as .extxyz.xz")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (output does not depend on it)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes: a local Dask cluster when the [distributed] extra is installed, "
+                        "else a process pool (the output does not depend on it)")
+    parser.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                        help="label on the Dask cluster of this scheduler (tcp://HOST:8786); shards are written here")
     parser.add_argument("--overwrite", action="store_true", help="replace a complete dataset with other settings")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``equiformer-calc datagen``."""
+    from ..distributed import open_executor
+
+    dask = args.scheduler is not None
+    if not dask and args.workers > 1:
+        try:
+            import distributed  # noqa: F401
+
+            dask = True
+        except ImportError:
+            logger.info("dask.distributed is not installed: %d worker processes in a local pool", args.workers)
     try:
-        generate_dataset(
-            args.out,
-            seed=args.seed,
-            size=args.size,
-            workers=max(1, args.workers),
-            progress=not args.no_progress,
-            overwrite=args.overwrite,
-            labeller=args.labeller,
-            compress=args.compress,
-        )
-    except (FileExistsError, LabellerError) as exc:
+        with (
+            open_executor(scheduler=args.scheduler) if args.scheduler
+            else open_executor(workers=args.workers) if dask
+            else contextlib.nullcontext(None)
+        ) as executor:
+            generate_dataset(
+                args.out,
+                seed=args.seed,
+                size=args.size,
+                workers=max(1, args.workers),
+                progress=not args.no_progress,
+                overwrite=args.overwrite,
+                labeller=args.labeller,
+                compress=args.compress,
+                executor=executor,
+            )
+    except (FileExistsError, LabellerError, LabellingFailed) as exc:
         logger.error("%s", exc)
         return 1
     return 0

@@ -124,6 +124,43 @@ def _batches(samples: Sequence[Sample], batch_size: int) -> list[list[int]]:
     return out
 
 
+#: what one model batch gives each of its frames: (energy, forces (n, 3), Voigt stress or None)
+_FrameOutput = tuple[float, np.ndarray, "np.ndarray | None"]
+
+
+def _predict_batch(net: Equiformer, chunk: Sequence[Sample], device: torch.device, dtype: torch.dtype) -> list[_FrameOutput]:
+    """One model call (:func:`compute` on a :func:`collate` batch) for the frames of ``chunk``."""
+    batch = collate(chunk, device, dtype)
+    want_stress = bool(batch.graph.pbc.all())
+    with torch.enable_grad():
+        out = compute(net, batch.graph, forces=True, stress=want_stress)
+    e = out["energy"].detach().cpu().double().numpy()
+    f = out["forces"].detach().cpu().double().numpy()
+    s = voigt(out["stress"]).detach().cpu().double().numpy() if want_stress else None
+    ptr = batch.graph.ptr.tolist()
+    return [(float(e[b]), f[ptr[b] : ptr[b + 1]], None if s is None else s[b]) for b in range(len(chunk))]
+
+
+@dataclass
+class EvalChunk:
+    """One fan-out task of :func:`predict_samples`: whole model batches (``batches``: lists of
+    indices into ``samples``) evaluated with the executor's model ``model`` (a model key)."""
+
+    model: str
+    samples: list[Sample]
+    batches: list[list[int]]
+
+
+def eval_chunk(job: EvalChunk) -> list[list[_FrameOutput]]:
+    """Run an :class:`EvalChunk` where it lands (in-process or on a Dask worker): per batch, the
+    outputs of its frames."""
+    from ..distributed import worker_model
+
+    predictor = worker_model(job.model).predictor
+    return [_predict_batch(predictor.model, [job.samples[k] for k in idx], predictor.device, predictor.dtype)
+            for idx in job.batches]
+
+
 def predict_samples(
     model: Equiformer,
     samples: Sequence[Sample],
@@ -131,18 +168,24 @@ def predict_samples(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | str = torch.float32,
     progress: bool = False,
+    executor: Any = None,
+    batches_per_task: int = 8,
 ) -> Predictions:
     """Run ``model`` (via :func:`compute`) on ``samples`` in batches; energies, forces and, for
     3D-periodic frames, stress, next to the labels. The model is evaluated in eval mode (its
-    train/eval flag is restored afterwards)."""
+    train/eval flag is restored afterwards). With an
+    :class:`~equiformer_calc.distributed.Executor`, tasks of ``batches_per_task`` batches fan
+    out to its workers (each has its own copy of the model); the batches, hence the numbers
+    (with the same torch threads per process), are the same as in-process."""
     from tqdm.auto import tqdm
 
     configure_runtime()
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batches_per_task < 1:
+        raise ValueError(f"batches_per_task must be >= 1, got {batches_per_task}")
     device = torch.device(device)
     dtype = resolve_dtype(dtype)
-    net = _model_on(model, device, dtype)
     n_frames = len(samples)
     counts = np.array([s.num_atoms for s in samples], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -150,28 +193,48 @@ def predict_samples(
     forces = np.full((int(offsets[-1]), 3), np.nan)
     stress = np.full((n_frames, 6), np.nan)
     stress_ref = np.full((n_frames, 6), np.nan)
-    was_training = net.training
-    net.eval()
-    try:
-        batches = _batches(samples, batch_size)
-        for idx in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, leave=False, dynamic_ncols=True):
-            chunk = [samples[k] for k in idx]
-            batch = collate(chunk, device, dtype)
-            want_stress = bool(batch.graph.pbc.all())
-            with torch.enable_grad():
-                out = compute(net, batch.graph, forces=True, stress=want_stress)
-            e = out["energy"].detach().cpu().double().numpy()
-            f = out["forces"].detach().cpu().double().numpy()
-            s = voigt(out["stress"]).detach().cpu().double().numpy() if want_stress else None
-            ptr = batch.graph.ptr.tolist()
-            for b, k in enumerate(idx):
-                energy[k] = e[b]
-                forces[offsets[k] : offsets[k + 1]] = f[ptr[b] : ptr[b + 1]]
-                if s is not None and samples[k].stress is not None:
-                    stress[k] = s[b]
-                    stress_ref[k] = samples[k].stress
-    finally:
-        net.train(was_training)
+    batches = _batches(samples, batch_size)
+
+    def store(idx: list[int], outputs: list[_FrameOutput]) -> None:
+        for k, (e, f, s) in zip(idx, outputs):
+            energy[k] = e
+            forces[offsets[k] : offsets[k + 1]] = f
+            if s is not None and samples[k].stress is not None:
+                stress[k] = s
+                stress_ref[k] = samples[k].stress
+
+    bar = tqdm(total=len(batches), desc="evaluate", unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
+    if executor is not None:
+        key = executor.register_model(model, device=str(device), dtype=str(dtype).replace("torch.", ""))
+        groups = [batches[i : i + batches_per_task] for i in range(0, len(batches), batches_per_task)]
+
+        def job(group: list[list[int]]) -> EvalChunk:  # ship only the frames of the task, re-indexed
+            frames = [k for idx in group for k in idx]
+            local = {k: j for j, k in enumerate(frames)}
+            return EvalChunk(key, [samples[k] for k in frames], [[local[k] for k in idx] for idx in group])
+
+        failed: list[str] = []
+        for outcome in executor.map(eval_chunk, (job(g) for g in groups), name="evaluate"):
+            if outcome.error is not None:
+                failed.append(f"task {outcome.index} (frames {groups[outcome.index][0][0]}...): {outcome.error}")
+                continue
+            for idx, outputs in zip(groups[outcome.index], outcome.value):
+                store(idx, outputs)
+                bar.update(1)
+        bar.close()
+        if failed:
+            raise RuntimeError(f"{len(failed)} evaluation task(s) failed: " + "; ".join(failed))
+    else:
+        net = _model_on(model, device, dtype)
+        was_training = net.training
+        net.eval()
+        try:
+            for idx in batches:
+                store(idx, _predict_batch(net, [samples[k] for k in idx], device, dtype))
+                bar.update(1)
+        finally:
+            net.train(was_training)
+            bar.close()
     return Predictions(
         energy=energy,
         energy_ref=np.array([s.energy for s in samples], dtype=np.float64),
@@ -391,6 +454,8 @@ def evaluate(
     progress: bool = False,
     return_predictions: bool = False,
     keys: LabelKeys | None = None,
+    executor: Any = None,
+    batches_per_task: int = 8,
 ) -> dict[str, Any] | tuple[dict[str, Any], Predictions]:
     """Metrics of a model (an :class:`Equiformer`, a checkpoint path or a shipped name) on one or
     more labelled files or databases (extxyz, ASE db or URL, ``.aselmdb``, any ``ase.io`` format;
@@ -400,7 +465,8 @@ def evaluate(
     metrics}}}`` (see :func:`compute_metrics` for the metric keys); with several files, group
     key ``"file"`` tells them apart. ``max_frames`` keeps the first frames of each file. With
     ``out``, writes ``out/metrics.json`` and the parity PNGs (listed under ``"files"``). With
-    ``return_predictions`` the :class:`Predictions` are returned too.
+    ``return_predictions`` the :class:`Predictions` are returned too. ``executor`` /
+    ``batches_per_task``: fan the model batches out (see :func:`predict_samples`).
     """
     by = list(by)
     model, ckpt = _load_model(checkpoint_or_model)
@@ -416,7 +482,8 @@ def evaluate(
             s.info = {**s.info, FILE_KEY: Path(path).name}
         samples += part
     log.info("evaluating %s on %d frames from %d file(s)", ckpt or "an in-memory model", len(samples), len(paths))
-    pred = predict_samples(model, samples, batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+    pred = predict_samples(model, samples, batch_size=batch_size, device=device, dtype=dtype, progress=progress,
+                           executor=executor, batches_per_task=batches_per_task)
     keys = list(dict.fromkeys(([FILE_KEY] if len(paths) > 1 else []) + list(by)))
     result: dict[str, Any] = {
         "checkpoint": ckpt,
@@ -480,6 +547,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", choices=("BFGS", "FIRE", "LBFGS"), default="BFGS",
                         help="optimiser of the relaxation benchmark (default: BFGS)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    from ..distributed import add_executor_arguments
+
+    add_executor_arguments(parser)
+    parser.add_argument("--batches-per-task", type=int, default=8, metavar="K",
+                        help="with --scheduler/--workers: model batches per task (default 8)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -493,9 +565,14 @@ def run(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.checkpoint)
     report: dict[str, Any] = {}
     if args.data:
-        result = evaluate(model, args.data, batch_size=args.batch_size, dtype=args.dtype, device=args.device, by=by,
-                          out=args.out, max_frames=args.max_frames, progress=not args.no_progress,
-                          keys=LabelKeys(args.energy_key, args.forces_key, args.stress_key))
+        from ..distributed import executor_from_args
+
+        fan_out = args.scheduler is not None or args.workers is not None
+        with executor_from_args(args) as executor:
+            result = evaluate(model, args.data, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+                              by=by, out=args.out, max_frames=args.max_frames, progress=not args.no_progress,
+                              keys=LabelKeys(args.energy_key, args.forces_key, args.stress_key),
+                              executor=executor if fan_out else None, batches_per_task=args.batches_per_task)
         log.info("metrics:\n%s", format_table(result))
         report = result
     if args.relax is not None:

@@ -240,7 +240,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         rank, world = dist.get_rank(), dist.get_world_size()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device if not cfg.device.startswith("cuda") or not distributed else f"cuda:{rank}")
+    # one GPU per process of this node: LOCAL_RANK (torchrun sets it), not the global rank, with --nnodes > 1
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    device = torch.device(cfg.device if not cfg.device.startswith("cuda") or not distributed else f"cuda:{local_rank}")
     dtype = getattr(torch, cfg.dtype)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from ase import Atoms
@@ -27,7 +28,7 @@ from ..predictor import Predictor
 from ._common import resolve_calculator
 from .relax import RelaxResult, _Relaxation, prepare_relaxation
 
-__all__ = ["relax_batch"]
+__all__ = ["relax_batch", "RelaxChunk", "relax_chunk"]
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ def relax_batch(
     callback: Callable[[int, RelaxResult], None] | None = None,
     progress: bool = True,
     optimizer_kwargs: dict[str, Any] | None = None,
+    invalid: str = "raise",
 ) -> list[RelaxResult]:
     """Relax every structure (copies; inputs untouched) concurrently with one batched model call
     per optimizer step for all still-unconverged structures. Returns one :class:`RelaxResult`
@@ -167,19 +169,29 @@ def relax_batch(
     soon as a structure is done (to save results incrementally); an exception it raises stops
     the whole batch and propagates. A structure whose evaluation fails (for example atoms
     collapsing onto each other) stops with ``result.error`` set; the others go on.
+    ``invalid``: what an input the model cannot take (unknown element, bad cell...) does:
+    ``"raise"`` (the default) stops before anything runs, naming the structure; ``"record"``
+    gives that structure a result with ``error`` set (no step taken; ``callback`` is called for
+    it first) and relaxes the others exactly as if it were absent.
     """
     structures = list(structures)
     if not structures:
         return []
     calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
     predictor = _predictor_of(calc)
+    if invalid not in ("raise", "record"):
+        raise ValueError(f"invalid must be 'raise' or 'record', got {invalid!r}")
+    rejected: dict[int, str] = {}
     for k, atoms in enumerate(structures):  # fail early, with the structure's index
         try:
             predictor.to_structure(atoms)
+            if cell and not atoms.pbc.all():
+                raise ValueError(f"cell relaxation needs 3D periodicity (pbc={atoms.pbc.tolist()})")
         except ValueError as exc:
-            raise type(exc)(f"structure {k}: {exc}") from None
-        if cell and not atoms.pbc.all():
-            raise ValueError(f"structure {k}: cell relaxation needs 3D periodicity (pbc={atoms.pbc.tolist()})")
+            if invalid == "raise":
+                raise type(exc)(f"structure {k}: {exc}") from None
+            rejected[k] = f"{type(exc).__name__}: {exc}"
+            log.warning("structure %d not relaxed: %s", k, rejected[k])
     properties = ("energy", "forces", "energies") + (("stress",) if cell else ())
     caches = [NeighborListCache(skin) if skin > 0 else None for _ in structures]
 
@@ -187,7 +199,13 @@ def relax_batch(
     jobs: dict[int, _Relaxation] = {}
     results: dict[int, RelaxResult] = {}
     threads: dict[int, threading.Thread] = {}
-    queue = list(range(len(structures)))[::-1]
+    queue = [k for k in range(len(structures)) if k not in rejected][::-1]
+    for k, error in rejected.items():
+        atoms = structures[k].copy()
+        atoms.calc = None
+        results[k] = RelaxResult(atoms, error=error)
+        if callback is not None:
+            callback(k, results[k])
 
     def work(index: int, job: _Relaxation) -> None:
         try:
@@ -229,7 +247,9 @@ def relax_batch(
                     answers[k] = exc
             return answers
 
-    bar = tqdm(total=len(structures), desc="relax_batch", unit="structure", disable=not progress, leave=False)
+    if not queue:
+        return [results[k] for k in range(len(structures))]
+    bar = tqdm(total=len(queue), desc="relax_batch", unit="structure", disable=not progress, leave=False)
     rounds = 0
     try:
         while queue and exchange.running < max_concurrent:
@@ -261,3 +281,32 @@ def relax_batch(
         bar.close()
     log.debug("relax_batch: %d structures, %d batched model calls", len(structures), rounds)
     return [results[k] for k in range(len(structures))]
+
+
+@dataclass
+class RelaxChunk:
+    """One fan-out task (see :mod:`equiformer_calc.distributed`): structures relaxed together by
+    :func:`relax_chunk` on the model registered as ``model`` (an executor's model key), with the
+    :func:`relax_batch` settings below."""
+
+    model: str
+    structures: list[Atoms]
+    fmax: float = 0.05
+    steps: int = 500
+    optimizer: str = "FIRE"
+    fix_bottom: int | None = None
+    max_concurrent: int = 512
+    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def relax_chunk(chunk: RelaxChunk) -> list[RelaxResult]:
+    """Run one :class:`RelaxChunk` where it lands (in-process or on a Dask worker): one
+    :func:`relax_batch` call with the worker's model, invalid structures recorded as failed
+    results instead of stopping the chunk."""
+    from ..distributed import worker_model
+
+    return relax_batch(
+        chunk.structures, fmax=chunk.fmax, steps=chunk.steps, optimizer=chunk.optimizer,
+        calculator=worker_model(chunk.model), fix_bottom=chunk.fix_bottom, max_concurrent=chunk.max_concurrent,
+        progress=False, optimizer_kwargs=chunk.optimizer_kwargs or None, invalid="record",
+    )

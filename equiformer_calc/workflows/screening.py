@@ -83,7 +83,7 @@ from ase.geometry import find_mic
 
 from ..surfaces import check_relaxation
 from ._common import add_model_arguments, bottom_fixed_mask, fixed_mask, read_structure, resolve_calculator, write_csv
-from .batch import relax_batch
+from .batch import RelaxChunk, relax_batch, relax_chunk
 from .relax import OPTIMIZERS, RelaxResult
 
 __all__ = [
@@ -377,6 +377,10 @@ class ScreenResult:
     files: dict[str, Path] = field(default_factory=dict)
     computed: int = 0
     skipped: int = 0
+    #: task_key -> why it has no result: a structure the model refused or whose relaxation
+    #: broke (written as a ``failed`` row), or a task the executor could not run (not written:
+    #: a rerun tries it again)
+    errors: dict[str, str] = field(default_factory=dict)
 
 
 def _model_fingerprint(calc: Any) -> dict[str, str]:
@@ -495,6 +499,8 @@ def screen_adsorbates(
     retry_failed: bool = False,
     callback: Callable[[str, int], None] | None = None,
     progress: bool = True,
+    executor: Any = None,
+    chunk_size: int = 16,
 ) -> ScreenResult:
     """Screen ``adsorbates`` over ``slabs``; see the module docstring for the method.
 
@@ -512,6 +518,14 @@ def screen_adsorbates(
     batch_size: relaxations in flight at once. retry_failed: redo tasks whose earlier attempt
     failed (the failed row is deleted after the new one is written). callback(task_key, row_id):
     called after each row is written (an exception stops the run; what was written stays).
+    executor: an :class:`~equiformer_calc.distributed.Executor` (e.g. from
+    :func:`~equiformer_calc.distributed.open_executor`) to fan the relaxations out as tasks of
+    ``chunk_size`` structures, each relaxed with :func:`relax_batch` (``batch_size`` in flight)
+    on a worker's copy of the model; this process alone writes the database, as chunks
+    complete. The numbers depend on the chunk size (which structures share a batched model
+    call) and on torch's threads per process (float32 sums differ in the last bits), not on the
+    executor or the number of workers.
+    Without an executor everything runs here, in batches of ``batch_size``, as before.
     """
     import ase.db
 
@@ -587,6 +601,10 @@ def screen_adsorbates(
                     )
                 )
     counts = {"computed": 0, "skipped": 0}
+    errors: dict[str, str] = {}
+    if executor is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    remote_model = executor.register_model(calc) if executor is not None else None
 
     def pending(tasks: list[_Task]) -> list[_Task]:
         todo = []
@@ -606,7 +624,12 @@ def screen_adsorbates(
 
         def write(index: int, result: RelaxResult) -> None:
             task = todo[index]
+            old = existing.get(task.key)
+            if old is not None and old.get("status") == "done":  # never a second row for a task
+                return
             status = "done" if result.error is None else "failed"
+            if result.error is not None:
+                errors[task.key] = result.error
             kv = {
                 **common, **task.info, "task_key": task.key, "kind": task.kind, "status": status,
                 "converged": result.converged, "nsteps": result.nsteps,
@@ -622,7 +645,6 @@ def screen_adsorbates(
             }
             if result.error:
                 data["error"] = result.error
-            old = existing.get(task.key)
             row_id = database.write(result.atoms, key_value_pairs=_kv(kv), data=data)
             if old is not None:  # retry of a failed task: the new row is safely written first
                 database.delete([old.id])
@@ -631,11 +653,29 @@ def screen_adsorbates(
             if callback is not None:
                 callback(task.key, row_id)
 
-        relax_batch(
-            [t.atoms for t in todo], fmax=fmax, steps=steps, optimizer=optimizer, calculator=calc,
-            fix_bottom=None if not todo or todo[0].kind == "gas" else fix_bottom, max_concurrent=batch_size,
-            callback=write, progress=progress,
+        fix = None if todo[0].kind == "gas" else fix_bottom
+        if executor is None:
+            relax_batch(
+                [t.atoms for t in todo], fmax=fmax, steps=steps, optimizer=optimizer, calculator=calc,
+                fix_bottom=fix, max_concurrent=batch_size, callback=write, progress=progress, invalid="record",
+            )
+            return
+        # fan-out: chunks of tasks relax on the executor's workers; rows are written here
+        assert remote_model is not None
+        starts = range(0, len(todo), chunk_size)
+        chunks = (
+            RelaxChunk(remote_model, [t.atoms for t in todo[i : i + chunk_size]], fmax=fmax, steps=steps,
+                       optimizer=optimizer, fix_bottom=fix, max_concurrent=batch_size)
+            for i in starts
         )
+        for outcome in executor.map(relax_chunk, chunks, name=f"screen-{todo[0].kind}"):
+            first = starts[outcome.index]
+            if outcome.error is not None:
+                for task in todo[first : first + chunk_size]:
+                    errors[task.key] = f"task failed: {outcome.error}"
+                continue
+            for j, result in enumerate(outcome.value):
+                write(first + j, result)
 
     # phase 1: references (gas molecules, clean slabs); phase 2: adsorbate systems
     run_tasks(gas_tasks, None, "gas-phase reference molecules")
@@ -666,7 +706,17 @@ def screen_adsorbates(
     for t in ads_tasks:
         row = existing.get(t.key)
         if row is None:
+            if t.key in errors:  # the executor could not run it: nothing written, a rerun retries
+                site_rows.append({
+                    "surface": t.info["surface"], "adsorbate": t.info["adsorbate"], "site": t.info["site"],
+                    "site_kind": t.info["site_kind"], "final_site": "", "e_ads": float("nan"), "energy": float("nan"),
+                    "converged": False, "nsteps": 0, "desorbed": False, "dissociated": False, "moved": False,
+                    "surface_changed": False, "status": "not run", "row_id": "", "error": errors[t.key],
+                })
             continue
+        error = errors.get(t.key, "")
+        if not error and row.get("status") == "failed":  # failed in an earlier run: the row says why
+            error = str(database.get(id=row.id).data.get("error", ""))
         site_rows.append(
             {
                 "surface": t.info["surface"], "adsorbate": t.info["adsorbate"], "site": t.info["site"],
@@ -676,6 +726,7 @@ def screen_adsorbates(
                 "desorbed": row.get("desorbed", False), "dissociated": row.get("dissociated", False),
                 "moved": row.get("moved", False), "surface_changed": row.get("surface_changed", False),
                 "status": row.get("status", ""), "row_id": row.id,
+                "error": error,
             }
         )
     summary: list[dict[str, Any]] = []
@@ -707,7 +758,9 @@ def screen_adsorbates(
         "screening: %d relaxations run, %d found in %s; %d surface x adsorbate pairs",
         counts["computed"], counts["skipped"], db_name, len(summary),
     )
-    return ScreenResult(summary, site_rows, db_name, files, counts["computed"], counts["skipped"])
+    for key, error in errors.items():
+        log.error("%s: %s", key, error)
+    return ScreenResult(summary, site_rows, db_name, files, counts["computed"], counts["skipped"], errors)
 
 
 # ---------------------------------------------------------------------------- direct screening
@@ -834,7 +887,7 @@ def write_screen_outputs(summary: list[dict[str, Any]], sites: list[dict[str, An
         files["summary"] = write_csv(out_dir / "screen_summary.csv", keys, [[r[k] for k in keys] for r in summary])
     site_keys = [
         "surface", "adsorbate", "site", "site_kind", "final_site", "e_ads", "energy", "converged", "nsteps",
-        "desorbed", "dissociated", "moved", "surface_changed", "status", "row_id",
+        "desorbed", "dissociated", "moved", "surface_changed", "status", "row_id", "error",
     ]
     files["sites"] = write_csv(out_dir / "screen_sites.csv", site_keys, [[r[k] for k in site_keys] for r in sites])
     files["heatmap"] = plot_heatmap(summary, out_dir / "screen_heatmap.png")
@@ -906,6 +959,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no relaxation: rank initial structures by a direct IS2RE model's predicted relaxed "
                              "adsorption energy (a converted OC20 IS2RE checkpoint); writes screen_direct_*.csv")
     add_model_arguments(parser)
+    from ..distributed import add_executor_arguments
+
+    add_executor_arguments(parser)
+    parser.add_argument("--chunk-size", type=int, default=16, metavar="K",
+                        help="with --scheduler/--workers: relaxations per task, relaxed together in batched "
+                             "model calls on one worker (default 16)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -934,12 +993,23 @@ def run(args: argparse.Namespace) -> int:
                      r["surface"], r["adsorbate"], r["e_ads_min"], r["site"], r["n_sites"])
         log.info("wrote %s", ", ".join(str(p) for p in direct.files.values()))
         return 0
-    result = screen_adsorbates(
-        slabs, args.adsorbates, db=args.db, fmax=args.fmax, steps=args.steps,
-        calculator=resolve_calculator(None, args.checkpoint, args.device, args.dtype, dispersion=args.dispersion, xc=args.xc),
-        optimizer=args.optimizer, fix_bottom=args.fix_bottom, site_kinds=args.site_kinds, out_dir=args.out_dir,
-        batch_size=args.batch_size, device=args.device, dtype=args.dtype, retry_failed=args.retry_failed,
+    from ..distributed import executor_from_args
+
+    fan_out = args.scheduler is not None or args.workers is not None
+    if fan_out and args.dispersion:
+        raise ValueError("--dispersion is not available with --scheduler/--workers yet (workers run the bare "
+                         "model): screen without fan-out, or add D3 afterwards")
+    calculator = None if fan_out else resolve_calculator(
+        None, args.checkpoint, args.device, args.dtype, dispersion=args.dispersion, xc=args.xc
     )
+    with executor_from_args(args) as executor:
+        result = screen_adsorbates(
+            slabs, args.adsorbates, db=args.db, checkpoint=args.checkpoint if fan_out else None,
+            calculator=calculator, fmax=args.fmax, steps=args.steps,
+            optimizer=args.optimizer, fix_bottom=args.fix_bottom, site_kinds=args.site_kinds, out_dir=args.out_dir,
+            batch_size=args.batch_size, device=args.device, dtype=args.dtype, retry_failed=args.retry_failed,
+            executor=executor if fan_out else None, chunk_size=args.chunk_size,
+        )
     for r in result.summary:
         log.info(
             "%-14s %-4s E_ads,min = %s eV at %s%s (%d/%d sites valid)",
@@ -947,4 +1017,8 @@ def run(args: argparse.Namespace) -> int:
             r["site"] or "-", f" -> {r['final_site']}" if r["moved"] else "", r["n_valid"], r["n_sites"],
         )
     log.info("database %s; wrote %s", result.db, ", ".join(str(p) for p in result.files.values()))
+    if result.errors:
+        log.error("%d task(s) failed (listed above and in screen_sites.csv); rerun to retry tasks that did not run, "
+                  "add --retry-failed to redo failed structures", len(result.errors))
+        return 1
     return 0

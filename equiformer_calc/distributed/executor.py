@@ -1,0 +1,244 @@
+"""Executors: run a list of tasks in-process or on Dask, yielding outcomes as they complete.
+
+See :mod:`equiformer_calc.distributed` for the design. Everything Dask-specific is imported
+lazily, so the serial path works without the ``[distributed]`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Outcome",
+    "Executor",
+    "SerialExecutor",
+    "DaskExecutor",
+    "ModelPlugin",
+    "model_key",
+    "worker_model",
+    "open_executor",
+    "add_executor_arguments",
+    "executor_from_args",
+    "DASK_MISSING",
+]
+
+DASK_MISSING = (
+    "running on Dask (--scheduler / --workers, or a dask Client) needs the [distributed] extra: "
+    "pip install 'equiformer-calc[distributed]' (dask and distributed)"
+)
+
+#: models of this process by key: what tasks find with :func:`worker_model`
+_MODELS: dict[str, Any] = {}
+
+
+@dataclass
+class Outcome:
+    """The result of one task: ``index`` (its position in the submitted list), ``value`` (what
+    the task returned; None on error), ``error`` (``"ExceptionType: message"`` when the task
+    raised, or when Dask gave up on it, e.g. ``KilledWorker`` after repeated worker deaths) and
+    ``seconds`` (wall time from submission to completion, seen from the client)."""
+
+    index: int
+    value: Any = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def model_key(calculator: Any) -> str:
+    """A short content hash of a calculator's model (config, weights, dtype, device): the name a
+    registered model has on the workers, so registering the same model twice is a no-op."""
+    model = calculator.model
+    h = hashlib.sha256()
+    h.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(f"{getattr(calculator, 'dtype', '')}|{getattr(calculator, 'device', '')}".encode())
+    return h.hexdigest()[:16]
+
+
+def _as_calculator(model: Any, device: str = "cpu", dtype: str = "float32") -> Any:
+    """An EquiformerCalculator for ``model`` (a calculator is returned as is; an Equiformer is
+    copied first, so the caller's module is never converted or frozen by the Predictor)."""
+    from ..calculator import EquiformerCalculator
+    from ..model import Equiformer
+
+    if isinstance(model, Equiformer):
+        copy = Equiformer.from_config(model.config)
+        copy.load_state_dict(model.state_dict())
+        if getattr(model, "metadata", None) is not None:
+            copy.metadata = model.metadata  # type: ignore[attr-defined]
+        return EquiformerCalculator(model=copy, device=device, dtype=dtype)
+    if not hasattr(model, "predictor"):
+        raise TypeError(f"register an EquiformerCalculator or an Equiformer model, got {type(model).__name__}")
+    return model
+
+
+def worker_model(key: str) -> Any:
+    """The calculator registered under ``key`` in this process (on a Dask worker: loaded once by
+    the :class:`ModelPlugin` when the worker started or the model was registered)."""
+    try:
+        return _MODELS[key]
+    except KeyError:
+        raise RuntimeError(
+            f"model {key} is not loaded in this process (pid {os.getpid()}): register it with "
+            "executor.register_model(...) before submitting tasks that use it"
+        ) from None
+
+
+class Executor:
+    """Runs tasks ``fn(item)`` and yields an :class:`Outcome` per item as each completes.
+
+    ``map`` never raises for a failing task: the failure is the outcome's ``error`` and the
+    other tasks go on. Use as a context manager (``close`` releases what the executor owns).
+    """
+
+    #: a short description for logs, e.g. "in-process" or "Dask (2 workers at tcp://...)"
+    description = "executor"
+
+    def register_model(self, model: Any, device: str = "cpu", dtype: str = "float32") -> str:
+        """Make ``model`` (an EquiformerCalculator, or an Equiformer to wrap in one with
+        ``device`` / ``dtype``) available to tasks as ``worker_model(key)``; returns the key."""
+        raise NotImplementedError
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], name: str = "task") -> Iterator[Outcome]:
+        """Run ``fn`` on every item; yield outcomes as they complete (``name`` prefixes task keys)."""
+        raise NotImplementedError
+
+    @property
+    def n_workers(self) -> int:
+        """Worker processes (1 in-process)."""
+        return 1
+
+    def close(self) -> None:
+        """Release what this executor owns (a local cluster, a client it opened)."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class SerialExecutor(Executor):
+    """Every task runs in this process, one after the other, in submission order."""
+
+    description = "in-process"
+
+    def register_model(self, model: Any, device: str = "cpu", dtype: str = "float32") -> str:
+        calc = _as_calculator(model, device, dtype)
+        key = model_key(calc)
+        _MODELS.setdefault(key, calc)
+        return key
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any], name: str = "task") -> Iterator[Outcome]:
+        for index, item in enumerate(items):
+            start = time.perf_counter()
+            try:
+                value = fn(item)
+            except Exception as exc:  # noqa: BLE001 - a failing task is an outcome, not the end of the run
+                log.error("%s %d failed: %s", name, index, _error_text(exc))
+                yield Outcome(index, None, _error_text(exc), time.perf_counter() - start)
+                continue
+            yield Outcome(index, value, None, time.perf_counter() - start)
+
+
+def _require_dask() -> None:
+    try:
+        import distributed  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(DASK_MISSING) from exc
+
+
+def __getattr__(name: str) -> Any:  # lazy: ModelPlugin / DaskExecutor need distributed
+    if name in ("ModelPlugin", "DaskExecutor"):
+        _require_dask()
+        from . import _dask
+
+        return getattr(_dask, name)
+    raise AttributeError(name)
+
+
+@contextlib.contextmanager
+def open_executor(
+    scheduler: str | None = None,
+    workers: int | None = None,
+    client: Any = None,
+    torch_threads: int | None = None,
+) -> Iterator[Executor]:
+    """The executor a workflow should use.
+
+    client: an existing ``dask.distributed.Client`` (left open). scheduler: a scheduler address
+    such as ``tcp://HOST:8786`` (a client is opened and closed here). workers: a LocalCluster of
+    that many worker processes, one task at a time each, torch threads = cores // workers (closed
+    at the end). None of them: :class:`SerialExecutor`. torch_threads: intra-op threads of every
+    worker's torch (default: cores // workers for a local cluster; left alone otherwise, where
+    Dask's nanny starts workers with ``OMP_NUM_THREADS=1``).
+    """
+    given = [x is not None for x in (client, scheduler, workers)]
+    if sum(given) > 1:
+        raise ValueError("give at most one of client, scheduler and workers")
+    if workers is not None and int(workers) < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if not any(given):
+        yield SerialExecutor()
+        return
+    _require_dask()
+    from ._dask import DaskExecutor, local_cluster_client
+
+    if client is not None:
+        executor = DaskExecutor(client, torch_threads=torch_threads)
+    elif scheduler is not None:
+        from distributed import Client
+
+        executor = DaskExecutor(Client(scheduler), torch_threads=torch_threads, owns_client=True)
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = torch_threads or max(1, cores // int(workers))
+        executor = DaskExecutor(local_cluster_client(int(workers)), torch_threads=threads, owns_client=True)
+    log.info("executor: %s", executor.description)
+    try:
+        yield executor
+    finally:
+        executor.close()
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser, workers_help: str | None = None) -> None:
+    """``--scheduler``, ``--workers``, ``--torch-threads`` of the commands that fan out on Dask."""
+    group = parser.add_argument_group("distributed (Dask; needs the [distributed] extra)")
+    group.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                       help="run tasks on the Dask cluster of this scheduler, e.g. tcp://HOST:8786")
+    group.add_argument("--workers", type=int, default=None, metavar="N",
+                       help=workers_help or "run tasks on a local Dask cluster of N worker processes "
+                       "(default: in this process)")
+    group.add_argument("--torch-threads", type=int, default=None, metavar="T",
+                       help="torch threads per worker (default: cores // N for --workers; the worker's "
+                       "OMP_NUM_THREADS, 1 under Dask's nanny, for --scheduler)")
+
+
+def executor_from_args(args: argparse.Namespace) -> contextlib.AbstractContextManager[Executor]:
+    """:func:`open_executor` for the parsed :func:`add_executor_arguments` options."""
+    if args.scheduler is not None and args.workers is not None:
+        raise ValueError("give --scheduler or --workers, not both")
+    return open_executor(scheduler=args.scheduler, workers=args.workers, torch_threads=args.torch_threads)
+
+
+def unique_key(name: str, index: int) -> str:
+    """A Dask task key that says what the task is and is never reused (``name-000012-1f3a...``)."""
+    return f"{name}-{index:06d}-{uuid.uuid4().hex[:12]}"
