@@ -430,24 +430,35 @@ def _existing(db: Any) -> dict[str, Any]:
 
 
 def _check_supported(calc: Any, surfaces: Sequence[tuple[str, Atoms]], templates: Sequence[tuple[str, Atoms]]) -> None:
-    """Every surface, adsorbate and gas reference is a structure the model accepts (elements,
-    geometry); raises ``UnknownElementError`` / ``StructureError`` naming the one at fault."""
+    """Refuse, before anything is computed or written, a run that cannot produce anything: an
+    adsorbate or gas reference the model does not accept (every task needs them), or surfaces of which
+    none is accepted (elements, geometry). Raises ``UnknownElementError`` / ``StructureError`` naming
+    the one at fault. A bad surface among good ones is not refused here: its own tasks fail with that
+    error in the summary and the others run."""
     predictor = getattr(calc, "predictor", None)
     if predictor is None:  # another calculator: it will say what it cannot do
         return
     from ..graph import StructureError
     from ..model import UnknownElementError
 
-    items = [(f"surface {name!r}", slab) for name, slab in surfaces]
-    items += [(f"adsorbate {name!r}", t) for name, t in templates]
-    items += [(f"gas reference {m}", _gas_molecule(m)) for m in GAS_MOLECULES]
-    for what, atoms in items:
+    def check(what: str, atoms: Atoms) -> Exception | None:
         try:
             predictor.to_structure(atoms)
         except UnknownElementError as exc:
-            raise UnknownElementError(f"{what}: {exc}") from None
+            return UnknownElementError(f"{what}: {exc}")
         except StructureError as exc:
-            raise StructureError(f"{what}: {exc}") from None
+            return StructureError(f"{what}: {exc}")
+        return None
+
+    shared = [(f"adsorbate {name!r}", t) for name, t in templates]
+    shared += [(f"gas reference {m}", _gas_molecule(m)) for m in GAS_MOLECULES]
+    for what, atoms in shared:
+        error = check(what, atoms)
+        if error is not None:
+            raise error
+    surface_errors = [check(f"surface {name!r}", slab) for name, slab in surfaces]
+    if surface_errors and all(e is not None for e in surface_errors):
+        raise surface_errors[0]  # type: ignore[misc]
 
 
 def _normalise_surfaces(slabs: Any) -> list[tuple[str, Atoms]]:
