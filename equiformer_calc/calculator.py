@@ -12,7 +12,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from .graph import NeighborListCache
 from .model import Equiformer
-from .predictor import Predictor, model_task, not_a_potential_message
+from .predictor import Predictor, model_task, not_a_potential_message, resolve_memory_mode
 
 __all__ = ["EquiformerCalculator"]
 
@@ -29,6 +29,9 @@ class EquiformerCalculator(Calculator):
     ``skin > 0`` (Angstrom) reuses the neighbour list of the attached structure between calls
     until an atom moved more than ``skin / 2`` (MD, relaxations; identical results, see
     :class:`~equiformer_calc.graph.NeighborListCache`); ``neighbor_cache`` then counts the searches.
+    ``memory`` ("auto", "fast" or "low", see :data:`~equiformer_calc.predictor.MEMORY_MODES`):
+    "low" evaluates large systems in a fraction of the memory (same numbers to round-off, about
+    1.4x the time); "auto" (default) switches to it when the fast mode would not fit in memory.
 
     A checkpoint whose metadata ``task`` is not ``"potential"`` (a direct OC20 IS2RE model
     converted from the reference code: the energy is the predicted *relaxed* adsorption energy of
@@ -46,9 +49,12 @@ class EquiformerCalculator(Calculator):
         dtype: str = "float32",
         max_atoms_per_batch: int = 2048,
         skin: float = 0.0,
+        memory: str = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.memory = resolve_memory_mode(memory)
+        self.parameters["memory"] = self.memory
         self.skin = float(skin)
         self.neighbor_cache: NeighborListCache | None = NeighborListCache(self.skin) if self.skin > 0 else None
         if model is not None and checkpoint is not None:
@@ -59,7 +65,9 @@ class EquiformerCalculator(Calculator):
         self.checkpoint = checkpoint
         self.device = device
         self.dtype = dtype
-        self.predictor = Predictor(model, device=device, dtype=dtype, max_atoms_per_batch=max_atoms_per_batch)
+        self.predictor = Predictor(
+            model, device=device, dtype=dtype, max_atoms_per_batch=max_atoms_per_batch, memory=self.memory
+        )
 
     @property
     def model(self) -> Equiformer:
@@ -123,4 +131,6 @@ class EquiformerCalculator(Calculator):
         model.load_state_dict(weights)
         if metadata is not None:
             model.metadata = metadata  # type: ignore[attr-defined]
-        self.predictor = Predictor(model, device=self.device, dtype=self.dtype, max_atoms_per_batch=max_atoms)
+        self.predictor = Predictor(
+            model, device=self.device, dtype=self.dtype, max_atoms_per_batch=max_atoms, memory=getattr(self, "memory", "auto")
+        )

@@ -24,8 +24,11 @@ from .nn import (
     IrrepsLinear,
     PolynomialEnvelope,
     TransformerBlock,
+    checkpointed_sum,
     make_radial_basis,
     sh_irreps,
+    sort_by_destination,
+    split_edges,
     with_parity,
 )
 
@@ -295,16 +298,22 @@ class Equiformer(nn.Module):
         batch: torch.Tensor,
         num_graphs: int,
         tags: torch.Tensor | None = None,
+        edge_chunk: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Energies of a batch of graphs.
 
         numbers (N,) atomic numbers; positions (N, 3); edge_index (2, E) rows [src j, dst i];
         shifts (E, 3) integer cell shifts (float); cell (B, 3, 3); batch (N,) graph of each atom;
         tags (N,) integer tags, needed (and only read) when ``config.num_tags > 0``.
+        ``edge_chunk`` (low-memory mode): run the per-edge work in chunks of at most this many
+        edges under activation checkpointing (``nn/edge_chunks.py``): a fraction of the memory for
+        a second forward pass of the per-edge work, same numbers to round-off. ``None``: all at once.
         Returns ``energy`` (B,) float64 and ``energies`` (N,) float64 per-atom energies.
         """
         species = self.species_index(numbers)
         tag_index = self.tag_index(tags, numbers.shape[0]) if self.config.num_tags else None
+        if edge_chunk is not None:
+            edge_index, shifts = sort_by_destination(edge_index, shifts)
         src, dst = edge_index[0], edge_index[1]
         vec = positions[src] - positions[dst]
         if shifts.numel():
@@ -317,9 +326,16 @@ class Equiformer(nn.Module):
         x = self.atom_embedding(species, positions.dtype)
         if tag_index is not None:
             x = x + self.tag_embedding(tag_index, positions.dtype)
-        x = x + self.edge_embedding(x.shape[0], sh, basis, envelope, edge_index)
+        n = x.shape[0]
+        if edge_chunk is None:
+            chunks = None
+            x = x + self.edge_embedding(n, sh, basis, envelope, edge_index)
+        else:
+            chunks = split_edges(sh, basis, envelope, edge_index, n, edge_chunk)
+            embed = self.edge_embedding
+            x = x + checkpointed_sum(lambda *c: [embed(n, *c)], chunks, params=list(embed.parameters()))[0]
         for block in self.blocks:
-            x = block(x, sh, basis, envelope, edge_index, batch, num_graphs)
+            x = block(x, sh, basis, envelope, edge_index, batch, num_graphs, chunks)
         out = self.head(self.norm(x)).squeeze(-1)
         energies = out.to(torch.float64) * self.scale + self.shift + self.atomic_energies[species]
         if self.config.energy_offset:
