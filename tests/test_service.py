@@ -677,3 +677,40 @@ def test_in_process_app_gives_504_on_timeout(checkpoint):
     finally:
         server.should_exit = True
         thread.join(20)
+
+
+def test_call_over_the_memory_budget_gives_507_and_the_server_keeps_serving(checkpoint):
+    """A structure whose model call cannot fit (a small fake budget) is answered 507 with the
+    estimate, before the model runs; the next request is served normally."""
+    import uvicorn
+
+    from equiformer_calc.checkpoint import load_checkpoint
+    from equiformer_calc.predictor import Predictor
+    from equiformer_calc.service.server import create_app
+
+    predictor = Predictor(load_checkpoint(checkpoint), memory="auto")
+    small_edges = predictor.graph(predictor.to_structure(water())).num_edges
+    predictor.memory_budget = int(2 * predictor.estimate_bytes(small_edges, ("energy", "forces"), "fast"))
+    big = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((3, 3, 3))
+    big_edges = predictor.graph(predictor.to_structure(big)).num_edges
+    assert predictor.estimate_bytes(big_edges, ("energy", "forces"), "low") > predictor.memory_budget
+    app = create_app(predictor)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{port}/v1/predict"
+        status, body, _ = http(url, {"structures": [as_json(big)]}, token=None)
+        assert status == 507 and body["error"]["type"] == "insufficient_memory", body
+        message = body["error"]["message"]
+        assert f"{big_edges:,} edges" in message and "GiB" in message and "memory='low' mode" in message
+        status, body, _ = http(url, {"structures": [as_json(water())]}, token=None)
+        assert status == 200 and len(body["results"][0]["forces"]) == 3
+    finally:
+        server.should_exit = True
+        thread.join(20)

@@ -172,7 +172,7 @@ class ApiError(Exception):
 
 _STATUS_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                  413: "too_large", 415: "unsupported_media_type", 422: "invalid_request", 503: "unavailable",
-                 504: "timeout"}
+                 504: "timeout", 507: "insufficient_memory"}
 
 
 def _format_validation_error(exc: ValidationError | RequestValidationError) -> str:
@@ -375,6 +375,7 @@ def create_app(
     device: str = "cpu",
     dtype: str = "float32",
     model_id: str | None = None,
+    memory: str = "auto",
 ) -> FastAPI:
     """The FastAPI app serving one model.
 
@@ -383,14 +384,16 @@ def create_app(
     authentication on every endpoint except ``/health`` and the API docs. Bodies over
     ``max_body_bytes`` and structures/requests over the atom limits are answered 413; a request
     not answered within ``request_timeout_s`` gets 504. ``batching=False`` runs every request in
-    its own model call (still one at a time).
+    its own model call (still one at a time). ``memory`` is the predictor's memory mode
+    ("auto", "fast", "low"); a model call that cannot fit in memory is answered 507 with the
+    estimate, and the server keeps serving.
     """
     from ..checkpoint import load_checkpoint
 
     checkpoint: str | None = None
     if isinstance(predictor_or_checkpoint, (str, os.PathLike)):
         model = load_checkpoint(predictor_or_checkpoint, device=device)
-        predictor: Any = Predictor(model, device=device, dtype=dtype, max_atoms_per_batch=max_batch_atoms)
+        predictor: Any = Predictor(model, device=device, dtype=dtype, max_atoms_per_batch=max_batch_atoms, memory=memory)
         checkpoint = getattr(model, "checkpoint_path", str(predictor_or_checkpoint))
         model_id = model_id or Path(str(predictor_or_checkpoint)).stem
     else:
@@ -626,6 +629,8 @@ def create_app(
             raise ApiError(422, "unknown_element", str(exc)) from None
         except StructureError as exc:
             raise ApiError(422, "invalid_structure", str(exc)) from None
+        except MemoryError as exc:  # MemoryBudgetError: refused before the model call, with the estimate
+            raise ApiError(507, "insufficient_memory", str(exc) or "out of memory") from None
         return _json_response({"results": [_result_json(r) for r in results], "model": model_ref})
 
     def custom_openapi() -> dict[str, Any]:
@@ -667,6 +672,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="model precision")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--memory", default="auto", choices=["auto", "fast", "low"],
+                        help="memory mode of model calls: 'low' evaluates large structures in a fraction of the "
+                             "memory (~1.3x the time), 'auto' (default) uses it when 'fast' would not fit; calls "
+                             "that fit in neither are answered 507"),
     parser.add_argument("--max-batch-atoms", type=int, default=1024,
                         help="atom budget of one model call (default 1024)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0,
@@ -712,6 +721,7 @@ def run(args: argparse.Namespace) -> int:
             max_queued_requests=args.max_queued_requests,
             device=args.device,
             dtype=args.dtype,
+            memory=args.memory,
         )
     except (CheckpointError, ValueError) as exc:
         log.error("%s", exc)

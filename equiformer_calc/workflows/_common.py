@@ -23,6 +23,7 @@ __all__ = [
     "output_stem",
     "write_csv",
     "plot_lines",
+    "add_memory_argument",
     "add_model_arguments",
 ]
 
@@ -38,9 +39,11 @@ def resolve_calculator(
     device: str = "cpu",
     dtype: str = "float32",
     skin: float = 0.0,
+    memory: str = "auto",
 ) -> Calculator:
     """``calculator`` if given, else an :class:`~equiformer_calc.EquiformerCalculator` for
-    ``checkpoint`` (a shipped name or a path; ``None``: the default shipped checkpoint)."""
+    ``checkpoint`` (a shipped name or a path; ``None``: the default shipped checkpoint) with
+    memory mode ``memory``."""
     if calculator is not None:
         if checkpoint is not None:
             raise ValueError("give either calculator or checkpoint, not both")
@@ -48,7 +51,7 @@ def resolve_calculator(
     from ..calculator import EquiformerCalculator
 
     return EquiformerCalculator(
-        checkpoint=None if checkpoint is None else str(checkpoint), device=device, dtype=dtype, skin=skin
+        checkpoint=None if checkpoint is None else str(checkpoint), device=device, dtype=dtype, skin=skin, memory=memory
     )
 
 
@@ -169,3 +172,12 @@ def add_model_arguments(parser: Any) -> None:
     )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="model precision")
+
+
+def add_memory_argument(parser: Any) -> None:
+    """``--memory auto|fast|low`` for the subcommands that may see large systems (relax, md)."""
+    parser.add_argument(
+        "--memory", default="auto", choices=["auto", "fast", "low"],
+        help="memory mode: 'low' evaluates large systems in a fraction of the memory (same numbers, ~1.3x the "
+        "time); 'auto' (default) switches to it when 'fast' would not fit in the available memory",
+    )

@@ -34,7 +34,7 @@ from ase.md.velocitydistribution import Stationary
 from ase.md.verlet import VelocityVerlet
 from tqdm.auto import tqdm
 
-from ._common import add_fix_bottom, add_model_arguments, output_stem, plot_lines, resolve_calculator, write_csv
+from ._common import add_fix_bottom, add_memory_argument, add_model_arguments, output_stem, plot_lines, resolve_calculator, write_csv
 
 try:
     from ase.md.velocitydistribution import thermalize_momenta
@@ -106,6 +106,7 @@ def run_md(
     device: str = "cpu",
     dtype: str = "float32",
     progress: bool = True,
+    memory: str = "auto",
 ) -> MDResult:
     """Run ``steps`` MD steps of ``timestep`` fs on a copy of ``atoms``.
 
@@ -117,14 +118,15 @@ def run_md(
     trajectory: ASE .traj written every ``log_interval`` steps (and at the end).
     skin: neighbour-list skin (A) of the default calculator; 0 rebuilds every step. With a
     ``calculator`` of your own it is used as given. fix_bottom / fix_below: as in
-    :func:`~equiformer_calc.workflows.relax.relax`.
+    :func:`~equiformer_calc.workflows.relax.relax`. memory: memory mode of the default
+    calculator ("auto", "fast", "low").
     """
     ensemble = ensemble.lower()
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
     if steps < 0 or timestep <= 0 or log_interval < 1:
         raise ValueError("steps must be >= 0, timestep > 0 and log_interval >= 1")
-    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype, skin=skin)
+    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype, skin=skin, memory=memory)
     work = atoms.copy()
     add_fix_bottom(work, fix_bottom, fix_below)
     work.calc = calc
@@ -252,6 +254,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="use the input's momenta (default: draw them at --temperature unless the input has some)",
     )
     add_model_arguments(parser)
+    add_memory_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -274,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
         friction=args.friction, trajectory=traj, log_interval=args.log_interval, seed=args.seed, skin=args.skin,
         checkpoint=args.checkpoint, fix_bottom=args.fix_bottom, fix_below=args.fix_below,
         init_velocities=None if not args.keep_velocities else False, device=args.device, dtype=args.dtype,
+        memory=args.memory,
     )
     paths = write_md_outputs(result, stem, args.log_interval)
     log.info(

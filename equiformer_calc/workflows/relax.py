@@ -34,7 +34,7 @@ from ase.io.trajectory import Trajectory, TrajectoryWriter
 from ase.optimize import BFGS, FIRE, LBFGS
 from ase.optimize.optimize import Optimizer
 
-from ._common import add_fix_bottom, add_model_arguments, output_stem, plot_lines, resolve_calculator, write_csv
+from ._common import add_fix_bottom, add_memory_argument, add_model_arguments, output_stem, plot_lines, resolve_calculator, write_csv
 
 __all__ = ["HELP", "OPTIMIZERS", "RelaxResult", "relax", "prepare_relaxation", "add_arguments", "run"]
 
@@ -181,6 +181,7 @@ def relax(
     device: str = "cpu",
     dtype: str = "float32",
     optimizer_kwargs: dict[str, Any] | None = None,
+    memory: str = "auto",
 ) -> RelaxResult:
     """Relax ``atoms`` (a copy: the input is not modified) until every force is below ``fmax``
     (eV/A) or ``steps`` optimizer steps were taken.
@@ -193,8 +194,9 @@ def relax(
     (A). Both add a FixAtoms constraint; constraints already on ``atoms`` are kept.
     cell: relax the cell too (ASE's FrechetCellFilter; needs 3D periodicity and stress).
     trajectory: ASE .traj file of every step; logfile: the optimizer's log (``"-"``: stdout).
+    memory: memory mode of the default calculator ("auto", "fast", "low").
     """
-    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
+    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype, memory=memory)
     job = prepare_relaxation(atoms, calc, optimizer, fix_bottom, fix_below, cell, trajectory, logfile, optimizer_kwargs)
     try:
         converged = job.optimizer.run(fmax=fmax, steps=steps)
@@ -257,6 +259,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fix-below", type=float, default=None, metavar="Z", help="fix atoms with z < Z (A)")
     parser.add_argument("--cell", action="store_true", help="relax the cell too (3D-periodic inputs)")
     add_model_arguments(parser)
+    add_memory_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -274,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
     result = relax(
         atoms, checkpoint=args.checkpoint, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
         fix_bottom=args.fix_bottom, fix_below=args.fix_below, cell=args.cell, trajectory=traj, logfile="-",
-        device=args.device, dtype=args.dtype,
+        device=args.device, dtype=args.dtype, memory=args.memory,
     )
     paths = write_relax_outputs(result, stem)
     log.info(
