@@ -4,11 +4,18 @@
 >>> atoms.calc = EquiformerCalculator()            # the shipped checkpoint
 """
 
-from .calculator import EquiformerCalculator
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .graph import Structure, StructureError
-from .model import Equiformer, EquiformerConfig, UnknownElementError
-from .predictor import Predictor
+import os as _os
+
+# idle OpenMP threads sleep instead of spinning (see runtime.thread_policy): the OpenMP runtime
+# reads this when torch is first imported, so it applies when equiformer_calc is imported before
+# torch (the command line, the service); an explicit setting wins
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .calculator import EquiformerCalculator  # noqa: E402
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from .graph import Structure, StructureError  # noqa: E402
+from .model import Equiformer, EquiformerConfig, UnknownElementError  # noqa: E402
+from .predictor import Predictor  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -7,6 +7,7 @@ trainer's loss) calls :func:`compute` (differentiable, torch in / torch out) or
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from .graph import (
     structure_from_atoms,
 )
 from .model import Equiformer, EquiformerConfig, UnknownElementError
-from .runtime import configure_runtime
+from .runtime import configure_runtime, thread_policy
 
 __all__ = [
     "compute", "Predictor", "ALL_PROPERTIES", "NotAPotentialError", "model_task", "not_a_potential_message", "resolve_dtype",
@@ -287,6 +288,11 @@ class Predictor:
     runs the call in "fast" mode when that fits and in "low" mode otherwise; a call that does not
     fit even in its mode raises :class:`MemoryBudgetError` (a ``MemoryError``) naming the
     estimate and the limit, before any large allocation, instead of being killed by the system.
+
+    Threads: with ``threads="auto"`` (default) a call under
+    :data:`~equiformer_calc.runtime.SMALL_CALL_EDGES` edges runs on one thread and larger calls on
+    the threads torch is set to (``torch.set_num_threads``; never more), the measured policy of
+    :func:`~equiformer_calc.runtime.thread_policy`; ``None`` leaves torch's setting alone.
     """
 
     def __init__(
@@ -297,8 +303,12 @@ class Predictor:
         max_atoms_per_batch: int = 2048,
         memory: str = "auto",
         memory_budget: int | None = None,
+        threads: str | None = "auto",
     ) -> None:
         configure_runtime()
+        if threads not in ("auto", None):
+            raise ValueError(f"threads must be 'auto' or None, got {threads!r}")
+        self.threads = threads
         self.memory = resolve_memory_mode(memory)
         if memory_budget is not None and not memory_budget > 0:
             raise ValueError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
@@ -403,7 +413,7 @@ class Predictor:
             graphs = [self.graph(it.structure, it.neighbors) for it in chunk]
             batch = batch_graphs(graphs)
             mode = self.memory_mode(batch.num_edges, properties, len(chunk))
-            with torch.set_grad_enabled(want_forces or want_stress):
+            with torch.set_grad_enabled(want_forces or want_stress), self._threads_for(batch):
                 out = compute(self.model, batch, forces=want_forces, stress=want_stress, memory=mode)
             ptr = batch.ptr.tolist()
             energy = out["energy"].detach().cpu().numpy()
@@ -420,6 +430,20 @@ class Predictor:
                 if s is not None:
                     r["stress"] = s[b].copy()
         return results
+
+    @contextlib.contextmanager
+    def _threads_for(self, batch: AtomicGraph):
+        """One thread for a small call (see ``runtime.thread_policy``), torch's setting otherwise."""
+        before = torch.get_num_threads()
+        wanted = min(before, thread_policy(batch.num_atoms, batch.num_edges, before)[0]) if self.threads == "auto" else before
+        if wanted == before or self.device.type != "cpu":
+            yield
+            return
+        torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def _chunks(self, items: list[_Item]) -> Iterable[list[_Item]]:
         chunk: list[_Item] = []
