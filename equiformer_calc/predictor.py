@@ -93,18 +93,19 @@ MEMORY_HEADROOM = 0.8
 
 # The memory model of one call: bytes = edges * bytes_per_edge(mode) + (low mode) one chunk's
 # working set. Measured with benchmarks/memory.py (peak RSS increase of one call, each size in a
-# fresh process, 'small' preset, float32, Cu bulk of 500, 2,000 and 8,000 atoms; RESULTS.md "Memory
-# per atom and low-memory mode") and expressed per "width unit" so that it follows the layer
-# sizes: the per-edge width of a block is irreps_node + num_heads * irreps_head + sum(fc_neurons)
-# dimensions (304 for 'small'). Forces/stress in fast mode keep _FAST_FLOATS_PER_WIDTH floats per
-# width unit, edge and block (measured 11.2: 41.2 kB per edge); an energy-only fast call about one
-# block's transients (_NOGRAD_FLOATS_PER_WIDTH, measured 5.4). Low mode keeps the shared edge
-# geometry (_LOW_FLOATS_PER_EDGE, measured ~190 with forces: 0.77 kB per edge) plus one chunk's
-# working set (_LOW_CHUNK_FLOATS_PER_WIDTH per width unit and edge of a chunk, measured ~17 with
-# forces: 165 MB for 8,192 edges; ~6 energy-only). Every constant is rounded up.
+# fresh process, 'small' preset, float32, Cu bulk of 500, 2,000 and 8,000 atoms, and a 30,000-atom
+# end-to-end run; RESULTS.md "Memory per atom and low-memory mode") and expressed per "width unit"
+# so that it follows the layer sizes: the per-edge width of a block is irreps_node + num_heads *
+# irreps_head + sum(fc_neurons) dimensions (304 for 'small'). Forces/stress in fast mode keep
+# _FAST_FLOATS_PER_WIDTH floats per width unit, edge and block (measured 35.6-42.0 kB per edge,
+# i.e. 9.7-11.4); an energy-only fast call about one block's transients (_NOGRAD_FLOATS_PER_WIDTH,
+# measured 5.4). Low mode keeps the shared edge geometry (_LOW_FLOATS_PER_EDGE + the fixed part:
+# the fit over 500-8,000 atoms gives 1.0 kB per edge) plus one chunk's working set
+# (_LOW_CHUNK_FLOATS_PER_WIDTH per width unit and edge of a chunk: the fit's intercept, 113 MB,
+# against 199 MB here; ~6 energy-only). Every constant errs on the high side of the measurements.
 _FAST_FLOATS_PER_WIDTH = 11.5
 _NOGRAD_FLOATS_PER_WIDTH = 5.5
-_LOW_FLOATS_PER_EDGE = 140.0
+_LOW_FLOATS_PER_EDGE = 200.0
 _LOW_CHUNK_FLOATS_PER_WIDTH = 20.0
 _LOW_CHUNK_NOGRAD_FLOATS_PER_WIDTH = 6.0
 #: per-edge floats of every mode (indices, shifts, vectors, basis, envelope)
