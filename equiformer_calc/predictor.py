@@ -284,8 +284,9 @@ class Predictor:
 
     Memory: ``memory`` is one of :data:`MEMORY_MODES`. Before every model call the predictor
     estimates its memory from the batch's edge count (:func:`call_bytes`) and compares it with
-    ``memory_budget`` (bytes; default ``None``: :data:`MEMORY_HEADROOM` of the memory available at
-    that moment, :func:`available_memory`, or the GPU's free memory for a CUDA device). "auto"
+    ``memory_budget`` (bytes; default ``"auto"``: :data:`MEMORY_HEADROOM` of the memory available
+    at that moment, :func:`available_memory`, or the GPU's free memory for a CUDA device; ``None``:
+    no limit, and "auto" mode then always runs "fast"). "auto"
     runs the call in "fast" mode when that fits and in "low" mode otherwise; a call that does not
     fit even in its mode raises :class:`MemoryBudgetError` (a ``MemoryError``) naming the
     estimate and the limit, before any large allocation, instead of being killed by the system.
@@ -303,7 +304,7 @@ class Predictor:
         dtype: str | torch.dtype = "float32",
         max_atoms_per_batch: int = 2048,
         memory: str = "auto",
-        memory_budget: int | None = None,
+        memory_budget: int | str | None = "auto",
         threads: str | None = "auto",
     ) -> None:
         configure_runtime()
@@ -311,9 +312,9 @@ class Predictor:
             raise ValueError(f"threads must be 'auto' or None, got {threads!r}")
         self.threads = threads
         self.memory = resolve_memory_mode(memory)
-        if memory_budget is not None and not memory_budget > 0:
-            raise ValueError(f"memory_budget must be a positive number of bytes or None, got {memory_budget!r}")
-        self.memory_budget: int | None = None if memory_budget is None else int(memory_budget)
+        if memory_budget != "auto" and memory_budget is not None and (isinstance(memory_budget, str) or not memory_budget > 0):
+            raise ValueError(f"memory_budget must be 'auto', None or a positive number of bytes, got {memory_budget!r}")
+        self.memory_budget: int | str | None = memory_budget if memory_budget in ("auto", None) else int(memory_budget)
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
@@ -337,10 +338,10 @@ class Predictor:
         return call_bytes(self.model.config, self.dtype, int(edges), grad, memory)
 
     def memory_limit(self) -> int | None:
-        """Bytes one model call may use now: ``memory_budget`` when set, else
-        :data:`MEMORY_HEADROOM` of the available memory of the device (``None``: unknown)."""
-        if self.memory_budget is not None:
-            return self.memory_budget
+        """Bytes one model call may use now: ``memory_budget`` when it is a number, for "auto"
+        :data:`MEMORY_HEADROOM` of the available memory of the device (``None``: no limit or unknown)."""
+        if self.memory_budget != "auto":
+            return self.memory_budget  # type: ignore[return-value]
         avail = available_memory(self.device)
         return None if avail is None else int(MEMORY_HEADROOM * avail)
 
@@ -360,7 +361,7 @@ class Predictor:
             raise MemoryBudgetError(
                 f"{what} {edges:,} edges (model cutoff {self.cutoff:g} A) needs about {need / 2**30:.3g} GiB to evaluate "
                 f"{', '.join(properties)} in memory='{mode}' mode, more than the {limit / 2**30:.3g} GiB "
-                f"{'budget' if self.memory_budget is not None else 'available now'}; use a smaller structure{hint}, "
+                f"{'available now' if self.memory_budget == 'auto' else 'budget'}; use a smaller structure{hint}, "
                 "or free memory",
                 estimate=need, limit=limit,
             )
