@@ -296,3 +296,37 @@ def test_train_and_evaluate_read_through_the_readers(tmp_path):
         results.append(json.loads((out / "metrics.json").read_text())["overall"])
     assert results[0] == results[1]
     assert results[0]["n_frames"] == 4 and results[0]["n_stress"] == 2
+
+
+@pytest.mark.parametrize("suffix, opener", [(".xz", "lzma"), (".gz", "gzip"), (".bz2", "bz2")])
+def test_compressed_extxyz_reads_the_same_frames(tmp_path, suffix, opener) -> None:
+    """Compressed files are decompressed once (ASE's extxyz reader seeks back to every frame, which on a
+    compressed stream re-decompresses from the start each time) and give the same frames."""
+    import importlib
+
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from equiformer_calc.data.readers import read_frames
+
+    frames = []
+    for k in range(5):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        atoms.rattle(0.05, seed=k)
+        atoms.calc = EMT()
+        e, f, s = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+        atoms.calc = SinglePointCalculator(atoms, energy=e, forces=f, stress=s)
+        atoms.info["label"] = f"frame{k}"
+        frames.append(atoms)
+    plain = tmp_path / "data.extxyz"
+    write(plain, frames)
+    packed = tmp_path / f"data.extxyz{suffix}"
+    with importlib.import_module(opener).open(packed, "wt") as fh:
+        fh.write(plain.read_text())
+    a, b = read_frames(plain), read_frames(packed)
+    assert [x.info["label"] for x in b] == [f"frame{k}" for k in range(5)]
+    for x, y in zip(a, b):
+        assert np.array_equal(x.positions, y.positions) and x.get_potential_energy() == y.get_potential_energy()
+        assert np.array_equal(x.get_forces(), y.get_forces()) and np.array_equal(x.get_stress(), y.get_stress())

@@ -227,6 +227,37 @@ def read_aselmdb(path: str | os.PathLike) -> Iterator[Atoms]:
 
 
 # ------------------------------------------------------------------------------------ entry
+#: compressed-file suffixes that ASE reads through a stream whose backward seeks decompress from the start
+_COMPRESSED = {".xz": "lzma", ".gz": "gzip", ".bz2": "bz2"}
+
+
+def _seekable(path: Path) -> Any:
+    """``path`` itself, or for a compressed file its text decompressed once into memory.
+
+    ASE's extxyz reader indexes the frames and then seeks back to each one; on an xz/gz/bz2 stream
+    every backward seek decompresses from the beginning again, which made reading the 10,401-frame
+    teacher training set quadratic (minutes of CPU without finishing). One decompression into a
+    ``StringIO`` keeps it linear.
+    """
+    import importlib
+    import io
+
+    module = _COMPRESSED.get(path.suffix)
+    if module is None:
+        return str(path)
+    with importlib.import_module(module).open(path, "rt") as fh:
+        return io.StringIO(fh.read())
+
+
+def _format_of(path: Path) -> str | None:
+    """ASE's format name for a compressed file (its own guess needs the file name, not a stream)."""
+    if path.suffix not in _COMPRESSED:
+        return None
+    from ase.io.formats import filetype
+
+    return filetype(str(path), read=False)
+
+
 def read_frames(
     path: str | os.PathLike,
     keys: LabelKeys | None = None,
@@ -254,7 +285,7 @@ def read_frames(
         else:
             from ase.io import read
 
-            frames = read(name, index=index, format=format)
+            frames = read(_seekable(p), index=index, format=format or _format_of(p))
             frames = [frames] if isinstance(frames, Atoms) else frames
     out = [relabel(atoms, keys, f"{label}, frame {k}") for k, atoms in enumerate(frames)]
     if not out:
