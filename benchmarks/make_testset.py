@@ -61,10 +61,11 @@ def make_testset(
     """Write the sampled frames (in source order) to ``out`` atomically; returns their indices."""
     from ase.io import read, write
 
+    from equiformer_calc.data.readers import open_seekable
     from equiformer_calc.fileio import atomic_path
 
     quota = dict(DEFAULT_QUOTA if quota is None else quota)
-    frames = read(str(source), ":")
+    frames = read(open_seekable(Path(source)), ":", format="extxyz")
     strata: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for k, atoms in enumerate(frames):
         strata[str(atoms.info.get("config_type"))][str(atoms.info.get("frame_kind"))].append(k)

@@ -231,7 +231,7 @@ def read_aselmdb(path: str | os.PathLike) -> Iterator[Atoms]:
 _COMPRESSED = {".xz": "lzma", ".gz": "gzip", ".bz2": "bz2"}
 
 
-def _seekable(path: Path) -> Any:
+def open_seekable(path: Path) -> Any:
     """``path`` itself, or for a compressed file its text decompressed once into memory.
 
     ASE's extxyz reader indexes the frames and then seeks back to each one; on an xz/gz/bz2 stream
@@ -285,7 +285,7 @@ def read_frames(
         else:
             from ase.io import read
 
-            frames = read(_seekable(p), index=index, format=format or _format_of(p))
+            frames = read(open_seekable(p), index=index, format=format or _format_of(p))
             frames = [frames] if isinstance(frames, Atoms) else frames
     out = [relabel(atoms, keys, f"{label}, frame {k}") for k, atoms in enumerate(frames)]
     if not out:
