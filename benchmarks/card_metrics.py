@@ -8,13 +8,13 @@ prints JSON to stdout::
      "data": {"test_id.extxyz": {...}, ...},            # with --data
      "relax_benchmark": {...summary...}}                 # with --relax
 
-``testset`` are the metrics of ``CKPT`` (default ``checkpoints/emt-small.safetensors``) on the
-committed held-out frames ``checkpoints/emt-small.testset.extxyz`` (see
+``testset`` are the metrics of ``CKPT`` (a path or shipped name; default: the package's default
+checkpoint) on its committed held-out frames ``checkpoints/<name>.testset.extxyz`` (see
 ``benchmarks/make_testset.py``), evaluated as ``EquiformerCalculator()`` runs (float32, CPU):
 energy MAE per atom (eV/atom) and per structure (eV), force MAE / RMSE over free atoms (eV/A),
 force cosine similarity, stress MAE (eV/A^3, bulk frames). ``tests/test_shipped_checkpoint.py``
-checks that these stay within 5 % of the ``"testset"`` numbers in
-``checkpoints/emt-small.card.json``.
+checks that these stay within 5 % of the ``"testset"`` numbers in every shipped
+``checkpoints/<name>.card.json``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ from typing import Any, Sequence
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "emt-small.safetensors"
-DEFAULT_TESTSET = ROOT / "checkpoints" / "emt-small.testset.extxyz"
+
+
+def default_testset(checkpoint: str | Path) -> Path:
+    """The committed held-out frames of a shipped checkpoint: ``checkpoints/<name>.testset.extxyz``."""
+    return ROOT / "checkpoints" / f"{Path(str(checkpoint)).name.removesuffix('.safetensors')}.testset.extxyz"
 #: the metric keys reported under "testset" (lower is better except f_cos)
 CARD_KEYS = ("n_frames", "e_mae_atom", "e_rmse_atom", "e_mae", "f_mae", "f_rmse", "f_cos", "s_mae", "s_rmse")
 
@@ -43,8 +46,8 @@ def _sha256(path: Path) -> str:
 
 
 def card_metrics(
-    checkpoint: str | Path = DEFAULT_CHECKPOINT,
-    testset: str | Path = DEFAULT_TESTSET,
+    checkpoint: str | Path,
+    testset: str | Path | None = None,
     data: Sequence[str | Path] = (),
     relax: str | Path | None = None,
     relax_max_tasks: int | None = None,
@@ -56,6 +59,7 @@ def card_metrics(
     from equiformer_calc.train.evaluate import _jsonable, evaluate
 
     path = resolve_checkpoint(checkpoint)
+    testset = default_testset(path) if testset is None else testset
     model = load_checkpoint(path)
     result = evaluate(model, testset, batch_size=16, dtype=dtype, by=("config_type",))
     out: dict[str, Any] = {
@@ -90,9 +94,12 @@ def card_metrics(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", nargs="?", default=str(DEFAULT_CHECKPOINT),
-                        help="checkpoint file or shipped name (default: checkpoints/emt-small.safetensors)")
-    parser.add_argument("--testset", type=Path, default=DEFAULT_TESTSET)
+    from equiformer_calc.checkpoint import DEFAULT_CHECKPOINT
+
+    parser.add_argument("checkpoint", nargs="?", default=DEFAULT_CHECKPOINT,
+                        help=f"checkpoint file or shipped name (default: {DEFAULT_CHECKPOINT})")
+    parser.add_argument("--testset", type=Path,
+                        help="held-out frames (default: checkpoints/<name>.testset.extxyz of the checkpoint)")
     parser.add_argument("--data", nargs="*", default=[], help="further labelled files (e.g. test_id / test_ood)")
     parser.add_argument("--relax", type=Path, help="datagen folder for the relaxation benchmark")
     parser.add_argument("--relax-max-tasks", type=int)
