@@ -53,7 +53,8 @@ def card_metrics(
     """Metrics of ``checkpoint`` on ``testset`` (and optionally full data files and the
     relaxation benchmark of a datagen folder) as a JSON-ready dict."""
     from equiformer_calc.checkpoint import load_checkpoint, resolve_checkpoint
-    from equiformer_calc.train.evaluate import _jsonable, evaluate
+    from equiformer_calc.io import jsonable
+    from equiformer_calc.train.evaluate import evaluate
 
     path = resolve_checkpoint(checkpoint)
     model = load_checkpoint(path)
@@ -85,7 +86,7 @@ def card_metrics(
 
         bench = relax_benchmark(model, relax, max_tasks=relax_max_tasks, dtype=dtype, progress=True)
         out["relax_benchmark"] = bench["summary"]
-    return _jsonable(out)
+    return jsonable(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

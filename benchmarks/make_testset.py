@@ -61,7 +61,7 @@ def make_testset(
     """Write the sampled frames (in source order) to ``out`` atomically; returns their indices."""
     from ase.io import read, write
 
-    from equiformer_calc.fileio import atomic_path
+    from equiformer_calc.io import atomic_path
 
     quota = dict(DEFAULT_QUOTA if quota is None else quota)
     frames = read(str(source), ":")

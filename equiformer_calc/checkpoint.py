@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .fileio import atomic_path
+from .io import atomic_path
 from .model import Equiformer, EquiformerConfig
 
 __all__ = [

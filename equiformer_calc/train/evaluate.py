@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint
-from ..fileio import atomic_path, write_text_atomic
+from ..io import jsonable, new_figure, save_figure, write_json
 from ..model import Equiformer
 from ..predictor import compute, resolve_dtype, voigt
-from ..runtime import configure_runtime
+from ..runtime import configure_runtime, set_threads
 from ..data.readers import LabelKeys
 from .data import Sample, collate, read_samples
 
@@ -52,7 +52,6 @@ __all__ = [
     "plot_parity",
     "evaluate",
     "evaluate_samples",
-    "write_json",
     "HELP",
     "add_arguments",
     "run",
@@ -319,17 +318,6 @@ def evaluate_samples(
 
 
 # ----------------------------------------------------------------------------- plots
-def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=dpi)
-    finally:
-        plt.close(fig)
-
-
 def _parity_axes(ax: Any, ref: np.ndarray, pred: np.ndarray, label: str, unit: str, mae: float) -> None:
     lo = float(min(ref.min(), pred.min()))
     hi = float(max(ref.max(), pred.max()))
@@ -349,11 +337,6 @@ def plot_parity(pred: Predictions, out: str | os.PathLike, color_by: str | None 
     """Parity plots (PNG, matplotlib Agg) of energy per atom, free-atom force components and (if
     any) stress components into folder ``out``; points of the energy plot are coloured by the
     ``info`` key ``color_by`` when it has at most 12 values. Returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -362,7 +345,8 @@ def plot_parity(pred: Predictions, out: str | os.PathLike, color_by: str | None 
     metrics = compute_metrics(pred)
 
     # energy per atom, optionally coloured by a group key
-    fig, ax = plt.subplots(figsize=(5.5, 5.2))
+    fig = new_figure((5.5, 5.2))
+    ax = fig.subplots()
     e_ref = pred.energy_ref / pred.num_atoms
     e_pred = pred.energy / pred.num_atoms
     labels = pred.group_labels(color_by) if color_by else None
@@ -383,7 +367,8 @@ def plot_parity(pred: Predictions, out: str | os.PathLike, color_by: str | None 
     written.append(path)
 
     if "f_mae" in metrics:
-        fig, ax = plt.subplots(figsize=(5.5, 5.2))
+        fig = new_figure((5.5, 5.2))
+        ax = fig.subplots()
         f_ref, f_pred = pred.forces_ref[pred.free], pred.forces[pred.free]
         for c, name in enumerate("xyz"):
             ax.scatter(f_ref[:, c], f_pred[:, c], s=2, alpha=0.3, label=f"F{name}", rasterized=True)
@@ -396,7 +381,8 @@ def plot_parity(pred: Predictions, out: str | os.PathLike, color_by: str | None 
         written.append(path)
 
     if "s_mae" in metrics:
-        fig, ax = plt.subplots(figsize=(5.5, 5.2))
+        fig = new_figure((5.5, 5.2))
+        ax = fig.subplots()
         rows = np.isfinite(pred.stress_ref).all(1) & np.isfinite(pred.stress).all(1)
         s_ref, s_pred = pred.stress_ref[rows], pred.stress[rows]
         for c, name in enumerate(("xx", "yy", "zz", "yz", "xz", "xy")):
@@ -412,29 +398,6 @@ def plot_parity(pred: Predictions, out: str | os.PathLike, color_by: str | None 
 
 
 # ----------------------------------------------------------------------------- entry points
-def _jsonable(obj: Any) -> Any:
-    """NaN / inf -> None (strict JSON), numpy scalars -> Python numbers, recursively."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as indented strict JSON (NaN -> null) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(_jsonable(obj), indent=1, allow_nan=False) + "\n")
-    return path
-
-
 def _load_model(checkpoint_or_model: Equiformer | str | os.PathLike) -> tuple[Equiformer, str | None]:
     if isinstance(checkpoint_or_model, Equiformer):
         return checkpoint_or_model, getattr(checkpoint_or_model, "checkpoint_path", None)
@@ -559,8 +522,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.data and args.relax is None:
         log.error("give at least one DATA file or --relax DATADIR")
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     by = [k.strip() for k in args.by.split(",") if k.strip()]
     model = load_checkpoint(args.checkpoint)
     report: dict[str, Any] = {}
@@ -583,5 +545,5 @@ def run(args: argparse.Namespace) -> int:
         log.info("relaxation benchmark:\n%s", format_summary(bench))
         report = {**report, "relax_benchmark": bench["summary"]} if report else {"relax_benchmark": bench["summary"]}
     if args.out is None:
-        sys.stdout.write(json.dumps(_jsonable(report), indent=1, allow_nan=False) + "\n")
+        sys.stdout.write(json.dumps(jsonable(report), indent=1, allow_nan=False) + "\n")
     return 0

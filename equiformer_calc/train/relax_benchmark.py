@@ -60,6 +60,7 @@ from ase.geometry import get_distances
 from ..checkpoint import load_checkpoint
 from ..graph import StructureError
 from ..model import Equiformer
+from ..runtime import set_threads
 from ..surfaces import check_relaxation
 
 __all__ = [
@@ -429,7 +430,7 @@ def relax_benchmark(
     }
     result = {"summary": summary, "groups": groups, "tasks": tasks}
     if out is not None:
-        from .evaluate import write_json
+        from ..io import write_json
 
         out = Path(out)
         write_json(result, out / "relax_benchmark.json")
@@ -473,12 +474,7 @@ def _adsorbml_groups(tasks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def _plot(tasks: Sequence[dict[str, Any]], path: Path) -> None:
     """Adsorption energies: model (own relaxation) and EMT single point on the model-relaxed
     structure against EMT's relaxed reference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .evaluate import save_figure
+    from ..io import new_figure, save_figure
 
     tasks = [t for t in tasks if t.get("error") is None]
     if not tasks:
@@ -486,7 +482,8 @@ def _plot(tasks: Sequence[dict[str, Any]], path: Path) -> None:
     ref = np.array([t["e_ads_ref"] for t in tasks])
     model = np.array([t["e_ads_model"] for t in tasks])
     sp = np.array([t["e_ads_ref_sp"] for t in tasks])
-    fig, ax = plt.subplots(figsize=(5.5, 5.2))
+    fig = new_figure((5.5, 5.2))
+    ax = fig.subplots()
     lo, hi = float(min(ref.min(), model.min(), sp.min())), float(max(ref.max(), model.max(), sp.max()))
     pad = 0.05 * (hi - lo or 1.0)
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k-", lw=0.8)
@@ -541,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--labeller", help="labeller of the references (default: the one recorded in the data)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     result = relax_benchmark(args.checkpoint, args.data_dir, max_tasks=args.max_tasks, optimizer=args.optimizer,
                              dtype=args.dtype, out=args.out, progress=True, labeller=args.labeller)
     log.info("relaxation benchmark:\n%s", format_summary(result))

@@ -3,7 +3,6 @@ file names, CSV tables and PNG plots (matplotlib's Agg canvas, no display needed
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from pathlib import Path
@@ -13,6 +12,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.constraints import FixAtoms
+
+from ..io import new_figure, save_figure, write_csv
 
 __all__ = [
     "resolve_calculator",
@@ -125,18 +126,6 @@ def output_stem(output: str | os.PathLike) -> Path:
     return path.with_suffix("") if path.suffix else path
 
 
-def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
-    """A CSV table (floats written with full precision)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for row in rows:
-            writer.writerow([repr(float(v)) if isinstance(v, (float, np.floating)) else v for v in row])
-    return path
-
-
 def plot_lines(
     path: str | os.PathLike,
     x: Sequence[float] | np.ndarray,
@@ -146,13 +135,7 @@ def plot_lines(
     title: str = "",
 ) -> Path:
     """One PNG with one panel per mapping ``{legend: y values}``, stacked, sharing the x axis."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(6.4, 2.6 * len(panels) + 0.6))
-    FigureCanvasAgg(fig)
+    fig = new_figure((6.4, 2.6 * len(panels) + 0.6))
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, series, ylabel in zip(axes, panels, ylabels):
         for label, y in series.items():
@@ -165,8 +148,7 @@ def plot_lines(
     if title:
         axes[0].set_title(title, fontsize="medium")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def add_model_arguments(parser: Any) -> None:

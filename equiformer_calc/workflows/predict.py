@@ -188,7 +188,7 @@ def _write(frames: list[Atoms], results: list[Any], out: Path) -> Path:
     if out.suffix.lower() != ".csv":
         from ase.io import write
 
-        from ..fileio import atomic_path
+        from ..io import atomic_path
 
         with atomic_path(out, suffix=out.suffix) as tmp:
             write(tmp, frames, format="extxyz")
