@@ -22,7 +22,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from equiformer_calc import EquiformerCalculator
-from equiformer_calc.train.datagen import EMT_LATTICE_CONSTANTS
+from equiformer_calc.surfaces import EMT_LATTICE_CONSTANTS
 from equiformer_calc.io import new_figure, save_figure
 from equiformer_calc.workflows.bulk_properties import FCC_PATH, frequencies_at, phonopy_force_constants
 

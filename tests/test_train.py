@@ -38,9 +38,9 @@ from equiformer_calc.cli import main as cli_main
 from equiformer_calc.model import Equiformer
 from equiformer_calc.train import trainer
 from equiformer_calc.train.data import read_samples, samples_from_atoms
-from equiformer_calc.train.datagen import generate_dataset
+from equiformer_calc.data.generate import generate_dataset
 from equiformer_calc.train.evaluate import compute_metrics, evaluate, predict_samples
-from equiformer_calc.train.relax_benchmark import _adsorbml_groups, relax_benchmark, select_tasks
+from equiformer_calc.workflows.adsorbml import _adsorbml_groups, relax_benchmark, select_tasks
 from equiformer_calc.train.trainer import TrainConfig, fit_energy_references, train
 
 from .helpers import TINY_DATASET  # (importing helpers also pins torch to one thread)

@@ -38,7 +38,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from ._common import add_model_arguments, resolve_calculator, write_csv
+from ..io import write_csv
+from ._common import add_model_arguments, resolve_calculator
 
 __all__ = ["HELP", "PredictChunk", "predict_chunk", "PredictResult", "read_structures", "predict_file",
            "add_arguments", "run"]
