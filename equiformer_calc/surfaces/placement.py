@@ -2,10 +2,11 @@
 nearest metal atom, the other atoms kept clear of the surface.
 
 The rule (one for data generation and screening): the binding atom (the template's first atom)
-goes above the lateral point ``xy`` at the lowest height where it is :func:`binding_distance` from
-every metal atom within reach (minimum image), and every other adsorbate atom is at least
-:data:`OTHER_ATOM_CLEARANCE` from every metal atom; with no metal atom within reach below, it sits
-that distance above the top layer. The adsorbate atoms get tag 2 (OC20).
+goes above the lateral point ``xy`` at the lowest height where it is at least
+:func:`binding_distance` from every metal atom (minimum image) and every other adsorbate atom at
+least :data:`OTHER_ATOM_CLEARANCE`; so the binding atom's nearest metal atom is exactly the binding
+distance away unless the rest of the molecule holds it higher. With no metal atom within reach below,
+it sits that distance above the top layer. The adsorbate atoms get tag 2 (OC20).
 """
 
 from __future__ import annotations

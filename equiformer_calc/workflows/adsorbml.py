@@ -474,6 +474,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tasks", type=int, help="at most this many tasks (whole site groups first)")
     parser.add_argument("--optimizer", type=str.upper, choices=sorted(OPTIMIZERS), default="BFGS",
                         help="ASE optimizer (default: BFGS, as the references)")
+    parser.add_argument("--fmax", type=float, default=FMAX, help=f"force criterion, eV/A (default: {FMAX})")
+    parser.add_argument("--steps", type=int, default=MAX_STEPS, help=f"step limit (default: {MAX_STEPS})")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
@@ -487,8 +489,8 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``equiformer-calc adsorbml``."""
     set_threads(args.threads)
     result = relax_benchmark(args.checkpoint, args.data_dir, max_tasks=args.max_tasks, optimizer=args.optimizer,
-                             dtype=args.dtype, device=args.device, out=args.out, progress=not args.no_progress,
-                             labeller=args.labeller)
+                             fmax=args.fmax, steps=args.steps, dtype=args.dtype, device=args.device, out=args.out,
+                             progress=not args.no_progress, labeller=args.labeller)
     log.info("relaxation benchmark:\n%s", format_summary(result))
     if args.out is None:
         sys.stdout.write(json.dumps(jsonable(result["summary"]), indent=1, allow_nan=False) + "\n")
