@@ -1,7 +1,7 @@
 """AdsorbML-style relaxation benchmark of a model against the references of the labeller that made them.
 
 Input: a datagen output folder with ``relax_initial.extxyz`` (initial adsorbate + slab
-structures), ``relax_relaxed.extxyz`` (their relaxed references, by the dataset's labeller: EMT, the
+structures; ``.extxyz.xz`` when compressed), ``relax_relaxed.extxyz`` (their relaxed references, by the dataset's labeller: EMT, the
 distillation teacher, ...) and ``relax_tasks.json`` (one record per task: metal, facet, adsorbate,
 site, slab ``cell_size``, the reference ``relaxed_energy`` and the reference energy of the relaxed
 clean slab, ``clean_slab_energy``). Below, "EMT" stands for that reference labeller (recorded in the
@@ -196,6 +196,22 @@ def select_tasks(records: Sequence[dict[str, Any]], max_tasks: int | None = None
 
 
 # ----------------------------------------------------------------------------- the benchmark
+def _benchmark_files(data_dir: Path) -> tuple[Path, Path, Path]:
+    """``relax_tasks.json`` and the initial / relaxed structures (``.extxyz`` or ``.extxyz.xz``) of a
+    datagen folder; a FileNotFoundError naming what is missing otherwise."""
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir} is not a folder: give a datagen output folder (equiformer-calc datagen)")
+    found = [data_dir / "relax_tasks.json"]
+    for stem in ("relax_initial", "relax_relaxed"):
+        found += [next((p for p in (data_dir / f"{stem}.extxyz", data_dir / f"{stem}.extxyz.xz") if p.is_file()),
+                       data_dir / f"{stem}.extxyz")]
+    missing = [p.name for p in found if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{data_dir} has no {', '.join(missing)}: give a datagen output folder with "
+                                "relaxation tasks (equiformer-calc datagen)")
+    return found[0], found[1], found[2]
+
+
 def _mean(values: Sequence[float]) -> float | None:
     vals = [v for v in values if v is not None and np.isfinite(v)]
     return float(np.mean(vals)) if vals else None
@@ -228,9 +244,10 @@ def relax_benchmark(
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
     data_dir = Path(data_dir)
-    records: list[dict[str, Any]] = json.loads((data_dir / "relax_tasks.json").read_text())
-    initial: list[Atoms] = read(str(data_dir / "relax_initial.extxyz"), ":")
-    reference: list[Atoms] = read(str(data_dir / "relax_relaxed.extxyz"), ":")
+    files = _benchmark_files(data_dir)
+    records: list[dict[str, Any]] = json.loads(files[0].read_text())
+    initial: list[Atoms] = read(str(files[1]), ":")
+    reference: list[Atoms] = read(str(files[2]), ":")
     if not (len(records) == len(initial) == len(reference)):
         raise ValueError(
             f"{data_dir}: {len(records)} tasks but {len(initial)} initial / {len(reference)} relaxed frames"
