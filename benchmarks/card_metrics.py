@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 import torch
 
+from equiformer_calc.runtime import set_threads
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,7 +58,8 @@ def card_metrics(
     """Metrics of ``checkpoint`` on ``testset`` (and optionally full data files and the
     relaxation benchmark of a datagen folder) as a JSON-ready dict."""
     from equiformer_calc.checkpoint import load_checkpoint, resolve_checkpoint
-    from equiformer_calc.train.evaluate import _jsonable, evaluate
+    from equiformer_calc.io import jsonable
+    from equiformer_calc.train.evaluate import evaluate
 
     path = resolve_checkpoint(checkpoint)
     testset = default_testset(path) if testset is None else testset
@@ -85,11 +88,11 @@ def card_metrics(
                 },
             }
     if relax is not None:
-        from equiformer_calc.train.relax_benchmark import relax_benchmark
+        from equiformer_calc.workflows.adsorbml import relax_benchmark
 
         bench = relax_benchmark(model, relax, max_tasks=relax_max_tasks, dtype=dtype, progress=True)
         out["relax_benchmark"] = bench["summary"]
-    return _jsonable(out)
+    return jsonable(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = card_metrics(args.checkpoint, args.testset, args.data, args.relax, args.relax_max_tasks, args.dtype)
     sys.stdout.write(json.dumps(out, indent=1, allow_nan=False) + "\n")
     return 0

@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from equiformer_calc import EquiformerCalculator
     from equiformer_calc.distributed import SerialExecutor, open_executor
-    from equiformer_calc.workflows.screening import build_surface, screen_adsorbates
+    from equiformer_calc.surfaces import build_surface
+    from equiformer_calc.workflows.screening import screen_adsorbates
 
     cores = len(os.sched_getaffinity(0))
     size = tuple(int(x) for x in args.size.split("x"))

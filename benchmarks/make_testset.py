@@ -62,7 +62,7 @@ def make_testset(
     from ase.io import read, write
 
     from equiformer_calc.data.readers import open_seekable
-    from equiformer_calc.fileio import atomic_path
+    from equiformer_calc.io import atomic_path
 
     quota = dict(DEFAULT_QUOTA if quota is None else quota)
     frames = read(open_seekable(Path(source)), ":", format="extxyz")

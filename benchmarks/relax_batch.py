@@ -47,8 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_systems(size: tuple[int, int, int]):
     from ase.constraints import FixAtoms
 
-    from equiformer_calc.workflows._common import layer_indices
-    from equiformer_calc.workflows.screening import build_surface, find_sites, place_adsorbate_on_site
+    from equiformer_calc.surfaces import layer_indices
+    from equiformer_calc.surfaces import build_surface, find_sites, place_adsorbate_on_site
 
     systems, labels = [], []
     for metal in ("Cu", "Pt", "Pd", "Ag"):

@@ -69,14 +69,10 @@ def budget(histories: list[list[dict]], labels: list[str]) -> dict:
 
 
 def plot(histories: list[list[dict]], labels: list[str], summary: dict, path: Path) -> None:
-    import matplotlib
+    from equiformer_calc.io import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from equiformer_calc.train.evaluate import save_figure
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = new_figure((11, 4.2))
+    axes = fig.subplots(1, 2)
     for ax, (key, (target, factor, name)) in zip(axes, TARGETS.items()):
         for label, history, run in zip(labels, histories, summary["runs"]):
             rows = [r for r in history if key in r]

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .fileio import atomic_path
+from .io import atomic_path
 from .model import Equiformer, EquiformerConfig
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_CHECKPOINT",
     "save_checkpoint",
     "load_checkpoint",
+    "load_model",
     "read_metadata",
     "resolve_checkpoint",
     "available_checkpoints",
@@ -154,3 +155,30 @@ def load_checkpoint(name_or_path: str | os.PathLike, device: str | torch.device 
     model.metadata = meta  # type: ignore[attr-defined]
     model.checkpoint_path = str(path)  # type: ignore[attr-defined]
     return model.to(device)
+
+
+def load_model(
+    model_or_checkpoint: Equiformer | str | os.PathLike, device: str | torch.device = "cpu", copy: bool = False
+) -> tuple[Equiformer, str | None]:
+    """``(model, checkpoint path or None)`` of a model given as an :class:`Equiformer` or as a
+    checkpoint (a path or a shipped name): the one place that accepts either.
+
+    With ``copy``, a model that was passed in is copied (same config, weights and metadata), so the
+    caller may convert or freeze the result without touching the caller's module; a loaded
+    checkpoint is private anyway.
+    """
+    if isinstance(model_or_checkpoint, Equiformer):
+        model = model_or_checkpoint
+        path = getattr(model, "checkpoint_path", None)
+        if copy:
+            model = Equiformer.from_config(model.config)
+            model.load_state_dict(model_or_checkpoint.state_dict())
+            for name in ("metadata", "checkpoint_path"):
+                if getattr(model_or_checkpoint, name, None) is not None:
+                    setattr(model, name, getattr(model_or_checkpoint, name))
+        return model, path
+    if not isinstance(model_or_checkpoint, (str, os.PathLike)):
+        raise TypeError(f"expected an Equiformer model, a checkpoint path or a shipped name, got "
+                        f"{type(model_or_checkpoint).__name__}")
+    model = load_checkpoint(model_or_checkpoint, device=device)
+    return model, str(getattr(model, "checkpoint_path", model_or_checkpoint))

@@ -21,9 +21,10 @@ from typing import Sequence
 
 #: subcommand name -> module implementing it
 COMMANDS: dict[str, str] = {
-    "datagen": "equiformer_calc.train.datagen",
+    "datagen": "equiformer_calc.data.generate",
     "train": "equiformer_calc.train.trainer",
     "evaluate": "equiformer_calc.train.evaluate",
+    "adsorbml": "equiformer_calc.workflows.adsorbml",
     "relax": "equiformer_calc.workflows.relax",
     "md": "equiformer_calc.workflows.md",
     "screen": "equiformer_calc.workflows.screening",
@@ -38,6 +39,7 @@ _HELP: dict[str, str] = {
     "datagen": "generate an EMT-labelled dataset of adsorbates on metal surfaces (extxyz)",
     "train": "train an Equiformer on labelled structures (YAML config); resumable, DDP-capable",
     "evaluate": "error metrics and parity plots of a checkpoint on a labelled dataset",
+    "adsorbml": "AdsorbML-style relaxation benchmark of a checkpoint on a datagen folder's held-out relaxation tasks",
     "relax": "relax a structure (positions, optionally the cell) with a checkpoint",
     "md": "molecular dynamics (NVE or Langevin NVT) with a checkpoint",
     "screen": "adsorbate screening over metals, facets and adsorbates into an ASE database",

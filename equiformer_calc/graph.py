@@ -392,32 +392,28 @@ def distance_floor(numbers_i: np.ndarray, numbers_j: np.ndarray, ratio: float) -
 def _check_distances(
     structure: Structure, i: np.ndarray, j: np.ndarray, d: np.ndarray, ratio: float
 ) -> None:
-    """StructureError for a pair under the floor, a logged warning for one under twice it."""
+    """StructureError for a pair under the floor (:data:`MIN_DISTANCE` with ``ratio <= 0``, else
+    :func:`distance_floor`), and with ``ratio > 0`` a logged warning for one under twice it."""
     if not d.size:
         return
-    if ratio <= 0:
-        if d.min() < MIN_DISTANCE:
-            k = int(np.argmin(d))
-            raise StructureError(
-                f"atoms {int(i[k])} and {int(j[k])} overlap (distance {d[k]:.3g} A < {MIN_DISTANCE} A)"
-            )
-        return
-    floor = distance_floor(structure.numbers[i], structure.numbers[j], ratio)
+    floor = distance_floor(structure.numbers[i], structure.numbers[j], ratio) if ratio > 0 else np.float64(MIN_DISTANCE)
     rel = d / floor
     k = int(np.argmin(rel))
+    floor_k = float(np.broadcast_to(floor, d.shape)[k])
     if rel[k] < 1.0:
         from ase.data import chemical_symbols
 
         zi, zj = chemical_symbols[int(structure.numbers[i[k]])], chemical_symbols[int(structure.numbers[j[k]])]
+        why = (f" ({ratio:g} x the sum of their covalent radii); lower min_distance_ratio to evaluate such close "
+               "contacts anyway" if ratio > 0 else "")
         raise StructureError(
             f"atoms {int(i[k])} ({zi}) and {int(j[k])} ({zj}) overlap: distance {d[k]:.3g} A is below the "
-            f"floor of {floor[k]:.3g} A ({ratio:g} x the sum of their covalent radii); lower "
-            f"min_distance_ratio to evaluate such close contacts anyway"
+            f"floor of {floor_k:.3g} A{why}"
         )
-    if rel[k] < WARN_DISTANCE_FACTOR:
+    if ratio > 0 and rel[k] < WARN_DISTANCE_FACTOR:
         log.warning(
             "atoms %d and %d are very close: %.3g A, %.2g x the distance floor of %.3g A",
-            int(i[k]), int(j[k]), d[k], rel[k], floor[k],
+            int(i[k]), int(j[k]), d[k], rel[k], floor_k,
         )
 
 

@@ -21,7 +21,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from equiformer_calc import EquiformerCalculator
-from equiformer_calc.train.datagen import EMT_LATTICE_CONSTANTS
+from equiformer_calc.surfaces import EMT_LATTICE_CONSTANTS
 from equiformer_calc.workflows.bulk_properties import cubic_elastic_constants, equation_of_state
 
 log = logging.getLogger("elastic_constants")

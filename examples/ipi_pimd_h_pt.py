@@ -24,12 +24,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from ase.build import add_adsorbate, fcc111
 from ase.io import write
 
 from equiformer_calc import EquiformerCalculator
 from equiformer_calc.calculators.ipi import run_client
-from equiformer_calc.train.datagen import EMT_LATTICE_CONSTANTS
+from equiformer_calc.surfaces import build_surface, place_adsorbate_on_site, site_positions
 
 log = logging.getLogger("ipi_pimd_h_pt")
 
@@ -78,8 +77,9 @@ def main() -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    slab = fcc111("Pt", (2, 2, 3), a=EMT_LATTICE_CONSTANTS["Pt"], vacuum=6.0)
-    add_adsorbate(slab, "H", 1.8, "fcc")  # EMT (and so emt-small) puts H 1.8 A above the fcc site
+    slab = build_surface("Pt", "111", size=(2, 2, 3), vacuum=6.0)  # at the EMT lattice constant
+    fcc = site_positions(slab, "fcc111", "fcc")[0]
+    slab = place_adsorbate_on_site(slab, "H", fcc, height=1.8)  # EMT (and so emt-small) puts H 1.8 A above it
     slab.pbc = True  # i-PI's cell is periodic; the vacuum separates the slab from its images
     write(out / "init.extxyz", slab, format="extxyz")
     fixed = [a.index for a in slab if a.symbol == "Pt"]

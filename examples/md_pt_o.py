@@ -14,10 +14,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from ase.build import add_adsorbate, fcc111
 
 from equiformer_calc import EquiformerCalculator, run_md
-from equiformer_calc.train.datagen import EMT_LATTICE_CONSTANTS
+from equiformer_calc.surfaces import build_surface, place_adsorbate_on_site, site_positions
 from equiformer_calc.workflows.md import write_md_outputs
 
 log = logging.getLogger("md_pt_o")
@@ -40,8 +39,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     size = tuple(int(n) for n in args.size.split("x"))
-    slab = fcc111("Pt", size=size, a=EMT_LATTICE_CONSTANTS["Pt"], vacuum=7.0)
-    add_adsorbate(slab, "O", height=1.2, position="fcc")
+    slab = build_surface("Pt", "111", size=size, vacuum=7.0)  # at the EMT lattice constant
+    slab = place_adsorbate_on_site(slab, "O", site_positions(slab, "fcc111", "fcc")[0], height=1.2)
     calc = EquiformerCalculator(args.checkpoint, skin=args.skin)
 
     nvt = run_md(

@@ -22,8 +22,8 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from equiformer_calc import EquiformerCalculator
-from equiformer_calc.train.datagen import EMT_LATTICE_CONSTANTS
-from equiformer_calc.train.evaluate import save_figure
+from equiformer_calc.surfaces import EMT_LATTICE_CONSTANTS
+from equiformer_calc.io import new_figure, save_figure
 from equiformer_calc.workflows.bulk_properties import FCC_PATH, frequencies_at, phonopy_force_constants
 
 log = logging.getLogger("phonons")
@@ -55,11 +55,6 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="checkpoint name or path (default: the shipped one)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     primitive = bulk("Cu", "fcc", a=EMT_LATTICE_CONSTANTS["Cu"])
@@ -73,7 +68,8 @@ def main() -> None:
         results[name] = (band_and_dos(phonon, args.points, args.mesh), x)
         log.info("%-10s X point: TA %.3f THz (x2), LA %.3f THz", name, x[0], x[2])
 
-    fig, (ax_band, ax_dos) = plt.subplots(1, 2, figsize=(9, 4.5), sharey=True, gridspec_kw={"width_ratios": [3, 1]})
+    fig = new_figure((9, 4.5))
+    ax_band, ax_dos = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 1]})
     styles = {0: dict(color="black", linestyle="--", linewidth=1.2), 1: dict(color="tab:red", linewidth=1.2)}
     for k, (name, ((distances, frequencies, dos_f, dos), _)) in enumerate(results.items()):
         for j, (d, f) in enumerate(zip(distances, frequencies)):

@@ -20,8 +20,8 @@ from pymatgen.core.surface import SlabGenerator
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from equiformer_calc import EquiformerCalculator, relax, screen_adsorbates
-from equiformer_calc.train.datagen import EMT_LATTICE_CONSTANTS
-from equiformer_calc.workflows.screening import slab_from_any
+from equiformer_calc.surfaces import EMT_LATTICE_CONSTANTS
+from equiformer_calc.surfaces import slab_from_any
 
 log = logging.getLogger("pymatgen_structure")
 

@@ -15,10 +15,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from ase.build import add_adsorbate, fcc111, molecule
 
 from equiformer_calc import relax
-from equiformer_calc.train.datagen import EMT_LATTICE_CONSTANTS
+from equiformer_calc.surfaces import build_surface, place_adsorbate_on_site, site_positions
 from equiformer_calc.workflows.relax import write_relax_outputs
 
 log = logging.getLogger("relax_co_cu111")
@@ -36,10 +35,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     size = tuple(int(n) for n in args.size.split("x"))
-    slab = fcc111("Cu", size=size, a=EMT_LATTICE_CONSTANTS["Cu"], vacuum=8.0)
-    co = molecule("CO")  # atoms [O, C] with C below O: carbon down as it is
-    assert co.positions[1, 2] < co.positions[0, 2]
-    add_adsorbate(slab, co, height=1.9, position="ontop", mol_index=1)  # C 1.9 A above the top Cu
+    slab = build_surface("Cu", "111", size=size, vacuum=8.0)  # at the EMT lattice constant
+    ontop = site_positions(slab, "fcc111", "ontop")[0]  # ASE's "ontop" site
+    slab = place_adsorbate_on_site(slab, "CO", ontop)  # carbon down, 1.9 A above the top Cu
 
     result = relax(
         slab, checkpoint=args.checkpoint, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
@@ -47,7 +45,7 @@ def main() -> None:
     )
     files = write_relax_outputs(result, Path(args.out).with_suffix(""))
     atoms = result.atoms
-    o, c = len(atoms) - 2, len(atoms) - 1
+    c, o = len(atoms) - 2, len(atoms) - 1
     assert atoms[c].symbol == "C" and atoms[o].symbol == "O" and atoms.positions[c, 2] < atoms.positions[o, 2]
     cu = [a.index for a in atoms if a.symbol == "Cu"]
     c_cu = min(atoms.get_distance(c, i, mic=True) for i in cu)

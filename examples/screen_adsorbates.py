@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from equiformer_calc import screen_adsorbates
-from equiformer_calc.workflows.screening import build_surface
+from equiformer_calc.surfaces import build_surface
 
 log = logging.getLogger("screen_adsorbates")
 

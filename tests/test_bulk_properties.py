@@ -10,7 +10,7 @@ from ase.calculators.emt import EMT
 
 from equiformer_calc.calculator import EquiformerCalculator
 from equiformer_calc.checkpoint import DEFAULT_CHECKPOINT, available_checkpoints
-from equiformer_calc.train.datagen import EMT_LATTICE_CONSTANTS
+from equiformer_calc.surfaces import EMT_LATTICE_CONSTANTS
 from equiformer_calc.workflows.bulk_properties import (
     cubic_elastic_constants,
     equation_of_state,

@@ -185,6 +185,15 @@ def test_evaluate_and_serve_wrong_inputs(capsys, workdir, checkpoint):
     assert main(["serve", "--checkpoint", "missing.safetensors", "--port", "0"]) == 2
 
 
+def test_adsorbml_wrong_inputs(capsys, workdir, checkpoint):
+    status, err = run_cli(capsys, "adsorbml", checkpoint, "nowhere")
+    assert_one_line_error(status, err, "adsorbml", "nowhere is not a folder")
+    (workdir / "data").mkdir()
+    (workdir / "data" / "relax_tasks.json").write_text("[]")
+    status, err = run_cli(capsys, "adsorbml", checkpoint, "data")
+    assert_one_line_error(status, err, "adsorbml", "has no relax_initial.extxyz, relax_relaxed.extxyz")
+
+
 # ------------------------------------------------------------------------------------ --help
 def test_help_does_not_import_torch():
     """``equiformer-calc --help`` stays fast: neither the package nor the CLI imports torch."""

@@ -1,4 +1,4 @@
-"""Tests of the EMT dataset generator (``equiformer_calc.train.datagen``).
+"""Tests of the dataset generator (``equiformer_calc.data``: plan, label, generate) with EMT.
 
 One tiny dataset (explicit counts, a few seconds) is generated once per session and checked for:
 files that read back with ``ase.io.read``; energy/forces everywhere and stress on bulk frames
@@ -20,8 +20,10 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.io import read
 
-from equiformer_calc.train import datagen
-from equiformer_calc.train.datagen import EMT_LATTICE_CONSTANTS, SPLITS, generate_dataset
+from equiformer_calc.data import label, plan
+from equiformer_calc.data.generate import generate_dataset
+from equiformer_calc.data.plan import SPLITS
+from equiformer_calc.surfaces import ADSORBATES, EMT_LATTICE_CONSTANTS
 
 from .helpers import TINY_DATASET
 
@@ -49,7 +51,7 @@ def test_files_and_summary(dataset: tuple[Path, dict], frames: dict[str, list[At
     assert not (out / ".datagen-work").exists()
     assert not list(out.glob("*.tmp*"))
     on_disk = json.loads((out / "summary.json").read_text())
-    assert on_disk["seed"] == 3 and on_disk["generator_version"] == datagen.GENERATOR_VERSION
+    assert on_disk["seed"] == 3 and on_disk["generator_version"] == plan.GENERATOR_VERSION
     assert on_disk["frames_per_split"] == {s: len(frames[s]) for s in SPLITS}
     assert summary["frames_per_split"] == on_disk["frames_per_split"]
     for split in ("train", "test_id", "test_ood"):
@@ -68,7 +70,7 @@ def test_labels_read_back(frames: dict[str, list[Atoms]]) -> None:
             forces = atoms.get_forces(apply_constraint=False)
             assert np.isfinite(energy)
             assert forces.shape == (len(atoms), 3) and np.all(np.isfinite(forces))
-            assert np.linalg.norm(forces, axis=1).max() <= datagen.MAX_FORCE
+            assert np.linalg.norm(forces, axis=1).max() <= label.MAX_FORCE
             assert len(atoms) <= 45
             if atoms.info["config_type"] == "bulk":
                 assert atoms.pbc.all()
@@ -91,7 +93,7 @@ def test_fixed_atoms_have_raw_forces(frames: dict[str, list[Atoms]]) -> None:
         tags = atoms.get_tags()
         assert np.all(tags[fixed] == 0) and np.all(tags[~fixed] > 0)
         if atoms.info["config_type"] == "adsorbate":
-            assert (tags == 2).sum() == len(datagen.ADSORBATES[atoms.info["adsorbate"]][0])
+            assert (tags == 2).sum() == len(ADSORBATES[atoms.info["adsorbate"]][0])
         raw = atoms.get_forces(apply_constraint=False)
         assert np.abs(raw[fixed]).max() > 1e-3, "fixed atoms carry zeroed (constrained) forces"
     # labels are EMT's raw forces
@@ -112,7 +114,7 @@ def test_splits_disjoint_and_ood_held_out(dataset: tuple[Path, dict], frames: di
     assert not seen & ids["test_ood"]
     assert not ids["test_id"] & ids["test_ood"]
     ood = {tuple(c) for c in summary["test_ood_combos"]}
-    assert len(ood) == datagen.SIZES["medium"].ood_combos
+    assert len(ood) == plan.SIZES["medium"].ood_combos
     for split in ("train", "val", "test_id"):
         assert not {(a.info["metal"], a.info["adsorbate"]) for a in frames[split]} & ood
     assert {(a.info["metal"], a.info["adsorbate"]) for a in frames["test_ood"]} <= ood
@@ -152,10 +154,10 @@ def test_rerun_is_noop(dataset: tuple[Path, dict]) -> None:
 
 
 def test_plan_is_seeded() -> None:
-    assert datagen.choose_ood_combos(0, 6) == datagen.choose_ood_combos(0, 6)
-    assert datagen.choose_ood_combos(0, 6) != datagen.choose_ood_combos(1, 6)
-    medium, _ = datagen.plan_tasks(0, datagen.SIZES["medium"])
-    small, _ = datagen.plan_tasks(0, datagen.SIZES["small"])
+    assert plan.choose_ood_combos(0, 6) == plan.choose_ood_combos(0, 6)
+    assert plan.choose_ood_combos(0, 6) != plan.choose_ood_combos(1, 6)
+    medium, _ = plan.plan_tasks(0, plan.SIZES["medium"])
+    small, _ = plan.plan_tasks(0, plan.SIZES["small"])
     assert len(small) < len(medium)
     assert {t.split for t in small} == {"train", "test_id", "test_ood"}
 

@@ -165,7 +165,7 @@ def test_cli_relax_and_screening_fingerprint_take_dispersion(model, tmp_path):
 
     from equiformer_calc.checkpoint import save_checkpoint
     from equiformer_calc.cli import main as cli_main
-    from equiformer_calc.workflows.screening import _model_fingerprint
+    from equiformer_calc.workflows.screening.store import model_fingerprint
 
     ckpt = str(save_checkpoint(model, tmp_path / "tiny.safetensors"))
     src = tmp_path / "slab.extxyz"
@@ -178,4 +178,4 @@ def test_cli_relax_and_screening_fingerprint_take_dispersion(model, tmp_path):
     assert e_d3 - e_plain == pytest.approx(D3("d3bj").compute(slab_with_adsorbate())["energy"], abs=1e-5)
     # a screening database never mixes rows with and without D3
     plain = EquiformerCalculator(model=model)
-    assert _model_fingerprint(plain) != _model_fingerprint(EquiformerCalculator(model=model, dispersion="d3bj"))
+    assert model_fingerprint(plain) != model_fingerprint(EquiformerCalculator(model=model, dispersion="d3bj"))

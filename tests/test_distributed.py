@@ -24,7 +24,8 @@ from equiformer_calc import EquiformerCalculator
 from equiformer_calc.checkpoint import save_checkpoint
 from equiformer_calc.cli import main as cli_main
 from equiformer_calc.distributed import SerialExecutor, open_executor, worker_model
-from equiformer_calc.workflows.screening import build_surface, screen_adsorbates
+from equiformer_calc.surfaces import build_surface
+from equiformer_calc.workflows.screening import screen_adsorbates
 
 from .helpers import TINY_DATASET, make_model
 
@@ -315,7 +316,7 @@ class StopAfter:
 
 @pytest.mark.slow
 def test_datagen_on_dask_is_byte_identical_and_resumes(dask_executor, tmp_path):
-    from equiformer_calc.train.datagen import generate_dataset
+    from equiformer_calc.data.generate import generate_dataset
 
     serial = generate_dataset(tmp_path / "serial", seed=3, size=TINY_DATASET, progress=False)
     stopping = StopAfter(dask_executor, 4)

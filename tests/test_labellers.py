@@ -24,7 +24,8 @@ from ase.build import fcc111, molecule
 from ase.io import read
 
 from equiformer_calc.data.labellers import LabelJournal, LabellerError, LabelStats, JournaledCalculator, resolve_labeller
-from equiformer_calc.train.datagen import SPLITS, generate_dataset
+from equiformer_calc.data.generate import generate_dataset
+from equiformer_calc.data.plan import SPLITS
 
 from .helpers import TINY_DATASET
 
@@ -74,7 +75,7 @@ def test_journal_replays_exact_labels(tmp_path: Path) -> None:
 
 def _datagen(out: Path, log: Path, kill_at: int = 0) -> subprocess.CompletedProcess:
     code = (
-        "from equiformer_calc.train.datagen import generate_dataset\n"
+        "from equiformer_calc.data.generate import generate_dataset\n"
         f"generate_dataset({str(out)!r}, seed=5, size={SPEC!r}, labeller={FACTORY!r}, workers=1, progress=False)\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO), EQC_TEST_CALL_LOG=str(log), EQC_TEST_KILL_AT=str(kill_at))

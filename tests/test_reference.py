@@ -344,7 +344,8 @@ def test_screen_direct_end_to_end(tmp_path, is2re_checkpoint):
     structure evaluated once, with OC20 tags, ranked by the prediction; CSVs and heat map."""
     import csv
 
-    from equiformer_calc.workflows.screening import find_sites, place_adsorbate_on_site, screen_direct, build_surface
+    from equiformer_calc.surfaces import build_surface, find_sites, place_adsorbate_on_site
+    from equiformer_calc.workflows.screening import screen_direct
 
     slab = build_surface("Cu", "111", size=(2, 2, 3))
     out = screen_direct({"Cu-fcc111": slab}, ["O", "CO"], checkpoint=str(is2re_checkpoint), out_dir=tmp_path)

@@ -6,7 +6,7 @@ import numpy as np
 from ase.build import add_adsorbate, fcc111
 
 from equiformer_calc.surfaces import DESORPTION_FACTOR, DISSOCIATION_FACTOR, adsorbate_fragments, check_relaxation
-from equiformer_calc.workflows.screening import build_surface, find_sites, place_adsorbate_on_site
+from equiformer_calc.surfaces import build_surface, find_sites, place_adsorbate_on_site
 
 
 def test_flags_without_an_initial_structure() -> None:

@@ -21,10 +21,11 @@ from equiformer_calc.checkpoint import save_checkpoint
 from equiformer_calc.cli import main as cli_main
 from equiformer_calc.graph import NeighborListCache, build_graph, neighbor_list, structure_from_atoms
 from equiformer_calc.predictor import compute
-from equiformer_calc.workflows._common import bottom_fixed_mask, layer_indices
-from equiformer_calc.workflows.screening import (
+from equiformer_calc.surfaces import (
+    bottom_fixed_mask,
     build_surface,
     find_sites,
+    layer_indices,
     place_adsorbate_on_site,
     reference_potentials,
     slab_from_any,

@@ -103,9 +103,9 @@ def _sevennet_factory(model: str) -> Callable[[], Calculator]:
     def build() -> Calculator:
         import warnings
 
-        import torch
+        from ..runtime import set_threads
 
-        torch.set_num_threads(max(1, int(os.environ.get("EQUIFORMER_CALC_LABELLER_THREADS", "1"))))
+        set_threads(max(1, int(os.environ.get("EQUIFORMER_CALC_LABELLER_THREADS", "1"))))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from sevenn.calculator import SevenNetCalculator

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Iterator
 from distributed import Client, LocalCluster, as_completed
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from ..runtime import set_threads
 from .executor import _MODELS, Executor, Outcome, _as_calculator, _error_text, model_key, unique_key
 
 __all__ = ["ModelPlugin", "DaskExecutor", "local_cluster_client"]
@@ -31,10 +32,7 @@ class ModelPlugin(WorkerPlugin):
         self.torch_threads = torch_threads
 
     def setup(self, worker: Any) -> None:
-        if self.torch_threads:
-            import torch
-
-            torch.set_num_threads(int(self.torch_threads))
+        set_threads(self.torch_threads)
         _MODELS[self.key] = self.calculator
         log.debug("worker %s: model %s loaded", getattr(worker, "address", "?"), self.key)
 
@@ -49,9 +47,7 @@ class _ThreadsPlugin(WorkerPlugin):
         self.torch_threads = int(torch_threads)
 
     def setup(self, worker: Any) -> None:
-        import torch
-
-        torch.set_num_threads(self.torch_threads)
+        set_threads(self.torch_threads)
 
 
 def local_cluster_client(workers: int) -> Client:

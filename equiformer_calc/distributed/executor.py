@@ -77,14 +77,11 @@ def _as_calculator(model: Any, device: str = "cpu", dtype: str = "float32") -> A
     """An EquiformerCalculator for ``model`` (a calculator is returned as is; an Equiformer is
     copied first, so the caller's module is never converted or frozen by the Predictor)."""
     from ..calculator import EquiformerCalculator
+    from ..checkpoint import load_model
     from ..model import Equiformer
 
     if isinstance(model, Equiformer):
-        copy = Equiformer.from_config(model.config)
-        copy.load_state_dict(model.state_dict())
-        if getattr(model, "metadata", None) is not None:
-            copy.metadata = model.metadata  # type: ignore[attr-defined]
-        return EquiformerCalculator(model=copy, device=device, dtype=dtype)
+        return EquiformerCalculator(model=load_model(model, copy=True)[0], device=device, dtype=dtype)
     if not hasattr(model, "predictor"):
         raise TypeError(f"register an EquiformerCalculator or an Equiformer model, got {type(model).__name__}")
     return model

@@ -1,10 +1,10 @@
-"""Small helpers on e3nn irreps: parity labelling and scalar counts."""
+"""Small helpers on e3nn irreps: parity labelling."""
 
 from __future__ import annotations
 
 from e3nn import o3
 
-__all__ = ["with_parity", "sh_irreps", "num_scalars"]
+__all__ = ["with_parity", "sh_irreps"]
 
 
 def with_parity(irreps: str | o3.Irreps, e3: bool) -> o3.Irreps:
@@ -17,8 +17,3 @@ def with_parity(irreps: str | o3.Irreps, e3: bool) -> o3.Irreps:
 def sh_irreps(lmax: int, e3: bool) -> o3.Irreps:
     """Irreps of the spherical harmonics 0..lmax, parity-labelled as in :func:`with_parity`."""
     return with_parity(o3.Irreps.spherical_harmonics(lmax), e3)
-
-
-def num_scalars(irreps: o3.Irreps) -> int:
-    """Number of 0e channels."""
-    return sum(mul for mul, ir in o3.Irreps(irreps) if ir.l == 0 and ir.p == 1)

@@ -15,6 +15,7 @@ from ase import Atoms
 
 from ..data.readers import LabelKeys, read_frames
 from ..graph import AtomicGraph, Structure, batch_graphs, build_graph, structure_from_atoms
+from ..surfaces import held_mask
 
 __all__ = ["Sample", "SampleDataset", "read_samples", "samples_from_atoms", "collate", "batch_from_pyg", "Batch"]
 
@@ -67,16 +68,6 @@ class SampleDataset(torch.utils.data.Dataset):
         return self.samples[index].to_pyg()
 
 
-def _free_mask(atoms: Atoms) -> np.ndarray:
-    if "fixed" in atoms.arrays:
-        return ~atoms.arrays["fixed"].astype(bool)
-    free = np.ones(len(atoms), dtype=bool)
-    for c in atoms.constraints:
-        if type(c).__name__ == "FixAtoms":
-            free[c.get_indices()] = False
-    return free
-
-
 def samples_from_atoms(frames: Iterable[Atoms], cutoff: float, progress: bool = False) -> list[Sample]:
     """Labelled ``Atoms`` (energy and forces from their calculator) -> samples with graphs."""
     from tqdm.auto import tqdm
@@ -102,7 +93,7 @@ def samples_from_atoms(frames: Iterable[Atoms], cutoff: float, progress: bool = 
                 graph=build_graph(structure, cutoff, dtype=torch.float64),
                 energy=energy,
                 forces=forces,
-                free=_free_mask(atoms),
+                free=~held_mask(atoms),
                 stress=stress,
                 info={k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float, bool))},
             )

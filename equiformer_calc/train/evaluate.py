@@ -13,9 +13,9 @@ given):
 
 With ``--out`` it writes ``metrics.json`` and parity plots ``parity_energy.png`` (energy per
 atom), ``parity_forces.png`` (force components of free atoms) and ``parity_stress.png`` (when
-there are stress labels); without it the metrics JSON goes to stdout. ``--relax DATADIR`` also
-runs the AdsorbML-style relaxation benchmark of :mod:`equiformer_calc.train.relax_benchmark` on a
-datagen output (``relax_benchmark.json`` / ``relax_parity.png`` in ``--out``). The model is called only
+there are stress labels); without it the metrics JSON goes to stdout. (The AdsorbML-style
+relaxation benchmark on a datagen output is ``equiformer-calc adsorbml``,
+:mod:`equiformer_calc.workflows.adsorbml`.) The model is called only
 through :func:`~equiformer_calc.predictor.compute` on :func:`~equiformer_calc.train.data.collate`
 batches -- the same path as the trainer's loss and validation.
 """
@@ -35,11 +35,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..checkpoint import load_checkpoint
-from ..fileio import atomic_path, write_text_atomic
+from ..checkpoint import load_checkpoint, load_model
+from ..io import jsonable, new_figure, save_figure, write_json
 from ..model import Equiformer
 from ..predictor import compute, resolve_dtype, voigt
-from ..runtime import configure_runtime
+from ..runtime import configure_runtime, set_threads
 from ..data.readers import LabelKeys
 from .data import Sample, collate, read_samples
 
@@ -52,7 +52,6 @@ __all__ = [
     "plot_parity",
     "evaluate",
     "evaluate_samples",
-    "write_json",
     "HELP",
     "add_arguments",
     "run",
@@ -108,9 +107,7 @@ def _model_on(model: Equiformer, device: torch.device, dtype: torch.dtype) -> Eq
     ref = next(iter(model.parameters()), None)
     if ref is None or (ref.device == device and ref.dtype == dtype):
         return model
-    copy = Equiformer.from_config(model.config)
-    copy.load_state_dict(model.state_dict())
-    return copy.to(device=device, dtype=dtype)
+    return load_model(model, copy=True)[0].to(device=device, dtype=dtype)
 
 
 def _batches(samples: Sequence[Sample], batch_size: int) -> list[list[int]]:
@@ -319,17 +316,6 @@ def evaluate_samples(
 
 
 # ----------------------------------------------------------------------------- plots
-def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=dpi)
-    finally:
-        plt.close(fig)
-
-
 def _parity_axes(ax: Any, ref: np.ndarray, pred: np.ndarray, label: str, unit: str, mae: float) -> None:
     lo = float(min(ref.min(), pred.min()))
     hi = float(max(ref.max(), pred.max()))
@@ -349,11 +335,6 @@ def plot_parity(pred: Predictions, out: str | os.PathLike, color_by: str | None 
     """Parity plots (PNG, matplotlib Agg) of energy per atom, free-atom force components and (if
     any) stress components into folder ``out``; points of the energy plot are coloured by the
     ``info`` key ``color_by`` when it has at most 12 values. Returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -362,7 +343,8 @@ def plot_parity(pred: Predictions, out: str | os.PathLike, color_by: str | None 
     metrics = compute_metrics(pred)
 
     # energy per atom, optionally coloured by a group key
-    fig, ax = plt.subplots(figsize=(5.5, 5.2))
+    fig = new_figure((5.5, 5.2))
+    ax = fig.subplots()
     e_ref = pred.energy_ref / pred.num_atoms
     e_pred = pred.energy / pred.num_atoms
     labels = pred.group_labels(color_by) if color_by else None
@@ -383,7 +365,8 @@ def plot_parity(pred: Predictions, out: str | os.PathLike, color_by: str | None 
     written.append(path)
 
     if "f_mae" in metrics:
-        fig, ax = plt.subplots(figsize=(5.5, 5.2))
+        fig = new_figure((5.5, 5.2))
+        ax = fig.subplots()
         f_ref, f_pred = pred.forces_ref[pred.free], pred.forces[pred.free]
         for c, name in enumerate("xyz"):
             ax.scatter(f_ref[:, c], f_pred[:, c], s=2, alpha=0.3, label=f"F{name}", rasterized=True)
@@ -396,7 +379,8 @@ def plot_parity(pred: Predictions, out: str | os.PathLike, color_by: str | None 
         written.append(path)
 
     if "s_mae" in metrics:
-        fig, ax = plt.subplots(figsize=(5.5, 5.2))
+        fig = new_figure((5.5, 5.2))
+        ax = fig.subplots()
         rows = np.isfinite(pred.stress_ref).all(1) & np.isfinite(pred.stress).all(1)
         s_ref, s_pred = pred.stress_ref[rows], pred.stress[rows]
         for c, name in enumerate(("xx", "yy", "zz", "yz", "xz", "xy")):
@@ -412,36 +396,6 @@ def plot_parity(pred: Predictions, out: str | os.PathLike, color_by: str | None 
 
 
 # ----------------------------------------------------------------------------- entry points
-def _jsonable(obj: Any) -> Any:
-    """NaN / inf -> None (strict JSON), numpy scalars -> Python numbers, recursively."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as indented strict JSON (NaN -> null) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(_jsonable(obj), indent=1, allow_nan=False) + "\n")
-    return path
-
-
-def _load_model(checkpoint_or_model: Equiformer | str | os.PathLike) -> tuple[Equiformer, str | None]:
-    if isinstance(checkpoint_or_model, Equiformer):
-        return checkpoint_or_model, getattr(checkpoint_or_model, "checkpoint_path", None)
-    model = load_checkpoint(checkpoint_or_model)
-    return model, str(getattr(model, "checkpoint_path", checkpoint_or_model))
-
-
 def evaluate(
     checkpoint_or_model: Equiformer | str | os.PathLike,
     data: str | os.PathLike | Sequence[str | os.PathLike],
@@ -469,7 +423,7 @@ def evaluate(
     ``batches_per_task``: fan the model batches out (see :func:`predict_samples`).
     """
     by = list(by)
-    model, ckpt = _load_model(checkpoint_or_model)
+    model, ckpt = load_model(checkpoint_or_model)
     paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     if not paths:
         raise ValueError("no data files given")
@@ -526,7 +480,7 @@ def format_table(result: dict[str, Any]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``equiformer-calc evaluate``."""
     parser.add_argument("checkpoint", help="checkpoint file (.safetensors) or shipped name (e.g. emt-small)")
-    parser.add_argument("data", nargs="*",
+    parser.add_argument("data", nargs="+",
                         help="labelled file(s): extxyz, ASE .db or postgresql:// URL, .aselmdb (file or folder), vasprun.xml, OUTCAR, ...")
     parser.add_argument("--energy-key", default="energy", help="energy label name (e.g. REF_energy; default: energy)")
     parser.add_argument("--forces-key", default="forces", help="forces label name (e.g. REF_forces; default: forces)")
@@ -540,12 +494,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-frames", type=int, help="evaluate only the first N frames of each file")
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
-    parser.add_argument("--relax", type=Path, metavar="DATADIR",
-                        help="also run the relaxation benchmark on DATADIR/relax_initial.extxyz + relax_tasks.json")
-    parser.add_argument("--relax-max-tasks", type=int,
-                        help="at most this many relaxation tasks (whole site groups first)")
-    parser.add_argument("--optimizer", choices=("BFGS", "FIRE", "LBFGS"), default="BFGS",
-                        help="optimiser of the relaxation benchmark (default: BFGS)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     from ..distributed import add_executor_arguments
 
@@ -556,32 +504,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``equiformer-calc evaluate``."""
-    if not args.data and args.relax is None:
-        log.error("give at least one DATA file or --relax DATADIR")
-        return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     by = [k.strip() for k in args.by.split(",") if k.strip()]
     model = load_checkpoint(args.checkpoint)
-    report: dict[str, Any] = {}
-    if args.data:
-        from ..distributed import executor_from_args
+    from ..distributed import executor_from_args
 
-        fan_out = args.scheduler is not None or args.workers is not None
-        with executor_from_args(args) as executor:
-            result = evaluate(model, args.data, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-                              by=by, out=args.out, max_frames=args.max_frames, progress=not args.no_progress,
-                              keys=LabelKeys(args.energy_key, args.forces_key, args.stress_key),
-                              executor=executor if fan_out else None, batches_per_task=args.batches_per_task)
-        log.info("metrics:\n%s", format_table(result))
-        report = result
-    if args.relax is not None:
-        from .relax_benchmark import format_summary, relax_benchmark
-
-        bench = relax_benchmark(model, args.relax, max_tasks=args.relax_max_tasks, optimizer=args.optimizer,
-                                dtype=args.dtype, device=args.device, out=args.out, progress=not args.no_progress)
-        log.info("relaxation benchmark:\n%s", format_summary(bench))
-        report = {**report, "relax_benchmark": bench["summary"]} if report else {"relax_benchmark": bench["summary"]}
+    fan_out = args.scheduler is not None or args.workers is not None
+    with executor_from_args(args) as executor:
+        result = evaluate(model, args.data, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+                          by=by, out=args.out, max_frames=args.max_frames, progress=not args.no_progress,
+                          keys=LabelKeys(args.energy_key, args.forces_key, args.stress_key),
+                          executor=executor if fan_out else None, batches_per_task=args.batches_per_task)
+    log.info("metrics:\n%s", format_table(result))
     if args.out is None:
-        sys.stdout.write(json.dumps(_jsonable(report), indent=1, allow_nan=False) + "\n")
+        sys.stdout.write(json.dumps(jsonable(result), indent=1, allow_nan=False) + "\n")
     return 0

@@ -27,13 +27,13 @@ import torch
 import torch.distributed as dist
 
 from ..checkpoint import save_checkpoint
-from ..fileio import atomic_path, write_text_atomic
+from ..io import atomic_path, new_figure, save_figure, write_text_atomic
 from ..model import Equiformer
 from ..predictor import compute, voigt
-from ..runtime import configure_runtime
+from ..runtime import configure_runtime, set_threads
 from ..data.readers import LabelKeys
 from .data import Sample, collate, read_samples
-from .evaluate import evaluate_samples, save_figure
+from .evaluate import evaluate_samples
 
 __all__ = ["TrainConfig", "train", "fit_energy_references", "pair_repulsion_labels", "HELP", "add_arguments", "run"]
 
@@ -238,8 +238,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
         dist.init_process_group(backend)
         rank, world = dist.get_rank(), dist.get_world_size()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     # one GPU per process of this node: LOCAL_RANK (torchrun sets it), not the global rank, with --nnodes > 1
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     device = torch.device(cfg.device if not cfg.device.startswith("cuda") or not distributed else f"cuda:{local_rank}")
@@ -417,13 +416,9 @@ def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
 
 def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
     """Train/validation energy and force MAE against step (log scale) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [r["step"] for r in history]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = new_figure((10, 4))
+    axes = fig.subplots(1, 2)
     for ax, key, unit, factor in ((axes[0], "e_mae_atom", "meV/atom", 1000), (axes[1], "f_mae", "eV/A", 1)):
         for split, style in (("train", "--"), ("val", "-")):
             ys = [r.get(f"{split}_{key}", float("nan")) * factor for r in history]

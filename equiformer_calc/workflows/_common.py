@@ -1,9 +1,9 @@
-"""Helpers shared by the workflows: the calculator to use, bottom-layer constraints, output
-file names, CSV tables and PNG plots (matplotlib's Agg canvas, no display needed)."""
+"""Helpers shared by the workflows: the calculator to use, output file names, PNG plots, structure
+reading. Bottom-layer constraints live in :mod:`equiformer_calc.surfaces.slabs`, file writing in
+:mod:`equiformer_calc.io` (both imported here for the workflows)."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from pathlib import Path
@@ -12,7 +12,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
-from ase.constraints import FixAtoms
+from ..io import new_figure, save_figure, write_csv
+from ..surfaces.slabs import add_fix_bottom, bottom_fixed_mask, fixed_mask, layer_indices
 
 __all__ = [
     "resolve_calculator",
@@ -30,9 +31,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: two atoms whose heights differ by less than this (Angstrom) belong to the same layer
-LAYER_TOLERANCE = 0.3
 
 
 def resolve_calculator(
@@ -59,82 +57,12 @@ def resolve_calculator(
     )
 
 
-def layer_indices(z: np.ndarray, tolerance: float = LAYER_TOLERANCE) -> np.ndarray:
-    """Layer number of every atom from its height, 0 = lowest layer: heights are sorted and a new
-    layer starts wherever two consecutive heights differ by more than ``tolerance``."""
-    z = np.asarray(z, dtype=float)
-    if z.size == 0:
-        return np.zeros(0, dtype=int)
-    order = np.argsort(z, kind="stable")
-    gaps = np.diff(z[order]) > tolerance
-    layer_sorted = np.concatenate([[0], np.cumsum(gaps)])
-    layers = np.empty(z.size, dtype=int)
-    layers[order] = layer_sorted
-    return layers
-
-
-def bottom_fixed_mask(
-    atoms: Atoms,
-    fix_bottom: int | None = None,
-    fix_below: float | None = None,
-    tolerance: float = LAYER_TOLERANCE,
-) -> np.ndarray:
-    """Atoms to hold fixed: the ``fix_bottom`` lowest layers (see :func:`layer_indices`; heights
-    are Cartesian z, the surface normal of ASE/pymatgen slabs) and/or every atom with
-    ``z < fix_below`` (Angstrom)."""
-    mask = np.zeros(len(atoms), dtype=bool)
-    z = atoms.positions[:, 2]
-    if fix_bottom is not None:
-        if isinstance(fix_bottom, bool) or int(fix_bottom) != fix_bottom or fix_bottom < 0:
-            raise ValueError(f"fix_bottom is a number of layers (int >= 0), got {fix_bottom!r}")
-        mask |= layer_indices(z, tolerance) < int(fix_bottom)
-    if fix_below is not None:
-        mask |= z < float(fix_below)
-    return mask
-
-
-def fixed_mask(atoms: Atoms) -> np.ndarray:
-    """Atoms held by the structure's FixAtoms constraints."""
-    mask = np.zeros(len(atoms), dtype=bool)
-    for constraint in atoms.constraints:
-        if isinstance(constraint, FixAtoms):
-            mask[constraint.index] = True
-    return mask
-
-
-def add_fix_bottom(
-    atoms: Atoms, fix_bottom: int | None = None, fix_below: float | None = None, tolerance: float = LAYER_TOLERANCE
-) -> int:
-    """Add a FixAtoms constraint for :func:`bottom_fixed_mask` (existing constraints are kept);
-    returns the number of atoms newly fixed."""
-    if fix_bottom is None and fix_below is None:
-        return 0
-    mask = bottom_fixed_mask(atoms, fix_bottom, fix_below, tolerance) & ~fixed_mask(atoms)
-    if mask.any():
-        atoms.set_constraint(list(atoms.constraints) + [FixAtoms(mask=mask)])
-    if mask.sum() == len(atoms):
-        log.warning("every atom is fixed (fix_bottom=%s, fix_below=%s)", fix_bottom, fix_below)
-    return int(mask.sum())
-
-
 def output_stem(output: str | os.PathLike) -> Path:
     """``run/out.traj`` -> ``run/out`` (side files are named ``<stem>_final.extxyz`` and so on);
     creates the folder."""
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_suffix("") if path.suffix else path
-
-
-def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
-    """A CSV table (floats written with full precision)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for row in rows:
-            writer.writerow([repr(float(v)) if isinstance(v, (float, np.floating)) else v for v in row])
-    return path
 
 
 def plot_lines(
@@ -146,13 +74,7 @@ def plot_lines(
     title: str = "",
 ) -> Path:
     """One PNG with one panel per mapping ``{legend: y values}``, stacked, sharing the x axis."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(6.4, 2.6 * len(panels) + 0.6))
-    FigureCanvasAgg(fig)
+    fig = new_figure((6.4, 2.6 * len(panels) + 0.6))
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, series, ylabel in zip(axes, panels, ylabels):
         for label, y in series.items():
@@ -165,8 +87,7 @@ def plot_lines(
     if title:
         axes[0].set_title(title, fontsize="medium")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def add_model_arguments(parser: Any) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import Stationary
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from tqdm.auto import tqdm
 
@@ -44,16 +44,6 @@ from ._common import (
     resolve_calculator,
     write_csv,
 )
-
-try:
-    from ase.md.velocitydistribution import thermalize_momenta
-except ImportError:  # ase < 3.29
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
-    def thermalize_momenta(atoms: Atoms, temperature_K: float, *, rng: Any = None) -> None:  # type: ignore[misc]
-        """Maxwell-Boltzmann momenta (``thermalize_momenta`` of ase >= 3.29)."""
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
-
 
 __all__ = ["HELP", "MDResult", "run_md", "energy_drift", "add_arguments", "run"]
 

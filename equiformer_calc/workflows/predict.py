@@ -38,7 +38,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from ._common import add_model_arguments, resolve_calculator, write_csv
+from ..io import write_csv
+from ._common import add_model_arguments, resolve_calculator
 
 __all__ = ["HELP", "PredictChunk", "predict_chunk", "PredictResult", "read_structures", "predict_file",
            "add_arguments", "run"]
@@ -188,7 +189,7 @@ def _write(frames: list[Atoms], results: list[Any], out: Path) -> Path:
     if out.suffix.lower() != ".csv":
         from ase.io import write
 
-        from ..fileio import atomic_path
+        from ..io import atomic_path
 
         with atomic_path(out, suffix=out.suffix) as tmp:
             write(tmp, frames, format="extxyz")

@@ -1,7 +1,7 @@
 """AdsorbML-style relaxation benchmark of a model against the references of the labeller that made them.
 
 Input: a datagen output folder with ``relax_initial.extxyz`` (initial adsorbate + slab
-structures), ``relax_relaxed.extxyz`` (their relaxed references, by the dataset's labeller: EMT, the
+structures; ``.extxyz.xz`` when compressed), ``relax_relaxed.extxyz`` (their relaxed references, by the dataset's labeller: EMT, the
 distillation teacher, ...) and ``relax_tasks.json`` (one record per task: metal, facet, adsorbate,
 site, slab ``cell_size``, the reference ``relaxed_energy`` and the reference energy of the relaxed
 clean slab, ``clean_slab_energy``). Below, "EMT" stands for that reference labeller (recorded in the
@@ -10,7 +10,8 @@ frames' ``labeller`` field, or given with ``reference=``); its single points are
 For every task the initial structure is relaxed with the model (ASE BFGS / FIRE / LBFGS,
 ``fmax`` 0.05 eV/A, at most 500 steps, the ``fixed`` atoms held by ``FixAtoms``; all tasks at
 once through :func:`equiformer_calc.workflows.batch.relax_batch`, which runs the same ASE
-optimizers with one batched model call per step), and reported:
+optimizers with one batched model call per step; another ASE calculator relaxes them one by one
+with :func:`equiformer_calc.workflows.relax.relax`), and reported:
 
 * ``e_model`` -- the model's energy of its relaxed structure, against EMT's relaxed energy
   (``relaxed_energy_mae``: the relaxed-energy MAE in eV),
@@ -35,63 +36,63 @@ group's sites. The rate is reported over groups with at least two sites (the mea
 number) and over all groups (single-site groups reduce to the per-task 0.1 eV criterion);
 ``note`` says when there is no multi-site group.
 
-Run: ``equiformer-calc evaluate CKPT --relax DATADIR [--relax-max-tasks N] [--out DIR]`` or
-``python benchmarks/relax_benchmark.py CKPT DATADIR [--max-tasks N] [--out DIR]``.
+Run: ``equiformer-calc adsorbml CKPT DATADIR [--max-tasks N] [--out DIR]`` (the one entry point), or
+:func:`relax_benchmark` from Python (``benchmarks/card_metrics.py --relax`` does).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
+import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator
-from ase.constraints import FixAtoms
 from ase.geometry import get_distances
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_model
 from ..graph import StructureError
+from ..io import jsonable, new_figure, save_figure, write_json
 from ..model import Equiformer
-from ..surfaces import check_relaxation
+from ..runtime import set_threads
+from ..surfaces import REFERENCE_MOLECULES, check_relaxation, constrain_held, gas_molecule, gas_reference_energy
+from ..surfaces import reference_potentials
+from .batch import relax_batch
+from .relax import OPTIMIZERS, RelaxResult, relax
 
 __all__ = [
+    "HELP",
     "relax_benchmark",
     "select_tasks",
     "format_summary",
     "SUCCESS_THRESHOLD",
     "FMAX",
     "MAX_STEPS",
+    "add_arguments",
+    "run",
 ]
 
 log = logging.getLogger(__name__)
 
+HELP = "AdsorbML-style relaxation benchmark of a checkpoint on a datagen folder's held-out relaxation tasks"
+
 #: AdsorbML: the model-chosen structure must be within this many eV of the reference minimum
 SUCCESS_THRESHOLD = 0.1
-#: relaxation convergence (eV/A) and step limit, as the EMT references (datagen)
+#: relaxation convergence (eV/A) and step limit, as the references (datagen)
 FMAX = 0.05
 MAX_STEPS = 500
-_OPTIMIZERS = ("BFGS", "FIRE", "LBFGS")
+#: vacuum (A) around the gas molecules of the element references
+_GAS_VACUUM = 6.0
 
 
 # ----------------------------------------------------------------------------- structures
-def _with_fixed(atoms: Atoms) -> Atoms:
-    """A calculator-free copy whose FixAtoms constraint follows the per-atom ``fixed`` array (if
-    any; else the copy keeps the constraints it has)."""
-    out = atoms.copy()
-    out.calc = None
-    if "fixed" in out.arrays:
-        out.set_constraint(FixAtoms(mask=out.arrays["fixed"].astype(bool)))
-    return out
-
-
 def _adsorbate_mask(atoms: Atoms) -> np.ndarray:
     return atoms.get_tags() == 2
 
@@ -106,68 +107,42 @@ def _adsorbate_rmsd(a: Atoms, b: Atoms) -> float:
 
 
 # ----------------------------------------------------------------------------- relaxation
-@dataclass
-class _Relaxed:
-    """Outcome of one model relaxation (``atoms`` / ``energy`` are None when it failed)."""
-
-    atoms: Atoms | None
-    energy: float | None
-    steps: int
-    converged: bool
-    fmax: float | None
-    error: str | None = None
-
-
+#: what stops one relaxation by a plain ASE calculator without stopping the benchmark
 _FAILURES = (StructureError, ValueError, RuntimeError, np.linalg.LinAlgError)
-
-
-def _relax_one(atoms: Atoms, calc: Any, optimizer: str, fmax: float, steps: int) -> _Relaxed:
-    """Relax a copy of ``atoms`` with ``calc`` and a plain ASE optimizer."""
-    from ase import optimize
-
-    work = atoms.copy()
-    calc.reset()
-    work.calc = calc
-    try:
-        opt = getattr(optimize, optimizer)(work, logfile=None)
-        converged = bool(opt.run(fmax=fmax, steps=steps))
-        final_fmax = float(np.linalg.norm(work.get_forces(), axis=1).max()) if len(work) else 0.0
-        energy = float(work.get_potential_energy())
-    except _FAILURES as exc:  # e.g. the model pulls two atoms onto each other
-        return _Relaxed(None, None, 0, False, None, f"{type(exc).__name__}: {exc}")
-    return _Relaxed(work, energy, int(opt.nsteps), converged, final_fmax)
 
 
 def _relax_all(
     structures: Sequence[Atoms], calc: Any, optimizer: str, fmax: float, steps: int, progress: bool
-) -> list[_Relaxed]:
+) -> list[RelaxResult]:
     """Relax copies of ``structures`` (their FixAtoms constraints held). With an
     EquiformerCalculator, all at once with one batched model call per optimizer step
-    (:func:`equiformer_calc.workflows.batch.relax_batch`, the same ASE optimizers); otherwise (or
-    if that module is unavailable) one after the other."""
+    (:func:`~equiformer_calc.workflows.batch.relax_batch`); any other ASE calculator relaxes them one
+    after the other with the same optimizer (:func:`~equiformer_calc.workflows.relax.relax`), a
+    failing one recorded in its result's ``error``."""
     from tqdm.auto import tqdm
 
     from ..calculator import EquiformerCalculator
 
-    relax_batch = None
+    if not structures:
+        return []
     if isinstance(calc, EquiformerCalculator):
+        return relax_batch(list(structures), fmax=fmax, steps=steps, optimizer=optimizer, calculator=calc,
+                           progress=progress)
+    out = []
+    for atoms in tqdm(structures, desc="relax", unit="structure", disable=not progress, leave=False):
+        if hasattr(calc, "reset"):
+            calc.reset()
         try:
-            from ..workflows.batch import relax_batch
-        except ImportError:  # pragma: no cover - older tree without the batched relaxer
-            relax_batch = None
-    if relax_batch is not None and structures:
-        results = relax_batch(list(structures), fmax=fmax, steps=steps, optimizer=optimizer, calculator=calc,
-                              progress=progress)
-        out = []
-        for r in results:
-            if r.error is not None:
-                out.append(_Relaxed(None, None, int(r.nsteps), False, None, r.error))
-            else:
-                out.append(_Relaxed(r.atoms, float(r.final_energy), int(r.nsteps), bool(r.converged),
-                                    float(r.fmax[-1]) if r.fmax else None))
-        return out
-    return [_relax_one(a, calc, optimizer, fmax, steps)
-            for a in tqdm(structures, desc="relax", unit="structure", disable=not progress, leave=False)]
+            out.append(relax(atoms, calculator=calc, fmax=fmax, steps=steps, optimizer=optimizer))
+        except _FAILURES as exc:  # e.g. the model pulls two atoms onto each other
+            failed = atoms.copy()
+            failed.calc = None
+            out.append(RelaxResult(failed, error=f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+def _energy(result: RelaxResult) -> float | None:
+    return float(result.final_energy) if result.error is None else None
 
 
 def _reference_energy(atoms: Atoms, labeller: str) -> float:
@@ -179,29 +154,15 @@ def _reference_energy(atoms: Atoms, labeller: str) -> float:
     return float(work.get_potential_energy())
 
 
-#: gas molecules of OC20's element references
-_GAS = ("H2", "H2O", "CO", "N2")
-
-
-def _gas_potentials(relax: Any) -> dict[str, float]:
-    """mu_H, mu_O, mu_C, mu_N from H2, H2O, CO, N2 relaxed by ``relax(list_of_atoms) -> energies``."""
-    from ase.build import molecule
-
-    mols = []
-    for name in _GAS:
-        atoms = molecule(name)
-        atoms.center(vacuum=6.0)
-        atoms.pbc = False
-        mols.append(atoms)
-    e = dict(zip(_GAS, relax(mols), strict=True))
-    mu = {"H": 0.5 * e["H2"], "O": e["H2O"] - e["H2"]}
-    mu["C"] = e["CO"] - mu["O"]
-    mu["N"] = 0.5 * e["N2"]
-    return mu
+def _gas_potentials(relax_molecules: Any) -> dict[str, float]:
+    """mu_H, mu_O, mu_C, mu_N (OC20's element references) from H2, H2O, CO and N2 relaxed by
+    ``relax_molecules(list_of_atoms) -> energies``."""
+    molecules = [gas_molecule(name, vacuum=_GAS_VACUUM) for name in REFERENCE_MOLECULES]
+    return reference_potentials(dict(zip(REFERENCE_MOLECULES, relax_molecules(molecules), strict=True)))
 
 
 def _gas_correction(atoms: Atoms, mu: dict[str, float]) -> float:
-    return float(sum(mu[s] for s in np.array(atoms.get_chemical_symbols())[_adsorbate_mask(atoms)]))
+    return gas_reference_energy(np.array(atoms.get_chemical_symbols())[_adsorbate_mask(atoms)], mu)
 
 
 def _slab_key(slab: Atoms) -> bytes:
@@ -235,11 +196,20 @@ def select_tasks(records: Sequence[dict[str, Any]], max_tasks: int | None = None
 
 
 # ----------------------------------------------------------------------------- the benchmark
-def _fresh_model(model: Equiformer) -> Equiformer:
-    """A private copy (the calculator converts dtype and freezes parameters in place)."""
-    copy = Equiformer.from_config(model.config)
-    copy.load_state_dict(model.state_dict())
-    return copy
+def _benchmark_files(data_dir: Path) -> tuple[Path, Path, Path]:
+    """``relax_tasks.json`` and the initial / relaxed structures (``.extxyz`` or ``.extxyz.xz``) of a
+    datagen folder; a FileNotFoundError naming what is missing otherwise."""
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir} is not a folder: give a datagen output folder (equiformer-calc datagen)")
+    found = [data_dir / "relax_tasks.json"]
+    for stem in ("relax_initial", "relax_relaxed"):
+        found += [next((p for p in (data_dir / f"{stem}.extxyz", data_dir / f"{stem}.extxyz.xz") if p.is_file()),
+                       data_dir / f"{stem}.extxyz")]
+    missing = [p.name for p in found if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{data_dir} has no {', '.join(missing)}: give a datagen output folder with "
+                                "relaxation tasks (equiformer-calc datagen)")
+    return found[0], found[1], found[2]
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -271,12 +241,13 @@ def relax_benchmark(
 
     from ..calculator import EquiformerCalculator
 
-    if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {optimizer!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
     data_dir = Path(data_dir)
-    records: list[dict[str, Any]] = json.loads((data_dir / "relax_tasks.json").read_text())
-    initial: list[Atoms] = read(str(data_dir / "relax_initial.extxyz"), ":")
-    reference: list[Atoms] = read(str(data_dir / "relax_relaxed.extxyz"), ":")
+    files = _benchmark_files(data_dir)
+    records: list[dict[str, Any]] = json.loads(files[0].read_text())
+    initial: list[Atoms] = read(str(files[1]), ":")
+    reference: list[Atoms] = read(str(files[2]), ":")
     if not (len(records) == len(initial) == len(reference)):
         raise ValueError(
             f"{data_dir}: {len(records)} tasks but {len(initial)} initial / {len(reference)} relaxed frames"
@@ -294,18 +265,14 @@ def relax_benchmark(
 
     if isinstance(checkpoint_or_model, Calculator):  # any ASE calculator (EMT: a sanity check)
         calc, ckpt = checkpoint_or_model, type(checkpoint_or_model).__name__
-    else:
-        if isinstance(checkpoint_or_model, Equiformer):
-            model, ckpt = checkpoint_or_model, getattr(checkpoint_or_model, "checkpoint_path", None)
-        else:
-            model = load_checkpoint(checkpoint_or_model)
-            ckpt = str(getattr(model, "checkpoint_path", checkpoint_or_model))
-        calc = EquiformerCalculator(model=_fresh_model(model), device=device, dtype=dtype)
+    else:  # a private copy: the calculator converts dtype and freezes parameters in place
+        model, ckpt = load_model(checkpoint_or_model, copy=True)
+        calc = EquiformerCalculator(model=model, device=device, dtype=dtype)
     log.info("relaxation benchmark: %d of %d tasks from %s, %s fmax=%.3g", len(indices), len(records), data_dir,
              optimizer, fmax)
 
     start = time.perf_counter()
-    starts = [_with_fixed(initial[k]) for k in indices]
+    starts = [constrain_held(initial[k]) for k in indices]
     relaxed = _relax_all(starts, calc, optimizer, fmax, steps, progress)
     # the model's clean-slab energies: its own relaxation of each distinct clean slab
     slabs: dict[bytes, Atoms] = {}
@@ -320,14 +287,13 @@ def relax_benchmark(
 
     # element references from gas molecules relaxed by the model and by the reference labeller
     def model_relax(mols: list[Atoms]) -> list[float]:
-        return [float(r.energy) if r.energy is not None else float("nan")
-                for r in _relax_all(mols, calc, optimizer, fmax, steps, False)]
+        return [r.final_energy for r in _relax_all(mols, calc, optimizer, fmax, steps, False)]
 
     def reference_relax(mols: list[Atoms]) -> list[float]:
         from ..data.labellers import JournaledCalculator, LabelStats, resolve_labeller
 
         ref_calc = JournaledCalculator(resolve_labeller(labeller), LabelStats())
-        return [float(r.energy) for r in (_relax_one(m, ref_calc, optimizer, fmax, steps) for m in mols)]
+        return [r.final_energy for r in _relax_all(mols, ref_calc, optimizer, fmax, steps, False)]
 
     mu_model, mu_ref = _gas_potentials(model_relax), _gas_potentials(reference_relax)
 
@@ -346,9 +312,9 @@ def relax_benchmark(
             "cell_size": rec.get("cell_size"),
             "split": rec.get("split"),
             "n_atoms": len(starts[len(tasks)]),
-            "steps": res.steps,
+            "steps": res.nsteps,
             "converged": res.converged,
-            "fmax": res.fmax,
+            "fmax": float(res.fmax[-1]) if res.fmax and res.error is None else None,
             "e_ref": e_ref,
             "e_ads_ref": e_ref - e_slab_ref,
             "error": res.error,
@@ -361,8 +327,7 @@ def relax_benchmark(
             task.update(within_threshold=False, anomalies=["failed"])
             tasks.append(task)
             continue
-        assert res.atoms is not None and res.energy is not None and slab.energy is not None
-        e_model = res.energy
+        e_model, e_slab_model = float(res.final_energy), float(slab.final_energy)
         e_ref_sp = _reference_energy(res.atoms, labeller)
         ref_flags = set(check_relaxation(ref)["anomalies"])
         task.update(
@@ -371,11 +336,11 @@ def relax_benchmark(
             error_model=e_model - e_ref,
             error_ref_sp=e_ref_sp - e_ref,
             model_vs_ref_at_model_minimum=e_model - e_ref_sp,
-            e_ads_model=e_model - slab.energy,
+            e_ads_model=e_model - e_slab_model,
             e_ads_ref_sp=e_ref_sp - e_slab_ref,
-            e_ads_gas_model=e_model - slab.energy - _gas_correction(res.atoms, mu_model),
+            e_ads_gas_model=e_model - e_slab_model - _gas_correction(res.atoms, mu_model),
             e_ads_gas_ref=e_ref - e_slab_ref - _gas_correction(ref, mu_ref),
-            slab_model_steps=slab.steps,
+            slab_model_steps=slab.nsteps,
             adsorbate_rmsd=_adsorbate_rmsd(res.atoms, ref),
             anomalies=sorted(set(check_relaxation(res.atoms)["anomalies"]) - ref_flags),
             reference_anomalies=sorted(ref_flags),
@@ -429,8 +394,6 @@ def relax_benchmark(
     }
     result = {"summary": summary, "groups": groups, "tasks": tasks}
     if out is not None:
-        from .evaluate import write_json
-
         out = Path(out)
         write_json(result, out / "relax_benchmark.json")
         _plot(tasks, out / "relax_parity.png")
@@ -473,20 +436,14 @@ def _adsorbml_groups(tasks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def _plot(tasks: Sequence[dict[str, Any]], path: Path) -> None:
     """Adsorption energies: model (own relaxation) and EMT single point on the model-relaxed
     structure against EMT's relaxed reference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .evaluate import save_figure
-
     tasks = [t for t in tasks if t.get("error") is None]
     if not tasks:
         return
     ref = np.array([t["e_ads_ref"] for t in tasks])
     model = np.array([t["e_ads_model"] for t in tasks])
     sp = np.array([t["e_ads_ref_sp"] for t in tasks])
-    fig, ax = plt.subplots(figsize=(5.5, 5.2))
+    fig = new_figure((5.5, 5.2))
+    ax = fig.subplots()
     lo, hi = float(min(ref.min(), model.min(), sp.min())), float(max(ref.max(), model.max(), sp.max()))
     pad = 0.05 * (hi - lo or 1.0)
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k-", lw=0.8)
@@ -526,27 +483,32 @@ def format_summary(result: dict[str, Any]) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m equiformer_calc.train.relax_benchmark CKPT DATADIR [...]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="checkpoint file or shipped name")
-    parser.add_argument("data_dir", type=Path, help="datagen output folder with relax_tasks.json")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``equiformer-calc adsorbml``."""
+    parser.add_argument("checkpoint", help="checkpoint file (.safetensors) or shipped name (e.g. emt-small)")
+    parser.add_argument("data_dir", type=Path,
+                        help="datagen output folder with relax_initial.extxyz, relax_relaxed.extxyz and relax_tasks.json")
     parser.add_argument("--max-tasks", type=int, help="at most this many tasks (whole site groups first)")
-    parser.add_argument("--optimizer", choices=_OPTIMIZERS, default="BFGS")
+    parser.add_argument("--optimizer", type=str.upper, choices=sorted(OPTIMIZERS), default="BFGS",
+                        help="ASE optimizer (default: BFGS, as the references)")
+    parser.add_argument("--fmax", type=float, default=FMAX, help=f"force criterion, eV/A (default: {FMAX})")
+    parser.add_argument("--steps", type=int, default=MAX_STEPS, help=f"step limit (default: {MAX_STEPS})")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--out", type=Path, help="folder for relax_benchmark.json and relax_parity.png")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    parser.add_argument("--out", type=Path, help="folder for relax_benchmark.json and relax_parity.png "
+                        "(default: the summary as JSON on stdout)")
     parser.add_argument("--labeller", help="labeller of the references (default: the one recorded in the data)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``equiformer-calc adsorbml``."""
+    set_threads(args.threads)
     result = relax_benchmark(args.checkpoint, args.data_dir, max_tasks=args.max_tasks, optimizer=args.optimizer,
-                             dtype=args.dtype, out=args.out, progress=True, labeller=args.labeller)
+                             fmax=args.fmax, steps=args.steps, dtype=args.dtype, device=args.device, out=args.out,
+                             progress=not args.no_progress, labeller=args.labeller)
     log.info("relaxation benchmark:\n%s", format_summary(result))
+    if args.out is None:
+        sys.stdout.write(json.dumps(jsonable(result["summary"]), indent=1, allow_nan=False) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

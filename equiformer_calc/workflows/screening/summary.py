@@ -1,0 +1,147 @@
+"""Screening, step 3: the summary. One row per (surface, adsorbate, site) from the database, the
+minimum adsorption energy per (surface, adsorbate), CSV tables and a heat map.
+
+The minimum is taken over converged, non-desorbed, non-dissociated sites (over the non-converged
+valid ones when no site converged). Direct (IS2RE) screening ranks sites by the predicted energy
+instead (:func:`rank_sites`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from ...io import new_figure, save_figure, write_csv
+from .plan import ScreenTask
+from .store import ScreenStore
+
+__all__ = ["SITE_COLUMNS", "site_rows", "summarise", "rank_sites", "write_screen_outputs", "plot_heatmap"]
+
+#: the columns of ``screen_sites.csv``: one row per (surface, adsorbate, site)
+SITE_COLUMNS: tuple[str, ...] = (
+    "surface", "adsorbate", "site", "site_kind", "final_site", "e_ads", "energy", "converged", "nsteps",
+    "desorbed", "dissociated", "moved", "surface_changed", "status", "row_id", "error",
+)
+
+
+def site_rows(tasks: Sequence[ScreenTask], store: ScreenStore, errors: dict[str, str]) -> list[dict[str, Any]]:
+    """One dict per adsorbate task (:data:`SITE_COLUMNS`): its database row, or ``status`` ``not run``
+    with the error when the executor could not run it (nothing was written; a rerun retries it)."""
+    out: list[dict[str, Any]] = []
+    for t in tasks:
+        head = {"surface": t.info["surface"], "adsorbate": t.info["adsorbate"], "site": t.info["site"],
+                "site_kind": t.info["site_kind"]}
+        row = store.rows.get(t.key)
+        if row is None:
+            if t.key in errors:
+                out.append({
+                    **head, "final_site": "", "e_ads": float("nan"), "energy": float("nan"), "converged": False,
+                    "nsteps": 0, "desorbed": False, "dissociated": False, "moved": False, "surface_changed": False,
+                    "status": "not run", "row_id": "", "error": errors[t.key],
+                })
+            continue
+        error = errors.get(t.key, "")
+        if not error and row.get("status") == "failed":  # failed in an earlier run: the row says why
+            error = store.row_error(row)
+        out.append({
+            **head, "final_site": row.get("final_site", ""), "e_ads": row.get("e_ads", float("nan")),
+            "energy": row.get("relaxed_energy", float("nan")), "converged": row.get("converged", False),
+            "nsteps": row.get("nsteps", 0), "desorbed": row.get("desorbed", False),
+            "dissociated": row.get("dissociated", False), "moved": row.get("moved", False),
+            "surface_changed": row.get("surface_changed", False), "status": row.get("status", ""), "row_id": row.id,
+            "error": error,
+        })
+    return out
+
+
+def summarise(surfaces: Sequence[tuple[str, Atoms]], adsorbates: Sequence[str], sites: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One dict per (surface, adsorbate): the minimum adsorption energy ``e_ads_min`` over valid sites
+    (done, not desorbed, not dissociated, finite; converged ones first), its site, and counts."""
+    summary: list[dict[str, Any]] = []
+    for name, slab in surfaces:
+        for ads_name in adsorbates:
+            rows = [r for r in sites if r["surface"] == name and r["adsorbate"] == ads_name]
+            valid = [
+                r for r in rows
+                if r["status"] == "done" and not r["desorbed"] and not r["dissociated"] and np.isfinite(r["e_ads"])
+            ]
+            chosen = [r for r in valid if r["converged"]] or valid
+            best = min(chosen, key=lambda r: r["e_ads"]) if chosen else None
+            summary.append({
+                "surface": name, "metal": slab.info.get("metal", ""), "facet": slab.info.get("facet", ""),
+                "adsorbate": ads_name, "e_ads_min": best["e_ads"] if best else float("nan"),
+                "site": best["site"] if best else "", "final_site": best["final_site"] if best else "",
+                "converged": best["converged"] if best else False, "moved": best["moved"] if best else False,
+                "n_sites": len(rows), "n_valid": len(valid),
+                "n_flagged": sum(1 for r in rows if r["desorbed"] or r["dissociated"]),
+                "n_failed": sum(1 for r in rows if r["status"] != "done"),
+                "row_id": best["row_id"] if best else "",
+            })
+    return summary
+
+
+def rank_sites(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rank sites by ``row[key]`` within each (surface, adsorbate), lowest first: returns the order
+    (indices into ``rows``), the rows in that order with their ``rank`` (1 = most stable) set, and the
+    best row's summary per (surface, adsorbate) with ``n_sites``."""
+    order = sorted(range(len(rows)), key=lambda k: (rows[k]["surface"], rows[k]["adsorbate"], rows[k][key]))
+    ranked: list[dict[str, Any]] = []
+    summary: list[dict[str, Any]] = []
+    for k in order:
+        row = rows[k]
+        prev = ranked[-1] if ranked else None
+        same = prev is not None and (prev["surface"], prev["adsorbate"]) == (row["surface"], row["adsorbate"])
+        row["rank"] = prev["rank"] + 1 if same else 1
+        ranked.append(row)
+        if row["rank"] == 1:
+            summary.append({
+                "surface": row["surface"], "metal": row["metal"], "facet": row["facet"], "adsorbate": row["adsorbate"],
+                "e_ads_min": row[key], "site": row["site"], "site_kind": row["site_kind"], "n_sites": 0,
+            })
+        summary[-1]["n_sites"] += 1
+    return order, ranked, summary
+
+
+def _table(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Path:
+    columns = list(columns if columns is not None else rows[0])
+    return write_csv(path, columns, [[r[k] for k in columns] for r in rows])
+
+
+def write_screen_outputs(
+    summary: list[dict[str, Any]], sites: list[dict[str, Any]], out_dir: Path, prefix: str = "screen",
+    site_columns: Sequence[str] = SITE_COLUMNS,
+) -> dict[str, Path]:
+    """``<prefix>_sites.csv`` and, when there is a summary, ``<prefix>_summary.csv`` and the heat map
+    ``<prefix>_heatmap.png`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"sites": _table(out_dir / f"{prefix}_sites.csv", sites, site_columns)}
+    if summary:
+        files["summary"] = _table(out_dir / f"{prefix}_summary.csv", summary)
+        files["heatmap"] = plot_heatmap(summary, out_dir / f"{prefix}_heatmap.png")
+    return files
+
+
+def plot_heatmap(summary: list[dict[str, Any]], path: Path) -> Path:
+    """Minimum adsorption energy by surface (rows) x adsorbate (columns), values written in."""
+    surfaces = list(dict.fromkeys(r["surface"] for r in summary))
+    adsorbates = list(dict.fromkeys(r["adsorbate"] for r in summary))
+    grid = np.full((len(surfaces), len(adsorbates)), np.nan)
+    for r in summary:
+        grid[surfaces.index(r["surface"]), adsorbates.index(r["adsorbate"])] = r["e_ads_min"]
+    fig = new_figure((1.3 * len(adsorbates) + 2.6, 0.55 * len(surfaces) + 1.6))
+    ax = fig.subplots()
+    finite = grid[np.isfinite(grid)]
+    span = float(np.abs(finite).max()) if finite.size else 1.0
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="coolwarm", vmin=-span, vmax=span, aspect="auto")
+    ax.set_xticks(range(len(adsorbates)), adsorbates)
+    ax.set_yticks(range(len(surfaces)), surfaces)
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center", fontsize="small")
+    fig.colorbar(image, ax=ax, label="min E$_{ads}$ (eV)")
+    ax.set_title("minimum adsorption energy (OC20 gas references)", fontsize="medium")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)

@@ -1,0 +1,88 @@
+"""``equiformer_calc.io`` (atomic writes, figures that leave matplotlib's global state alone) and
+``equiformer_calc.runtime`` (thread settings)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from equiformer_calc.io import atomic_path, write_csv, write_json
+from equiformer_calc.runtime import set_threads, single_threaded_blas
+
+
+def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    target = tmp_path / "table.csv"
+    write_csv(target, ["a", "b"], [[1, 0.1 + 0.2]])
+    before = target.read_bytes()
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("torn")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+    rows = list(csv.reader(target.open()))
+    assert rows == [["a", "b"], ["1", repr(0.1 + 0.2)]] and float(rows[1][1]) == 0.1 + 0.2  # full precision
+
+
+def test_write_json_is_strict(tmp_path):
+    path = write_json({"x": np.float32(1.5), "nan": float("nan"), "n": np.int64(3), "ok": np.bool_(True),
+                       "t": (1, 2)}, tmp_path / "sub" / "r.json")
+    assert json.loads(path.read_text()) == {"x": 1.5, "nan": None, "n": 3, "ok": True, "t": [1, 2]}
+
+
+def test_plots_leave_the_global_backend_and_pyplot_alone(tmp_path):
+    """A notebook user's backend stays what it was and no pyplot figure is opened (fresh process)."""
+    code = f"""
+import sys
+import matplotlib
+matplotlib.use("pdf")
+from pathlib import Path
+from equiformer_calc.workflows._common import plot_lines
+from equiformer_calc.workflows.screening import plot_heatmap
+out = Path({str(tmp_path)!r})
+plot_lines(out / "a.png", [0, 1, 2], [{{"e": [1.0, 2.0, 1.5]}}], "step", ["eV"])
+plot_heatmap([{{"surface": "Cu", "adsorbate": "O", "e_ads_min": -1.0}}], out / "b.png")
+assert matplotlib.get_backend() == "pdf", matplotlib.get_backend()
+assert "matplotlib.pyplot" not in sys.modules
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for name in ("a.png", "b.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_set_threads():
+    before = torch.get_num_threads()
+    try:
+        set_threads(2)
+        assert torch.get_num_threads() == 2
+        set_threads(None)  # leaves the setting as it is
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="threads must be a positive number"):
+            set_threads(-1)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_single_threaded_blas_restores_the_setting():
+    from equiformer_calc.runtime import _openblas_thread_controls
+
+    controls = _openblas_thread_controls()
+    if not controls:
+        pytest.skip("no OpenBLAS loaded in this process")
+    original = [get() for get, _ in controls]
+    try:
+        for _, set_ in controls:
+            set_(2)
+        before = [get() for get, _ in controls]
+        with single_threaded_blas():
+            assert all(get() == 1 for get, _ in controls)
+        assert [get() for get, _ in controls] == before
+    finally:
+        for n, (_, set_) in zip(original, controls):
+            set_(n)
