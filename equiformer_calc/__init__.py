@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "Equiformer": ".model",
     "EquiformerConfig": ".model",
     "UnknownElementError": ".model",
+    "MemoryBudgetError": ".predictor",
     "Predictor": ".predictor",
     "relax": ".workflows",
     "relax_batch": ".workflows",
@@ -40,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from .graph import BudgetError, Structure, StructureError
     from .model import Equiformer, EquiformerConfig, UnknownElementError
-    from .predictor import Predictor
+    from .predictor import MemoryBudgetError, Predictor
     from .workflows import relax, relax_batch, run_md, screen_adsorbates
 
 
