@@ -305,3 +305,17 @@ def test_calculator_memory_option_and_pickle(small_chunks):
     assert clone.predictor.memory == "fast"
     with pytest.raises(ValueError, match="memory must be one of"):
         EquiformerCalculator(model=make_model(0), memory="tiny")
+
+
+@pytest.mark.parametrize("module", ["equiformer_calc.workflows.md", "equiformer_calc.workflows.relax", "equiformer_calc.service.server"])
+def test_command_lines_take_a_memory_mode(module):
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(module).add_arguments(parser)
+    args = parser.parse_args(["--memory", "low"] + (["x.xyz"] if "workflows" in module else []))
+    assert args.memory == "low"
+    assert parser.parse_args(["x.xyz"] if "workflows" in module else []).memory == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--memory", "tiny"] + (["x.xyz"] if "workflows" in module else []))

@@ -67,6 +67,7 @@ def _spec_of(predictor: Predictor) -> dict[str, Any]:
         "dtype": str(predictor.dtype).replace("torch.", ""),
         "max_atoms_per_batch": predictor.max_atoms_per_batch,
         "min_distance_ratio": predictor.min_distance_ratio,
+        "memory": predictor.memory,
         "memory_budget": predictor.memory_budget,
         "max_edges": predictor.max_edges,
         "threads": torch.get_num_threads(),
@@ -87,7 +88,7 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:  # pragma: no 
     model.metadata = spec["metadata"]  # type: ignore[attr-defined]
     predictor = Predictor(
         model, device=spec["device"], dtype=spec["dtype"], max_atoms_per_batch=spec["max_atoms_per_batch"],
-        min_distance_ratio=spec["min_distance_ratio"], memory_budget=spec["memory_budget"],
+        min_distance_ratio=spec["min_distance_ratio"], memory=spec["memory"], memory_budget=spec["memory_budget"],
         max_edges=spec["max_edges"],
     )
     marker = os.environ.get(ABORT_MARKER_ENV)
