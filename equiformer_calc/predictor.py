@@ -7,6 +7,7 @@ trainer's loss) calls :func:`compute` (differentiable, torch in / torch out) or
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from .graph import (
     structure_from_atoms,
 )
 from .model import Equiformer, EquiformerConfig, UnknownElementError
-from .runtime import configure_runtime
+from .runtime import configure_runtime, thread_policy
 
 __all__ = [
     "compute", "Predictor", "ALL_PROPERTIES", "NotAPotentialError", "model_task", "not_a_potential_message",
@@ -335,6 +336,11 @@ class Predictor:
     allocation, and are checked again with the exact edge count after the search. Batches are cut
     so that every call fits in "fast" mode where a structure alone does; "auto" runs a call "fast"
     when it fits and "low" otherwise (:meth:`memory_mode`).
+
+    Threads: with ``threads="auto"`` (default) a call under
+    :data:`~equiformer_calc.runtime.SMALL_CALL_EDGES` edges runs on one thread and larger calls on
+    the threads torch is set to (``torch.set_num_threads``; never more), the measured policy of
+    :func:`~equiformer_calc.runtime.thread_policy`; ``None`` leaves torch's setting alone.
     """
 
     def __init__(
@@ -347,8 +353,12 @@ class Predictor:
         memory: str = "auto",
         memory_budget: int | str | None = "auto",
         max_edges: int | None = None,
+        threads: str | None = "auto",
     ) -> None:
         configure_runtime()
+        if threads not in ("auto", None):
+            raise ValueError(f"threads must be 'auto' or None, got {threads!r}")
+        self.threads = threads
         self.memory = resolve_memory_mode(memory)
         if memory_budget not in ("auto", None) and (isinstance(memory_budget, str) or not memory_budget > 0):
             raise ValueError(f"memory_budget must be 'auto', None or a positive number of bytes, got {memory_budget!r}")
@@ -544,7 +554,7 @@ class Predictor:
                 self._locate_budget(it, properties, g.num_edges, limit)
             batch = batch_graphs(graphs)
             mode = self.memory_mode(batch.num_edges, properties, len(chunk))
-            with torch.set_grad_enabled(want_forces or want_stress):
+            with torch.set_grad_enabled(want_forces or want_stress), self._threads_for(batch):
                 out = compute(self.model, batch, forces=want_forces, stress=want_stress, memory=mode)
             ptr = batch.ptr.tolist()
             energy = out["energy"].detach().cpu().numpy()
@@ -578,6 +588,20 @@ class Predictor:
             raise type(exc)(f"structure {it.index}: {exc}", exc.estimate, exc.limit, exc.unit) from None
         except StructureError as exc:  # the estimate's own checks (extent)
             raise StructureError(f"structure {it.index}: {exc}") from None
+
+    @contextlib.contextmanager
+    def _threads_for(self, batch: AtomicGraph):
+        """One thread for a small call (see ``runtime.thread_policy``), torch's setting otherwise."""
+        before = torch.get_num_threads()
+        wanted = min(before, thread_policy(batch.num_atoms, batch.num_edges, before)[0]) if self.threads == "auto" else before
+        if wanted == before or self.device.type != "cpu":
+            yield
+            return
+        torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def _chunks(self, items: list[_Item], properties: Sequence[str] = ("energy", "forces"),
                 limit: int | None = None) -> Iterable[list[_Item]]:

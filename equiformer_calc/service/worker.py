@@ -68,6 +68,7 @@ def _spec_of(predictor: Predictor) -> dict[str, Any]:
         "max_atoms_per_batch": predictor.max_atoms_per_batch,
         "min_distance_ratio": predictor.min_distance_ratio,
         "memory": predictor.memory,
+        "call_threads": predictor.threads,
         "memory_budget": predictor.memory_budget,
         "max_edges": predictor.max_edges,
         "threads": torch.get_num_threads(),
@@ -89,7 +90,7 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:  # pragma: no 
     predictor = Predictor(
         model, device=spec["device"], dtype=spec["dtype"], max_atoms_per_batch=spec["max_atoms_per_batch"],
         min_distance_ratio=spec["min_distance_ratio"], memory=spec["memory"], memory_budget=spec["memory_budget"],
-        max_edges=spec["max_edges"],
+        max_edges=spec["max_edges"], threads=spec["call_threads"],
     )
     marker = os.environ.get(ABORT_MARKER_ENV)
     abort_at = float(marker) if marker else None
