@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, help="also write the markdown to this file")
     p.add_argument("--json", type=Path, help="write the raw results to this JSON file")
     p.add_argument("--update-results", type=Path, metavar="RESULTS_MD", help=f"write/replace the section '{SECTION}'")
+    p.add_argument("--from-json", type=Path, help="re-render the report of an earlier run's --json (no measuring)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--worker", choices=["call", "predict"], help=argparse.SUPPRESS)
     p.add_argument("--atoms", type=int, help=argparse.SUPPRESS)
@@ -213,8 +214,8 @@ def report(args, rows: list[dict], big: dict | None, command: str, load: tuple) 
     out += [f"Command: `{command}`", ""]
     out += [
         f"Load average (1 min) {load[0]:.1f} before and {load[1]:.1f} after the run on {os.cpu_count()} cores. "
-        "Other jobs were sharing the machine (see the note below the tables), so times are contended; fast and low "
-        "workers of a size ran back to back, and the time ratio compares them under the same load.",
+        "On a shared machine the wall times are contended; fast and low workers of a size ran back to back, and the "
+        "ratios compare them under the same load (the CPU-time ratio is the less load-sensitive one).",
         "",
         f"Model: preset '{args.preset}', random weights, float32, periodic Cu fcc bulk (a = {A_CU} A, rattled 0.01 A), "
         "5 A radius graph. Peak RSS increase: `ru_maxrss` after the first energy+forces call (`predictor.compute`) "
@@ -223,26 +224,35 @@ def report(args, rows: list[dict], big: dict | None, command: str, load: tuple) 
         "memory model used by memory='auto' and the budget check).",
         "",
     ]
+    sys.path.insert(0, str(ROOT))
+    from equiformer_calc.predictor import call_bytes
+
+    config = _model(args.preset).config  # the estimate of the current memory model
+    for r in rows:
+        if "error" not in r:
+            r["estimate"] = call_bytes(config, "float32", r["edges"], True, r["mode"])
     header = ["atoms", "edges", "mode", "peak RSS increase (MB)", "KB / atom", "bytes / edge", "estimate (MB)",
-              "ms / call", "CPU ms", "time low / fast"]
+              "ms / call", "CPU ms", "low / fast (wall)", "low / fast (CPU)"]
     table_rows = []
     by_size: dict[int, dict[str, dict]] = {}
     for r in rows:
         by_size.setdefault(r["atoms"], {})[r["mode"]] = r
     for r in rows:
         if "error" in r:
-            table_rows.append([str(r["atoms"]), "-", r["mode"], r["error"][:60], "", "", "", "", "", ""])
+            table_rows.append([str(r["atoms"]), "-", r["mode"], r["error"][:60], "", "", "", "", "", "", ""])
             continue
         ms = _median(r["ms"]) if r["ms"] else r["first_ms"]
         fast = by_size[r["atoms"]].get("fast")
-        rel = "-"
+        rel = rel_cpu = "-"
         if r["mode"] == "low" and fast and "error" not in fast:
             fast_ms = _median(fast["ms"]) if fast["ms"] else fast["first_ms"]
             rel = f"{ms / fast_ms:.2f}x"
+            if r["cpu_ms"] and fast["cpu_ms"]:
+                rel_cpu = f"{_median(r['cpu_ms']) / _median(fast['cpu_ms']):.2f}x"
         table_rows.append([
             str(r["atoms"]), str(r["edges"]), r["mode"], f"{r['delta'] / 2**20:.0f}", f"{r['delta'] / 1024 / r['atoms']:.0f}",
             f"{r['delta'] / r['edges']:.0f}", f"{r['estimate'] / 2**20:.0f}", speed.fmt_ms(ms),
-            speed.fmt_ms(_median(r["cpu_ms"]) if r["cpu_ms"] else None), rel,
+            speed.fmt_ms(_median(r["cpu_ms"]) if r["cpu_ms"] else None), rel, rel_cpu,
         ])
     out += [speed.table(header, table_rows, left=0), ""]
     for mode in ("fast", "low"):
@@ -277,7 +287,14 @@ def main(argv: list[str] | None = None) -> int:
         args.result.write_text(json.dumps(result))
         return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])])
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        body = report(args, saved["rows"], saved["big"], saved.get("command", command), tuple(saved.get("load", (0.0, 0.0))))
+        print(body)
+        if args.update_results:
+            _common.update_section(args.update_results, SECTION, body)
+        return 0
     load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="equiformer-memory-"))
     rows = []
@@ -293,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         args.output.write_text(body + "\n")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "big": big}, indent=1))
+        load = (load_before[0], os.getloadavg()[0])
+        args.json.write_text(json.dumps({"rows": rows, "big": big, "command": command, "load": load}, indent=1))
     if args.update_results:
         _common.update_section(args.update_results, SECTION, body)
     return 0

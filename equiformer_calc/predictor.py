@@ -99,17 +99,18 @@ MEMORY_HEADROOM = 0.8
 # of a block is irreps_node + num_heads * irreps_head + sum(fc_neurons) dimensions (304 for
 # 'small', 86 for 'tiny', 1088 for 'md17-l2'). Measured as the peak RSS increase of one call in a
 # fresh process by benchmarks/memory_budget.py (three presets, float32/float64; RESULTS.md "Memory
-# per edge") and benchmarks/memory.py ('small', 500-8,000 atoms in both modes; RESULTS.md "Memory
-# per atom and low-memory mode"). Forces/stress in fast mode keep _FAST_FLOATS_PER_WIDTH floats per
-# width unit, edge and block (measured 13.6 tiny, 10.0-12.5 small, 8.9 md17-l2); an energy-only
-# fast call about one block's transients (_NOGRAD_FLOATS_PER_WIDTH, measured 5.4-6.7). Low mode
-# keeps the shared edge geometry (_LOW_FLOATS_PER_EDGE, measured ~190 with forces: 0.77 kB per
-# edge) plus one chunk's working set (_LOW_CHUNK_FLOATS_PER_WIDTH per width unit and edge of a
-# chunk, measured ~17 with forces: 165 MB for 8,192 edges; ~6 energy-only). Every constant is
-# rounded up from the largest measurement.
+# per edge") and benchmarks/memory.py ('small', Cu bulk of 500, 2,000 and 8,000 atoms in both
+# modes and a 30,000-atom end-to-end run; RESULTS.md "Memory per atom and low-memory mode").
+# Forces/stress in fast mode keep _FAST_FLOATS_PER_WIDTH floats per width unit, edge and block
+# (measured 13.6 tiny, 9.7-12.5 small, 8.9 md17-l2); an energy-only fast call about one block's
+# transients (_NOGRAD_FLOATS_PER_WIDTH, measured 5.4-6.7). Low mode keeps the shared edge geometry
+# (_LOW_FLOATS_PER_EDGE + the fixed part: the fit over 500-8,000 atoms gives 1.0 kB per edge) plus
+# one chunk's working set (_LOW_CHUNK_FLOATS_PER_WIDTH per width unit and edge of a chunk: the
+# fit's intercept, 113 MB, against 199 MB here; ~6 energy-only). Every constant errs on the high
+# side of the largest measurement.
 _FAST_FLOATS_PER_WIDTH = 15.0
 _NOGRAD_FLOATS_PER_WIDTH = 7.5
-_LOW_FLOATS_PER_EDGE = 140.0
+_LOW_FLOATS_PER_EDGE = 200.0
 _LOW_CHUNK_FLOATS_PER_WIDTH = 20.0
 _LOW_CHUNK_NOGRAD_FLOATS_PER_WIDTH = 6.0
 #: per-edge floats of every mode (indices, shifts, vectors, basis, envelope)
