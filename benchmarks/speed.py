@@ -417,12 +417,16 @@ def worker_threads(args) -> dict:
     return out
 
 
-POLICY_SETTINGS = [(1, ""), (2, "ACTIVE"), (2, "PASSIVE")]
+#: (threads, OMP_WAIT_POLICY) settings of the thread-policy table; '' = unset (libgomp's default:
+#: spin for a while, then sleep)
+POLICY_SETTINGS = [(1, ""), (2, ""), (2, "ACTIVE"), (2, "PASSIVE")]
 
 
 def _spinners(count: int) -> list[subprocess.Popen]:
     """``count`` busy-looping processes: the 'others compete for the cores' regime."""
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    # each stops by itself when this script's process is gone
+    code = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:

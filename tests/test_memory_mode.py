@@ -263,6 +263,11 @@ def test_memory_settings_are_validated():
         Predictor(make_model(0), memory="small")
     with pytest.raises(ValueError, match="memory_budget"):
         Predictor(make_model(0), memory_budget=0)
+    with pytest.raises(ValueError, match="memory_budget"):
+        Predictor(make_model(0), memory_budget="lots")
+    unlimited = Predictor(make_model(0), memory_budget=None)
+    assert unlimited.memory_limit() is None and unlimited.memory_mode(10**9) == "fast"
+    assert Predictor(make_model(0)).memory_limit() == pytest.approx(0.8 * available_memory(), rel=0.2)
     with pytest.raises(ValueError, match="'fast' or 'low'"):
         compute(make_model(0), _graph(bulk_cell(), make_model(0), torch.float32), memory="auto")
 
