@@ -282,6 +282,17 @@ def test_memory_model_follows_the_mode_and_the_network():
     assert call_bytes(small, "float32", e, False, "fast") < call_bytes(small, "float32", e, True, "fast")
 
 
+def test_call_edges_inverts_the_memory_model():
+    """Batching and the service's edge limits use the inverse of the memory model: the most edges
+    whose call fits a limit, in both modes, with and without forces, on both sides of one chunk."""
+    p = Predictor(make_model(0), dtype="float32")
+    for props in (("energy",), ("energy", "forces")):
+        for mode in ("fast", "low"):
+            for limit in (1e3, 1e5, 3e6, 1e8, 1e10):
+                edges = p.call_edges(limit, props, mode)
+                assert p.estimate_bytes(edges, props, mode) <= limit < p.estimate_bytes(edges + 1, props, mode)
+
+
 def test_available_memory_is_read_from_the_system():
     avail = available_memory()
     assert avail is not None and avail > 0
