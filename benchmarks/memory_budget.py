@@ -1,9 +1,11 @@
-"""Peak memory per edge of energy(+forces) calls, to calibrate ``predictor.bytes_per_edge``.
+"""Peak memory per edge of energy(+forces) calls in fast mode, to calibrate ``predictor.bytes_per_edge``.
 
 Each case runs in a fresh process: the model and the graph are built, the RSS just before one
 predict() call is read, and ``ru_maxrss`` after it gives the call's peak increase. Two sizes of a
 periodic Cu bulk give the slope (bytes per edge; the fixed overhead cancels). The table compares it
 with the estimate the predictor uses for its memory budget, so the budget's margin is visible.
+Fast mode across presets and dtypes here; ``benchmarks/memory.py`` measures fast against low mode
+per atom on one preset. Both calibrate the one memory model, ``predictor.call_bytes``.
 
     python benchmarks/memory_budget.py            # writes the "Memory per edge" section of RESULTS.md
 """
@@ -53,7 +55,7 @@ def child(preset: str, dtype: str, properties: str, repeat: int) -> dict:
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(repeat)
     atoms.rattle(0.02, seed=0)
     model = Equiformer.from_preset(preset, elements=["Cu"])
-    predictor = Predictor(model, dtype=dtype, memory_budget=None)
+    predictor = Predictor(model, dtype=dtype, memory="fast", memory_budget=None)
     props = properties.split(",")
     structure = structure_from_atoms(atoms)
     edges = predictor.graph(structure).num_edges

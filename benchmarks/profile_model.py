@@ -11,6 +11,11 @@ prebuilt radius graph, as in ``benchmarks/speed.py``) is split three ways:
 3. the whole call by operator (``torch.profiler`` self CPU time of each aten operator and autograd
    backward node, forward and backward together), the top operators with their share.
 
+4. memory: the peak RSS increase per atom of one call in a fresh process (fast and low memory
+   mode, ``benchmarks/memory.py``'s worker) and where the memory kept for the backward pass goes:
+   the tensors autograd saves during the forward pass (``torch.autograd.graph.saved_tensors_hooks``),
+   attributed to the innermost module running when each was saved (storages counted once).
+
 With ``--scaling A,B`` the operator table is also computed for two bulk sizes and the cost of each
 operator per edge compared, which shows which operators grow faster than the graph (the log-log
 slope above 1 in the "Model speed" section).
@@ -44,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed calls per case for the forward/backward split")
     p.add_argument("--top", type=int, default=12, help="operators listed per case")
     p.add_argument("--cases", default=",".join(f"{p}:{c}" for p, c in CASES), help="PRESET:STRUCTURE pairs to profile")
+    p.add_argument("--memory-sizes", default="500,2000", help="Cu bulk sizes of the peak-RSS-per-atom rows ('' to skip)")
     p.add_argument("--scaling", default="bulk500,bulk8000", help="two bulk cases for the per-edge operator comparison ('' to skip)")
     p.add_argument("--output", type=Path, help="also write the markdown to this file")
     p.add_argument("--update-results", type=Path, metavar="RESULTS_MD", help=f"write/replace the section '{SECTION}' of this file")
@@ -150,6 +156,81 @@ def operator_times(model, graph) -> tuple[dict[str, tuple[float, int]], float]:
     return ops, wall
 
 
+def _caller() -> str:
+    """The innermost function of equiformer_calc on the Python stack (where a tensor was saved)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if "equiformer_calc" in frame.f_code.co_filename:
+            return getattr(frame.f_code, "co_qualname", frame.f_code.co_name).split(".")[-1] + "()"
+        frame = frame.f_back
+    return "?"
+
+
+def _pop(stack: list[str]):
+    def hook(_module, _inputs, _output) -> None:  # returns None: the module's output is kept
+        stack.pop()
+
+    return hook
+
+
+def saved_tensors_by_module(model, graph, memory: str = "fast") -> tuple[dict[str, int], int]:
+    """Bytes of the tensors autograd saves in one forward pass with forces (each storage counted
+    once), by the innermost module path active when saved (block index replaced by '*'), and the
+    total. ``memory``: 'fast' or 'low' (low mode keeps only the chunks' inputs)."""
+    import torch
+
+    from equiformer_calc.predictor import LOW_MEMORY_EDGE_CHUNK
+
+    stack: list[str] = []
+    by_module: dict[str, int] = defaultdict(int)
+    seen: set[int] = set()
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        key = re.sub(r"blocks\.\d+", "blocks.*", name)
+        handles.append(module.register_forward_pre_hook(lambda _m, _i, key=key: stack.append(key)))
+        handles.append(module.register_forward_hook(_pop(stack)))
+
+    def pack(t):
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            by_module[f"{stack[-1] if stack else 'outside modules'} · {_caller()}"] += storage.nbytes()
+        return t
+
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            pos = graph.positions.detach().requires_grad_(True)
+            model(graph.numbers, pos, graph.edge_index, graph.shifts, graph.cell, graph.batch, 1,
+                  edge_chunk=LOW_MEMORY_EDGE_CHUNK if memory == "low" else None)
+    finally:
+        for h in handles:
+            h.remove()
+    return dict(by_module), sum(by_module.values())
+
+
+def saved_table(by_module: dict[str, int], total: int, atoms: int, edges: int, top: int) -> str:
+    rows = []
+    for key, nbytes in sorted(by_module.items(), key=lambda kv: -kv[1])[:top]:
+        rows.append([f"`{key}`", f"{nbytes / 2**20:.1f}", f"{nbytes / edges:.0f}", _pct(nbytes, total)])
+    rest = total - sum(v for _, v in sorted(by_module.items(), key=lambda kv: -kv[1])[:top])
+    rows.append(["all other modules", f"{rest / 2**20:.1f}", f"{rest / edges:.0f}", _pct(rest, total)])
+    rows.append(["**total**", f"{total / 2**20:.1f}", f"{total / edges:.0f}", "100%"])
+    return speed.table(["module (innermost, blocks summed) · function", "saved MB", "bytes / edge", "share"], rows)
+
+
+def peak_rss(atoms: int, mode: str, threads: int) -> dict | None:
+    """Peak RSS increase of one energy+forces call on a Cu bulk of ``atoms`` atoms, fresh process."""
+    import tempfile
+
+    import memory
+
+    args = argparse.Namespace(preset="small", threads=threads, repeats=0)
+    return memory.run_worker("call", args, atoms, mode, Path(tempfile.mkdtemp(prefix="equiformer-profile-")))
+
+
 def _pct(part: float, whole: float) -> str:
     return f"{100 * part / whole:.0f}%" if whole else "-"
 
@@ -251,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         split = split_forward_backward(model, graph, args.repeats)
         modules, forward = module_times(model, graph, args.repeats)
         ops, wall = operator_times(model, graph)
+        saved, saved_total = saved_tensors_by_module(model, graph, "fast")
+        _, saved_low = saved_tensors_by_module(model, graph, "low")
         parts += [
             "",
             f"### '{preset}' model, {desc} ({graph.num_atoms} atoms, {graph.num_edges} edges)",
@@ -262,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
             module_table(modules, forward),
             "",
             operator_table(ops, args.top),
+            "",
+            f"Memory kept for the backward pass (tensors saved by autograd in the forward pass): {saved_total / 2**20:.1f} MB, "
+            f"{saved_total / graph.num_atoms / 1024:.0f} KB per atom, {saved_total / max(graph.num_edges, 1):.0f} bytes per "
+            f"edge in fast mode; {saved_low / 2**20:.1f} MB ({saved_low / max(graph.num_edges, 1):.0f} bytes per edge) in "
+            "low-memory mode, which keeps only the shared edge geometry and recomputes each chunk in the backward pass.",
+            "",
+            saved_table(saved, saved_total, graph.num_atoms, max(graph.num_edges, 1), args.top),
         ]
     if len(scaling) == 2:
         measured = []
@@ -285,6 +375,24 @@ def main(argv: list[str] | None = None) -> int:
             "allocations, which the profiler's single call exaggerates.",
             "",
             text,
+        ]
+    sizes = [int(x) for x in args.memory_sizes.split(",") if x]
+    if sizes:
+        rows = []
+        for n in sizes:
+            for mode in ("fast", "low"):
+                r = peak_rss(n, mode, args.threads)
+                if r and "error" not in r:
+                    rows.append([str(n), str(r["edges"]), mode, f"{r['delta'] / 2**20:.0f}", f"{r['delta'] / 1024 / n:.0f}",
+                                 f"{r['delta'] / r['edges']:.0f}"])
+        parts += [
+            "",
+            "### Peak memory per atom ('small' model, Cu bulk)",
+            "",
+            "Peak RSS increase of one energy+forces call (`ru_maxrss` minus the RSS before the call, model and graph "
+            "built, fresh process per row; `benchmarks/memory.py` measures more sizes and the time).",
+            "",
+            speed.table(["atoms", "edges", "memory mode", "peak RSS increase (MB)", "KB / atom", "bytes / edge"], rows, left=0),
         ]
     body = "\n".join(parts) + "\n"
     print(body)

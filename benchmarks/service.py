@@ -64,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch-atoms", type=int, default=1024, help="server --max-batch-atoms")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="server --max-wait-ms")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--device", default="cpu", help="server --device (e.g. cuda)")
     p.add_argument("--update-results", type=Path, help=f"replace the section {SECTION!r} of this markdown file")
     p.add_argument("--client-cell", help=argparse.SUPPRESS)  # internal: run one cell's clients (JSON spec)
     return p.parse_args(argv)
@@ -138,7 +139,7 @@ class Server:
         cmd = [sys.executable, "-m", "equiformer_calc.cli", "serve", "--checkpoint", str(checkpoint),
                "--host", "127.0.0.1", "--port", str(self.port), "--threads", str(args.threads),
                "--dtype", args.dtype, "--max-batch-atoms", str(args.max_batch_atoms),
-               "--max-wait-ms", str(args.max_wait_ms), "--no-access-log"]
+               "--max-wait-ms", str(args.max_wait_ms), "--no-access-log", "--device", getattr(args, "device", "cpu")]
         if not batching:
             cmd.append("--no-batching")
         self._log = open(self.log_path, "wb")

@@ -58,6 +58,7 @@ log = logging.getLogger("bench.speed")
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Model speed"
+POLICY_SECTION = "## Thread policy"
 ELEMENTS = ["H", "C", "N", "O", "Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au"]
 REFERENCE_CASES = ["slab37_open", "cluster256"]
 MACE_CASES = ["slab37", "bulk500"]
@@ -98,7 +99,9 @@ python3 -m venv /tmp/macevenv
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true", help="2 repeats, 1 round, no 256-atom cluster and no 8,000-atom bulk")
-    p.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads of every runner")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch/OpenMP threads of every runner; 0 (default): the package's policy per structure "
+                        "(equiformer_calc.runtime.thread_policy; external drivers get all cores)")
     p.add_argument("--repeats", type=int, default=6, help="timed calls per case and runner, split over the rounds")
     p.add_argument("--rounds", type=int, default=2, help="runners take turns this many times")
     p.add_argument("--max-seconds", type=float, default=90.0, help="per case and round: stop repeating after this long (min 2 calls)")
@@ -114,12 +117,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-max-atoms", type=int, default=2500, help="skip larger structures for the baseline (memory)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--no-batch", action="store_true", help="skip the batching comparison")
+    p.add_argument("--no-policy", action="store_true", help="skip the thread-policy table")
+    p.add_argument(
+        "--policy-only", action="store_true",
+        help="only the thread-policy table: every (threads, OMP_WAIT_POLICY) setting on the machine as it is and "
+        "with competing busy processes, next to the policy of equiformer_calc.runtime",
+    )
+    p.add_argument("--policy-cases", default="slab38_co,bulk500,bulk2000", help="structures of the thread-policy table")
+    p.add_argument("--competitors", type=int, default=0,
+                   help="busy processes started for the 'others compete' regime (default: as many as cores)")
     p.add_argument("--output", type=Path, help="also write the markdown to this file")
     p.add_argument("--json", type=Path, help="write all raw timings to this JSON file")
     p.add_argument("--update-results", type=Path, metavar="RESULTS_MD", help=f"write/replace the section '{SECTION}' of this file")
     p.add_argument("-v", "--verbose", action="store_true")
     # worker mode (internal): time our model in this process
-    p.add_argument("--worker", choices=["time", "memory", "batch"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["time", "memory", "batch", "threads"], help=argparse.SUPPRESS)
     p.add_argument("--src", type=Path, default=ROOT, help=argparse.SUPPRESS)
     p.add_argument("--preset", default="small", help=argparse.SUPPRESS)
     p.add_argument("--se3", action="store_true", help=argparse.SUPPRESS)
@@ -132,7 +144,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def thread_env(threads: int, wait_policy: str) -> dict[str, str]:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = str(threads)
+        if threads > 0:
+            env[var] = str(threads)
+        else:
+            env.pop(var, None)
     if wait_policy:
         env["OMP_WAIT_POLICY"] = wait_policy
     else:
@@ -265,13 +280,18 @@ def worker_time(args) -> dict:
     _import_ours(args.src)
     from equiformer_calc.predictor import compute
 
-    torch.set_num_threads(args.threads)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     predictor = _our_model(args)
     data = np.load(args.input)
     names = args.only.split(",") if args.only else [str(s) for s in data["names"]]
     result = {"n_params": predictor.model.num_parameters(), "cases": {}}
     for name in names:
         graph = _graph(data, name)
+        if args.threads <= 0:  # the package's default policy for this size
+            from equiformer_calc.runtime import thread_policy
+
+            torch.set_num_threads(thread_policy(graph.num_atoms, graph.num_edges)[0])
 
         def call():
             with torch.enable_grad():
@@ -285,6 +305,12 @@ def worker_time(args) -> dict:
         result["cases"][name] = case
         log.info("  %s: %d atoms, median %.1f ms", name, graph.num_atoms, float(np.median(wall)))
     return result
+
+
+def _cores() -> int:
+    from equiformer_calc.runtime import available_cores
+
+    return available_cores()
 
 
 def _rss_bytes() -> int:
@@ -302,7 +328,7 @@ def worker_memory(args) -> dict:
     _import_ours(args.src)
     from equiformer_calc.predictor import compute
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads if args.threads > 0 else _cores())
     predictor = _our_model(args)
     data = np.load(args.input)
     name = args.only
@@ -343,7 +369,7 @@ def worker_batch(args) -> dict:
     import torch
 
     _import_ours(args.src)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads if args.threads > 0 else _cores())
     predictor = _our_model(args)
     structures = batch_structures()
     n_atoms = sum(len(a) for a in structures)
@@ -371,9 +397,103 @@ def worker_batch(args) -> dict:
     }
 
 
+def worker_threads(args) -> dict:
+    """Energy+forces ms of the given cases with ``args.threads`` threads (the wait policy is the
+    environment's), for the thread-policy table."""
+    import numpy as np
+    import torch
+
+    _import_ours(args.src)
+    from equiformer_calc.predictor import compute
+
+    torch.set_num_threads(args.threads)
+    predictor = _our_model(args)
+    data = np.load(args.input)
+    out = {"cases": {}}
+    for name in args.only.split(","):
+        graph = _graph(data, name)
+        wall, cpu = _timed(lambda: compute(predictor.model, graph, forces=True), args.repeats, args.max_seconds)
+        out["cases"][name] = {"ms": wall, "cpu_ms": cpu, "atoms": graph.num_atoms, "edges": graph.num_edges}
+    return out
+
+
+#: (threads, OMP_WAIT_POLICY) settings of the thread-policy table; '' = unset (libgomp's default:
+#: spin for a while, then sleep)
+POLICY_SETTINGS = [(1, ""), (2, ""), (2, "ACTIVE"), (2, "PASSIVE")]
+
+
+def _spinners(count: int) -> list[subprocess.Popen]:
+    """``count`` busy-looping processes: the 'others compete for the cores' regime."""
+    # each stops by itself when this script's process is gone
+    code = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(10)
+
+
+def run_policy_table(args, info: dict, cases_path: Path, workdir: Path) -> dict:
+    """Times every setting of POLICY_SETTINGS on the policy cases, first on the machine as it is,
+    then with competing busy processes; returns {regime: {setting: {case: median ms}}}."""
+    cases = [c for c in args.policy_cases.split(",") if c in info]
+    competitors = args.competitors or (os.cpu_count() or 2)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for regime in ("as is", "competing"):
+        procs = _spinners(competitors) if regime == "competing" else []
+        try:
+            for threads, wait in POLICY_SETTINGS:
+                env = thread_env(threads, wait)
+                res = run_worker_once("threads", argparse.Namespace(**{**vars(args), "threads": threads}), env, workdir,
+                                      ["--input", str(cases_path), "--only", ",".join(cases), "--preset", "small"])
+                key = f"{threads}/{wait or 'unset'}"
+                results.setdefault(regime, {})[key] = {
+                    name: float(sorted(c["ms"])[len(c["ms"]) // 2]) for name, c in (res or {"cases": {}})["cases"].items()
+                }
+                log.info("policy %s %s: %s", regime, key, results[regime][key])
+        finally:
+            _stop(procs)
+    return {"results": results, "competitors": competitors, "cases": cases}
+
+
+def policy_report(policy: dict, info: dict, load: tuple[float, float], repeats: int, command: str) -> str:
+    """The thread-policy table: every setting in both regimes, the chosen one and its distance to the best."""
+    from equiformer_calc.runtime import thread_policy
+
+    res = policy["results"]
+    settings = [f"{t}/{w or 'unset'}" for t, w in POLICY_SETTINGS]
+    out = [POLICY_SECTION, "", _common.machine_line(), f"Command: `{command}`", ""]
+    out += [
+        f"Energy+forces ms (shipped size, float32, median of {repeats} calls after a warm-up) for every setting "
+        "'threads/OMP_WAIT_POLICY', each in a fresh process, on the machine as it is and with "
+        f"{policy['competitors']} busy-looping processes started by the script ('competing'). 'chosen' is the setting of "
+        "`equiformer_calc.runtime.thread_policy(atoms, edges)` for that structure; 'chosen / best' its time over the "
+        f"fastest setting of the same row. Load average (1 min) at the start {load[0]:.1f}, at the end {load[1]:.1f}.",
+        "",
+    ]
+    header = ["regime", "structure", "atoms", "edges"] + [f"{k} ms" for k in settings] + ["chosen", "chosen / best"]
+    rows, worst = [], 0.0
+    for regime in ("as is", "competing"):
+        for name in policy["cases"]:
+            i = info[name]
+            times = {k: res.get(regime, {}).get(k, {}).get(name) for k in settings}
+            threads, wait = thread_policy(i["atoms"], i["edges"])
+            chosen = f"{threads}/{wait or 'unset'}" if threads > 1 else "1/unset"
+            best = min((t for t in times.values() if t), default=None)
+            ratio_ = times.get(chosen) / best if best and times.get(chosen) else None
+            worst = max(worst, ratio_ or 0.0)
+            rows.append([regime, i["description"], str(i["atoms"]), str(i["edges"])] + [fmt_ms(times[k]) for k in settings]
+                        + [chosen, f"{ratio_:.2f}x" if ratio_ else "-"])
+    out += [table(header, rows, left=2), "", f"Worst 'chosen / best' of this run: {worst:.2f}x.", ""]
+    return "\n".join(out)
+
+
 def worker_main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker %(message)s", stream=sys.stderr)
-    fn = {"time": worker_time, "memory": worker_memory, "batch": worker_batch}[args.worker]
+    fn = {"time": worker_time, "memory": worker_memory, "batch": worker_batch, "threads": worker_threads}[args.worker]
     result = fn(args)
     Path(args.output).write_text(json.dumps(result))
     return 0
@@ -391,8 +511,10 @@ class Runner:
         if self.error:
             return
         out = workdir / f"{self.label.replace(' ', '_')}-{len(self.results)}-{time.monotonic_ns()}.json"
+        # our workers take 0 = the package's thread policy per structure; external drivers all cores
+        threads = args.threads if args.threads > 0 or "--worker" in self.cmd else (os.cpu_count() or 1)
         cmd = self.cmd + [
-            "--input", str(cases_path), "--output", str(out), "--threads", str(args.threads),
+            "--input", str(cases_path), "--output", str(out), "--threads", str(threads),
             "--repeats", str(repeats), "--max-seconds", str(args.max_seconds), "--only", ",".join(self.cases),
         ]
         log.info("%s: %s", self.label, shlex.join(cmd))
@@ -481,8 +603,11 @@ def slope(points: list[tuple[int, float]]) -> float | None:
 def machine_lines(args) -> list[str]:
     return [
         _common.machine_line(),
-        _common.versions_line(["torch", "e3nn", "numpy", "ase"])[:-1] + f". Threads per runner: {args.threads} "
-        f"(torch.set_num_threads and OMP/MKL_NUM_THREADS), OMP_WAIT_POLICY={args.omp_wait_policy or 'unset'}.",
+        _common.versions_line(["torch", "e3nn", "numpy", "ase"])[:-1] + ". Threads per runner: "
+        + (f"{args.threads} (torch.set_num_threads and OMP/MKL_NUM_THREADS)" if args.threads > 0 else
+           "the package's default policy (`equiformer_calc.runtime.thread_policy`: 1 thread below "
+           "SMALL_CALL_EDGES edges, else all cores; external drivers: all cores)")
+        + f", OMP_WAIT_POLICY={args.omp_wait_policy or 'unset'}.",
     ]
 
 
@@ -685,6 +810,20 @@ def main(argv: list[str] | None = None) -> int:
     log.info("cases: %s", ", ".join(f"{k} ({v['atoms']} atoms, {v['edges']} edges)" for k, v in info.items()))
     a_cases = [n for n in REFERENCE_CASES if n in info]
     s_cases = [n for n in ["slab37"] + SCALING_CASES if n in info]
+    policy_text = None
+    if not args.no_policy:
+        load0 = os.getloadavg()
+        policy = run_policy_table(args, info, cases_path, workdir)
+        policy_text = policy_report(policy, info, (load0[0], os.getloadavg()[0]), args.repeats, command)
+        print(policy_text)
+        if args.update_results:
+            _common.update_section(args.update_results, POLICY_SECTION, policy_text)
+        if args.json:
+            args.json.with_suffix(".policy.json").write_text(json.dumps(policy, indent=1))
+    if args.policy_only:
+        if args.output and policy_text:
+            args.output.write_text(policy_text + "\n")
+        return 0
 
     runners: dict[str, Runner] = {
         "ours_a": Runner("ours md17-l2", our_cmd(ROOT, "md17-l2", True), a_cases),

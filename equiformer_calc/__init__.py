@@ -10,7 +10,14 @@ line's ``--help`` do not import torch.
 from __future__ import annotations
 
 import importlib
+import os as _os
 from typing import TYPE_CHECKING, Any
+
+# idle OpenMP threads sleep instead of spinning (see runtime.thread_policy): the OpenMP runtime
+# reads this when torch is first imported, and every submodule imports this package first, so it
+# applies whenever equiformer_calc is imported before torch (the command line, the service, its
+# worker); an explicit setting wins
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
@@ -26,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "Equiformer": ".model",
     "EquiformerConfig": ".model",
     "UnknownElementError": ".model",
+    "MemoryBudgetError": ".predictor",
     "Predictor": ".predictor",
     "relax": ".workflows",
     "relax_batch": ".workflows",
@@ -40,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from .graph import BudgetError, Structure, StructureError
     from .model import Equiformer, EquiformerConfig, UnknownElementError
-    from .predictor import Predictor
+    from .predictor import MemoryBudgetError, Predictor
     from .workflows import relax, relax_batch, run_md, screen_adsorbates
 
 

@@ -13,7 +13,7 @@ from .calculators.base import reject_unknown_keywords
 from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from .graph import DEFAULT_MIN_DISTANCE_RATIO, NeighborListCache
 from .model import Equiformer
-from .predictor import Predictor, model_task, not_a_potential_message
+from .predictor import Predictor, model_task, not_a_potential_message, resolve_memory_mode
 
 __all__ = ["EquiformerCalculator"]
 
@@ -29,6 +29,9 @@ class EquiformerCalculator(Calculator):
     ``skin > 0`` (Angstrom) reuses the neighbour list of the attached structure between calls
     until an atom moved more than ``skin / 2`` (MD, relaxations; identical results, see
     :class:`~equiformer_calc.graph.NeighborListCache`); ``neighbor_cache`` then counts the searches.
+    ``memory`` ("auto", "fast" or "low", see :data:`~equiformer_calc.predictor.MEMORY_MODES`):
+    "low" evaluates large systems in a fraction of the memory (same numbers to round-off, about
+    1.4x the time); "auto" (default) switches to it when the fast mode would not fit in memory.
 
     A checkpoint whose metadata ``task`` is not ``"potential"`` (a direct OC20 IS2RE model
     converted from the reference code: the energy is the predicted *relaxed* adsorption energy of
@@ -48,6 +51,7 @@ class EquiformerCalculator(Calculator):
     #: TypeError. Add a new keyword here and to ``__init__`` (a test checks the two agree).
     keywords = (
         "checkpoint", "model", "device", "dtype", "max_atoms_per_batch", "skin", "min_distance_ratio", "dispersion", "xc",
+        "memory",
     )
 
     def __init__(
@@ -61,6 +65,7 @@ class EquiformerCalculator(Calculator):
         min_distance_ratio: float = DEFAULT_MIN_DISTANCE_RATIO,
         dispersion: str | None = None,
         xc: str = "pbe",
+        memory: str = "auto",
         **kwargs: Any,
     ) -> None:
         reject_unknown_keywords(type(self).__name__, kwargs, self.keywords)
@@ -68,6 +73,8 @@ class EquiformerCalculator(Calculator):
         self.parameters.update(dispersion=dispersion, xc=xc)
         self._d3: Any = None
         self.dispersion_term  # validate the names (and that the library is installed) now
+        self.memory = resolve_memory_mode(memory)
+        self.parameters["memory"] = self.memory
         self.skin = float(skin)
         self.neighbor_cache: NeighborListCache | None = NeighborListCache(self.skin) if self.skin > 0 else None
         if model is not None and checkpoint is not None:
@@ -80,7 +87,7 @@ class EquiformerCalculator(Calculator):
         self.dtype = dtype
         self.predictor = Predictor(
             model, device=device, dtype=dtype, max_atoms_per_batch=max_atoms_per_batch,
-            min_distance_ratio=min_distance_ratio,
+            min_distance_ratio=min_distance_ratio, memory=self.memory,
         )
 
     @property
@@ -88,8 +95,13 @@ class EquiformerCalculator(Calculator):
         return self.predictor.model
 
     def set(self, **kwargs: Any) -> dict[str, Any]:
-        """Change parameters; a new ``dispersion`` or ``xc`` is validated and drops old results."""
+        """Change parameters; a new ``dispersion``, ``xc`` or ``memory`` is validated and drops old results."""
+        if "memory" in kwargs:
+            resolve_memory_mode(kwargs["memory"])  # before anything changes
         changed = super().set(**kwargs)
+        if "memory" in changed:
+            self.memory = self.predictor.memory = self.parameters["memory"]
+            self.reset()
         if {"dispersion", "xc"} & set(changed):
             self.dispersion_term  # noqa: B018 - raises on a bad name
             self.reset()
@@ -177,5 +189,6 @@ class EquiformerCalculator(Calculator):
         if metadata is not None:
             model.metadata = metadata  # type: ignore[attr-defined]
         self.predictor = Predictor(
-            model, device=self.device, dtype=self.dtype, max_atoms_per_batch=max_atoms, min_distance_ratio=ratio
+            model, device=self.device, dtype=self.dtype, max_atoms_per_batch=max_atoms, min_distance_ratio=ratio,
+            memory=getattr(self, "memory", "auto"),
         )

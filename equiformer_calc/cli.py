@@ -112,6 +112,8 @@ def _one_line(exc: BaseException) -> str:
 def _classify(exc: BaseException) -> tuple[int, str | None]:
     """(exit status, hint) of an error: 2 for wrong inputs, 1 for the unexpected."""
     names = {cls.__name__ for cls in type(exc).__mro__}
+    if "MemoryBudgetError" in names:
+        return 2, "use a smaller structure, --memory low where the command has it, or free memory"
     if "BudgetError" in names:
         return 2, "use a smaller structure, or raise the memory budget where the command has one"
     if "UnknownElementError" in names:

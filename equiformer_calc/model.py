@@ -26,8 +26,11 @@ from .nn import (
     PolynomialEnvelope,
     TransformerBlock,
     ZBLRepulsion,
+    checkpointed_sum,
     make_radial_basis,
     sh_irreps,
+    sort_by_destination,
+    split_edges,
     with_parity,
 )
 
@@ -312,6 +315,7 @@ class Equiformer(nn.Module):
         batch: torch.Tensor | None = None,
         num_graphs: int | None = None,
         tags: torch.Tensor | None = None,
+        edge_chunk: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Energies of a batch of graphs.
 
@@ -320,6 +324,9 @@ class Equiformer(nn.Module):
         tags (N,) integer tags, needed (and only read) when ``config.num_tags > 0``.
         Or ``model(pyg_batch)``: one PyTorch Geometric ``Data`` / ``Batch`` (see
         :meth:`~equiformer_calc.graph.AtomicGraph.from_pyg`), already in the model's dtype.
+        ``edge_chunk`` (low-memory mode): run the per-edge work in chunks of at most this many
+        edges under activation checkpointing (``nn/edge_chunks.py``): a fraction of the memory for
+        a second forward pass of the per-edge work, same numbers to round-off. ``None``: all at once.
         Returns ``energy`` (B,) float64 and ``energies`` (N,) float64 per-atom energies.
         """
         if not isinstance(numbers, torch.Tensor):  # a PyG Data / Batch
@@ -334,6 +341,8 @@ class Equiformer(nn.Module):
         species = self.species_index(numbers)
         tag_index = self.tag_index(tags, numbers.shape[0]) if self.config.num_tags else None
         dtype = next(self.head.parameters()).dtype  # the network's precision; edge vectors are cast to it
+        if edge_chunk is not None:  # chunks are cut at atom boundaries of destination-sorted edges
+            edge_index, shifts = sort_by_destination(edge_index, shifts)
         vec64 = edge_vectors(positions, edge_index, shifts, cell, batch)
         vec = vec64.to(dtype)
         r = vec.norm(dim=-1)
@@ -344,9 +353,16 @@ class Equiformer(nn.Module):
         x = self.atom_embedding(species, dtype)
         if tag_index is not None:
             x = x + self.tag_embedding(tag_index, dtype)
-        x = x + self.edge_embedding(x.shape[0], sh, basis, envelope, edge_index)
+        n = x.shape[0]
+        if edge_chunk is None:
+            chunks = None
+            x = x + self.edge_embedding(n, sh, basis, envelope, edge_index)
+        else:
+            chunks = split_edges(sh, basis, envelope, edge_index, n, edge_chunk)
+            embed = self.edge_embedding
+            x = x + checkpointed_sum(lambda *c: [embed(n, *c)], chunks, params=list(embed.parameters()))[0]
         for block in self.blocks:
-            x = block(x, sh, basis, envelope, edge_index, batch, num_graphs)
+            x = block(x, sh, basis, envelope, edge_index, batch, num_graphs, chunks)
         out = self.head(self.norm(x)).squeeze(-1)
         energies = out.to(torch.float64) * self.scale + self.shift + self.atomic_energies[species]
         if self.config.energy_offset:

@@ -21,7 +21,8 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 
-__all__ = ["configure_runtime", "set_threads", "set_blas_threads", "single_threaded_blas"]
+__all__ = ["configure_runtime", "set_threads", "set_blas_threads", "single_threaded_blas", "thread_policy",
+           "available_cores", "SMALL_CALL_EDGES"]
 
 log = logging.getLogger(__name__)
 _done = False
@@ -106,3 +107,26 @@ def single_threaded_blas() -> Iterator[None]:
     finally:
         for n, set_ in previous:
             set_(n)
+
+
+#: below this many edges a model call runs on one thread (benchmarks/speed.py, "Thread policy"):
+#: its operators are too small to gain from a second thread, and a single thread never waits
+#: for a descheduled partner when other processes compete for the cores
+SMALL_CALL_EDGES = 4000
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def thread_policy(atoms: int, edges: int, cores: int | None = None) -> tuple[int, str]:
+    """The measured default (threads, OMP_WAIT_POLICY) for one model call of this size: one thread
+    below :data:`SMALL_CALL_EDGES` edges, else every available core; idle OpenMP threads sleep
+    (``PASSIVE``) instead of spinning, which costs little on a quiet machine and avoids 10-20x
+    slowdowns when other processes compete for the cores (benchmarks/RESULTS.md, "Thread policy")."""
+    cores = available_cores() if cores is None else max(1, int(cores))
+    return (1 if edges < SMALL_CALL_EDGES else cores), "PASSIVE"

@@ -3,9 +3,11 @@
 Issue 11, failure 2: one Cu atom in a 0.15 A cell made 155,330 edges and 6.2 GB; a 0.01 A cell
 passed 12.6 GB before any error; a 20,000-atom bulk grew past 12.6 GB. Now the edge count is
 estimated before any neighbour search (``graph.estimate_edges``) and charged
-``predictor.bytes_per_edge`` bytes per edge; over-budget structures raise ``BudgetError`` (a
-``StructureError`` and a ``MemoryError``) naming the estimate and the limit, and no allocation
-happens (the neighbour search is never called).
+``predictor.call_bytes`` (the one memory model, per memory mode); structures over ``max_edges``
+raise ``BudgetError`` and structures whose call cannot fit the memory limit even in the leanest
+mode allowed raise ``MemoryBudgetError`` (a ``BudgetError``; both a ``StructureError`` and a
+``MemoryError``), naming the estimate and the limit, and no allocation happens (the neighbour search
+is never called).
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from equiformer_calc.graph import (
     neighbor_list,
     structure_from_atoms,
 )
-from equiformer_calc.predictor import DEFAULT_MEMORY_FRACTION, Predictor, bytes_per_edge, default_memory_budget
+from equiformer_calc.predictor import (
+    MEMORY_HEADROOM,
+    MemoryBudgetError,
+    Predictor,
+    available_memory,
+    bytes_per_edge,
+    total_memory,
+)
 
 from .helpers import SYSTEMS, make_model
 
@@ -89,15 +98,17 @@ def model():
     return make_model(0)
 
 
-@pytest.mark.parametrize("a", [0.15, 0.01])
-def test_tiny_cells_are_refused_before_the_search(model, no_search, a):
-    predictor = Predictor(model, memory_budget=1 << 30, min_distance_ratio=0.0)
+# a 0.15 A cell (155,330 edges) fits 1 GiB in low-memory mode, so only memory="fast" refuses it
+@pytest.mark.parametrize("a, memory", [(0.15, "fast"), (0.01, "fast"), (0.01, "auto")])
+def test_tiny_cells_are_refused_before_the_search(model, no_search, a, memory):
+    predictor = Predictor(model, memory_budget=1 << 30, min_distance_ratio=0.0, memory=memory)
     atoms = Atoms("Cu", cell=np.eye(3) * a, pbc=True)
-    with pytest.raises(BudgetError, match=r"structure 0: 1 atoms .* about [\d,]+ edges; .* over the memory budget "
-                                          r"of 1 GiB") as info:
+    mode = "fast" if memory == "fast" else "low"
+    with pytest.raises(MemoryBudgetError, match=rf"structure 0: 1 atoms .* about [\d,]+ edges; .* in memory='{mode}' "
+                                                rf"mode .* over the memory budget of 1 GiB") as info:
         predictor.predict([atoms])
     err = info.value
-    assert isinstance(err, MemoryError) and isinstance(err, StructureError)
+    assert isinstance(err, BudgetError) and isinstance(err, MemoryError) and isinstance(err, StructureError)
     assert err.unit == "bytes" and err.limit == 1 << 30 and err.estimate > err.limit
     # the graph-level guard refuses the search itself too, with the edge count
     with pytest.raises(BudgetError, match="edges per structure"):
@@ -106,12 +117,17 @@ def test_tiny_cells_are_refused_before_the_search(model, no_search, a):
 
 def test_large_bulk_is_refused_by_the_memory_budget(model, no_search):
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((25, 20, 10))  # 20,000 atoms
-    predictor = Predictor(model, memory_budget=4 << 30)
-    with pytest.raises(BudgetError, match="20000 atoms .* about [\\d,]+ edges; evaluating energy, forces would need "
-                                          "about [\\d.]+ GiB, over the memory budget of 4 GiB"):
+    predictor = Predictor(model, memory_budget=4 << 30, memory="fast")
+    with pytest.raises(MemoryBudgetError, match="20000 atoms .* about [\\d,]+ edges; evaluating energy, forces in "
+                                                "memory='fast' mode would need about [\\d.]+ GiB, over the memory "
+                                                "budget of 4 GiB"):
         predictor.predict([atoms])
     # energy alone keeps no per-edge tensors for a backward pass: a smaller estimate per edge
     assert predictor.bytes_per_edge(["energy"]) < 0.5 * predictor.bytes_per_edge(["energy", "forces"])
+    # memory="auto" (the default) would run it in low-memory mode instead: the estimate fits
+    auto = Predictor(model, memory_budget=4 << 30)
+    edges = auto.check_budget(structure_from_atoms(atoms))
+    assert auto.memory_mode(edges) == "low"
 
 
 def test_max_edges_per_structure(model, no_search):
@@ -158,12 +174,18 @@ def test_batches_are_cut_to_fit_the_edge_limit(model, monkeypatch):
 
 
 def test_budget_settings_and_errors():
-    assert default_memory_budget() == pytest.approx(
-        DEFAULT_MEMORY_FRACTION * __import__("os").sysconf("SC_PAGE_SIZE") * __import__("os").sysconf("SC_PHYS_PAGES"),
-        rel=1e-6,
-    )
     model = make_model(0)
-    assert Predictor(model).memory_budget == default_memory_budget()
+    # "auto": a share of the memory available when a call starts; its ceiling, a share of all memory
+    auto = Predictor(model)
+    assert auto.memory_budget == "auto"
+    assert auto.memory_limit() == pytest.approx(MEMORY_HEADROOM * available_memory(), rel=0.2)
+    physical = __import__("os").sysconf("SC_PAGE_SIZE") * __import__("os").sysconf("SC_PHYS_PAGES")
+    assert 0 < total_memory() <= physical
+    assert auto.memory_capacity() == int(MEMORY_HEADROOM * total_memory())
+    assert auto.memory_limit() <= auto.memory_capacity()
+    fixed = Predictor(model, memory_budget=123_456_789)
+    assert fixed.memory_limit() == fixed.memory_capacity() == 123_456_789
+    assert Predictor(model, memory_budget=None).memory_limit() is None
     with pytest.raises(ValueError, match="memory_budget"):
         Predictor(model, memory_budget=-1)
     with pytest.raises(ValueError, match="max_edges"):
@@ -172,3 +194,5 @@ def test_budget_settings_and_errors():
     assert bytes_per_edge(model.config, "float64") == 2 * bytes_per_edge(model.config, "float32")
     err = pickle.loads(pickle.dumps(BudgetError("too big", 10, 5, "edges")))
     assert (str(err), err.estimate, err.limit, err.unit) == ("too big", 10, 5, "edges")
+    err = pickle.loads(pickle.dumps(MemoryBudgetError("too much", 10.0, 5)))
+    assert type(err) is MemoryBudgetError and (str(err), err.estimate, err.limit, err.unit) == ("too much", 10.0, 5, "bytes")

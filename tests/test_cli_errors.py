@@ -119,6 +119,31 @@ def test_relax_still_works_and_writes_its_outputs(capsys, workdir, checkpoint):
     assert {"water_relaxed.traj", "water_relaxed_final.extxyz"} <= files(workdir)
 
 
+@pytest.mark.parametrize("command", ["relax", "md"])
+def test_memory_option_reaches_the_model_and_over_memory_is_one_line(capsys, workdir, checkpoint, command, monkeypatch):
+    """``--memory`` reaches the predictor. With the available memory reading between what a copper
+    cell needs in 'low' and in 'fast' mode, ``--memory fast`` stops with one line naming the estimate
+    and nothing written; the default 'auto' runs the same input in 'low' mode."""
+    import equiformer_calc.predictor as predictor_mod
+    from equiformer_calc.predictor import MEMORY_HEADROOM, Predictor
+
+    cu = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)  # 32 atoms
+    write(workdir / "cu.xyz", cu)
+    probe = Predictor(make_model(0))
+    edges = probe.graph(probe.to_structure(cu)).num_edges
+    low, fast = (probe.estimate_bytes(edges, ("energy", "forces"), m) for m in ("low", "fast"))
+    monkeypatch.setattr(predictor_mod, "available_memory", lambda device="cpu": int((low + fast) / 2 / MEMORY_HEADROOM))
+    modes: list[str] = []
+    original = predictor_mod.compute
+    monkeypatch.setattr(predictor_mod, "compute", lambda *a, memory, **k: modes.append(memory) or original(*a, memory=memory, **k))
+    status, err = run_cli(capsys, command, "cu.xyz", "--checkpoint", checkpoint, "--memory", "fast")
+    assert_one_line_error(status, err, command, "in memory='fast' mode would need about")
+    assert "--memory low" in err and modes == []
+    assert files(workdir) == {"cu.xyz"}
+    assert main([command, "cu.xyz", "--checkpoint", checkpoint, "--steps", "2"]) == 0
+    assert modes and set(modes) == {"low"}
+
+
 # ------------------------------------------------------------------------------------ screen
 def test_screen_wrong_inputs(capsys, workdir, checkpoint):
     status, err = run_cli(capsys, "screen", "--metals", "Xx", "--checkpoint", checkpoint)

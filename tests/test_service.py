@@ -687,3 +687,65 @@ def test_in_process_app_gives_504_on_timeout(checkpoint):
         key = 'equiformer_http_requests_total{path="/v1/predict",status="504"}'
         assert metric_values(http(url + "/metrics", token=None)[1])[key] == 2  # one above, one here: not re-sent
         assert http(url + "/v1/models", token=None)[1]["models"][0]["id"] == "tiny"
+
+
+def test_call_that_does_not_fit_the_memory_now_gives_507_and_the_server_keeps_serving(checkpoint, monkeypatch):
+    """memory_budget='auto': the server admits what could ever fit (its 413 edge limits come from all
+    of the machine's memory); a call that does not fit the memory available when it starts (here the
+    available memory reads as a little more than a water molecule needs) is answered 507 with the
+    estimate, before the model runs, and the next request that fits is served."""
+    import re
+
+    import equiformer_calc.predictor as predictor_mod
+    from equiformer_calc.checkpoint import load_checkpoint
+    from equiformer_calc.predictor import MEMORY_HEADROOM, Predictor, total_memory
+    from equiformer_calc.service.server import create_app
+
+    predictor = Predictor(load_checkpoint(checkpoint), memory="auto")
+    small_edges = predictor.graph(predictor.to_structure(water())).num_edges
+    available = int(2 * predictor.estimate_bytes(small_edges, ("energy", "forces"), "fast") / MEMORY_HEADROOM)
+    big = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((3, 3, 3))
+    big_edges = predictor.graph(predictor.to_structure(big)).num_edges
+    assert predictor.estimate_bytes(big_edges, ("energy", "forces"), "low") > MEMORY_HEADROOM * available
+    app = create_app(predictor)
+    calls = []
+    original = predictor_mod.compute
+    monkeypatch.setattr(predictor_mod, "compute", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(predictor_mod, "available_memory", lambda device="cpu": available)
+    with serve_in_thread(app) as url:
+        limits = http(url + "/v1/models", token=None)[1]["models"][0]["limits"]
+        assert limits["memory_budget_bytes"] == int(MEMORY_HEADROOM * total_memory()) and limits["memory_mode"] == "auto"
+        assert limits["max_edges_per_structure"] > big_edges  # admitted: it would fit an idle machine
+        status, body, _ = http(url + "/v1/predict", {"structures": [as_json(big)]}, token=None)
+        assert status == 507 and body["error"]["type"] == "insufficient_memory", body
+        message = body["error"]["message"]
+        assert re.search(r"structure 0: 108 atoms .* about [\d,]+ edges; evaluating energy, forces in memory='low' mode "
+                         r"would need about [\d.]+ GiB, over the [\d.e-]+ GiB a call may use now", message), message
+        assert calls == []
+        status, body, _ = http(url + "/v1/predict", {"structures": [as_json(water())]}, token=None)
+        assert status == 200 and len(body["results"][0]["forces"]) == 3 and calls == [1]
+
+
+@pytest.mark.slow
+def test_the_memory_setting_reaches_the_model_worker(checkpoint):
+    """The service's model runs in a worker process: its memory mode and budget must be the
+    server's. With memory='fast' and a budget between the low and fast estimates the worker
+    refuses (a MemoryBudgetError that keeps its type across the process boundary); under the
+    default 'auto' it would have run the call in low-memory mode."""
+    from equiformer_calc.checkpoint import load_checkpoint
+    from equiformer_calc.predictor import MemoryBudgetError, Predictor
+    from equiformer_calc.service.worker import IsolatedPredictor
+
+    local = Predictor(load_checkpoint(checkpoint), memory="fast")
+    big = local.to_structure(bulk("Cu", "fcc", a=3.6, cubic=True).repeat((3, 3, 3)))
+    edges = local.graph(big).num_edges
+    low, fast = (local.estimate_bytes(edges, ("energy", "forces"), m) for m in ("low", "fast"))
+    local.memory_budget = int((low + fast) / 2)
+    isolated = IsolatedPredictor(local, timeout_s=120)
+    try:
+        with pytest.raises(MemoryBudgetError, match="memory='fast' mode") as info:
+            isolated.predict([big], ["energy", "forces"])
+        assert info.value.limit == local.memory_budget
+        assert isolated.worker_pid is not None and isolated.crashes == 0
+    finally:
+        isolated.stop()

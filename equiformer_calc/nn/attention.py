@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from e3nn import o3
 from torch import nn
 
 from .activation import SmoothLeakyReLU, make_gate
+from .edge_chunks import EdgeChunk, checkpointed_sum
 from .linear import IrrepsLinear
 from .radial import RadialMLP
 from .tensor_product import DepthwiseTensorProduct, from_channels_last, to_channels_last
@@ -237,14 +239,44 @@ class GraphAttention(nn.Module):
         basis: torch.Tensor,
         envelope: torch.Tensor,
         edge_index: torch.Tensor,
+        chunks: Sequence[EdgeChunk] | None = None,
     ) -> torch.Tensor:
-        src, dst = edge_index[0], edge_index[1]
-        n = x.shape[0]
+        """``chunks`` (low-memory mode, see ``edge_chunks.py``): the same edges cut at atom
+        boundaries; the per-edge work then runs chunk by chunk under activation checkpointing
+        (same numbers to round-off). Otherwise ``sh``, ``basis``, ``envelope``, ``edge_index``
+        are used at once."""
         x_cl = to_channels_last(x, self.merge_src.irreps_in)
-        message = [
-            a.index_select(0, src) + b.index_select(0, dst)
-            for a, b in zip(self.merge_src.forward_cl(x_cl), self.merge_dst.forward_cl(x_cl))
-        ]
+        node_src = self.merge_src.forward_cl(x_cl)
+        node_dst = self.merge_dst.forward_cl(x_cl)
+        query = self.query(x).view(-1, self.num_heads, self.alpha_hidden) if self.attention == "dot" else None
+        if chunks is None:
+            summed = self._edge_sums(node_src, node_dst, query, sh, basis, envelope, edge_index)
+        else:
+            summed = checkpointed_sum(
+                self._edge_sums, chunks, node_src, node_dst, query, params=list(self.parameters()),
+                random=self.training and self.alpha_dropout is not None,
+            )
+        out = self.proj(from_channels_last(summed))
+        if self.proj_dropout is not None:
+            out = self.proj_dropout(out)
+        return out
+
+    def _edge_sums(
+        self,
+        node_src: list[torch.Tensor],
+        node_dst: list[torch.Tensor],
+        query: torch.Tensor | None,
+        sh: torch.Tensor,
+        basis: torch.Tensor,
+        envelope: torch.Tensor,
+        edge_index: torch.Tensor,
+    ) -> list[torch.Tensor]:
+        """The per-edge part of the attention: messages, weights and values of the given edges,
+        summed into their destination atoms (channels-last value blocks, each (N, 2l+1, mul)).
+        Every destination's incoming edges must all be among them (the softmax normalises over them)."""
+        src, dst = edge_index[0], edge_index[1]
+        n = node_src[0].shape[0]
+        message = [a.index_select(0, src) + b.index_select(0, dst) for a, b in zip(node_src, node_dst)]
         weight = self.radial(basis) * envelope.unsqueeze(-1)
         if self._fused:
             second = self.value_linear if self.nonlinear_message else self.value_out
@@ -258,8 +290,8 @@ class GraphAttention(nn.Module):
         if self.attention == "mlp":
             logits = (self.alpha_act(a) * self.alpha_dot).sum(-1)
         else:
-            q = self.query(x).view(-1, self.num_heads, self.alpha_hidden)[dst]
-            logits = (q * a).sum(-1) / math.sqrt(self.alpha_hidden)
+            assert query is not None
+            logits = (query[dst] * a).sum(-1) / math.sqrt(self.alpha_hidden)
         if self.softmax == "plain":
             alpha = plain_softmax(logits, dst, n)
         else:
@@ -280,7 +312,4 @@ class GraphAttention(nn.Module):
         for k, vk in enumerate(v):
             vk = vk * alpha.index_select(1, getattr(self, f"head_of_channel_{k}")).unsqueeze(1)
             out.append(vk.new_zeros((n,) + vk.shape[1:]).index_add(0, dst, vk))
-        out = self.proj(from_channels_last(out))
-        if self.proj_dropout is not None:
-            out = self.proj_dropout(out)
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from e3nn import o3
@@ -11,6 +12,7 @@ from torch import nn
 from .activation import make_gate
 from .attention import GraphAttention
 from .dropout import GraphDropPath
+from .edge_chunks import EdgeChunk
 from .linear import IrrepsLinear
 from .norm import EquivariantLayerNorm
 from .radial import RadialMLP
@@ -157,7 +159,10 @@ class TransformerBlock(nn.Module):
         edge_index: torch.Tensor,
         batch: torch.Tensor,
         num_graphs: int,
+        chunks: Sequence[EdgeChunk] | None = None,
     ) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), sh, basis, envelope, edge_index), batch, num_graphs)
+        """``chunks``: low-memory mode, the attention's per-edge work chunk by chunk (see
+        ``edge_chunks.py``)."""
+        x = x + self.drop_path(self.attn(self.norm1(x), sh, basis, envelope, edge_index, chunks), batch, num_graphs)
         skip = x if self.shortcut is None else self.shortcut(x)
         return skip + self.drop_path(self.ffn(self.norm2(x)), batch, num_graphs)

@@ -45,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..calculators.dispersion import add_dispersion_arguments
 from ..graph import BudgetError, Structure, StructureError, estimate_edges
 from ..model import UnknownElementError
-from ..predictor import ALL_PROPERTIES, Predictor
+from ..predictor import ALL_PROPERTIES, MEMORY_HEADROOM, MemoryBudgetError, Predictor
 from .batcher import Batcher, BatcherClosedError, QueueFullError, RequestTimeoutError
 from .metrics import ServiceMetrics
 from .worker import IsolatedPredictor, WorkerCrashedError, WorkerTimeoutError
@@ -180,7 +180,7 @@ class ApiError(Exception):
 
 _STATUS_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                  413: "too_large", 415: "unsupported_media_type", 422: "invalid_request", 500: "internal", 503: "unavailable",
-                 504: "timeout"}
+                 504: "timeout", 507: "insufficient_memory"}
 
 
 def _format_validation_error(exc: ValidationError | RequestValidationError) -> str:
@@ -255,7 +255,11 @@ class Limits(BaseModel):
     max_atoms_per_request: int
     max_edges_per_structure: int
     max_edges_per_request: int
+    #: the most memory one model call may get (``memory_budget``, or for "auto" 80% of the device's
+    #: memory; the memory available at the time may be less: 507); None: no limit
     memory_budget_bytes: int | None
+    #: memory mode of the model calls: "auto", "fast" or "low"
+    memory_mode: str
     max_body_bytes: int
     request_timeout_s: float
 
@@ -273,12 +277,13 @@ def _check_sizes(sizes: Sequence[int], limits: Limits) -> None:
                                          f"accepts at most {limits.max_atoms_per_request} atoms per request")
 
 
-def _check_edges(structures: Sequence[Structure], cutoff: float, limits: Limits, bytes_per_edge: float) -> None:
+def _check_edges(structures: Sequence[Structure], cutoff: float, limits: Limits, bytes_per_edge: float,
+                 mode: str = "fast") -> None:
     """413 for a structure or a request whose estimated edge count is over its limit (the estimate
     is cheap: no neighbour search; see :func:`~equiformer_calc.graph.estimate_edges`)."""
     budget = "" if limits.memory_budget_bytes is None else (
         f" (the server's memory budget of {limits.memory_budget_bytes / 2**30:.3g} GiB at about "
-        f"{bytes_per_edge / 1024:.0f} KiB per edge)")
+        f"{bytes_per_edge / 1024:.1f} KiB per edge in memory='{mode}' mode)")
     total = 0
     for k, structure in enumerate(structures):
         try:
@@ -416,6 +421,7 @@ def create_app(
     model_id: str | None = None,
     dispersion: str | None = None,
     xc: str = "pbe",
+    memory: str = "auto",
 ) -> FastAPI:
     """The FastAPI app serving one model.
 
@@ -424,19 +430,22 @@ def create_app(
     authentication on every endpoint except ``/health`` and the API docs. Bodies over
     ``max_body_bytes`` and structures/requests over the atom limits are answered 413; a request
     not answered within ``request_timeout_s`` gets 504. ``batching=False`` runs every request in
-    its own model call (still one at a time).
+    its own model call (still one at a time). ``dispersion`` (e.g. ``"d3bj"``, for the functional
+    ``xc``) adds D3 to every energy, force and stress (per-atom energies stay model-only).
 
-    Memory: ``memory_budget`` (bytes; ``"auto"``: the predictor's default, a fraction of physical
-    memory) bounds every model call. ``max_edges_per_structure`` and ``max_edges_per_request``
-    default to what fits in it (budget / bytes per edge for energy+forces), so any request that is
-    admitted fits; estimates over them get 413 naming the estimate and the limit.
+    Memory: ``memory`` is the predictor's memory mode ("auto", "fast", "low") and ``memory_budget``
+    the limit of one model call (bytes; ``"auto"``: 80% of the memory available when the call
+    starts, see :class:`~equiformer_calc.predictor.Predictor`). ``max_edges_per_structure`` and
+    ``max_edges_per_request`` default to what could ever fit: the budget (for "auto", 80% of all
+    the device's memory, :meth:`~equiformer_calc.predictor.Predictor.memory_capacity`) in the
+    leanest memory mode allowed; estimates over them get 413 naming the estimate and the limit. An
+    admitted call that does not fit the memory available at the time is answered 507
+    ``insufficient_memory`` with the estimate, before the model runs, and the server keeps serving.
 
     Isolation: with ``isolate`` (default: on when a checkpoint is given, off for a Predictor object,
     which may not be copyable) the model runs in a worker process
     (:class:`~equiformer_calc.service.worker.IsolatedPredictor`); if it dies, the request gets 500
     ``worker_crashed``, a new worker starts and the server keeps serving.
-    its own model call (still one at a time). ``dispersion`` (e.g. ``"d3bj"``, for the functional
-    ``xc``) adds D3 to every energy, force and stress (per-atom energies stay model-only).
     """
     from ..checkpoint import load_checkpoint
 
@@ -444,7 +453,7 @@ def create_app(
     if isinstance(predictor_or_checkpoint, (str, os.PathLike)):
         model = load_checkpoint(predictor_or_checkpoint, device=device)
         predictor: Any = Predictor(model, device=device, dtype=dtype, max_atoms_per_batch=max_batch_atoms,
-                                   memory_budget=memory_budget)
+                                   memory_budget=memory_budget, memory=memory)
         checkpoint = getattr(model, "checkpoint_path", str(predictor_or_checkpoint))
         model_id = model_id or Path(str(predictor_or_checkpoint)).stem
         isolate = True if isolate is None else isolate
@@ -452,15 +461,17 @@ def create_app(
         predictor = predictor_or_checkpoint
         checkpoint = getattr(getattr(predictor, "model", None), "checkpoint_path", None)
         model_id = model_id or (Path(checkpoint).stem if checkpoint else "in-memory")
-    # edge limits that keep every admitted request within the memory budget
-    per_edge = float(predictor.bytes_per_edge(["energy", "forces"])) if hasattr(predictor, "bytes_per_edge") else 0.0
-    budget = getattr(predictor, "memory_budget", None)
-    fits = int(budget // per_edge) if budget and per_edge else 2**62
+    # edge limits that no call over could ever fit: the budget's ceiling in the leanest mode allowed
+    budget = predictor.memory_capacity() if hasattr(predictor, "memory_capacity") else None
+    mode = str(getattr(predictor, "leanest_mode", "fast"))
+    fits = predictor.call_edges(budget, ["energy", "forces"], mode) if budget is not None else 2**62
+    per_edge = float(predictor.bytes_per_edge(["energy", "forces"], mode)) if budget is not None else 0.0
     limits = Limits(
         max_atoms_per_structure=int(max_atoms_per_structure), max_atoms_per_request=int(max_atoms_per_request),
         max_edges_per_structure=int(min(fits, max_edges_per_structure or fits)),
         max_edges_per_request=int(min(fits, max_edges_per_request or fits)),
-        memory_budget_bytes=budget, max_body_bytes=int(max_body_bytes), request_timeout_s=float(request_timeout_s),
+        memory_budget_bytes=budget, memory_mode=str(getattr(predictor, "memory", "fast")),
+        max_body_bytes=int(max_body_bytes), request_timeout_s=float(request_timeout_s),
     )
     if isolate:
         predictor = IsolatedPredictor(predictor, timeout_s=max(float(request_timeout_s), 1.0) * 2)
@@ -489,9 +500,12 @@ def create_app(
         log.info("serving model %r (%s, %s, %d elements, cutoff %.2f A); batching %s",
                  model_id, info["dtype"], info["device"], len(info["elements"]), info["cutoff"],
                  f"on (max {max_batch_atoms} atoms, {max_wait_ms} ms)" if batching else "off")
-        log.info("limits: %s edges per structure, %s per request, memory budget %s; model calls %s",
+        log.info("limits: %s edges per structure, %s per request, memory budget %s, memory mode %s; model calls %s",
                  f"{limits.max_edges_per_structure:,}", f"{limits.max_edges_per_request:,}",
-                 "none" if budget is None else f"{budget / 2**30:.3g} GiB",
+                 "none" if budget is None else f"{budget / 2**30:.3g} GiB" + (
+                     f" (at most; {MEMORY_HEADROOM:.0%} of the memory available at each call)"
+                     if getattr(predictor, "memory_budget", None) == "auto" else ""),
+                 limits.memory_mode,
                  "in a worker process" if isinstance(predictor, IsolatedPredictor) else "in this process")
         try:
             yield
@@ -660,7 +674,7 @@ def create_app(
     def validated(raw: Sequence[tuple[Any, Any, Any, Any]]) -> list[Structure]:
         structures = _validate(predictor, raw)
         try:
-            _check_edges(structures, float(predictor.cutoff), limits, per_edge)
+            _check_edges(structures, float(predictor.cutoff), limits, per_edge, mode)
         except StructureError as exc:  # the estimate's own checks (extent) name the structure
             raise ApiError(422, "invalid_structure", str(exc)) from None
         return structures
@@ -678,7 +692,8 @@ def create_app(
         "/v1/predict", response_model=PredictResponse, dependencies=[Depends(authorize)], tags=["model"],
         openapi_extra={"requestBody": request_body_doc},
         responses={400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 415: {"model": ErrorResponse},
-                   500: {"model": ErrorResponse}, 503: {"model": ErrorResponse}, 504: {"model": ErrorResponse}},
+                   500: {"model": ErrorResponse}, 503: {"model": ErrorResponse}, 504: {"model": ErrorResponse},
+                   507: {"model": ErrorResponse}},
     )
     async def predict(request: Request) -> Response:
         """Energy (eV), forces (eV/A), stress (eV/A^3, Voigt) and per-atom energies of structures.
@@ -714,10 +729,14 @@ def create_app(
             raise ApiError(504, "timeout", str(exc)) from None
         except UnknownElementError as exc:
             raise ApiError(422, "unknown_element", str(exc)) from None
-        except BudgetError as exc:
+        except MemoryBudgetError as exc:  # does not fit the memory now: refused before the model call
+            raise ApiError(507, "insufficient_memory", str(exc)) from None
+        except BudgetError as exc:  # over max_edges
             raise ApiError(413, "too_large", str(exc)) from None
         except StructureError as exc:
             raise ApiError(422, "invalid_structure", str(exc)) from None
+        except MemoryError as exc:  # a real allocation failure
+            raise ApiError(507, "insufficient_memory", str(exc) or "out of memory") from None
         return _json_response({"results": [_result_json(r) for r in results], "model": model_ref})
 
     def custom_openapi() -> dict[str, Any]:
@@ -759,6 +778,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="model precision")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--memory", default="auto", choices=["auto", "fast", "low"],
+                        help="memory mode of model calls: 'low' evaluates large structures in a fraction of the "
+                             "memory (~1.3x the time), 'auto' (default) uses it when 'fast' would not fit; calls "
+                             "that fit in neither are answered 507")
     parser.add_argument("--max-batch-atoms", type=int, default=1024,
                         help="atom budget of one model call (default 1024)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0,
@@ -773,7 +796,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="413 above this estimated edge count summed over a request (default: what fits in the "
                              "memory budget)")
     parser.add_argument("--memory-budget-gb", type=float, default=None,
-                        help="memory one model call may use, in GiB (default: 60%% of physical memory)")
+                        help="memory one model call may use, in GiB (default: 80%% of the memory available when "
+                             "the call starts)")
     parser.add_argument("--no-isolation", action="store_true",
                         help="run the model in the server process (default: in a worker process that is restarted "
                              "if it crashes)")
@@ -797,10 +821,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint import CheckpointError
 
-    if args.threads:
-        import torch
+    from ..runtime import set_threads
 
-        torch.set_num_threads(int(args.threads))
+    set_threads(args.threads)
     try:
         app = create_app(
             args.checkpoint,
@@ -821,6 +844,7 @@ def run(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             dispersion=args.dispersion,
             xc=args.xc,
+            memory=args.memory,
         )
     except (CheckpointError, ValueError, ImportError) as exc:
         log.error("%s", exc)

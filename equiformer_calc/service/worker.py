@@ -67,6 +67,8 @@ def _spec_of(predictor: Predictor) -> dict[str, Any]:
         "dtype": str(predictor.dtype).replace("torch.", ""),
         "max_atoms_per_batch": predictor.max_atoms_per_batch,
         "min_distance_ratio": predictor.min_distance_ratio,
+        "memory": predictor.memory,
+        "call_threads": predictor.threads,
         "memory_budget": predictor.memory_budget,
         "max_edges": predictor.max_edges,
         "threads": torch.get_num_threads(),
@@ -79,16 +81,17 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:  # pragma: no 
     from safetensors.torch import load
 
     from ..model import Equiformer
+    from ..runtime import set_threads
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server handles Ctrl-C and stops us
-    torch.set_num_threads(int(spec["threads"]))
+    set_threads(int(spec["threads"]))
     model = Equiformer.from_config(spec["config"])
     model.load_state_dict(load(spec["weights"]))
     model.metadata = spec["metadata"]  # type: ignore[attr-defined]
     predictor = Predictor(
         model, device=spec["device"], dtype=spec["dtype"], max_atoms_per_batch=spec["max_atoms_per_batch"],
-        min_distance_ratio=spec["min_distance_ratio"], memory_budget=spec["memory_budget"],
-        max_edges=spec["max_edges"],
+        min_distance_ratio=spec["min_distance_ratio"], memory=spec["memory"], memory_budget=spec["memory_budget"],
+        max_edges=spec["max_edges"], threads=spec["call_threads"],
     )
     marker = os.environ.get(ABORT_MARKER_ENV)
     abort_at = float(marker) if marker else None

@@ -24,6 +24,7 @@ __all__ = [
     "output_stem",
     "write_csv",
     "plot_lines",
+    "add_memory_argument",
     "add_model_arguments",
     "read_structure",
     "LazyTrajectory",
@@ -41,10 +42,11 @@ def resolve_calculator(
     skin: float = 0.0,
     dispersion: str | None = None,
     xc: str = "pbe",
+    memory: str = "auto",
 ) -> Calculator:
     """``calculator`` if given, else an :class:`~equiformer_calc.EquiformerCalculator` for
     ``checkpoint`` (a shipped name or a path; ``None``: the default shipped checkpoint), with D3
-    ``dispersion`` for ``xc`` when given."""
+    ``dispersion`` for ``xc`` when given and memory mode ``memory``."""
     if calculator is not None:
         if checkpoint is not None:
             raise ValueError("give either calculator or checkpoint, not both")
@@ -53,7 +55,7 @@ def resolve_calculator(
 
     return EquiformerCalculator(
         checkpoint=None if checkpoint is None else str(checkpoint), device=device, dtype=dtype, skin=skin,
-        dispersion=dispersion, xc=xc,
+        dispersion=dispersion, xc=xc, memory=memory,
     )
 
 
@@ -100,6 +102,15 @@ def add_model_arguments(parser: Any) -> None:
     from ..calculators.dispersion import add_dispersion_arguments
 
     add_dispersion_arguments(parser)
+
+
+def add_memory_argument(parser: Any) -> None:
+    """``--memory auto|fast|low`` for the subcommands that may see large systems (relax, md)."""
+    parser.add_argument(
+        "--memory", default="auto", choices=["auto", "fast", "low"],
+        help="memory mode: 'low' evaluates large systems in a fraction of the memory (same numbers, ~1.3x the "
+        "time); 'auto' (default) switches to it when 'fast' would not fit in the available memory",
+    )
 
 
 def read_structure(path: str | os.PathLike, index: str | int = -1, format: str | None = None) -> Atoms:

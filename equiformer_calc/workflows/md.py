@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from ._common import (
     LazyTrajectory,
     add_fix_bottom,
+    add_memory_argument,
     add_model_arguments,
     check_structure,
     output_stem,
@@ -105,6 +106,7 @@ def run_md(
     device: str = "cpu",
     dtype: str = "float32",
     progress: bool = True,
+    memory: str = "auto",
 ) -> MDResult:
     """Run ``steps`` MD steps of ``timestep`` fs on a copy of ``atoms``.
 
@@ -116,14 +118,15 @@ def run_md(
     trajectory: ASE .traj written every ``log_interval`` steps (and at the end).
     skin: neighbour-list skin (A) of the default calculator; 0 rebuilds every step. With a
     ``calculator`` of your own it is used as given. fix_bottom / fix_below: as in
-    :func:`~equiformer_calc.workflows.relax.relax`.
+    :func:`~equiformer_calc.workflows.relax.relax`. memory: memory mode of the default
+    calculator ("auto", "fast", "low").
     """
     ensemble = ensemble.lower()
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
     if steps < 0 or timestep <= 0 or log_interval < 1:
         raise ValueError("steps must be >= 0, timestep > 0 and log_interval >= 1")
-    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype, skin=skin)
+    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype, skin=skin, memory=memory)
     work = atoms.copy()
     add_fix_bottom(work, fix_bottom, fix_below)
     work.calc = calc
@@ -248,13 +251,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="use the input's momenta (default: draw them at --temperature unless the input has some)",
     )
     add_model_arguments(parser)
+    add_memory_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc md``: read, integrate, write trajectory + CSV + PNG, report the drift."""
     atoms = read_structure(args.input, args.index, args.format)
     calc = resolve_calculator(
-        None, args.checkpoint, device=args.device, dtype=args.dtype, skin=args.skin, dispersion=args.dispersion, xc=args.xc
+        None, args.checkpoint, device=args.device, dtype=args.dtype, skin=args.skin, dispersion=args.dispersion, xc=args.xc,
+        memory=args.memory,
     )
     check_structure(atoms, calc)  # every input error surfaces before anything is written
     output = args.output or f"{Path(args.input).stem or Path(args.input).name}_md.traj"

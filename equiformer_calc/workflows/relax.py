@@ -36,6 +36,7 @@ from ase.optimize.optimize import Optimizer
 from ._common import (
     LazyTrajectory,
     add_fix_bottom,
+    add_memory_argument,
     add_model_arguments,
     check_structure,
     output_stem,
@@ -187,6 +188,7 @@ def relax(
     device: str = "cpu",
     dtype: str = "float32",
     optimizer_kwargs: dict[str, Any] | None = None,
+    memory: str = "auto",
 ) -> RelaxResult:
     """Relax ``atoms`` (a copy: the input is not modified) until every force is below ``fmax``
     (eV/A) or ``steps`` optimizer steps were taken.
@@ -199,8 +201,9 @@ def relax(
     (A). Both add a FixAtoms constraint; constraints already on ``atoms`` are kept.
     cell: relax the cell too (ASE's FrechetCellFilter; needs 3D periodicity and stress).
     trajectory: ASE .traj file of every step; logfile: the optimizer's log (``"-"``: stdout).
+    memory: memory mode of the default calculator ("auto", "fast", "low").
     """
-    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
+    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype, memory=memory)
     job = prepare_relaxation(atoms, calc, optimizer, fix_bottom, fix_below, cell, trajectory, logfile, optimizer_kwargs)
     try:
         converged = job.optimizer.run(fmax=fmax, steps=steps)
@@ -263,13 +266,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fix-below", type=float, default=None, metavar="Z", help="fix atoms with z < Z (A)")
     parser.add_argument("--cell", action="store_true", help="relax the cell too (3D-periodic inputs)")
     add_model_arguments(parser)
+    add_memory_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc relax``: read, relax, write trajectory + final structure + CSV + PNG."""
     atoms = read_structure(args.input, args.index, args.format)
     calc = resolve_calculator(
-        None, args.checkpoint, device=args.device, dtype=args.dtype, dispersion=args.dispersion, xc=args.xc
+        None, args.checkpoint, device=args.device, dtype=args.dtype, dispersion=args.dispersion, xc=args.xc,
+        memory=args.memory,
     )
     check_structure(atoms, calc)  # every input error surfaces before anything is written
     output = args.output or f"{Path(args.input).stem or Path(args.input).name}_relaxed.traj"
