@@ -10,11 +10,13 @@ order, for the same number of steps, and are scored on held-out frames of the ot
 
 Steps (each through the real command line, so this measures what users run):
 
-1. ``equiformer-calc datagen --size medium --labeller emt --seed 1`` (EMT: minutes); ``--frames``
-   training and ``--val-frames`` validation frames are drawn (seeded, disjoint) from its train split.
+1. ``equiformer-calc datagen --size medium --labeller emt --seed 0`` (EMT: minutes; the command that
+   made emt-small's data, reused if ``OUT/emt-data`` holds it); ``--frames`` training and
+   ``--val-frames`` validation frames are drawn (seeded, disjoint) from its train split, so they
+   come from other systems than the test set, which was drawn from its test_id split.
 2. ``equiformer-calc train`` twice: ``init_from: BASE`` and from scratch, ``--steps`` each.
 3. ``equiformer-calc evaluate`` of both (and of the untouched BASE) on ``--testset`` (default: the
-   committed EMT test set ``checkpoints/emt-small.testset.extxyz``, made with another seed).
+   committed EMT test set ``checkpoints/emt-small.testset.extxyz``, held-out systems).
 
 Prints a JSON summary; ``--update-results FILE`` replaces the fine-tuning section of RESULTS.md.
 
@@ -95,7 +97,7 @@ def run_benchmark(base: str, frames: int, val_frames: int, steps: int, testset: 
 
     out.mkdir(parents=True, exist_ok=True)
     data = out / "emt-data"
-    _cli("datagen", "--out", str(data), "--size", "medium", "--labeller", "emt", "--seed", "1", "--no-progress")
+    _cli("datagen", "--out", str(data), "--size", "medium", "--labeller", "emt", "--seed", "0", "--no-progress")
     train, val = out / f"train{frames}.extxyz", out / f"val{val_frames}.extxyz"
     _split(data / "train.extxyz", train, frames, val, val_frames, seed=0)
 
@@ -122,8 +124,8 @@ def run_benchmark(base: str, frames: int, val_frames: int, steps: int, testset: 
 def format_section(s: dict[str, Any], command: str) -> str:
     lines = [SECTION, "",
              s["machine"], "", f"`{command}` (1 thread per run). {s['frames']} EMT-labelled training frames "
-             f"(drawn from datagen `--size medium --labeller emt --seed 1`), {s['val_frames']} validation frames, {s['steps']} steps of "
-             f"batch 4 for each run; scored on `{s['testset']}` (EMT, another seed). Same architecture "
+             f"(drawn from the train split of datagen `--size medium --labeller emt --seed 0`), {s['val_frames']} validation frames, {s['steps']} steps of "
+             f"batch 4 for each run; scored on `{s['testset']}` (EMT, held-out systems). Same architecture "
              f"({s['params']:,} parameters) in both runs: fine-tuned from `{s['base']}` (`train --init-from`, "
              "lr 2e-4, new energy references) or from scratch (lr 2e-3).", "",
              "| run | energy MAE (meV/atom) | force MAE (eV/A) | stress MAE (meV/A^3) |",
