@@ -319,6 +319,10 @@ SIZES: dict[str, DatasetSize] = {
     "medium": DatasetSize(),
     # three placements/supercells per adsorbate site, more bulk: ~3x medium
     "large": DatasetSize(adsorbate_replicas=3, bulk_replicas=6, relax_tasks=None),
+    # strained / rattled bulk cells only (with stress), 6 replicas of each (metal, cell) like "large":
+    # extra bulk data for the elastic response (4,571 frames with seed 1, 7 min on one busy core), to add
+    # to medium's training set; see the bulk-properties note in checkpoints/emt-small.md
+    "bulk": DatasetSize(adsorbate_systems=0, slab_systems=0, relax_tasks=0, bulk_replicas=6),
     # distillation from an expensive teacher: nine metals, half of the slabs at ASE's default lattice
     # constants, gas molecules. Measured with SevenNet-0 (seed 0): 12,670 frames from 37,068 calls,
     # 1.8 h wall on 2 shared cores (checkpoints/pbe-distilled-small-data/summary.json)
@@ -1486,7 +1490,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=sorted(SIZES),
         default="small",
         help="preset: small (~300 frames, <1 min), medium (~30k frames), large (~3x medium), "
-        "teacher (~15k frames, 9 metals + gas molecules, sized for an expensive labeller)",
+        "teacher (~15k frames, 9 metals + gas molecules, sized for an expensive labeller), "
+        "bulk (strained/rattled bulk cells only, with stress)",
     )
     parser.add_argument(
         "--labeller",
