@@ -1,4 +1,4 @@
-"""Elastic constants and bulk moduli of fcc metals: the shipped model against EMT.
+"""Elastic constants and bulk moduli of fcc metals: the shipped emt-small model against EMT.
 
     python examples/elastic_constants.py [--metals Cu,Ag,Au,Ni,Pd,Pt,Al] [--out-dir elastic]
     python examples/elastic_constants.py --metals Cu                 # smoke run
@@ -31,7 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--metals", default="Cu,Ag,Au,Ni,Pd,Pt,Al", help="comma-separated fcc metals")
     parser.add_argument("--out-dir", default="elastic")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint name or path (default: the shipped one)")
+    parser.add_argument("--checkpoint", default="emt-small",
+                        help="checkpoint name or path (default: emt-small, the model trained on EMT)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out_dir)

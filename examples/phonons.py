@@ -1,4 +1,4 @@
-"""Phonons of fcc Cu with phonopy: band structure and DOS, the shipped model beside EMT.
+"""Phonons of fcc Cu with phonopy: band structure and DOS, the shipped emt-small model beside EMT.
 
     pip install -e ".[phonons]"
     python examples/phonons.py [--supercell 4] [--mesh 20] [--out-dir phonons]
@@ -52,15 +52,14 @@ def main() -> None:
     parser.add_argument("--mesh", type=int, default=20, help="q-point mesh for the DOS")
     parser.add_argument("--points", type=int, default=41, help="q-points per band segment")
     parser.add_argument("--out-dir", default="phonons")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint name or path (default: the shipped one)")
+    parser.add_argument("--checkpoint", default="emt-small",
+                        help="checkpoint name or path (default: emt-small, the model trained on EMT)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     primitive = bulk("Cu", "fcc", a=EMT_LATTICE_CONSTANTS["Cu"])
-    calculators = {"EMT": EMT(), "emt-small": EquiformerCalculator(args.checkpoint, dtype="float64")}
-    if args.checkpoint:
-        calculators[Path(args.checkpoint).stem] = calculators.pop("emt-small")
+    calculators = {"EMT": EMT(), Path(args.checkpoint).stem: EquiformerCalculator(args.checkpoint, dtype="float64")}
     results = {}
     for name, calc in calculators.items():
         phonon = phonopy_force_constants(calc, primitive, supercell=args.supercell)

@@ -9,7 +9,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from equiformer_calc.calculator import EquiformerCalculator
-from equiformer_calc.checkpoint import DEFAULT_CHECKPOINT, available_checkpoints
+from equiformer_calc.checkpoint import available_checkpoints
 from equiformer_calc.surfaces import EMT_LATTICE_CONSTANTS
 from equiformer_calc.workflows.bulk_properties import (
     cubic_elastic_constants,
@@ -42,30 +42,33 @@ def test_phonopy_acoustic_sum_rule_and_degeneracy_with_emt():
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    if DEFAULT_CHECKPOINT not in available_checkpoints():
-        pytest.fail(f"the shipped checkpoint {DEFAULT_CHECKPOINT} is missing")
-    return EquiformerCalculator(dtype="float64")
+def emt_small():
+    """The shipped checkpoint trained on EMT, named explicitly: EMT is its ground truth, whichever
+    checkpoint is the project's default."""
+    if "emt-small" not in available_checkpoints():
+        pytest.fail("the shipped checkpoint emt-small is missing")
+    return EquiformerCalculator("emt-small", dtype="float64")
 
 
 @pytest.mark.slow
-def test_shipped_model_gamma_x_phonons_within_10_percent_of_emt(shipped):
+def test_shipped_model_gamma_x_phonons_within_10_percent_of_emt(emt_small):
     pytest.importorskip("phonopy", reason="the [phonons] extra (phonopy) is not installed")
     prim = bulk("Cu", "fcc", a=A_CU)
     ref = frequencies_at(phonopy_force_constants(EMT(), prim), GAMMA_X)
-    got = frequencies_at(phonopy_force_constants(shipped, prim), GAMMA_X)
+    got = frequencies_at(phonopy_force_constants(emt_small, prim), GAMMA_X)
     assert ref.min() > 1.0
     np.testing.assert_allclose(got, ref, rtol=0.10)
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="measured: emt-small's Cu bulk modulus is ~111 GPa against EMT's 134.5 GPa "
-                   "(-17 %); reported to the lead (issue 14), not hidden by a looser tolerance. strict: a "
-                   "retrained model that passes makes this marker fail, so it gets removed")
-def test_shipped_model_bulk_modulus_within_10_percent_of_emt(shipped):
+                   "(-17 %): its training never applied the stress loss (mixed batches; fixed in the trainer, the "
+                   "checkpoint is not yet retrained, see checkpoints/emt-small.md). strict: a retrained model that "
+                   "passes makes this marker fail, so it gets removed")
+def test_shipped_model_bulk_modulus_within_10_percent_of_emt(emt_small):
     prim = bulk("Cu", "fcc", a=A_CU)
     ref = equation_of_state(EMT(), prim, strain=0.01)["B_GPa"]
-    got = equation_of_state(shipped, prim, strain=0.01)["B_GPa"]
+    got = equation_of_state(emt_small, prim, strain=0.01)["B_GPa"]
     assert got == pytest.approx(ref, rel=0.10)
 
 

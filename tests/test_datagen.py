@@ -162,6 +162,14 @@ def test_plan_is_seeded() -> None:
     assert {t.split for t in small} == {"train", "test_id", "test_ood"}
 
 
+def test_bulk_preset_plans_only_bulk_cells_with_held_out_ones() -> None:
+    tasks, _ = plan.plan_tasks(1, plan.SIZES["bulk"])
+    assert {t.kind for t in tasks} == {"bulk"}
+    spec = plan.SIZES["bulk"]
+    assert len(tasks) == len(spec.metals) * len(plan.BULK_CELLS) * spec.bulk_replicas
+    assert {t.split for t in tasks} == {"train", "test_id"}
+
+
 @pytest.mark.parametrize("metal", sorted(EMT_LATTICE_CONSTANTS))
 def test_lattice_constants_are_emt_minima(metal: str) -> None:
     def energy(a: float) -> float:

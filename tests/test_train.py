@@ -260,6 +260,51 @@ def test_wall_time_counts_each_session_once(data_dir: Path, tmp_path: Path, monk
     assert walls == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
 
 
+def test_epoch_order_batches_stress_frames_only_with_each_other() -> None:
+    rng = np.random.default_rng(0)
+    stress_frames = rng.permutation(np.array([True] * 9 + [False] * 30))
+    order = trainer._epoch_order(len(stress_frames), stress_frames, 4, torch.Generator().manual_seed(0))
+    assert sorted(order.tolist()) == list(range(len(stress_frames)))  # a permutation of the epoch
+    full = [stress_frames[order[k : k + 4].numpy()] for k in range(0, 36, 4)]  # 2 + 7 full batches
+    assert all(b.all() or not b.any() for b in full)
+    assert sum(bool(b.all()) for b in full) == 2
+    # without stress training (or without stress frames) the order is the plain permutation
+    plain = torch.randperm(len(stress_frames), generator=torch.Generator().manual_seed(0))
+    for mask in (None, np.zeros(len(stress_frames), dtype=bool)):
+        assert torch.equal(trainer._epoch_order(len(stress_frames), mask, 4, torch.Generator().manual_seed(0)), plain)
+
+
+@pytest.mark.usefixtures("no_learning_curve")
+def test_stress_is_trained_when_bulk_frames_are_rare(tmp_path: Path) -> None:
+    """2 bulk frames (with stress) among 16: the stress term needs a batch of 3D-periodic frames
+    only, which random batches of 2 would form in 1 of 120 steps; the trainer must form one per epoch."""
+    from ase.build import bulk
+
+    rng = np.random.default_rng(1)
+    frames = []
+    for k in range(16):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True) if k < 2 else fcc111("Cu", (2, 2, 2), vacuum=4.0)
+        if k < 2:
+            atoms.set_cell(atoms.cell.array * (1 + 0.02 * (2 * k - 1)), scale_atoms=True)
+        atoms.rattle(0.05, seed=k)
+        atoms.calc = EMT()
+        results = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+        if k < 2:
+            results["stress"] = atoms.get_stress()
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        frames.append(atoms)
+    frames = [frames[k] for k in rng.permutation(16)]
+    from ase.io import write
+
+    write(tmp_path / "train.extxyz", frames)
+    out = tmp_path / "run"
+    train(TrainConfig(train=str(tmp_path / "train.extxyz"), val=str(tmp_path / "train.extxyz"), out=str(out),
+                      preset="tiny", elements=["Cu"], batch_size=2, max_steps=8, val_every=8, warmup_steps=1,
+                      threads=1, max_val=4, seed=0))
+    (row,) = json.loads((out / "history.json").read_text())
+    assert np.isfinite(row["train_s_mae"])  # recorded only by a step whose loss had the stress term
+
+
 def test_checkpoint_writes_are_atomic(tmp_path: Path, tiny_model, monkeypatch: pytest.MonkeyPatch) -> None:
     import safetensors.torch
 

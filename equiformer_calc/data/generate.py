@@ -464,7 +464,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=sorted(SIZES),
         default="small",
         help="preset: small (~300 frames, <1 min), medium (~30k frames), large (~3x medium), "
-        "teacher (~15k frames, 9 metals + gas molecules, sized for an expensive labeller)",
+        "teacher (~15k frames, 9 metals + gas molecules, sized for an expensive labeller), "
+        "bulk (strained/rattled bulk cells only, with stress)",
     )
     parser.add_argument(
         "--labeller",

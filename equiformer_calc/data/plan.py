@@ -145,6 +145,10 @@ SIZES: dict[str, DatasetSize] = {
     "medium": DatasetSize(),
     # three placements/supercells per adsorbate site, more bulk: ~3x medium
     "large": DatasetSize(adsorbate_replicas=3, bulk_replicas=6, relax_tasks=None),
+    # strained / rattled bulk cells only (with stress), 6 replicas of each (metal, cell) like "large":
+    # extra bulk data for the elastic response (4,571 frames with seed 1, 7 min on one busy core), to add
+    # to medium's training set; see the bulk-properties note in checkpoints/emt-small.md
+    "bulk": DatasetSize(adsorbate_systems=0, slab_systems=0, relax_tasks=0, bulk_replicas=6),
     # distillation from an expensive teacher: nine metals, half of the slabs at ASE's default lattice
     # constants, gas molecules. Measured with SevenNet-0 (seed 0): 12,670 frames from 37,068 calls,
     # 1.8 h wall on 2 shared cores (checkpoints/pbe-distilled-small-data/summary.json)
