@@ -36,7 +36,7 @@ __all__ = [
 FORMAT = "equiformer-calc"
 FORMAT_VERSION = 1
 #: the shipped checkpoint that ``EquiformerCalculator()`` loads
-DEFAULT_CHECKPOINT = "emt-small"
+DEFAULT_CHECKPOINT = "pbe-distilled-small"
 
 
 class CheckpointError(RuntimeError):

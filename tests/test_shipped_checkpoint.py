@@ -1,10 +1,10 @@
-"""The shipped checkpoint ``checkpoints/emt-small.safetensors``.
+"""The shipped checkpoints ``checkpoints/<name>.safetensors`` (``emt-small``, ``pbe-distilled-small``).
 
-These tests never skip: a missing checkpoint is a failure. ``EquiformerCalculator()`` with no arguments loads it; the committed held-out test
-set ``checkpoints/emt-small.testset.extxyz`` (``benchmarks/make_testset.py``) is intact; and the
-checkpoint's errors on it stay within 5 % of the numbers stated in its model card
-``checkpoints/emt-small.card.json`` (``"testset": {"e_mae_atom": ..., "f_mae": ...}``), which
-``python benchmarks/card_metrics.py`` reproduces.
+These tests never skip: a missing checkpoint is a failure. ``EquiformerCalculator()`` with no arguments
+loads the default one (``pbe-distilled-small``); each checkpoint's committed held-out test set
+``checkpoints/<name>.testset.extxyz`` (``benchmarks/make_testset.py``) is intact; and its errors on it stay
+within 5 % of the numbers stated in its model card ``checkpoints/<name>.card.json`` (``"testset":
+{"e_mae_atom": ..., "f_mae": ...}``), which ``python benchmarks/card_metrics.py NAME`` reproduces.
 """
 
 from __future__ import annotations
@@ -21,12 +21,18 @@ import pytest
 from ase.io import read
 
 from equiformer_calc.calculator import EquiformerCalculator
-from equiformer_calc.checkpoint import DEFAULT_CHECKPOINT, read_metadata
+from equiformer_calc.checkpoint import DEFAULT_CHECKPOINT, available_checkpoints, read_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
-CHECKPOINT = ROOT / "checkpoints" / f"{DEFAULT_CHECKPOINT}.safetensors"
-CARD = ROOT / "checkpoints" / f"{DEFAULT_CHECKPOINT}.card.json"
-TESTSET = ROOT / "checkpoints" / f"{DEFAULT_CHECKPOINT}.testset.extxyz"
+#: every checkpoint the package ships, with the labeller its test set was labelled by
+SHIPPED = {"emt-small": "emt", "pbe-distilled-small": "sevennet:7net-0"}
+
+
+def _files(name: str) -> tuple[Path, Path, Path]:
+    """(checkpoint, card JSON, committed test set) of a shipped checkpoint."""
+    base = ROOT / "checkpoints" / name
+    return base.with_suffix(".safetensors"), base.with_suffix(".card.json"), base.with_suffix(".testset.extxyz")
+
 #: measured metrics may exceed the card's by this factor (thread counts, BLAS, torch versions)
 TOLERANCE = 1.05
 #: card keys where lower is better; ``f_cos`` (higher is better) is checked as 1 - f_cos
@@ -42,19 +48,33 @@ def _card_metrics_module() -> ModuleType:
     return module
 
 
+@pytest.fixture(scope="module", params=sorted(SHIPPED))
+def name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def measured() -> dict[str, Any]:
-    """The card numbers of the shipped checkpoint, computed as ``benchmarks/card_metrics.py`` does."""
-    return _card_metrics_module().card_metrics(CHECKPOINT, TESTSET)
+def measured(name: str) -> dict[str, Any]:
+    """The card numbers of a shipped checkpoint, computed as ``benchmarks/card_metrics.py`` does."""
+    checkpoint, _, testset = _files(name)
+    return _card_metrics_module().card_metrics(checkpoint, testset)
 
 
-def test_testset_is_committed_and_intact() -> None:
-    assert TESTSET.is_file(), "run: python benchmarks/make_testset.py"
-    assert TESTSET.stat().st_size < 1_000_000
-    frames = read(str(TESTSET), ":")
+def test_default_is_the_distilled_checkpoint() -> None:
+    """The default has real (PBE-level) chemistry; EMT's model stays shipped under its own name."""
+    assert DEFAULT_CHECKPOINT == "pbe-distilled-small"
+    assert set(SHIPPED) <= set(available_checkpoints())
+
+
+def test_testset_is_committed_and_intact(name: str) -> None:
+    _, _, testset = _files(name)
+    assert testset.is_file(), "run: python benchmarks/make_testset.py"
+    assert testset.stat().st_size < 1_000_000
+    frames = read(str(testset), ":")
     assert len(frames) == 60
     kinds = {a.info["config_type"] for a in frames}
     assert kinds == {"adsorbate", "slab", "bulk"}
+    assert {a.info.get("labeller", "emt") for a in frames} == {SHIPPED[name]}
     for atoms in frames:
         assert np.isfinite(atoms.get_potential_energy())
         assert atoms.get_forces(apply_constraint=False).shape == (len(atoms), 3)
@@ -65,17 +85,19 @@ def test_testset_is_committed_and_intact() -> None:
             assert atoms.arrays["fixed"].any()  # slabs keep their fixed bottom layers
 
 
-def test_default_calculator_loads_the_shipped_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calculator_loads_the_shipped_checkpoint(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EQUIFORMER_CALC_CHECKPOINTS", raising=False)
-    calc = EquiformerCalculator()
-    assert Path(calc.model.checkpoint_path).resolve() == CHECKPOINT.resolve()
+    checkpoint, _, testset = _files(name)
+    calc = EquiformerCalculator() if name == DEFAULT_CHECKPOINT else EquiformerCalculator(checkpoint=name)
+    assert Path(calc.model.checkpoint_path).resolve() == checkpoint.resolve()
     import yaml
 
-    recipe = yaml.safe_load((ROOT / "checkpoints" / f"{DEFAULT_CHECKPOINT}.yaml").read_text())
-    meta = read_metadata(CHECKPOINT)
-    assert meta["training"]["config"]["preset"] == recipe["preset"]  # trained with the committed recipe
+    recipe = yaml.safe_load((ROOT / "checkpoints" / f"{name}.yaml").read_text())
+    meta = read_metadata(checkpoint)
+    config = meta["training"]["config"]  # trained with the committed recipe
+    assert config["preset"] == recipe["preset"] and config["model"] == recipe.get("model", {})
     assert meta["training"]["step"] > 0
-    atoms = read(str(TESTSET), index=0)
+    atoms = read(str(testset), index=0)
     reference = atoms.get_potential_energy()
     atoms.calc = calc
     energy, forces = atoms.get_potential_energy(), atoms.get_forces()
@@ -83,16 +105,17 @@ def test_default_calculator_loads_the_shipped_checkpoint(monkeypatch: pytest.Mon
     assert forces.shape == (len(atoms), 3) and np.all(np.isfinite(forces))
 
 
-def test_metrics_within_the_model_card(measured: dict[str, Any]) -> None:
-    assert CARD.is_file(), (
-        f"{CARD.relative_to(ROOT)} is missing: write the model card with the numbers printed by "
+def test_metrics_within_the_model_card(name: str, measured: dict[str, Any]) -> None:
+    checkpoint, card_path, _ = _files(name)
+    assert card_path.is_file(), (
+        f"{card_path.relative_to(ROOT)} is missing: write the model card with the numbers printed by "
         "`python benchmarks/card_metrics.py`"
     )
-    card = json.loads(CARD.read_text())
+    card = json.loads(card_path.read_text())
     stated = card.get("testset")
     assert isinstance(stated, dict) and stated, "the card has no 'testset' metrics"
     if "checkpoint_sha256" in card:
-        assert card["checkpoint_sha256"] == hashlib.sha256(CHECKPOINT.read_bytes()).hexdigest(), (
+        assert card["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest(), (
             "the card describes another checkpoint file"
         )
     got = measured["testset"]
@@ -110,13 +133,14 @@ def test_metrics_within_the_model_card(measured: dict[str, Any]) -> None:
     assert {"e_mae_atom", "f_mae"} <= set(checked), f"the card must state e_mae_atom and f_mae (has {sorted(stated)})"
 
 
-def test_calculator_agrees_with_the_evaluation(measured: dict[str, Any]) -> None:
+def test_calculator_agrees_with_the_evaluation(name: str, measured: dict[str, Any]) -> None:
     """The metrics come from the same numbers the calculator gives, one structure at a time."""
     from equiformer_calc.train.evaluate import evaluate
 
-    _, pred = evaluate(CHECKPOINT, TESTSET, by=(), return_predictions=True)
-    calc = EquiformerCalculator()
-    frames = read(str(TESTSET), ":")
+    checkpoint, _, testset = _files(name)
+    _, pred = evaluate(checkpoint, testset, by=(), return_predictions=True)
+    calc = EquiformerCalculator(checkpoint=name)
+    frames = read(str(testset), ":")
     offsets = np.concatenate([[0], np.cumsum([len(a) for a in frames])])
     for k in range(0, len(frames), 12):
         atoms = frames[k].copy()

@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="localhost", help="host of the i-PI server for --port (default localhost)")
     parser.add_argument("--wait", type=float, default=60.0, help="seconds to keep trying to connect (default 60)")
     parser.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, A (0: rebuild every call)")
-    parser.add_argument("--checkpoint", default=None, help="shipped checkpoint name or .safetensors path (default: emt-small)")
+    parser.add_argument("--checkpoint", default=None, help="shipped checkpoint name or .safetensors path (default: pbe-distilled-small)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"],
                         help="model precision (default float64: i-PI integrates long trajectories)")

@@ -183,7 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("input", help="LAMMPS input script (units metal) with 'fix ID all external pf/callback 1 1'")
     parser.add_argument("--elements", default=None, help="element of each atom type, comma-separated (default: from masses)")
-    parser.add_argument("--checkpoint", default=None, help="shipped checkpoint name or .safetensors path (default: emt-small)")
+    parser.add_argument("--checkpoint", default=None, help="shipped checkpoint name or .safetensors path (default: pbe-distilled-small)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"], help="model precision (default float64)")
     parser.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, A (0: rebuild every step)")

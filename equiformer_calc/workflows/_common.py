@@ -95,7 +95,7 @@ def plot_lines(
 def add_model_arguments(parser: Any) -> None:
     """``--checkpoint``, ``--device``, ``--dtype`` for the workflow subcommands."""
     parser.add_argument(
-        "--checkpoint", default=None, help="shipped checkpoint name or .safetensors path (default: emt-small)"
+        "--checkpoint", default=None, help="shipped checkpoint name or .safetensors path (default: pbe-distilled-small)"
     )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="model precision")
