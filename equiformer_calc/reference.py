@@ -474,7 +474,7 @@ def _set_linear(lin: IrrepsLinear, dense: Mapping[o3.Irrep, torch.Tensor], bias:
         if m.shape != (n_in, n_out) and m.numel():
             raise ReferenceCheckpointError(f"{name}: {ir} block is {tuple(m.shape)} in the reference, ({n_in}, {n_out}) here")
     with torch.no_grad():
-        for (i_in, i_out), w, alpha in zip(lin._paths, lin.weights, lin._alpha):
+        for (i_in, i_out, alpha), w in zip(lin.paths, lin.weights):
             ir = lin.irreps_in[i_in].ir
             m = dense[ir][off_in[i_in] : off_in[i_in] + w.shape[0], off_out[i_out] : off_out[i_out] + w.shape[1]]
             w.copy_(m / alpha)
