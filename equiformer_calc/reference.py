@@ -56,7 +56,7 @@ from ase.data import chemical_symbols
 from e3nn import o3
 
 from .checkpoint import save_checkpoint
-from .model import Equiformer, EquiformerConfig
+from .model import CheckpointInfo, Equiformer, EquiformerConfig
 from .nn import IrrepsLinear, SmoothLeakyReLU
 
 __all__ = [
@@ -702,7 +702,7 @@ def convert_reference(
         meta["units"] = {"energy": "eV", "length": "Angstrom"}
     if task == "is2re-direct":
         meta["target"] = "relaxed adsorption energy (OC20 references) predicted from the initial structure"
-    model.metadata = meta  # type: ignore[attr-defined]
+    model.checkpoint = CheckpointInfo(metadata=meta)
     if out is None:
         return model
     return save_checkpoint(model, out, metadata=meta)

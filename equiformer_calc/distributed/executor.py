@@ -69,19 +69,18 @@ def model_key(calculator: Any) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    h.update(f"{getattr(calculator, 'dtype', '')}|{getattr(calculator, 'device', '')}".encode())
+    h.update(f"{calculator.parameters.get('dtype', '')}|{calculator.parameters.get('device', '')}".encode())
     return h.hexdigest()[:16]
 
 
 def _as_calculator(model: Any, device: str = "cpu", dtype: str = "float32") -> Any:
-    """An EquiformerCalculator for ``model`` (a calculator is returned as is; an Equiformer is
-    copied first, so the caller's module is never converted or frozen by the Predictor)."""
+    """An EquiformerCalculator for ``model`` (a calculator is returned as is; the calculator's
+    predictor works on its own copy of an Equiformer)."""
     from ..calculator import EquiformerCalculator
-    from ..checkpoint import load_model
     from ..model import Equiformer
 
     if isinstance(model, Equiformer):
-        return EquiformerCalculator(model=load_model(model, copy=True)[0], device=device, dtype=dtype)
+        return EquiformerCalculator(model=model, device=device, dtype=dtype)
     if not hasattr(model, "predictor"):
         raise TypeError(f"register an EquiformerCalculator or an Equiformer model, got {type(model).__name__}")
     return model

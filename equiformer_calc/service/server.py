@@ -378,7 +378,7 @@ def _model_info(
     predictor: Any, model_id: str, checkpoint: str | None, limits: Limits, batcher: Batcher
 ) -> dict[str, Any]:
     model = getattr(predictor, "model", None)
-    metadata = dict(getattr(model, "metadata", None) or {})
+    metadata = dict(model.metadata) if model is not None else {}
     try:
         num_parameters = int(model.num_parameters()) if model is not None else None
     except Exception:  # noqa: BLE001 - informational only
@@ -453,13 +453,14 @@ def create_app(
     if isinstance(predictor_or_checkpoint, (str, os.PathLike)):
         model = load_checkpoint(predictor_or_checkpoint, device=device)
         predictor: Any = Predictor(model, device=device, dtype=dtype, max_atoms_per_batch=max_batch_atoms,
-                                   memory_budget=memory_budget, memory=memory)
-        checkpoint = getattr(model, "checkpoint_path", str(predictor_or_checkpoint))
+                                   memory_budget=memory_budget, memory=memory, copy_model=False)
+        checkpoint = model.checkpoint.path if model.checkpoint is not None else str(predictor_or_checkpoint)
         model_id = model_id or Path(str(predictor_or_checkpoint)).stem
         isolate = True if isolate is None else isolate
     else:
         predictor = predictor_or_checkpoint
-        checkpoint = getattr(getattr(predictor, "model", None), "checkpoint_path", None)
+        info = getattr(getattr(predictor, "model", None), "checkpoint", None)
+        checkpoint = info.path if info is not None else None
         model_id = model_id or (Path(checkpoint).stem if checkpoint else "in-memory")
     # edge limits that no call over could ever fit: the budget's ceiling in the leanest mode allowed
     budget = predictor.memory_capacity() if hasattr(predictor, "memory_capacity") else None

@@ -23,6 +23,7 @@ batches -- the same path as the trainer's loss and validation.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -107,7 +108,7 @@ def _model_on(model: Equiformer, device: torch.device, dtype: torch.dtype) -> Eq
     ref = next(iter(model.parameters()), None)
     if ref is None or (ref.device == device and ref.dtype == dtype):
         return model
-    return load_model(model, copy=True)[0].to(device=device, dtype=dtype)
+    return copy.deepcopy(model).to(device=device, dtype=dtype)
 
 
 def _batches(samples: Sequence[Sample], batch_size: int) -> list[list[int]]:

@@ -114,7 +114,7 @@ def pair_repulsion_labels(samples: list[Sample], model: Equiformer) -> tuple[np.
     when it has none), in float64: the network is trained on the labels minus these."""
     energies = np.zeros(len(samples))
     forces = [np.zeros_like(s.forces) for s in samples]
-    if getattr(model, "pair", None) is None:
+    if model.pair is None:
         return energies, np.concatenate(forces) if forces else np.zeros((0, 3))
     for k, s in enumerate(samples):
         g = s.graph.to(dtype=torch.float64)

@@ -265,8 +265,8 @@ def relax_benchmark(
 
     if isinstance(checkpoint_or_model, Calculator):  # any ASE calculator (EMT: a sanity check)
         calc, ckpt = checkpoint_or_model, type(checkpoint_or_model).__name__
-    else:  # a private copy: the calculator converts dtype and freezes parameters in place
-        model, ckpt = load_model(checkpoint_or_model, copy=True)
+    else:
+        model, ckpt = load_model(checkpoint_or_model)
         calc = EquiformerCalculator(model=model, device=device, dtype=dtype)
     log.info("relaxation benchmark: %d of %d tasks from %s, %s fmax=%.3g", len(indices), len(records), data_dir,
              optimizer, fmax)
