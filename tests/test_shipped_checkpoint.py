@@ -68,7 +68,9 @@ def test_testset_is_committed_and_intact() -> None:
 def test_default_calculator_loads_the_shipped_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EQUIFORMER_CALC_CHECKPOINTS", raising=False)
     calc = EquiformerCalculator()
-    assert Path(calc.model.checkpoint_path).resolve() == CHECKPOINT.resolve()
+    assert Path(calc.model.checkpoint.path).resolve() == CHECKPOINT.resolve()
+    digest = hashlib.sha256(CHECKPOINT.read_bytes()).hexdigest()
+    assert calc.todict()["checkpoint"] == DEFAULT_CHECKPOINT and calc.todict()["checkpoint_sha256"] == digest
     import yaml
 
     recipe = yaml.safe_load((ROOT / "checkpoints" / f"{DEFAULT_CHECKPOINT}.yaml").read_text())
