@@ -17,6 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from .graph import (
     DEFAULT_MIN_DISTANCE_RATIO,
@@ -241,9 +242,9 @@ def total_memory(device: str | torch.device = "cpu") -> int | None:
 
 
 def voigt(stress: torch.Tensor) -> torch.Tensor:
-    """(B, 3, 3) -> (B, 6) in ASE's Voigt order xx, yy, zz, yz, xz, xy, differentiable (training's stress
-    loss needs the torch graph; numpy code uses ASE's ``full_3x3_to_voigt_6_stress``, and a test checks
-    that the two agree)."""
+    """(B, 3, 3) -> (B, 6) in ASE's Voigt order xx, yy, zz, yz, xz, xy, differentiable: for training's
+    stress loss, which needs the torch graph. Everything that returns numbers uses ASE's
+    ``full_3x3_to_voigt_6_stress``; a test checks that the two agree on symmetric stresses."""
     return stress[:, [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
 
 
@@ -583,7 +584,7 @@ class Predictor:
             energy = out["energy"].detach().cpu().numpy()
             energies = out["energies"].detach().cpu().numpy()
             f = out["forces"].detach().cpu().double().numpy() if want_forces else None
-            s = voigt(out["stress"]).detach().cpu().double().numpy() if want_stress else None
+            s = full_3x3_to_voigt_6_stress(out["stress"].detach().cpu().double().numpy()) if want_stress else None
             for b, it in enumerate(chunk):
                 r = results[it.index]
                 r["energy"] = float(energy[b])

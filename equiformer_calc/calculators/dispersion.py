@@ -22,6 +22,7 @@ import logging
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..graph import Structure, structure_from_atoms
 
@@ -146,7 +147,7 @@ class D3:
         if want_stress:
             volume = abs(float(np.linalg.det(s.cell)))
             sigma = np.asarray(res["virial"], dtype=np.float64) * (Hartree / volume)
-            out["stress"] = sigma[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+            out["stress"] = full_3x3_to_voigt_6_stress(sigma)
         return out
 
     def add_to(self, result: dict[str, Any], structure: Structure | Any) -> dict[str, Any]:

@@ -35,11 +35,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..checkpoint import load_checkpoint, load_model
 from ..io import jsonable, new_figure, save_figure, write_json
 from ..model import Equiformer
-from ..predictor import compute, resolve_dtype, voigt
+from ..predictor import compute, resolve_dtype
 from ..runtime import configure_runtime, set_threads
 from ..data.readers import LabelKeys
 from .data import Sample, collate, read_samples
@@ -134,7 +135,7 @@ def _predict_batch(net: Equiformer, chunk: Sequence[Sample], device: torch.devic
         out = compute(net, batch.graph, forces=True, stress=want_stress)
     e = out["energy"].detach().cpu().double().numpy()
     f = out["forces"].detach().cpu().double().numpy()
-    s = voigt(out["stress"]).detach().cpu().double().numpy() if want_stress else None
+    s = full_3x3_to_voigt_6_stress(out["stress"].detach().cpu().double().numpy()) if want_stress else None
     ptr = batch.graph.ptr.tolist()
     return [(float(e[b]), f[ptr[b] : ptr[b + 1]], None if s is None else s[b]) for b in range(len(chunk))]
 
