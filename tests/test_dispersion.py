@@ -111,7 +111,7 @@ def test_batched_predict_includes_dispersion(with_d3):
 
 
 def test_dispersion_predictor_for_the_service(plain, model):
-    from equiformer_calc.service.server import create_app
+    from equiformer_calc.service.app import create_app
 
     atoms = bulk_cell()
     wrapped = DispersionPredictor(plain.predictor, D3("d3bj", xc="pbe"))

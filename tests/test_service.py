@@ -671,7 +671,7 @@ def test_in_process_app_gives_504_on_timeout(checkpoint):
     """create_app over a Predictor object, served by uvicorn in a thread: a slow model -> 504."""
     from equiformer_calc.checkpoint import load_checkpoint
     from equiformer_calc.predictor import Predictor
-    from equiformer_calc.service.server import create_app
+    from equiformer_calc.service.app import create_app
 
     class SlowPredictor(Predictor):
         def predict(self, structures, properties=("energy", "forces")):
@@ -699,7 +699,7 @@ def test_call_that_does_not_fit_the_memory_now_gives_507_and_the_server_keeps_se
     import equiformer_calc.predictor as predictor_mod
     from equiformer_calc.checkpoint import load_checkpoint
     from equiformer_calc.predictor import MEMORY_HEADROOM, Predictor, total_memory
-    from equiformer_calc.service.server import create_app
+    from equiformer_calc.service.app import create_app
 
     predictor = Predictor(load_checkpoint(checkpoint), memory="auto")
     small_edges = predictor.graph(predictor.to_structure(water())).num_edges

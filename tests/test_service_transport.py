@@ -146,7 +146,7 @@ def test_two_apps_in_one_process_keep_their_own_metrics(checkpoint):
 
     from equiformer_calc.checkpoint import load_checkpoint
     from equiformer_calc.predictor import Predictor
-    from equiformer_calc.service.server import create_app
+    from equiformer_calc.service.app import create_app
 
     # with one shared registry the second app would raise 'Duplicated timeseries'
     apps = [create_app(Predictor(load_checkpoint(checkpoint)), model_id=f"app{k}") for k in range(2)]

@@ -24,8 +24,6 @@ from .executor import (
     Executor,
     Outcome,
     SerialExecutor,
-    add_executor_arguments,
-    executor_from_args,
     model_key,
     open_executor,
     worker_model,
@@ -40,8 +38,6 @@ __all__ = [
     "model_key",
     "worker_model",
     "open_executor",
-    "add_executor_arguments",
-    "executor_from_args",
 ]
 
 

@@ -6,7 +6,6 @@ lazily, so the serial path works without the ``[distributed]`` extra.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -28,8 +27,6 @@ __all__ = [
     "model_key",
     "worker_model",
     "open_executor",
-    "add_executor_arguments",
-    "executor_from_args",
     "DASK_MISSING",
 ]
 
@@ -213,26 +210,6 @@ def open_executor(
         yield executor
     finally:
         executor.close()
-
-
-def add_executor_arguments(parser: argparse.ArgumentParser, workers_help: str | None = None) -> None:
-    """``--scheduler``, ``--workers``, ``--torch-threads`` of the commands that fan out on Dask."""
-    group = parser.add_argument_group("distributed (Dask; needs the [distributed] extra)")
-    group.add_argument("--scheduler", metavar="ADDRESS", default=None,
-                       help="run tasks on the Dask cluster of this scheduler, e.g. tcp://HOST:8786")
-    group.add_argument("--workers", type=int, default=None, metavar="N",
-                       help=workers_help or "run tasks on a local Dask cluster of N worker processes "
-                       "(default: in this process)")
-    group.add_argument("--torch-threads", type=int, default=None, metavar="T",
-                       help="torch threads per worker (default: cores // N for --workers; the worker's "
-                       "OMP_NUM_THREADS, 1 under Dask's nanny, for --scheduler)")
-
-
-def executor_from_args(args: argparse.Namespace) -> contextlib.AbstractContextManager[Executor]:
-    """:func:`open_executor` for the parsed :func:`add_executor_arguments` options."""
-    if args.scheduler is not None and args.workers is not None:
-        raise ValueError("give --scheduler or --workers, not both")
-    return open_executor(scheduler=args.scheduler, workers=args.workers, torch_threads=args.torch_threads)
 
 
 def unique_key(name: str, index: int) -> str:

@@ -1,8 +1,11 @@
-"""The ``equiformer-calc`` command line: one entry point, one subcommand per workflow.
+"""The ``equiformer-calc`` command line: one entry point, one module per subcommand.
 
-Each subcommand lives in the module that owns the concept; that module exposes
-``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. The modules are imported
-only when their subcommand runs, so ``equiformer-calc --help`` stays fast (no torch import).
+Each subcommand is a module of this package (``cli/relax.py``, ``cli/serve.py``, ...) exposing
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``; it parses options and calls
+the library (workflows, data, train, service), which never imports this package. What the
+commands share (THE structure-reading helper, the model / memory / dispersion / Dask options) is
+``cli/_common.py``. The modules are imported only when their subcommand runs, so
+``equiformer-calc --help`` stays fast (no torch import).
 
 Errors: a wrong input (missing file, unsupported element, bad structure, unknown checkpoint, bad
 option value, structure over the memory budget) ends the command with one line on stderr,
@@ -21,18 +24,9 @@ from typing import Sequence
 
 #: subcommand name -> module implementing it
 COMMANDS: dict[str, str] = {
-    "datagen": "equiformer_calc.data.generate",
-    "train": "equiformer_calc.train.trainer",
-    "evaluate": "equiformer_calc.train.evaluate",
-    "adsorbml": "equiformer_calc.workflows.adsorbml",
-    "relax": "equiformer_calc.workflows.relax",
-    "md": "equiformer_calc.workflows.md",
-    "screen": "equiformer_calc.workflows.screening",
-    "predict": "equiformer_calc.workflows.predict",
-    "serve": "equiformer_calc.service.server",
-    "convert-reference": "equiformer_calc.reference",
-    "ipi": "equiformer_calc.calculators.ipi",
-    "lammps": "equiformer_calc.calculators.lammps",
+    name: f"{__name__}.{name.replace('-', '_')}"
+    for name in ("datagen", "train", "evaluate", "adsorbml", "relax", "md", "screen", "predict", "serve",
+                 "convert-reference", "ipi", "lammps")
 }
 
 _HELP: dict[str, str] = {
@@ -139,7 +133,3 @@ def _report(command: str, message: str, hint: str | None, status: int, verbose: 
         line += f" (hint: {hint}{'' if verbose or status == 1 else '; -v shows the traceback'})"
     sys.stderr.write(line + "\n")
     return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

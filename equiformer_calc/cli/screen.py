@@ -1,4 +1,4 @@
-"""``equiformer-calc screen``: adsorbate screening from the command line (see
+"""``equiformer-calc screen``: adsorbate screening from the command line (the workflow is
 :mod:`equiformer_calc.workflows.screening`)."""
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from ...surfaces import build_surface
-from .._common import add_model_arguments, read_structure, resolve_calculator
-from ..relax import OPTIMIZERS
-from .direct import screen_direct
-from .screen import screen_adsorbates
+from ..surfaces import build_surface
+from ..workflows._common import resolve_calculator
+from ..workflows.relax import OPTIMIZERS
+from ..workflows.screening import screen_adsorbates, screen_direct
+from ._common import add_executor_arguments, add_model_arguments, executor_from_args, read_structure
 
 __all__ = ["HELP", "add_arguments", "run"]
 
 log = logging.getLogger(__name__)
+
 
 HELP = "adsorbate screening over metals, facets and adsorbates into an ASE database"
 
@@ -57,8 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no relaxation: rank initial structures by a direct IS2RE model's predicted relaxed "
                              "adsorption energy (a converted OC20 IS2RE checkpoint); writes screen_direct_*.csv")
     add_model_arguments(parser)
-    from ...distributed import add_executor_arguments
-
     add_executor_arguments(parser)
     parser.add_argument("--chunk-size", type=int, default=16, metavar="K",
                         help="with --scheduler/--workers: relaxations per task, relaxed together in batched "
@@ -91,8 +90,6 @@ def run(args: argparse.Namespace) -> int:
                      r["surface"], r["adsorbate"], r["e_ads_min"], r["site"], r["n_sites"])
         log.info("wrote %s", ", ".join(str(p) for p in direct.files.values()))
         return 0
-    from ...distributed import executor_from_args
-
     fan_out = args.scheduler is not None or args.workers is not None
     if fan_out and args.dispersion:
         raise ValueError("--dispersion is not available with --scheduler/--workers yet (workers run the bare "
