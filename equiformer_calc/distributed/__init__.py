@@ -25,9 +25,9 @@ from .executor import (
     Outcome,
     SerialExecutor,
     model_key,
-    open_executor,
     worker_model,
 )
+from .factory import open_executor
 
 __all__ = [
     "Executor",
@@ -43,7 +43,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:  # DaskExecutor / ModelPlugin import distributed: only on use
     if name in ("DaskExecutor", "ModelPlugin"):
-        from . import executor
+        from . import factory
 
-        return getattr(executor, name)
+        return getattr(factory, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
