@@ -20,6 +20,7 @@ from equiformer_calc.calculator import EquiformerCalculator
 from equiformer_calc.graph import StructureError
 from equiformer_calc.model import UnknownElementError
 
+from .equivariance import assert_equivariant
 from .helpers import SYSTEMS, bulk_cell, make_model, slab_with_adsorbate
 
 
@@ -35,6 +36,20 @@ def test_forces_match_finite_differences(calc64, system):
     fd = calculate_numerical_forces(atoms, eps=1e-4)
     assert np.abs(f).max() > 1e-2
     np.testing.assert_allclose(f, fd, atol=1e-6 * max(1.0, np.abs(f).max()))
+
+
+def test_calculator_is_equivariant(calc64, system):
+    """Through ASE's interface: energy invariant, forces and stress equivariant under rotations,
+    reflections, translations and permutations (the shared check of tests/equivariance.py)."""
+
+    def results(atoms):
+        atoms.calc = calc64
+        out = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+        if atoms.pbc.all():
+            out["stress"] = atoms.get_stress()
+        return out
+
+    assert_equivariant(results, system, rtol=1e-9)
 
 
 def test_stress_matches_finite_differences(calc64):

@@ -7,6 +7,7 @@ import torch
 
 from equiformer_calc.predictor import Predictor
 
+from .equivariance import assert_equivariant
 from .helpers import bulk_cell, make_model
 
 
@@ -37,3 +38,11 @@ def test_a_model_handed_over_belongs_to_one_predictor():
     assert Predictor(model).model is not model  # a copy is always allowed
     with pytest.raises(TypeError, match="needs an Equiformer model"):
         Predictor("emt-small")  # type: ignore[arg-type]
+
+
+def test_predictor_is_equivariant(system):
+    """Batched inference keeps the symmetries: energy invariant, forces and stress equivariant
+    (float32, the default precision; the shared check of tests/equivariance.py)."""
+    predictor = Predictor(make_model(0))
+    props = ["energy", "forces"] + (["stress"] if system.pbc.all() else [])
+    assert_equivariant(lambda atoms: predictor.predict([atoms], props)[0], system, seed=1)
