@@ -16,7 +16,7 @@ from equiformer_calc.calculator import EquiformerCalculator
 from equiformer_calc.calculators.base import ASE_BASE_KEYWORDS
 from equiformer_calc.service import RemoteEquiformerCalculator
 
-from .helpers import make_model
+from ..helpers import make_model
 
 
 @pytest.mark.parametrize("cls", [EquiformerCalculator, RemoteEquiformerCalculator])

@@ -43,7 +43,7 @@ from equiformer_calc.train.evaluate import compute_metrics, evaluate, predict_sa
 from equiformer_calc.workflows.adsorbml import _adsorbml_groups, relax_benchmark, select_tasks
 from equiformer_calc.train.trainer import TrainConfig, fit_energy_references, train
 
-from .helpers import TINY_DATASET  # (importing helpers also pins torch to one thread)
+from ..helpers import TINY_DATASET  # (importing helpers also pins torch to one thread)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -21,7 +21,7 @@ from equiformer_calc.calculator import EquiformerCalculator
 from equiformer_calc.checkpoint import save_checkpoint
 from equiformer_calc.cli import main as cli_main
 
-from .helpers import bulk_cell, make_model, slab_with_adsorbate
+from ..helpers import bulk_cell, make_model, slab_with_adsorbate
 
 I_PI = shutil.which("i-pi") or str(Path(sys.executable).with_name("i-pi"))
 pytestmark = [

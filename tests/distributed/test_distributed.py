@@ -27,7 +27,7 @@ from equiformer_calc.distributed import SerialExecutor, open_executor, worker_mo
 from equiformer_calc.surfaces import build_surface
 from equiformer_calc.workflows.screening import screen_adsorbates
 
-from .helpers import TINY_DATASET, make_model
+from ..helpers import TINY_DATASET, make_model
 
 distributed = pytest.importorskip("distributed")
 

@@ -31,7 +31,7 @@ from equiformer_calc.surfaces import (
     slab_from_any,
 )
 
-from .helpers import bulk_cell, make_model
+from ..helpers import bulk_cell, make_model
 
 # seed 1 gives a tiny random model whose energy surface holds these small systems together
 SEED = 1

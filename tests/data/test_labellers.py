@@ -27,9 +27,9 @@ from equiformer_calc.data.labellers import LabelJournal, LabellerError, LabelSta
 from equiformer_calc.data.generate import generate_dataset
 from equiformer_calc.data.plan import SPLITS
 
-from .helpers import TINY_DATASET
+from ..helpers import TINY_DATASET
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FACTORY = "tests.helpers:counting_emt"
 #: TINY_DATASET plus gas molecules (EMT has H, C, N, O)
 SPEC = dict(TINY_DATASET, gas_molecules=["H2", "CO"], gas_replicas=3,

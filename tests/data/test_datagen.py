@@ -25,7 +25,7 @@ from equiformer_calc.data.generate import generate_dataset
 from equiformer_calc.data.plan import SPLITS
 from equiformer_calc.surfaces import ADSORBATES, EMT_LATTICE_CONSTANTS
 
-from .helpers import TINY_DATASET
+from ..helpers import TINY_DATASET
 
 DATA_FILES = [f"{s}.extxyz" for s in SPLITS] + ["relax_initial.extxyz", "relax_relaxed.extxyz", "relax_tasks.json"]
 INFO_KEYS = {"config_type", "metal", "facet", "adsorbate", "site", "frame_kind", "split", "system_id"}

@@ -23,7 +23,7 @@ from ase.io import write
 from equiformer_calc.checkpoint import save_checkpoint
 from equiformer_calc.cli import main
 
-from .helpers import make_model
+from ..helpers import make_model
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from equiformer_calc.cli import main as cli_main
 from equiformer_calc.train.data import samples_from_atoms
 from equiformer_calc.train.finetune import FineTuneError, init_from_checkpoint, refit_energy_references
 
-from .helpers import make_model
+from ..helpers import make_model
 
 
 def _frames(n: int, metal: str = "Cu", seed: int = 0) -> list:

@@ -29,7 +29,7 @@ from equiformer_calc.predictor import Predictor
 from equiformer_calc.train.data import samples_from_atoms
 from equiformer_calc.train.trainer import fit_energy_references
 
-from .helpers import ELEMENTS, SYSTEMS, make_model
+from ..helpers import ELEMENTS, SYSTEMS, make_model
 
 
 def zbl_reference(z1: int, z2: int, r: np.ndarray, ratio: float = 0.75, p: int = 6) -> np.ndarray:

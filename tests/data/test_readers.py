@@ -21,7 +21,7 @@ from ase.io import read, write
 
 from equiformer_calc.data.readers import LabelError, LabelKeys, read_frames
 
-from .helpers import make_model
+from ..helpers import make_model
 
 MACE_KEYS = LabelKeys("REF_energy", "REF_forces", "REF_stress")
 

@@ -13,7 +13,7 @@ from dftd3.ase import DFTD3  # noqa: E402
 from equiformer_calc.calculator import EquiformerCalculator  # noqa: E402
 from equiformer_calc.calculators.dispersion import D3, DispersionPredictor, parse_dispersion  # noqa: E402
 
-from .helpers import bulk_cell, make_model, slab_with_adsorbate  # noqa: E402
+from ..helpers import bulk_cell, make_model, slab_with_adsorbate  # noqa: E402
 
 
 @pytest.fixture(scope="module")

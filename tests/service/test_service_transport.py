@@ -34,7 +34,7 @@ from equiformer_calc.service import (
     ServerUnavailableError,
 )
 
-from .helpers import make_model, molecule_system, slab_with_adsorbate
+from ..helpers import make_model, molecule_system, slab_with_adsorbate
 from .test_service import ServerProcess, as_json, free_port, http, metric_values, serve_in_thread
 
 TOKEN = "transport-token"

@@ -47,10 +47,10 @@ from equiformer_calc.service import (
 )
 from equiformer_calc.service.batcher import Batcher, RequestTimeoutError
 
-from .helpers import ELEMENTS, SYSTEMS, bulk_cell, make_model, molecule_system, slab_with_adsorbate
+from ..helpers import ELEMENTS, SYSTEMS, bulk_cell, make_model, molecule_system, slab_with_adsorbate
 
 TOKEN = "test-token-123"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MAX_ATOMS_PER_STRUCTURE = 200
 MAX_ATOMS_PER_REQUEST = 400
 MAX_BODY_BYTES = int(0.25 * (1 << 20))
