@@ -1,6 +1,7 @@
-"""Helpers shared by the workflows: the calculator to use, output file names, PNG plots, structure
-reading. Bottom-layer constraints live in :mod:`equiformer_calc.surfaces.slabs`, file writing in
-:mod:`equiformer_calc.io` (both imported here for the workflows)."""
+"""Helpers shared by the workflows: the calculator to use, line plots, a lazily created
+trajectory. Bottom-layer constraints live in :mod:`equiformer_calc.surfaces.slabs`, file writing in
+:mod:`equiformer_calc.io` (both imported here for the workflows); reading structures from files
+and command-line options are :mod:`equiformer_calc.cli`'s."""
 
 from __future__ import annotations
 

@@ -38,3 +38,12 @@ def test_unknown_keywords_raise_type_error_naming_them(kwargs, bad):
 def test_ase_base_keywords_still_work(tmp_path):
     calc = EquiformerCalculator(model=make_model(0), label="run", directory=str(tmp_path))
     assert calc.label.endswith("run") and set(ASE_BASE_KEYWORDS) >= {"label", "directory"}
+
+
+def test_remote_settings_are_parameters_without_the_token():
+    calc = RemoteEquiformerCalculator("http://127.0.0.1:1/", token="secret", timeout=5.0, retries=0)
+    params = calc.todict()
+    assert params["url"] == "http://127.0.0.1:1" and params["timeout"] == 5.0 and params["retries"] == 0
+    assert "secret" not in repr(params) and "token" not in params
+    with pytest.raises(ValueError, match="url cannot be changed"):
+        calc.set(url="http://elsewhere:8000")
