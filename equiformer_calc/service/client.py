@@ -184,10 +184,14 @@ class RemoteEquiformerCalculator(EquiformerCalculatorBase):
         self, structures: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces")
     ) -> list[dict[str, Any]]:
         """Energies (and forces, stress...) of many structures; one dict of numpy arrays per
-        structure, in order. Requests are split to respect the server's atoms-per-request limit."""
+        structure, in order. Requests are split to respect the server's atoms-per-request limit.
+        The attached structure alone (``calculate()``) goes in one request without asking the
+        server for its limits first."""
         structures = list(structures)
         if not structures:
             return []
+        if len(structures) == 1 and structures[0] is self.atoms:
+            return self._post_predict([atoms_to_json(structures[0])], properties)
         limit = self._max_atoms_per_request()
         results: list[dict[str, Any]] = []
         chunk: list[dict[str, Any]] = []
