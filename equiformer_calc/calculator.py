@@ -5,21 +5,20 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
-import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.calculators.calculator import PropertyNotImplementedError
 
-from .calculators.base import reject_unknown_keywords
-from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from .calculators.base import EquiformerCalculatorBase, reject_unknown_keywords
+from .checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
 from .graph import DEFAULT_MIN_DISTANCE_RATIO, NeighborListCache
 from .model import Equiformer
-from .predictor import Predictor, model_task, not_a_potential_message, resolve_memory_mode
+from .predictor import Predictor, model_task, not_a_potential_message, resolve_dtype, resolve_memory_mode
 
 __all__ = ["EquiformerCalculator"]
 
 log = logging.getLogger(__name__)
 
-class EquiformerCalculator(Calculator):
+class EquiformerCalculator(EquiformerCalculatorBase):
     """Energy, forces, stress and per-atom energies of an Equiformer model, for any ASE workflow.
 
     ``EquiformerCalculator()`` loads the default shipped checkpoint; ``checkpoint`` is a path or a
@@ -44,15 +43,37 @@ class EquiformerCalculator(Calculator):
     ``"-atm"`` three-body term) adds Grimme's D3 for the functional ``xc`` (default ``"pbe"``) to
     energy, forces and stress (``pip install 'equiformer-calc[d3]'``); per-atom ``energies`` stay
     model-only. See :mod:`equiformer_calc.calculators.dispersion`.
+
+    Every setting is an ASE parameter (``calc.parameters``, ``calc.todict()``, recorded by
+    ``ase db`` and trajectories): ``checkpoint`` (the name or path it was loaded from; for
+    ``model=`` the name of the checkpoint the model came from, ``None`` for a model built in
+    memory) and ``checkpoint_sha256`` (the digest of that file; give it to the constructor to
+    insist on exactly that file), ``device``, ``dtype``, ``max_atoms_per_batch``, ``skin``,
+    ``min_distance_ratio``, ``dispersion``, ``xc`` and ``memory``. ``calc.set(...)`` changes the
+    ``settable`` ones; the model, device and dtype are fixed once built. The predictor works on its
+    own copy of a ``model`` passed in (the caller's module is never converted or frozen).
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
     #: THE list of keywords this calculator accepts (besides ASE's base ones): anything else is a
-    #: TypeError. Add a new keyword here and to ``__init__`` (a test checks the two agree).
+    #: TypeError. Add a new keyword here, to ``__init__`` (a test checks the two agree) and, when it
+    #: is a setting, to ``default_parameters``.
     keywords = (
         "checkpoint", "model", "device", "dtype", "max_atoms_per_batch", "skin", "min_distance_ratio", "dispersion", "xc",
-        "memory",
+        "memory", "checkpoint_sha256",
     )
+    default_parameters: dict[str, Any] = {
+        "checkpoint": None,
+        "checkpoint_sha256": None,
+        "device": "cpu",
+        "dtype": "float32",
+        "max_atoms_per_batch": 2048,
+        "skin": 0.0,
+        "min_distance_ratio": DEFAULT_MIN_DISTANCE_RATIO,
+        "dispersion": None,
+        "xc": "pbe",
+        "memory": "auto",
+    }
+    settable = ("max_atoms_per_batch", "skin", "min_distance_ratio", "dispersion", "xc", "memory")
 
     def __init__(
         self,
@@ -66,28 +87,39 @@ class EquiformerCalculator(Calculator):
         dispersion: str | None = None,
         xc: str = "pbe",
         memory: str = "auto",
+        checkpoint_sha256: str | None = None,
         **kwargs: Any,
     ) -> None:
         reject_unknown_keywords(type(self).__name__, kwargs, self.keywords)
         super().__init__(**kwargs)
-        self.parameters.update(dispersion=dispersion, xc=xc)
-        self._d3: Any = None
-        self.dispersion_term  # validate the names (and that the library is installed) now
-        self.memory = resolve_memory_mode(memory)
-        self.parameters["memory"] = self.memory
-        self.skin = float(skin)
-        self.neighbor_cache: NeighborListCache | None = NeighborListCache(self.skin) if self.skin > 0 else None
         if model is not None and checkpoint is not None:
             raise ValueError("give either checkpoint or model, not both")
+        self.parameters.update(
+            dtype=str(resolve_dtype(dtype)).replace("torch.", ""), device=str(device), memory=resolve_memory_mode(memory),
+            max_atoms_per_batch=int(max_atoms_per_batch), skin=_skin(skin), min_distance_ratio=float(min_distance_ratio),
+            dispersion=dispersion, xc=xc,
+        )
+        self._d3: Any = None
+        self.dispersion_term  # validate the names (and that the library is installed) now
+        owned = model is None
         if model is None:
             checkpoint = checkpoint or DEFAULT_CHECKPOINT
             model = load_checkpoint(checkpoint, device=device)
-        self.checkpoint = checkpoint
-        self.device = device
-        self.dtype = dtype
+        info = model.checkpoint
+        sha256 = info.sha256 if info is not None else None
+        if checkpoint_sha256 is not None and checkpoint_sha256 != sha256:
+            raise CheckpointError(
+                f"checkpoint {checkpoint or (info.name if info else 'in-memory model')!r} has sha256 {sha256}, "
+                f"not the checkpoint_sha256={checkpoint_sha256!r} asked for"
+            )
+        self.parameters.update(checkpoint=checkpoint or (info.name if info else None), checkpoint_sha256=sha256)
+        _check_dispersion_task(model, dispersion)
+        self.neighbor_cache: NeighborListCache | None = None
+        self._set_skin(self.parameters["skin"])
+        p = self.parameters
         self.predictor = Predictor(
-            model, device=device, dtype=dtype, max_atoms_per_batch=max_atoms_per_batch,
-            min_distance_ratio=min_distance_ratio, memory=self.memory,
+            model, device=p["device"], dtype=p["dtype"], max_atoms_per_batch=p["max_atoms_per_batch"],
+            min_distance_ratio=p["min_distance_ratio"], memory=p["memory"], copy_model=not owned,
         )
 
     @property
@@ -95,67 +127,63 @@ class EquiformerCalculator(Calculator):
         return self.predictor.model
 
     def set(self, **kwargs: Any) -> dict[str, Any]:
-        """Change parameters; a new ``dispersion``, ``xc`` or ``memory`` is validated and drops old results."""
+        """Change settable parameters (``memory``, ``dispersion``, ``xc``, ``skin``,
+        ``min_distance_ratio``, ``max_atoms_per_batch``): each new value is validated before
+        anything changes, and a change of what the numbers depend on drops old results."""
         if "memory" in kwargs:
-            resolve_memory_mode(kwargs["memory"])  # before anything changes
+            resolve_memory_mode(kwargs["memory"])
+        if "skin" in kwargs:
+            _skin(kwargs["skin"])
+        if "min_distance_ratio" in kwargs and not kwargs["min_distance_ratio"] >= 0:
+            raise ValueError(f"min_distance_ratio must be >= 0, got {kwargs['min_distance_ratio']}")
+        if {"dispersion", "xc"} & set(kwargs):
+            name = kwargs.get("dispersion", self.parameters["dispersion"])
+            _make_d3(name, kwargs.get("xc", self.parameters["xc"]))  # raises on a bad name
+            _check_dispersion_task(self.model, name)
         changed = super().set(**kwargs)
         if "memory" in changed:
-            self.memory = self.predictor.memory = self.parameters["memory"]
-            self.reset()
-        if {"dispersion", "xc"} & set(changed):
-            self.dispersion_term  # noqa: B018 - raises on a bad name
+            self.predictor.memory = self.parameters["memory"]
+        if "skin" in changed:
+            self._set_skin(self.parameters["skin"])
+        if "min_distance_ratio" in changed:
+            self.predictor.min_distance_ratio = float(self.parameters["min_distance_ratio"])
+        if "max_atoms_per_batch" in changed:
+            self.predictor.max_atoms_per_batch = int(self.parameters["max_atoms_per_batch"])
+        if {"memory", "min_distance_ratio", "dispersion", "xc"} & set(changed):
             self.reset()
         return changed
+
+    def _set_skin(self, skin: float) -> None:
+        self.neighbor_cache = NeighborListCache(skin) if skin > 0 else None
 
     @property
     def dispersion_term(self) -> Any:
         """The :class:`~equiformer_calc.calculators.dispersion.D3` term of the current
         ``dispersion`` / ``xc`` parameters, or None when dispersion is off."""
-        from .calculators.dispersion import D3, parse_dispersion
-
-        name = self.parameters.get("dispersion")
-        if parse_dispersion(name) is None:
-            self._d3 = None
-        elif self._d3 is None or (self._d3.name, self._d3.xc) != (str(name).lower(), str(self.parameters.get("xc")).lower()):
-            self._d3 = D3(name, xc=self.parameters.get("xc", "pbe"))
+        name, xc = self.parameters.get("dispersion"), self.parameters.get("xc", "pbe")
+        if self._d3 is None or (self._d3.name, self._d3.xc) != (str(name).lower(), str(xc).lower()):
+            self._d3 = _make_d3(name, xc)
         return self._d3
 
-    def calculate(
-        self,
-        atoms: Atoms | None = None,
-        properties: Sequence[str] = ("energy",),
-        system_changes: Sequence[str] = all_changes,
-    ) -> None:
-        super().calculate(atoms, properties, system_changes)
-        assert self.atoms is not None
+    def calculation_properties(self, properties: Sequence[str], periodic: bool) -> list[str]:
+        """Energy and per-atom energies only for a model whose energy is not a potential (forces
+        and stress are refused, saying why); else the base class's set."""
         task = model_task(self.model)
-        if task != "potential":
-            for prop in ("forces", "stress"):
-                if prop in properties:
-                    raise PropertyNotImplementedError(not_a_potential_message(task, prop))
-            result = self.predictor.predict([self.atoms], properties=["energy", "energies"])[0]
-            self.results = {k: (np.asarray(v) if k == "energies" else v) for k, v in result.items()}
-            return
-        periodic = bool(self.atoms.pbc.all())
-        if "stress" in properties and not periodic:
-            raise PropertyNotImplementedError(
-                f"stress is only defined for systems periodic in all three directions (pbc={self.atoms.pbc.tolist()})"
-            )
-        props = ["energy", "forces", "energies"] + (["stress"] if periodic else [])
-        cache = getattr(self, "neighbor_cache", None)
-        caches = None if cache is None else [cache]
-        result = self.predictor.predict([self.atoms], properties=props, neighbor_caches=caches)[0]
-        d3 = self.dispersion_term
-        if d3 is not None:
-            d3.add_to(result, self.atoms)
-        self.results = {k: (np.asarray(v) if k not in ("energy", "free_energy") else v) for k, v in result.items()}
+        if task == "potential":
+            return super().calculation_properties(properties, periodic)
+        for prop in ("forces", "stress"):
+            if prop in properties:
+                raise PropertyNotImplementedError(not_a_potential_message(task, prop))
+        return ["energy", "energies"]
 
     def predict(self, structures: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces")) -> list[dict]:
         """Energies (and forces, stress...) of many structures in batched model calls; the numbers
         equal one-by-one evaluation (D3 included when ``dispersion`` is set). Returns one dict per
-        structure."""
+        structure. The attached structure alone (``calculate()``) reuses the ``skin`` neighbour list."""
         structures = list(structures)
-        results = self.predictor.predict(structures, properties=properties)
+        attached = len(structures) == 1 and structures[0] is self.atoms
+        caches = [self.neighbor_cache] if attached and self.neighbor_cache is not None else None
+        results = self.predictor.predict(structures, properties=properties, neighbor_caches=caches)
         d3 = self.dispersion_term
         return results if d3 is None else [d3.add_to(r, s) for r, s in zip(results, structures)]
 
@@ -167,9 +195,7 @@ class EquiformerCalculator(Calculator):
         model = self.model
         state["_config"] = model.config.to_dict()
         state["_weights"] = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
-        state["_max_atoms"] = self.predictor.max_atoms_per_batch
-        state["_metadata"] = getattr(model, "metadata", None)
-        state["_min_distance_ratio"] = self.predictor.min_distance_ratio
+        state["_checkpoint"] = model.checkpoint
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -177,18 +203,39 @@ class EquiformerCalculator(Calculator):
 
         config = state.pop("_config")
         weights = load(state.pop("_weights"))
-        max_atoms = state.pop("_max_atoms")
-        metadata = state.pop("_metadata", None)
-        ratio = state.pop("_min_distance_ratio", DEFAULT_MIN_DISTANCE_RATIO)
+        info = state.pop("_checkpoint")
         self.__dict__.update(state)
         self.atoms = None
         self.results = {}
         self._d3 = None
         model = Equiformer.from_config(config)
         model.load_state_dict(weights)
-        if metadata is not None:
-            model.metadata = metadata  # type: ignore[attr-defined]
+        model.checkpoint = info
+        p = self.parameters
         self.predictor = Predictor(
-            model, device=self.device, dtype=self.dtype, max_atoms_per_batch=max_atoms, min_distance_ratio=ratio,
-            memory=getattr(self, "memory", "auto"),
+            model, device=p["device"], dtype=p["dtype"], max_atoms_per_batch=p["max_atoms_per_batch"],
+            min_distance_ratio=p["min_distance_ratio"], memory=p["memory"], copy_model=False,
         )
+
+
+def _skin(skin: float) -> float:
+    if not skin >= 0:
+        raise ValueError(f"skin must be >= 0 Angstrom, got {skin}")
+    return float(skin)
+
+
+def _make_d3(name: str | None, xc: str) -> Any:
+    """The D3 term of a ``dispersion`` name and functional (None when off); raises on a bad name."""
+    from .calculators.dispersion import D3, parse_dispersion
+
+    return None if parse_dispersion(name) is None else D3(name, xc=xc)
+
+
+def _check_dispersion_task(model: Equiformer, dispersion: str | None) -> None:
+    """D3 corrects a potential energy; a model whose energy is something else refuses it."""
+    from .calculators.dispersion import parse_dispersion
+
+    task = model_task(model)
+    if task != "potential" and parse_dispersion(dispersion) is not None:
+        raise ValueError(f"dispersion={dispersion!r} adds D3 to a potential energy; this model's energy is "
+                         f"{task!r} (see its checkpoint metadata)")

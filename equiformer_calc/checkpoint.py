@@ -9,6 +9,7 @@ project's ``checkpoints/`` folder (or ``$EQUIFORMER_CALC_CHECKPOINTS``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,10 +18,11 @@ from typing import Any
 import torch
 
 from .io import atomic_path
-from .model import Equiformer, EquiformerConfig
+from .model import CheckpointInfo, Equiformer, EquiformerConfig
 
 __all__ = [
     "CheckpointError",
+    "CheckpointInfo",
     "FORMAT",
     "FORMAT_VERSION",
     "DEFAULT_CHECKPOINT",
@@ -129,9 +131,10 @@ def read_metadata(name_or_path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_checkpoint(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> Equiformer:
-    """Rebuild the model stored in a checkpoint (a path or a shipped name); ``model.metadata``
-    holds its metadata."""
-    from safetensors.torch import load_file
+    """Rebuild the model stored in a checkpoint (a path or a shipped name). ``model.checkpoint``
+    is its :class:`CheckpointInfo` (name, path, sha256 of the file, metadata); ``model.metadata``
+    the metadata."""
+    from safetensors.torch import load
 
     path = resolve_checkpoint(name_or_path)
     meta = read_metadata(path)
@@ -141,7 +144,8 @@ def load_checkpoint(name_or_path: str | os.PathLike, device: str | torch.device 
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: invalid architecture config ({exc})") from None
     try:
-        tensors = load_file(str(path), device=str(device))
+        data = path.read_bytes()
+        tensors = load(data)
     except Exception as exc:
         raise CheckpointError(f"{path}: could not read the weights ({exc})") from None
     try:
@@ -152,33 +156,25 @@ def load_checkpoint(name_or_path: str | os.PathLike, device: str | torch.device 
         raise CheckpointError(
             f"{path}: weights do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
-    model.metadata = meta  # type: ignore[attr-defined]
-    model.checkpoint_path = str(path)  # type: ignore[attr-defined]
+    model.checkpoint = CheckpointInfo(
+        name=path.stem, path=str(path), sha256=hashlib.sha256(data).hexdigest(), metadata=meta
+    )
     return model.to(device)
 
 
 def load_model(
-    model_or_checkpoint: Equiformer | str | os.PathLike, device: str | torch.device = "cpu", copy: bool = False
+    model_or_checkpoint: Equiformer | str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[Equiformer, str | None]:
     """``(model, checkpoint path or None)`` of a model given as an :class:`Equiformer` or as a
-    checkpoint (a path or a shipped name): the one place that accepts either.
-
-    With ``copy``, a model that was passed in is copied (same config, weights and metadata), so the
-    caller may convert or freeze the result without touching the caller's module; a loaded
-    checkpoint is private anyway.
-    """
+    checkpoint (a path or a shipped name): the one place that accepts either. A model passed in is
+    returned as is (a :class:`~equiformer_calc.predictor.Predictor` built on it works on its own
+    copy, so nothing here changes the caller's module)."""
     if isinstance(model_or_checkpoint, Equiformer):
-        model = model_or_checkpoint
-        path = getattr(model, "checkpoint_path", None)
-        if copy:
-            model = Equiformer.from_config(model.config)
-            model.load_state_dict(model_or_checkpoint.state_dict())
-            for name in ("metadata", "checkpoint_path"):
-                if getattr(model_or_checkpoint, name, None) is not None:
-                    setattr(model, name, getattr(model_or_checkpoint, name))
-        return model, path
+        info = model_or_checkpoint.checkpoint
+        return model_or_checkpoint, None if info is None else info.path
     if not isinstance(model_or_checkpoint, (str, os.PathLike)):
         raise TypeError(f"expected an Equiformer model, a checkpoint path or a shipped name, got "
                         f"{type(model_or_checkpoint).__name__}")
     model = load_checkpoint(model_or_checkpoint, device=device)
-    return model, str(getattr(model, "checkpoint_path", model_or_checkpoint))
+    assert model.checkpoint is not None
+    return model, model.checkpoint.path

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from ase.data import atomic_numbers, chemical_symbols, covalent_radii
@@ -34,11 +34,30 @@ from .nn import (
     with_parity,
 )
 
-__all__ = ["EquiformerConfig", "Equiformer", "PRESETS", "UnknownElementError"]
+__all__ = ["EquiformerConfig", "Equiformer", "PRESETS", "UnknownElementError", "CheckpointInfo"]
 
 
 class UnknownElementError(ValueError):
     """A structure contains an element the model was not built for."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """Where a model's weights come from: set by
+    :func:`~equiformer_calc.checkpoint.load_checkpoint` (and by the reference converter for an
+    in-memory model) as :attr:`Equiformer.checkpoint`; read by the calculators (their
+    ``parameters`` record ``name`` and ``sha256``), the service and the screening database.
+
+    ``name`` is the checkpoint's short name (the file's stem, e.g. ``"emt-small"``), ``path`` the
+    file it was read from and ``sha256`` that file's digest (both ``None`` for a model that was
+    never written), ``metadata`` the checkpoint's JSON metadata (architecture config, units,
+    task, training provenance, metrics).
+    """
+
+    name: str | None = None
+    path: str | None = None
+    sha256: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -161,7 +180,13 @@ class Equiformer(nn.Module):
     Per-atom energy E_i = scale * f(x_i) + shift + E_ref[Z_i] (scale, shift and the per-element
     reference energies are buffers fitted from data and saved with the weights); totals are
     accumulated in float64.
+
+    ``checkpoint`` is the :class:`CheckpointInfo` of a model loaded from a checkpoint (``None`` for
+    a model built in memory); ``metadata`` its metadata (empty without one).
     """
+
+    #: where the weights come from (None: built in memory); see :class:`CheckpointInfo`
+    checkpoint: CheckpointInfo | None
 
     def __init__(self, elements: Sequence[str] | None = None, cutoff: float = 5.0, config: EquiformerConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
@@ -177,6 +202,7 @@ class Equiformer(nn.Module):
         if len(set(config.elements)) != len(config.elements):
             raise ValueError("elements contains duplicates")
         self.config = config
+        self.checkpoint = None
         e3 = config.parity
         irreps_node = with_parity(config.irreps_node, e3)
         irreps_sh = sh_irreps(config.lmax, e3)
@@ -256,6 +282,11 @@ class Equiformer(nn.Module):
         if isinstance(config, dict):
             config = EquiformerConfig.from_dict(config)
         return cls(config=config)
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """The checkpoint metadata (``checkpoint.metadata``; empty for a model built in memory)."""
+        return {} if self.checkpoint is None else self.checkpoint.metadata
 
     @property
     def elements(self) -> list[str]:

@@ -8,13 +8,16 @@ trainer's loss) calls :func:`compute` (differentiable, torch in / torch out) or
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from .graph import (
     DEFAULT_MIN_DISTANCE_RATIO,
@@ -51,7 +54,7 @@ def model_task(model: Equiformer) -> str:
     """What the model's energy is: ``"potential"`` (the default), ``"is2re-direct"`` (OC20's
     relaxed adsorption energy predicted from an initial structure) or ``"property"`` (a
     molecular property); from the checkpoint metadata's ``task``."""
-    return str((getattr(model, "metadata", None) or {}).get("task", "potential"))
+    return str(model.metadata.get("task", "potential"))
 
 
 def not_a_potential_message(task: str, prop: str) -> str:
@@ -239,9 +242,9 @@ def total_memory(device: str | torch.device = "cpu") -> int | None:
 
 
 def voigt(stress: torch.Tensor) -> torch.Tensor:
-    """(B, 3, 3) -> (B, 6) in ASE's Voigt order xx, yy, zz, yz, xz, xy, differentiable (training's stress
-    loss needs the torch graph; numpy code uses ASE's ``full_3x3_to_voigt_6_stress``, and a test checks
-    that the two agree)."""
+    """(B, 3, 3) -> (B, 6) in ASE's Voigt order xx, yy, zz, yz, xz, xy, differentiable: for training's
+    stress loss, which needs the torch graph. Everything that returns numbers uses ASE's
+    ``full_3x3_to_voigt_6_stress``; a test checks that the two agree on symmetric stresses."""
     return stress[:, [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
 
 
@@ -301,6 +304,10 @@ def compute(
     return results
 
 
+#: models that belong to a predictor (converted in place by it): a second owner is refused
+_HANDED_OVER: "weakref.WeakSet[Equiformer]" = weakref.WeakSet()
+
+
 @dataclass
 class _Item:
     index: int
@@ -342,6 +349,13 @@ class Predictor:
     :data:`~equiformer_calc.runtime.SMALL_CALL_EDGES` edges runs on one thread and larger calls on
     the threads torch is set to (``torch.set_num_threads``; never more), the measured policy of
     :func:`~equiformer_calc.runtime.thread_policy`; ``None`` leaves torch's setting alone.
+
+    The model: the predictor never changes the module it is given. It works on its own copy,
+    converted to ``device`` and ``dtype``, in eval mode, with frozen parameters (a copy of the
+    'small' model takes ~0.2 s, ``benchmarks/predictor_copy.py``). ``copy_model=False`` hands
+    the module over instead, for a model nobody else holds (one just loaded from a checkpoint):
+    it is then converted in place and belongs to this predictor; handing one module to two
+    predictors is an error.
     """
 
     def __init__(
@@ -355,6 +369,7 @@ class Predictor:
         memory_budget: int | str | None = "auto",
         max_edges: int | None = None,
         threads: str | None = "auto",
+        copy_model: bool = True,
     ) -> None:
         configure_runtime()
         if threads not in ("auto", None):
@@ -372,6 +387,14 @@ class Predictor:
         self.min_distance_ratio = float(min_distance_ratio)
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype)
+        if not isinstance(model, Equiformer):
+            raise TypeError(f"Predictor needs an Equiformer model, got {type(model).__name__}")
+        if copy_model:
+            model = copy.deepcopy(model)
+        elif model in _HANDED_OVER:
+            raise ValueError("this model was already handed to another Predictor (copy_model=False); a predictor "
+                             "converts the module it owns, so give each one its own (the default copy_model=True)")
+        _HANDED_OVER.add(model)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -561,7 +584,7 @@ class Predictor:
             energy = out["energy"].detach().cpu().numpy()
             energies = out["energies"].detach().cpu().numpy()
             f = out["forces"].detach().cpu().double().numpy() if want_forces else None
-            s = voigt(out["stress"]).detach().cpu().double().numpy() if want_stress else None
+            s = full_3x3_to_voigt_6_stress(out["stress"].detach().cpu().double().numpy()) if want_stress else None
             for b, it in enumerate(chunk):
                 r = results[it.index]
                 r["energy"] = float(energy[b])

@@ -41,7 +41,6 @@ calculator then returns the energy only and refuses forces (see ``calculator.py`
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import math
@@ -56,11 +55,10 @@ from ase.data import chemical_symbols
 from e3nn import o3
 
 from .checkpoint import save_checkpoint
-from .model import Equiformer, EquiformerConfig
+from .model import CheckpointInfo, Equiformer, EquiformerConfig
 from .nn import IrrepsLinear, SmoothLeakyReLU
 
 __all__ = [
-    "HELP",
     "VARIANTS",
     "ENERGY_UNITS",
     "ReferenceCheckpointError",
@@ -68,13 +66,10 @@ __all__ = [
     "read_reference_checkpoint",
     "reference_model",
     "convert_reference",
-    "add_arguments",
-    "run",
 ]
 
 log = logging.getLogger(__name__)
 
-HELP = "convert a checkpoint of the reference Equiformer code (atomicarchitects/equiformer) to ours"
 
 #: energy units the reference models are trained in -> eV per unit
 ENERGY_UNITS: dict[str, float] = {
@@ -164,7 +159,7 @@ VARIANTS: dict[str, ReferenceVariant] = {
     ),
 }
 
-_TASKS = ("potential", "is2re-direct", "property")
+TASKS = ("potential", "is2re-direct", "property")
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -474,7 +469,7 @@ def _set_linear(lin: IrrepsLinear, dense: Mapping[o3.Irrep, torch.Tensor], bias:
         if m.shape != (n_in, n_out) and m.numel():
             raise ReferenceCheckpointError(f"{name}: {ir} block is {tuple(m.shape)} in the reference, ({n_in}, {n_out}) here")
     with torch.no_grad():
-        for (i_in, i_out), w, alpha in zip(lin._paths, lin.weights, lin._alpha):
+        for (i_in, i_out, alpha), w in zip(lin.paths, lin.weights):
             ir = lin.irreps_in[i_in].ir
             m = dense[ir][off_in[i_in] : off_in[i_in] + w.shape[0], off_out[i_out] : off_out[i_out] + w.shape[1]]
             w.copy_(m / alpha)
@@ -632,8 +627,8 @@ def convert_reference(
         raise ReferenceCheckpointError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
     v = VARIANTS[variant]
     task = task or v.task
-    if task not in _TASKS:
-        raise ReferenceCheckpointError(f"task must be one of {_TASKS}, got {task!r}")
+    if task not in TASKS:
+        raise ReferenceCheckpointError(f"task must be one of {TASKS}, got {task!r}")
     energy_unit = energy_unit or v.energy_unit
     if energy_unit not in ENERGY_UNITS:
         raise ReferenceCheckpointError(f"unknown energy unit {energy_unit!r}; choose one of {sorted(ENERGY_UNITS)}")
@@ -702,54 +697,7 @@ def convert_reference(
         meta["units"] = {"energy": "eV", "length": "Angstrom"}
     if task == "is2re-direct":
         meta["target"] = "relaxed adsorption energy (OC20 references) predicted from the initial structure"
-    model.metadata = meta  # type: ignore[attr-defined]
+    model.checkpoint = CheckpointInfo(metadata=meta)
     if out is None:
         return model
     return save_checkpoint(model, out, metadata=meta)
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    import json
-
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``equiformer-calc convert-reference``."""
-    parser.add_argument("input", help="the reference checkpoint (torch.save file with 'state_dict', or .safetensors)")
-    parser.add_argument("output", help="the equiformer-calc checkpoint to write (.safetensors)")
-    parser.add_argument("--variant", required=True, choices=sorted(VARIANTS), help="which reference model family")
-    parser.add_argument("--task-mean", type=float, default=None, help="training-set mean of the target (reference units)")
-    parser.add_argument("--task-std", type=float, default=None, help="training-set standard deviation of the target")
-    parser.add_argument("--energy-unit", choices=sorted(ENERGY_UNITS), default=None,
-                        help="unit of the reference's energies (default: kcal/mol for MD17, eV otherwise)")
-    parser.add_argument("--elements", default=None, help="comma-separated elements to accept (default: all the embedding has)")
-    parser.add_argument("--reference-kwargs", type=_json_object, default=None, metavar="JSON",
-                        help="override reference constructor arguments, e.g. '{\"num_layers\": 4}'")
-    parser.add_argument("--task", choices=_TASKS, default=None, help="override the variant's task")
-    parser.add_argument("--drop-auxiliary-head", action="store_true", help="ignore OC20's auxiliary IS2RS head")
-
-
-def run(args: argparse.Namespace) -> int:
-    """``equiformer-calc convert-reference``."""
-    elements = [e.strip() for e in args.elements.split(",") if e.strip()] if args.elements else None
-    try:
-        path = convert_reference(
-            args.input, variant=args.variant, out=args.output, task_mean=args.task_mean, task_std=args.task_std,
-            energy_unit=args.energy_unit, elements=elements, reference_kwargs=args.reference_kwargs, task=args.task,
-            drop_auxiliary_head=args.drop_auxiliary_head,
-        )
-    except ReferenceCheckpointError as exc:
-        log.error("%s", exc)
-        return 2
-    log.info("wrote %s", path)
-    return 0

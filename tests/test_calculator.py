@@ -20,6 +20,7 @@ from equiformer_calc.calculator import EquiformerCalculator
 from equiformer_calc.graph import StructureError
 from equiformer_calc.model import UnknownElementError
 
+from .equivariance import assert_equivariant
 from .helpers import SYSTEMS, bulk_cell, make_model, slab_with_adsorbate
 
 
@@ -35,6 +36,20 @@ def test_forces_match_finite_differences(calc64, system):
     fd = calculate_numerical_forces(atoms, eps=1e-4)
     assert np.abs(f).max() > 1e-2
     np.testing.assert_allclose(f, fd, atol=1e-6 * max(1.0, np.abs(f).max()))
+
+
+def test_calculator_is_equivariant(calc64, system):
+    """Through ASE's interface: energy invariant, forces and stress equivariant under rotations,
+    reflections, translations and permutations (the shared check of tests/equivariance.py)."""
+
+    def results(atoms):
+        atoms.calc = calc64
+        out = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+        if atoms.pbc.all():
+            out["stress"] = atoms.get_stress()
+        return out
+
+    assert_equivariant(results, system, rtol=1e-9)
 
 
 def test_stress_matches_finite_differences(calc64):
@@ -153,7 +168,7 @@ def test_copy_and_pickle(calc64):
     assert copy.calc is None  # ASE convention: copies do not share the calculator
     copy.calc = clone
     assert abs(copy.get_potential_energy() - e) < 1e-10
-    assert clone.dtype == "float64" and clone.model.elements == calc64.model.elements
+    assert clone.parameters["dtype"] == "float64" and clone.model.elements == calc64.model.elements
 
 
 @pytest.mark.parametrize(
@@ -185,3 +200,65 @@ def test_dtype_and_model_arguments():
         EquiformerCalculator(model=make_model(0), dtype="float16")
     with pytest.raises(ValueError, match="either"):
         EquiformerCalculator(model=make_model(0), checkpoint="x")
+
+
+# ------------------------------------------------------------------- settings are ASE parameters
+def test_settings_are_parameters_recorded_by_ase_db_and_trajectories(tmp_path):
+    """``todict()`` names the checkpoint and its sha256; an ``ase db`` row and a trajectory frame
+    written with the calculator carry them back."""
+    import hashlib
+
+    import ase.db
+    from ase.io import Trajectory
+
+    from equiformer_calc.checkpoint import load_checkpoint, save_checkpoint
+
+    path = save_checkpoint(make_model(0), tmp_path / "mine.safetensors")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    calc = EquiformerCalculator(checkpoint=str(path), dtype="float64", skin=0.5)
+    params = calc.todict()
+    assert params["checkpoint"] == str(path) and params["checkpoint_sha256"] == digest
+    assert (params["dtype"], params["skin"], params["memory"], params["dispersion"]) == ("float64", 0.5, "auto", None)
+    atoms = slab_with_adsorbate()
+    atoms.calc = calc
+    energy = atoms.get_potential_energy()
+    with ase.db.connect(tmp_path / "runs.db") as db:
+        row_id = db.write(atoms)
+    row = ase.db.connect(tmp_path / "runs.db").get(id=row_id)
+    assert row.calculator == "equiformercalculator"
+    assert row.calculator_parameters["checkpoint"] == str(path)
+    assert row.calculator_parameters["checkpoint_sha256"] == digest
+    assert row.energy == energy
+    with Trajectory(str(tmp_path / "run.traj"), "w") as traj:
+        traj.write(atoms)
+    frame = Trajectory(str(tmp_path / "run.traj"))[0]
+    assert frame.calc.parameters["checkpoint_sha256"] == digest and frame.get_potential_energy() == energy
+    # a model passed in records the name of the checkpoint it was loaded from (None when built in memory)
+    assert EquiformerCalculator(model=load_checkpoint(path)).todict()["checkpoint"] == "mine"
+    assert EquiformerCalculator(model=make_model(0)).todict()["checkpoint"] is None
+    # the recorded digest pins the file: another checkpoint under that name is refused
+    from equiformer_calc.checkpoint import CheckpointError
+
+    assert EquiformerCalculator(checkpoint=str(path), checkpoint_sha256=digest).todict()["checkpoint_sha256"] == digest
+    save_checkpoint(make_model(1), path)
+    with pytest.raises(CheckpointError, match="not the checkpoint_sha256"):
+        EquiformerCalculator(checkpoint=str(path), checkpoint_sha256=digest)
+
+
+def test_set_changes_settable_parameters_and_refuses_the_rest():
+    atoms = bulk_cell()
+    calc = EquiformerCalculator(model=make_model(0), dtype="float64")
+    atoms.calc = calc
+    e0 = atoms.get_potential_energy()
+    assert calc.set(skin=0.7) == {"skin": 0.7} and calc.neighbor_cache is not None
+    assert atoms.get_potential_energy() == e0  # a skin changes no number
+    calc.set(max_atoms_per_batch=16, min_distance_ratio=0.1)
+    assert (calc.predictor.max_atoms_per_batch, calc.predictor.min_distance_ratio) == (16, 0.1)
+    assert calc.set(dtype="float64") == {}  # the same value is no change
+    with pytest.raises(ValueError, match="dtype cannot be changed on a built EquiformerCalculator"):
+        calc.set(dtype="float32")
+    with pytest.raises(TypeError, match="unknown parameter\\(s\\) 'chekpoint'"):
+        calc.set(chekpoint="emt-small")
+    with pytest.raises(ValueError, match="skin must be >= 0"):
+        calc.set(skin=-1.0)
+    assert calc.parameters["skin"] == 0.7 and calc.parameters["dtype"] == "float64"

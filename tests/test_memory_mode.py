@@ -323,18 +323,18 @@ def test_calculator_memory_option_and_pickle(small_chunks):
         EquiformerCalculator(model=make_model(0), memory="tiny")
 
 
-@pytest.mark.parametrize("module", ["equiformer_calc.workflows.md", "equiformer_calc.workflows.relax", "equiformer_calc.service.server"])
+@pytest.mark.parametrize("module", ["equiformer_calc.cli.md", "equiformer_calc.cli.relax", "equiformer_calc.cli.serve"])
 def test_command_lines_take_a_memory_mode(module):
     import argparse
     import importlib
 
     parser = argparse.ArgumentParser()
     importlib.import_module(module).add_arguments(parser)
-    args = parser.parse_args(["--memory", "low"] + (["x.xyz"] if "workflows" in module else []))
+    args = parser.parse_args(["--memory", "low"] + (["x.xyz"] if "serve" not in module else []))
     assert args.memory == "low"
-    assert parser.parse_args(["x.xyz"] if "workflows" in module else []).memory == "auto"
+    assert parser.parse_args(["x.xyz"] if "serve" not in module else []).memory == "auto"
     with pytest.raises(SystemExit):
-        parser.parse_args(["--memory", "tiny"] + (["x.xyz"] if "workflows" in module else []))
+        parser.parse_args(["--memory", "tiny"] + (["x.xyz"] if "serve" not in module else []))
 
 
 def test_thread_policy_runs_small_calls_on_one_thread_and_restores(monkeypatch):

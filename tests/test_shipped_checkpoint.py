@@ -89,7 +89,9 @@ def test_calculator_loads_the_shipped_checkpoint(name: str, monkeypatch: pytest.
     monkeypatch.delenv("EQUIFORMER_CALC_CHECKPOINTS", raising=False)
     checkpoint, _, testset = _files(name)
     calc = EquiformerCalculator() if name == DEFAULT_CHECKPOINT else EquiformerCalculator(checkpoint=name)
-    assert Path(calc.model.checkpoint_path).resolve() == checkpoint.resolve()
+    assert Path(calc.model.checkpoint.path).resolve() == checkpoint.resolve()
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert calc.todict()["checkpoint"] == name and calc.todict()["checkpoint_sha256"] == digest
     import yaml
 
     recipe = yaml.safe_load((ROOT / "checkpoints" / f"{name}.yaml").read_text())

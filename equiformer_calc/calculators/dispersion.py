@@ -22,10 +22,11 @@ import logging
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..graph import Structure, structure_from_atoms
 
-__all__ = ["D3", "DispersionPredictor", "DAMPINGS", "parse_dispersion", "add_dispersion_arguments"]
+__all__ = ["D3", "DispersionPredictor", "DAMPINGS", "parse_dispersion"]
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class D3:
         if want_stress:
             volume = abs(float(np.linalg.det(s.cell)))
             sigma = np.asarray(res["virial"], dtype=np.float64) * (Hartree / volume)
-            out["stress"] = sigma[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+            out["stress"] = full_3x3_to_voigt_6_stress(sigma)
         return out
 
     def add_to(self, result: dict[str, Any], structure: Structure | Any) -> dict[str, Any]:
@@ -184,12 +185,3 @@ class DispersionPredictor:
         items = list(structures)
         results = self.predictor.predict(items, properties=properties, **kwargs)
         return [self.d3.add_to(r, s) for r, s in zip(results, items)]
-
-
-def add_dispersion_arguments(parser: Any) -> None:
-    """``--dispersion`` and ``--xc`` for the subcommands that evaluate energies (serve, relax, md)."""
-    parser.add_argument(
-        "--dispersion", default=None, metavar="NAME",
-        help="add Grimme's D3: d3bj, d3zero, d3bjm or d3zerom, optionally with -atm (needs the [d3] extra; default: none)",
-    )
-    parser.add_argument("--xc", default="pbe", help="functional whose D3 parameters to use (default: pbe)")

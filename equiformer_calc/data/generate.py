@@ -39,7 +39,6 @@ temporary names and renamed, and ``summary.json`` (written last) marks a complet
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -64,14 +63,13 @@ from ..io import write_text_atomic
 from ..runtime import set_blas_threads, single_threaded_blas
 from ..surfaces import EMT_LATTICE_CONSTANTS
 from .label import Context, compute_task, fit_lattice_constants
-from .labellers import LabellerError, resolve_labeller
-from .plan import GENERATOR_VERSION, SIZES, SPLITS, DatasetSize, Task, dataset_fingerprint, plan_tasks, resolve_size
+from .labellers import resolve_labeller
+from .plan import GENERATOR_VERSION, SPLITS, DatasetSize, Task, dataset_fingerprint, plan_tasks, resolve_size
 
-__all__ = ["HELP", "LabellingFailed", "generate_dataset", "add_arguments", "run"]
+__all__ = ["LabellingFailed", "generate_dataset"]
 
 logger = logging.getLogger(__name__)
 
-HELP = "generate a labelled dataset of adsorbates on metal surfaces, bulk and gas molecules (extxyz)"
 
 _WORK_DIR = ".datagen-work"
 _SUMMARY = "summary.json"
@@ -452,67 +450,3 @@ def _write_outputs(out: Path, shard_dir: Path, tasks: list[Task], compress: bool
 
 # --------------------------------------------------------------------------------------
 # CLI
-# --------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``equiformer-calc datagen``."""
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
-    parser.add_argument("--seed", type=int, default=0, help="global random seed (default: 0)")
-    parser.add_argument(
-        "--size",
-        choices=sorted(SIZES),
-        default="small",
-        help="preset: small (~300 frames, <1 min), medium (~30k frames), large (~3x medium), "
-        "teacher (~15k frames, 9 metals + gas molecules, sized for an expensive labeller), "
-        "bulk (strained/rattled bulk cells only, with stress)",
-    )
-    parser.add_argument(
-        "--labeller",
-        default="emt",
-        help="what labels the data and drives its relaxations/MD: emt (default), sevennet[:MODEL] (needs the "
-        "[teacher] extra), or module:factory for any importable function returning an ASE calculator",
-    )
-    parser.add_argument("--compress", action="store_true", help="write the split files as .extxyz.xz")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="worker processes: a local Dask cluster when the [distributed] extra is installed, "
-                        "else a process pool (the output does not depend on it)")
-    parser.add_argument("--scheduler", metavar="ADDRESS", default=None,
-                        help="label on the Dask cluster of this scheduler (tcp://HOST:8786); shards are written here")
-    parser.add_argument("--overwrite", action="store_true", help="replace a complete dataset with other settings")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``equiformer-calc datagen``."""
-    from ..distributed import open_executor
-
-    dask = args.scheduler is not None
-    if not dask and args.workers > 1:
-        try:
-            import distributed  # noqa: F401
-
-            dask = True
-        except ImportError:
-            logger.info("dask.distributed is not installed: %d worker processes in a local pool", args.workers)
-    try:
-        with (
-            open_executor(scheduler=args.scheduler) if args.scheduler
-            else open_executor(workers=args.workers) if dask
-            else contextlib.nullcontext(None)
-        ) as executor:
-            generate_dataset(
-                args.out,
-                seed=args.seed,
-                size=args.size,
-                workers=max(1, args.workers),
-                progress=not args.no_progress,
-                overwrite=args.overwrite,
-                labeller=args.labeller,
-                compress=args.compress,
-                executor=executor,
-            )
-    except (FileExistsError, LabellerError, LabellingFailed) as exc:
-        logger.error("%s", exc)
-        return 1
-    return 0

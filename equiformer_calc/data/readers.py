@@ -32,6 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.stress import full_3x3_to_voigt_6_stress
 
 __all__ = ["LabelKeys", "LabelError", "read_frames", "read_aselmdb", "is_database_url", "ASELMDB_SUFFIXES"]
 
@@ -92,8 +93,7 @@ def _lookup(atoms: Atoms, key: str, per_atom: bool) -> Any:
 def _voigt(stress: Any) -> np.ndarray:
     s = np.asarray(stress, dtype=np.float64).reshape(-1)
     if s.shape == (9,):
-        m = s.reshape(3, 3)
-        s = m[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        s = full_3x3_to_voigt_6_stress(s.reshape(3, 3))
     if s.shape != (6,):
         raise ValueError(f"shape {np.shape(stress)} (want 6 Voigt or 3x3)")
     return s

@@ -24,12 +24,10 @@ from .executor import (
     Executor,
     Outcome,
     SerialExecutor,
-    add_executor_arguments,
-    executor_from_args,
     model_key,
-    open_executor,
     worker_model,
 )
+from .factory import open_executor
 
 __all__ = [
     "Executor",
@@ -40,14 +38,12 @@ __all__ = [
     "model_key",
     "worker_model",
     "open_executor",
-    "add_executor_arguments",
-    "executor_from_args",
 ]
 
 
 def __getattr__(name: str) -> Any:  # DaskExecutor / ModelPlugin import distributed: only on use
     if name in ("DaskExecutor", "ModelPlugin"):
-        from . import executor
+        from . import factory
 
-        return getattr(executor, name)
+        return getattr(factory, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

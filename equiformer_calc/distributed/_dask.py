@@ -10,7 +10,7 @@ from distributed import Client, LocalCluster, as_completed
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ..runtime import set_threads
-from .executor import _MODELS, Executor, Outcome, _as_calculator, _error_text, model_key, unique_key
+from .executor import Executor, Outcome, as_calculator, drop_worker_model, error_text, model_key, set_worker_model, unique_key
 
 __all__ = ["ModelPlugin", "DaskExecutor", "local_cluster_client"]
 
@@ -33,11 +33,11 @@ class ModelPlugin(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         set_threads(self.torch_threads)
-        _MODELS[self.key] = self.calculator
+        set_worker_model(self.key, self.calculator)
         log.debug("worker %s: model %s loaded", getattr(worker, "address", "?"), self.key)
 
     def teardown(self, worker: Any) -> None:
-        _MODELS.pop(self.key, None)
+        drop_worker_model(self.key)
 
 
 class _ThreadsPlugin(WorkerPlugin):
@@ -90,7 +90,7 @@ class DaskExecutor(Executor):
         return len(self.client.scheduler_info(n_workers=-1)["workers"])
 
     def register_model(self, model: Any, device: str = "cpu", dtype: str = "float32") -> str:
-        calc = _as_calculator(model, device, dtype)
+        calc = as_calculator(model, device, dtype)
         key = model_key(calc)
         if key not in self._registered:
             self.client.register_plugin(ModelPlugin(calc, key, self.torch_threads), name=f"equiformer-calc-model-{key}")
@@ -126,7 +126,7 @@ class DaskExecutor(Executor):
                     outcome = Outcome(index, result, None, seconds)
                 else:
                     exc = result[1] if isinstance(result, tuple) and len(result) == 3 else result
-                    error = _error_text(exc) if isinstance(exc, BaseException) else f"task {future.status}"
+                    error = error_text(exc) if isinstance(exc, BaseException) else f"task {future.status}"
                     log.error("%s %d failed: %s", name, index, error)
                     outcome = Outcome(index, None, error, seconds)
                 future.release()

@@ -1,13 +1,10 @@
-"""Executors: run a list of tasks in-process or on Dask, yielding outcomes as they complete.
-
-See :mod:`equiformer_calc.distributed` for the design. Everything Dask-specific is imported
-lazily, so the serial path works without the ``[distributed]`` extra.
+"""Executors: run a list of tasks in-process (here) or on Dask (``_dask.py``), yielding outcomes
+as they complete; the model registry of a process. :func:`~equiformer_calc.distributed.factory.open_executor`
+picks one. See :mod:`equiformer_calc.distributed` for the design.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import hashlib
 import json
 import logging
@@ -23,20 +20,15 @@ __all__ = [
     "Outcome",
     "Executor",
     "SerialExecutor",
-    "DaskExecutor",
-    "ModelPlugin",
     "model_key",
     "worker_model",
-    "open_executor",
-    "add_executor_arguments",
-    "executor_from_args",
-    "DASK_MISSING",
+    "as_calculator",
+    "error_text",
+    "set_worker_model",
+    "drop_worker_model",
+    "unique_key",
 ]
 
-DASK_MISSING = (
-    "running on Dask (--scheduler / --workers, or a dask Client) needs the [distributed] extra: "
-    "pip install 'equiformer-calc[distributed]' (dask and distributed)"
-)
 
 #: models of this process by key: what tasks find with :func:`worker_model`
 _MODELS: dict[str, Any] = {}
@@ -55,7 +47,7 @@ class Outcome:
     seconds: float = 0.0
 
 
-def _error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -69,22 +61,31 @@ def model_key(calculator: Any) -> str:
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    h.update(f"{getattr(calculator, 'dtype', '')}|{getattr(calculator, 'device', '')}".encode())
+    h.update(f"{calculator.parameters.get('dtype', '')}|{calculator.parameters.get('device', '')}".encode())
     return h.hexdigest()[:16]
 
 
-def _as_calculator(model: Any, device: str = "cpu", dtype: str = "float32") -> Any:
-    """An EquiformerCalculator for ``model`` (a calculator is returned as is; an Equiformer is
-    copied first, so the caller's module is never converted or frozen by the Predictor)."""
+def as_calculator(model: Any, device: str = "cpu", dtype: str = "float32") -> Any:
+    """An EquiformerCalculator for ``model`` (a calculator is returned as is; the calculator's
+    predictor works on its own copy of an Equiformer)."""
     from ..calculator import EquiformerCalculator
-    from ..checkpoint import load_model
     from ..model import Equiformer
 
     if isinstance(model, Equiformer):
-        return EquiformerCalculator(model=load_model(model, copy=True)[0], device=device, dtype=dtype)
+        return EquiformerCalculator(model=model, device=device, dtype=dtype)
     if not hasattr(model, "predictor"):
         raise TypeError(f"register an EquiformerCalculator or an Equiformer model, got {type(model).__name__}")
     return model
+
+
+def set_worker_model(key: str, calculator: Any) -> None:
+    """Register ``calculator`` under ``key`` in this process (what :func:`worker_model` finds)."""
+    _MODELS[key] = calculator
+
+
+def drop_worker_model(key: str) -> None:
+    """Forget the model registered under ``key`` in this process (if any)."""
+    _MODELS.pop(key, None)
 
 
 def worker_model(key: str) -> Any:
@@ -139,7 +140,7 @@ class SerialExecutor(Executor):
     description = "in-process"
 
     def register_model(self, model: Any, device: str = "cpu", dtype: str = "float32") -> str:
-        calc = _as_calculator(model, device, dtype)
+        calc = as_calculator(model, device, dtype)
         key = model_key(calc)
         _MODELS.setdefault(key, calc)
         return key
@@ -150,90 +151,10 @@ class SerialExecutor(Executor):
             try:
                 value = fn(item)
             except Exception as exc:  # noqa: BLE001 - a failing task is an outcome, not the end of the run
-                log.error("%s %d failed: %s", name, index, _error_text(exc))
-                yield Outcome(index, None, _error_text(exc), time.perf_counter() - start)
+                log.error("%s %d failed: %s", name, index, error_text(exc))
+                yield Outcome(index, None, error_text(exc), time.perf_counter() - start)
                 continue
             yield Outcome(index, value, None, time.perf_counter() - start)
-
-
-def _require_dask() -> None:
-    try:
-        import distributed  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(DASK_MISSING) from exc
-
-
-def __getattr__(name: str) -> Any:  # lazy: ModelPlugin / DaskExecutor need distributed
-    if name in ("ModelPlugin", "DaskExecutor"):
-        _require_dask()
-        from . import _dask
-
-        return getattr(_dask, name)
-    raise AttributeError(name)
-
-
-@contextlib.contextmanager
-def open_executor(
-    scheduler: str | None = None,
-    workers: int | None = None,
-    client: Any = None,
-    torch_threads: int | None = None,
-) -> Iterator[Executor]:
-    """The executor a workflow should use.
-
-    client: an existing ``dask.distributed.Client`` (left open). scheduler: a scheduler address
-    such as ``tcp://HOST:8786`` (a client is opened and closed here). workers: a LocalCluster of
-    that many worker processes, one task at a time each, torch threads = cores // workers (closed
-    at the end). None of them: :class:`SerialExecutor`. torch_threads: intra-op threads of every
-    worker's torch (default: cores // workers for a local cluster; left alone otherwise, where
-    Dask's nanny starts workers with ``OMP_NUM_THREADS=1``).
-    """
-    given = [x is not None for x in (client, scheduler, workers)]
-    if sum(given) > 1:
-        raise ValueError("give at most one of client, scheduler and workers")
-    if workers is not None and int(workers) < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if not any(given):
-        yield SerialExecutor()
-        return
-    _require_dask()
-    from ._dask import DaskExecutor, local_cluster_client
-
-    if client is not None:
-        executor = DaskExecutor(client, torch_threads=torch_threads)
-    elif scheduler is not None:
-        from distributed import Client
-
-        executor = DaskExecutor(Client(scheduler), torch_threads=torch_threads, owns_client=True)
-    else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = torch_threads or max(1, cores // int(workers))
-        executor = DaskExecutor(local_cluster_client(int(workers)), torch_threads=threads, owns_client=True)
-    log.info("executor: %s", executor.description)
-    try:
-        yield executor
-    finally:
-        executor.close()
-
-
-def add_executor_arguments(parser: argparse.ArgumentParser, workers_help: str | None = None) -> None:
-    """``--scheduler``, ``--workers``, ``--torch-threads`` of the commands that fan out on Dask."""
-    group = parser.add_argument_group("distributed (Dask; needs the [distributed] extra)")
-    group.add_argument("--scheduler", metavar="ADDRESS", default=None,
-                       help="run tasks on the Dask cluster of this scheduler, e.g. tcp://HOST:8786")
-    group.add_argument("--workers", type=int, default=None, metavar="N",
-                       help=workers_help or "run tasks on a local Dask cluster of N worker processes "
-                       "(default: in this process)")
-    group.add_argument("--torch-threads", type=int, default=None, metavar="T",
-                       help="torch threads per worker (default: cores // N for --workers; the worker's "
-                       "OMP_NUM_THREADS, 1 under Dask's nanny, for --scheduler)")
-
-
-def executor_from_args(args: argparse.Namespace) -> contextlib.AbstractContextManager[Executor]:
-    """:func:`open_executor` for the parsed :func:`add_executor_arguments` options."""
-    if args.scheduler is not None and args.workers is not None:
-        raise ValueError("give --scheduler or --workers, not both")
-    return open_executor(scheduler=args.scheduler, workers=args.workers, torch_threads=args.torch_threads)
 
 
 def unique_key(name: str, index: int) -> str:

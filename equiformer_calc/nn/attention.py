@@ -196,9 +196,9 @@ class GraphAttention(nn.Module):
         for t in range(len(tp.irreps_out_simple)):
             cols, start = [], 0
             for c, lin in enumerate(consumers):
-                for (i_in, i_out), w, a in zip(lin._paths, lin.weights, lin._alpha):
+                for (i_in, i_out, _), w in lin.path_weights():
                     if i_in == t:
-                        cols.append(w * a)
+                        cols.append(w)
                         layout[c][i_out] = (t, start)
                         start += w.shape[1]
             mat = (cols[0] if len(cols) == 1 else torch.cat(cols, dim=1)) if cols else None
@@ -225,9 +225,9 @@ class GraphAttention(nn.Module):
                     y = sh.new_zeros(n, ir.dim, mul)
                 else:
                     y = parts[(c, j)]
-                if lin.has_bias[j]:
-                    b0 = lin._bias_start[j]
-                    y = y + lin.bias[b0 : b0 + mul]
+                bias = lin.output_bias(j)
+                if bias is not None:
+                    y = y + bias
                 outs.append(y)
             results.append(outs)
         return results

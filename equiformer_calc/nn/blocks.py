@@ -71,20 +71,21 @@ class EdgeDegreeEmbedding(nn.Module):
             return self.forward_reference(num_nodes, sh, basis, envelope, edge_index)
         ones = torch.ones(1, 1, dtype=sh.dtype, device=sh.device)
         node = expand.forward_cl([ones.view(1, 1, 1)])
-        fed = {i_out for _, i_out in expand._paths}
+        fed = {path.i_out for path in expand.paths}
         node = [y if (j in fed or expand.has_bias[j]) else None for j, y in enumerate(node)]
         mats: list[torch.Tensor | None] = [None] * len(proj.irreps_in)
-        for (i_in, i_out), w, a in zip(proj._paths, proj.weights, proj._alpha):
-            mats[i_in] = w * a  # one path per input block (unique irreps)
+        for path, w in proj.path_weights():
+            mats[path.i_in] = w  # one path per input block (unique irreps)
         weight = emb.radial(basis) * envelope.unsqueeze(-1)
         ys = emb.dtp.forward_linear_cl(node, sh, mats, weight)
         n_edges = sh.shape[0]
         outs = []
         for j, (mul, ir) in enumerate(proj.irreps_out):
-            src = [i_in for i_in, i_out in proj._paths if i_out == j]
+            src = [path.i_in for path in proj.paths if path.i_out == j]
             y = ys[src[0]] if src and ys[src[0]] is not None else sh.new_zeros(n_edges, ir.dim, mul)
-            if proj.has_bias[j]:
-                y = y + proj.bias[proj._bias_start[j] : proj._bias_start[j] + mul]
+            bias = proj.output_bias(j)
+            if bias is not None:
+                y = y + bias
             outs.append(y.new_zeros((num_nodes,) + y.shape[1:]).index_add(0, edge_index[1], y))
         out = torch.cat([o.transpose(1, 2).reshape(num_nodes, -1) for o in outs], dim=-1)
         return out * emb.inv_sqrt_degree

@@ -1,6 +1,6 @@
 """HTTP inference service (``equiformer-calc serve``) and its ASE client calculator.
 
-The server side (``server``, ``batcher``) needs FastAPI and uvicorn and is imported only when
+The server side (``schema``, ``app``, ``batcher``, ``serve``) needs FastAPI and uvicorn and is imported only when
 used; importing this package gives the client only.
 """
 

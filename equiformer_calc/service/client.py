@@ -24,9 +24,8 @@ from typing import Any, Sequence
 import httpx
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-from ..calculators.base import reject_unknown_keywords
+from ..calculators.base import EquiformerCalculatorBase, reject_unknown_keywords
 
 __all__ = [
     "RemoteEquiformerCalculator",
@@ -116,7 +115,7 @@ _RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.W
 _NOT_CONNECTED = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
-class RemoteEquiformerCalculator(Calculator):
+class RemoteEquiformerCalculator(EquiformerCalculatorBase):
     """The :class:`~equiformer_calc.calculator.EquiformerCalculator` interface, evaluated by a server.
 
     ``url`` is the server's base address (``http://host:port``); ``token`` its bearer token
@@ -142,12 +141,15 @@ class RemoteEquiformerCalculator(Calculator):
     :class:`ServerUnavailableError` (no connection, after the retries),
     :class:`RemoteTimeoutError` (read timeout or 504), :class:`AuthenticationError` (401),
     :class:`RequestTooLargeError` (413), :class:`ServerRejectedError` (any other error status).
-    """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    Settings are ASE parameters (``todict()``, ``ase db``): ``url`` and the transport settings;
+    never the token.
+    """
 
     #: the keywords this calculator accepts besides ASE's base ones (anything else is a TypeError)
     keywords = ("url", "token", "timeout", "connect_timeout", "retries", "backoff", "max_backoff")
+    default_parameters: dict[str, Any] = {"url": "http://127.0.0.1:8000", "timeout": 300.0, "connect_timeout": 10.0,
+                                          "retries": 6, "backoff": 0.5, "max_backoff": 10.0}
 
     def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 300.0,
                  *, connect_timeout: float = 10.0, retries: int = 6, backoff: float = 0.5, max_backoff: float = 10.0,
@@ -171,35 +173,25 @@ class RemoteEquiformerCalculator(Calculator):
         self.retries = int(retries)
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
+        self.parameters.update(url=self.url, timeout=self.timeout, connect_timeout=self.connect_timeout,
+                               retries=self.retries, backoff=self.backoff, max_backoff=self.max_backoff)
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
         self._info: dict[str, Any] | None = None
 
-    # ------------------------------------------------------------------ ASE interface
-    def calculate(
-        self,
-        atoms: Atoms | None = None,
-        properties: Sequence[str] = ("energy",),
-        system_changes: Sequence[str] = all_changes,
-    ) -> None:
-        super().calculate(atoms, properties, system_changes)
-        assert self.atoms is not None
-        periodic = bool(self.atoms.pbc.all())
-        if "stress" in properties and not periodic:
-            raise PropertyNotImplementedError(
-                f"stress is only defined for systems periodic in all three directions (pbc={self.atoms.pbc.tolist()})"
-            )
-        props = ["energy", "forces", "energies"] + (["stress"] if periodic else [])
-        self.results = self._post_predict([atoms_to_json(self.atoms)], props)[0]
-
+    # ------------------------------------------------------------------ ASE interface (calculate: the base's)
     def predict(
         self, structures: Sequence[Atoms], properties: Sequence[str] = ("energy", "forces")
     ) -> list[dict[str, Any]]:
         """Energies (and forces, stress...) of many structures; one dict of numpy arrays per
-        structure, in order. Requests are split to respect the server's atoms-per-request limit."""
+        structure, in order. Requests are split to respect the server's atoms-per-request limit.
+        The attached structure alone (``calculate()``) goes in one request without asking the
+        server for its limits first."""
         structures = list(structures)
         if not structures:
             return []
+        if len(structures) == 1 and structures[0] is self.atoms:
+            return self._post_predict([atoms_to_json(structures[0])], properties)
         limit = self._max_atoms_per_request()
         results: list[dict[str, Any]] = []
         chunk: list[dict[str, Any]] = []

@@ -62,7 +62,7 @@ def _spec_of(predictor: Predictor) -> dict[str, Any]:
     return {
         "config": model.config.to_dict(),
         "weights": save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}),
-        "metadata": dict(getattr(model, "metadata", None) or {}),
+        "checkpoint": model.checkpoint,
         "device": str(predictor.device),
         "dtype": str(predictor.dtype).replace("torch.", ""),
         "max_atoms_per_batch": predictor.max_atoms_per_batch,
@@ -87,11 +87,11 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:  # pragma: no 
     set_threads(int(spec["threads"]))
     model = Equiformer.from_config(spec["config"])
     model.load_state_dict(load(spec["weights"]))
-    model.metadata = spec["metadata"]  # type: ignore[attr-defined]
+    model.checkpoint = spec["checkpoint"]
     predictor = Predictor(
         model, device=spec["device"], dtype=spec["dtype"], max_atoms_per_batch=spec["max_atoms_per_batch"],
         min_distance_ratio=spec["min_distance_ratio"], memory=spec["memory"], memory_budget=spec["memory_budget"],
-        max_edges=spec["max_edges"], threads=spec["call_threads"],
+        max_edges=spec["max_edges"], threads=spec["call_threads"], copy_model=False,
     )
     marker = os.environ.get(ABORT_MARKER_ENV)
     abort_at = float(marker) if marker else None

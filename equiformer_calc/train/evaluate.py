@@ -22,24 +22,23 @@ batches -- the same path as the trainer's loss and validation.
 
 from __future__ import annotations
 
-import argparse
-import json
+import copy
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
+from ase.stress import full_3x3_to_voigt_6_stress
 
-from ..checkpoint import load_checkpoint, load_model
-from ..io import jsonable, new_figure, save_figure, write_json
+from ..checkpoint import load_model
+from ..io import new_figure, save_figure, write_json
 from ..model import Equiformer
-from ..predictor import compute, resolve_dtype, voigt
-from ..runtime import configure_runtime, set_threads
+from ..predictor import compute, resolve_dtype
+from ..runtime import configure_runtime
 from ..data.readers import LabelKeys
 from .data import Sample, collate, read_samples
 
@@ -52,12 +51,8 @@ __all__ = [
     "plot_parity",
     "evaluate",
     "evaluate_samples",
-    "HELP",
-    "add_arguments",
-    "run",
 ]
 
-HELP = "error metrics and parity plots of a checkpoint on a labelled dataset"
 log = logging.getLogger(__name__)
 
 #: frame ``info`` keys that the CLI groups by unless told otherwise
@@ -107,7 +102,7 @@ def _model_on(model: Equiformer, device: torch.device, dtype: torch.dtype) -> Eq
     ref = next(iter(model.parameters()), None)
     if ref is None or (ref.device == device and ref.dtype == dtype):
         return model
-    return load_model(model, copy=True)[0].to(device=device, dtype=dtype)
+    return copy.deepcopy(model).to(device=device, dtype=dtype)
 
 
 def _batches(samples: Sequence[Sample], batch_size: int) -> list[list[int]]:
@@ -133,7 +128,7 @@ def _predict_batch(net: Equiformer, chunk: Sequence[Sample], device: torch.devic
         out = compute(net, batch.graph, forces=True, stress=want_stress)
     e = out["energy"].detach().cpu().double().numpy()
     f = out["forces"].detach().cpu().double().numpy()
-    s = voigt(out["stress"]).detach().cpu().double().numpy() if want_stress else None
+    s = full_3x3_to_voigt_6_stress(out["stress"].detach().cpu().double().numpy()) if want_stress else None
     ptr = batch.graph.ptr.tolist()
     return [(float(e[b]), f[ptr[b] : ptr[b + 1]], None if s is None else s[b]) for b in range(len(chunk))]
 
@@ -475,47 +470,3 @@ def format_table(result: dict[str, Any]) -> str:
         for value, m in groups.items():
             lines.append(row(f"{key}={value}", m))
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``equiformer-calc evaluate``."""
-    parser.add_argument("checkpoint", help="checkpoint file (.safetensors) or shipped name (e.g. emt-small)")
-    parser.add_argument("data", nargs="+",
-                        help="labelled file(s): extxyz, ASE .db or postgresql:// URL, .aselmdb (file or folder), vasprun.xml, OUTCAR, ...")
-    parser.add_argument("--energy-key", default="energy", help="energy label name (e.g. REF_energy; default: energy)")
-    parser.add_argument("--forces-key", default="forces", help="forces label name (e.g. REF_forces; default: forces)")
-    parser.add_argument("--stress-key", default="stress", help="stress label name (e.g. REF_stress; default: stress)")
-    parser.add_argument("--out", type=Path, help="folder for metrics.json and parity PNGs (default: JSON to stdout)")
-    parser.add_argument("--by", default=",".join(DEFAULT_BY),
-                        help=f"comma-separated frame info keys to group by "
-                        f"(default: {','.join(DEFAULT_BY)}; '' for none)")
-    parser.add_argument("--batch-size", type=int, default=16, help="frames per model call (default: 16)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--max-frames", type=int, help="evaluate only the first N frames of each file")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    from ..distributed import add_executor_arguments
-
-    add_executor_arguments(parser)
-    parser.add_argument("--batches-per-task", type=int, default=8, metavar="K",
-                        help="with --scheduler/--workers: model batches per task (default 8)")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``equiformer-calc evaluate``."""
-    set_threads(args.threads)
-    by = [k.strip() for k in args.by.split(",") if k.strip()]
-    model = load_checkpoint(args.checkpoint)
-    from ..distributed import executor_from_args
-
-    fan_out = args.scheduler is not None or args.workers is not None
-    with executor_from_args(args) as executor:
-        result = evaluate(model, args.data, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-                          by=by, out=args.out, max_frames=args.max_frames, progress=not args.no_progress,
-                          keys=LabelKeys(args.energy_key, args.forces_key, args.stress_key),
-                          executor=executor if fan_out else None, batches_per_task=args.batches_per_task)
-    log.info("metrics:\n%s", format_table(result))
-    if args.out is None:
-        sys.stdout.write(json.dumps(jsonable(result), indent=1, allow_nan=False) + "\n")
-    return 0

@@ -9,7 +9,6 @@ CONFIG.yaml`` (PyTorch DDP; gloo on CPU, nccl on GPU).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -35,9 +34,8 @@ from ..data.readers import LabelKeys
 from .data import Sample, collate, read_samples
 from .evaluate import evaluate_samples
 
-__all__ = ["TrainConfig", "train", "fit_energy_references", "pair_repulsion_labels", "HELP", "add_arguments", "run"]
+__all__ = ["TrainConfig", "train", "fit_energy_references", "pair_repulsion_labels"]
 
-HELP = "train an Equiformer on labelled structures (YAML config); resumable, DDP-capable"
 log = logging.getLogger(__name__)
 
 
@@ -114,7 +112,7 @@ def pair_repulsion_labels(samples: list[Sample], model: Equiformer) -> tuple[np.
     when it has none), in float64: the network is trained on the labels minus these."""
     energies = np.zeros(len(samples))
     forces = [np.zeros_like(s.forces) for s in samples]
-    if getattr(model, "pair", None) is None:
+    if model.pair is None:
         return energies, np.concatenate(forces) if forces else np.zeros((0, 3))
     for k, s in enumerate(samples):
         g = s.graph.to(dtype=torch.float64)
@@ -458,37 +456,3 @@ def plot_learning_curve(history: list[dict[str, Any]], path: Path) -> None:
     fig.suptitle("Equiformer training (EMA weights on validation)")
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
-
-
-# ----------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML file with TrainConfig fields (train, val, out, preset, ...)")
-    parser.add_argument("--max-steps", type=int, help="override max_steps")
-    parser.add_argument("--out", help="override the output folder")
-    parser.add_argument("--time-limit", type=float, help="stop resumably after this many seconds")
-    parser.add_argument(
-        "--init-from",
-        metavar="NAME|PATH",
-        help="fine-tune a trained checkpoint: its architecture and weights, a new energy reference fit on this "
-        "data, and (unless --lr is given) a lower learning rate of 2e-4 with 50 warm-up steps",
-    )
-    parser.add_argument("--lr", type=float, help="override the peak learning rate")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = TrainConfig.from_yaml(args.config)
-    if args.max_steps is not None:
-        cfg.max_steps = args.max_steps
-    if args.out:
-        cfg.out = args.out
-    if args.time_limit is not None:
-        cfg.time_limit_s = args.time_limit
-    if args.init_from:
-        cfg.init_from = args.init_from
-        if args.lr is None:
-            cfg.lr, cfg.warmup_steps = min(cfg.lr, 2e-4), min(cfg.warmup_steps, 50)
-    if args.lr is not None:
-        cfg.lr = args.lr
-    summary = train(cfg)
-    log.info("done: %s", json.dumps(summary))
-    return 0

@@ -1,6 +1,7 @@
-"""Helpers shared by the workflows: the calculator to use, output file names, PNG plots, structure
-reading. Bottom-layer constraints live in :mod:`equiformer_calc.surfaces.slabs`, file writing in
-:mod:`equiformer_calc.io` (both imported here for the workflows)."""
+"""Helpers shared by the workflows: the calculator to use, line plots, a lazily created
+trajectory. Bottom-layer constraints live in :mod:`equiformer_calc.surfaces.slabs`, file writing in
+:mod:`equiformer_calc.io` (both imported here for the workflows); reading structures from files
+and command-line options are :mod:`equiformer_calc.cli`'s."""
 
 from __future__ import annotations
 
@@ -21,14 +22,9 @@ __all__ = [
     "bottom_fixed_mask",
     "add_fix_bottom",
     "fixed_mask",
-    "output_stem",
     "write_csv",
     "plot_lines",
-    "add_memory_argument",
-    "add_model_arguments",
-    "read_structure",
     "LazyTrajectory",
-    "check_structure",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,14 +55,6 @@ def resolve_calculator(
     )
 
 
-def output_stem(output: str | os.PathLike) -> Path:
-    """``run/out.traj`` -> ``run/out`` (side files are named ``<stem>_final.extxyz`` and so on);
-    creates the folder."""
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_suffix("") if path.suffix else path
-
-
 def plot_lines(
     path: str | os.PathLike,
     x: Sequence[float] | np.ndarray,
@@ -90,68 +78,6 @@ def plot_lines(
         axes[0].set_title(title, fontsize="medium")
     fig.tight_layout()
     return save_figure(fig, path, dpi=110)
-
-
-def add_model_arguments(parser: Any) -> None:
-    """``--checkpoint``, ``--device``, ``--dtype`` for the workflow subcommands."""
-    parser.add_argument(
-        "--checkpoint", default=None, help="shipped checkpoint name or .safetensors path (default: pbe-distilled-small)"
-    )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="model precision")
-    from ..calculators.dispersion import add_dispersion_arguments
-
-    add_dispersion_arguments(parser)
-
-
-def add_memory_argument(parser: Any) -> None:
-    """``--memory auto|fast|low`` for the subcommands that may see large systems (relax, md)."""
-    parser.add_argument(
-        "--memory", default="auto", choices=["auto", "fast", "low"],
-        help="memory mode: 'low' evaluates large systems in a fraction of the memory (same numbers, ~1.3x the "
-        "time); 'auto' (default) switches to it when 'fast' would not fit in the available memory",
-    )
-
-
-def read_structure(path: str | os.PathLike, index: str | int = -1, format: str | None = None) -> Atoms:
-    """One structure from a file in any ASE-readable format: frame ``index`` (an int, or a string
-    such as ``"-1"``). Errors are clear ``FileNotFoundError`` / ``ValueError`` naming the file and,
-    for an index out of range, how many frames it has."""
-    from ase.io import iread, read
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"input file {str(path)!r} does not exist")
-    if path.is_dir():
-        raise IsADirectoryError(f"input {str(path)!r} is a folder, not a structure file")
-    text = str(index).strip()
-    try:
-        position = int(text)
-    except ValueError:
-        raise ValueError(f"--index must be a frame number such as 0 or -1, got {text!r}") from None
-    try:
-        atoms = read(str(path), index=position, format=format)
-    except (StopIteration, IndexError):
-        try:
-            count = sum(1 for _ in iread(str(path), format=format))
-        except Exception:  # noqa: BLE001 - only for the message
-            count = "?"
-        raise ValueError(f"--index {position} is out of range: {path} has {count} frame(s)") from None
-    except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
-        raise ValueError(f"could not read {path} ({type(exc).__name__}: {' '.join(str(exc).split())}); "
-                         f"check the file or give --format") from None
-    if not isinstance(atoms, Atoms) or len(atoms) == 0:
-        raise ValueError(f"{path} frame {position} holds no atoms")
-    return atoms
-
-
-def check_structure(atoms: Atoms, calculator: Calculator) -> None:
-    """Evaluate ``atoms`` once with ``calculator`` (the result stays cached in it), so that an
-    unsupported element, a bad geometry or an over-budget structure fails before any file is
-    written."""
-    probe = atoms.copy()
-    probe.calc = calculator
-    probe.get_potential_energy()
 
 
 class LazyTrajectory:

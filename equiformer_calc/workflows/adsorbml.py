@@ -42,11 +42,9 @@ Run: ``equiformer-calc adsorbml CKPT DATADIR [--max-tasks N] [--out DIR]`` (the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -59,29 +57,24 @@ from ase.geometry import get_distances
 
 from ..checkpoint import load_model
 from ..graph import StructureError
-from ..io import jsonable, new_figure, save_figure, write_json
+from ..io import new_figure, save_figure, write_json
 from ..model import Equiformer
-from ..runtime import set_threads
 from ..surfaces import REFERENCE_MOLECULES, check_relaxation, constrain_held, gas_molecule, gas_reference_energy
 from ..surfaces import reference_potentials
 from .batch import relax_batch
 from .relax import OPTIMIZERS, RelaxResult, relax
 
 __all__ = [
-    "HELP",
     "relax_benchmark",
     "select_tasks",
     "format_summary",
     "SUCCESS_THRESHOLD",
     "FMAX",
     "MAX_STEPS",
-    "add_arguments",
-    "run",
 ]
 
 log = logging.getLogger(__name__)
 
-HELP = "AdsorbML-style relaxation benchmark of a checkpoint on a datagen folder's held-out relaxation tasks"
 
 #: AdsorbML: the model-chosen structure must be within this many eV of the reference minimum
 SUCCESS_THRESHOLD = 0.1
@@ -265,8 +258,8 @@ def relax_benchmark(
 
     if isinstance(checkpoint_or_model, Calculator):  # any ASE calculator (EMT: a sanity check)
         calc, ckpt = checkpoint_or_model, type(checkpoint_or_model).__name__
-    else:  # a private copy: the calculator converts dtype and freezes parameters in place
-        model, ckpt = load_model(checkpoint_or_model, copy=True)
+    else:
+        model, ckpt = load_model(checkpoint_or_model)
         calc = EquiformerCalculator(model=model, device=device, dtype=dtype)
     log.info("relaxation benchmark: %d of %d tasks from %s, %s fmax=%.3g", len(indices), len(records), data_dir,
              optimizer, fmax)
@@ -481,34 +474,3 @@ def format_summary(result: dict[str, Any]) -> str:
             f"(n={a['n_multi_site_groups']}), all groups {f(a['success_rate_all_groups'], '.0%')} (n={a['n_groups']})",
         ]
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``equiformer-calc adsorbml``."""
-    parser.add_argument("checkpoint", help="checkpoint file (.safetensors) or shipped name (e.g. emt-small)")
-    parser.add_argument("data_dir", type=Path,
-                        help="datagen output folder with relax_initial.extxyz, relax_relaxed.extxyz and relax_tasks.json")
-    parser.add_argument("--max-tasks", type=int, help="at most this many tasks (whole site groups first)")
-    parser.add_argument("--optimizer", type=str.upper, choices=sorted(OPTIMIZERS), default="BFGS",
-                        help="ASE optimizer (default: BFGS, as the references)")
-    parser.add_argument("--fmax", type=float, default=FMAX, help=f"force criterion, eV/A (default: {FMAX})")
-    parser.add_argument("--steps", type=int, default=MAX_STEPS, help=f"step limit (default: {MAX_STEPS})")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads")
-    parser.add_argument("--out", type=Path, help="folder for relax_benchmark.json and relax_parity.png "
-                        "(default: the summary as JSON on stdout)")
-    parser.add_argument("--labeller", help="labeller of the references (default: the one recorded in the data)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``equiformer-calc adsorbml``."""
-    set_threads(args.threads)
-    result = relax_benchmark(args.checkpoint, args.data_dir, max_tasks=args.max_tasks, optimizer=args.optimizer,
-                             fmax=args.fmax, steps=args.steps, dtype=args.dtype, device=args.device, out=args.out,
-                             progress=not args.no_progress, labeller=args.labeller)
-    log.info("relaxation benchmark:\n%s", format_summary(result))
-    if args.out is None:
-        sys.stdout.write(json.dumps(jsonable(result["summary"]), indent=1, allow_nan=False) + "\n")
-    return 0

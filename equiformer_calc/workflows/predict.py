@@ -27,7 +27,6 @@ Outputs, in input order:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from dataclasses import dataclass, field
@@ -39,14 +38,12 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from ..io import write_csv
-from ._common import add_model_arguments, resolve_calculator
+from ._common import resolve_calculator
 
-__all__ = ["HELP", "PredictChunk", "predict_chunk", "PredictResult", "read_structures", "predict_file",
-           "add_arguments", "run"]
+__all__ = ["PredictChunk", "predict_chunk", "PredictResult", "read_structures", "predict_file"]
 
 log = logging.getLogger(__name__)
 
-HELP = "energies and forces of every structure of an extxyz file or ASE database, written to extxyz or CSV"
 
 _VOIGT = ("xx", "yy", "zz", "yz", "xz", "xy")
 
@@ -214,31 +211,3 @@ def _write_forces_csv(frames: list[Atoms], results: list[Any], out: Path) -> Pat
             for i, (symbol, f) in enumerate(zip(atoms.get_chemical_symbols(), np.asarray(r["forces"]))):
                 rows.append([k, i, symbol, float(f[0]), float(f[1]), float(f[2])])
     return write_csv(out.with_name(f"{out.stem}_forces.csv"), ["index", "atom", "symbol", "fx", "fy", "fz"], rows)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``equiformer-calc predict``."""
-    from ..distributed import add_executor_arguments
-
-    parser.add_argument("input", help="extxyz file, ASE database (.db) or any ASE-readable structure file")
-    parser.add_argument("--out", required=True, help="output: .extxyz / .xyz (labelled structures) or .csv")
-    parser.add_argument("--chunk-size", type=int, default=64, metavar="K",
-                        help="structures per task (default 64); float32 numbers depend on it (and on torch threads), "
-                        "not on the number of workers")
-    add_model_arguments(parser)
-    add_executor_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    """``equiformer-calc predict``."""
-    from ..distributed import executor_from_args
-
-    try:
-        with executor_from_args(args) as executor:
-            result = predict_file(args.input, args.out, checkpoint=args.checkpoint, device=args.device,
-                                  dtype=args.dtype, executor=executor, chunk_size=args.chunk_size)
-    except (FileNotFoundError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    log.info("wrote %s", ", ".join(str(p) for p in result.files))
-    return 1 if result.errors else 0

@@ -25,7 +25,7 @@ def test_equals_e3nn_linear(irreps_in, irreps_out):
         # e3nn stores one flat weight, its instructions in input-major order
         flat = []
         for ins in (i for i in oracle.instructions if i.i_in >= 0):
-            k = ours._paths.index((ins.i_in, ins.i_out))
+            k = [(p.i_in, p.i_out) for p in ours.paths].index((ins.i_in, ins.i_out))
             flat.append(ours.weights[k].reshape(-1))
         oracle.weight.copy_(torch.cat(flat))
     x = torch.randn(7, o3.Irreps(irreps_in).dim, dtype=torch.float64)

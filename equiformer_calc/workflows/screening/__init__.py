@@ -69,17 +69,16 @@ written (no database: nothing is relaxed).
 
 The pieces: :mod:`.plan` (surfaces x adsorbates x sites -> tasks), :mod:`.store` (the database),
 :mod:`.summary` (site rows, minima, CSV and heat map), :mod:`.screen` (:func:`screen_adsorbates`),
-:mod:`.direct` (:func:`screen_direct`) and :mod:`.command` (``equiformer-calc screen``). Surfaces,
-sites, placement and the checks are :mod:`equiformer_calc.surfaces`.
+:mod:`.direct` (:func:`screen_direct`); the command line is :mod:`equiformer_calc.cli.screen`.
+Surfaces, sites, placement and the checks are :mod:`equiformer_calc.surfaces`.
 """
 
-from .command import HELP, add_arguments, run
 from .direct import DirectScreenResult, screen_direct
 from .screen import ScreenResult, screen_adsorbates
 from .store import model_fingerprint
 from .summary import plot_heatmap, write_screen_outputs
 
 __all__ = [
-    "HELP", "DirectScreenResult", "ScreenResult", "add_arguments", "model_fingerprint", "plot_heatmap", "run",
+    "DirectScreenResult", "ScreenResult", "model_fingerprint", "plot_heatmap",
     "screen_adsorbates", "screen_direct", "write_screen_outputs",
 ]

@@ -37,11 +37,11 @@ def model_fingerprint(calc: Any) -> dict[str, str]:
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().double().numpy().tobytes())
-    h.update(str(getattr(calc, "dtype", "")).encode())
+    h.update(str(calc.parameters.get("dtype", "")).encode())
     if getattr(calc, "dispersion_term", None) is not None:
         h.update(repr(calc.dispersion_term).encode())
-    path = getattr(model, "checkpoint_path", None)
-    return {"model": Path(path).stem if path else "in-memory model", "model_hash": h.hexdigest()[:16]}
+    name = model.checkpoint.name if model.checkpoint is not None else None
+    return {"model": name or "in-memory model", "model_hash": h.hexdigest()[:16]}
 
 
 def _kv(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,119 @@
+"""``equiformer-calc screen``: adsorbate screening from the command line (the workflow is
+:mod:`equiformer_calc.workflows.screening`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..surfaces import build_surface
+from ..workflows._common import resolve_calculator
+from ..workflows.relax import OPTIMIZERS
+from ..workflows.screening import screen_adsorbates, screen_direct
+from ._common import add_executor_arguments, add_model_arguments, executor_from_args, read_structure
+
+__all__ = ["HELP", "add_arguments", "run"]
+
+log = logging.getLogger(__name__)
+
+
+HELP = "adsorbate screening over metals, facets and adsorbates into an ASE database"
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _size(text: str) -> tuple[int, int, int]:
+    """``"3x3x4"`` -> (3, 3, 4); anything else is an argparse error naming the expected form."""
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected NXxNYxLAYERS with positive integers, e.g. 3x3x4, got {text!r}")
+    return (int(parts[0]), int(parts[1]), int(parts[2]))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``equiformer-calc screen``."""
+    parser.add_argument("--metals", type=_csv_list, default=[], help="comma-separated fcc metals, e.g. Cu,Pt")
+    parser.add_argument("--facets", type=_csv_list, default=["111"], help="comma-separated: 111,100,110,211")
+    parser.add_argument("--slab", action="append", default=[], metavar="FILE",
+                        help="also screen this slab file (any ASE-readable format; repeatable)")
+    parser.add_argument("--adsorbates", type=_csv_list, default=["O", "OH", "CO"], help="comma-separated names")
+    parser.add_argument("--size", type=_size, default=(3, 3, 4), help="slab size NXxNYxLAYERS (default 3x3x4)")
+    parser.add_argument("--vacuum", type=float, default=7.0, help="vacuum on each side, A")
+    parser.add_argument("--site-kinds", type=_csv_list, default=None, help="only these: ontop,bridge,fcc,hcp,hollow")
+    parser.add_argument("--db", default="screen.db", help="ASE database: a path (SQLite) or a postgresql:// URL")
+    parser.add_argument("--out-dir", default=".", help="folder for screen_summary.csv, screen_sites.csv, screen_heatmap.png")
+    parser.add_argument("--fmax", type=float, default=0.05)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--optimizer", default="FIRE", type=str.upper, choices=sorted(OPTIMIZERS))
+    parser.add_argument("--fix-bottom", type=int, default=2, metavar="K", help="fixed bottom layers (default 2)")
+    parser.add_argument("--batch-size", type=int, default=64, help="relaxations in flight at once")
+    parser.add_argument("--retry-failed", action="store_true", help="redo tasks that failed in an earlier run")
+    parser.add_argument("--direct", action="store_true",
+                        help="no relaxation: rank initial structures by a direct IS2RE model's predicted relaxed "
+                             "adsorption energy (a converted OC20 IS2RE checkpoint); writes screen_direct_*.csv")
+    add_model_arguments(parser)
+    add_executor_arguments(parser)
+    parser.add_argument("--chunk-size", type=int, default=16, metavar="K",
+                        help="with --scheduler/--workers: relaxations per task, relaxed together in batched "
+                             "model calls on one worker (default 16)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``equiformer-calc screen``."""
+    size = args.size
+    slabs: dict[str, Any] = {}
+    for metal in args.metals:
+        for facet in args.facets:
+            slab = build_surface(metal, facet, size=size, vacuum=args.vacuum)
+            slabs[f"{metal}-{slab.info['facet']}"] = slab
+    for path in args.slab:
+        slabs[Path(path).stem] = read_structure(path)
+    if not slabs:
+        raise SystemExit("nothing to screen: give --metals (and --facets) and/or --slab FILE")
+    if args.direct:
+        try:
+            direct = screen_direct(
+                slabs, args.adsorbates, checkpoint=args.checkpoint, fix_bottom=args.fix_bottom,
+                site_kinds=args.site_kinds, out_dir=args.out_dir, device=args.device, dtype=args.dtype,
+            )
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
+        for r in direct.summary:
+            log.info("%-14s %-4s predicted relaxed E_ads,min = %+.3f eV at %s (%d sites)",
+                     r["surface"], r["adsorbate"], r["e_ads_min"], r["site"], r["n_sites"])
+        log.info("wrote %s", ", ".join(str(p) for p in direct.files.values()))
+        return 0
+    fan_out = args.scheduler is not None or args.workers is not None
+    if fan_out and args.dispersion:
+        raise ValueError("--dispersion is not available with --scheduler/--workers yet (workers run the bare "
+                         "model): screen without fan-out, or add D3 afterwards")
+    calculator = None if fan_out else resolve_calculator(
+        None, args.checkpoint, args.device, args.dtype, dispersion=args.dispersion, xc=args.xc
+    )
+    with executor_from_args(args) as executor:
+        result = screen_adsorbates(
+            slabs, args.adsorbates, db=args.db, checkpoint=args.checkpoint if fan_out else None,
+            calculator=calculator, fmax=args.fmax, steps=args.steps,
+            optimizer=args.optimizer, fix_bottom=args.fix_bottom, site_kinds=args.site_kinds, out_dir=args.out_dir,
+            batch_size=args.batch_size, device=args.device, dtype=args.dtype, retry_failed=args.retry_failed,
+            executor=executor if fan_out else None, chunk_size=args.chunk_size,
+        )
+    for r in result.summary:
+        log.info(
+            "%-14s %-4s E_ads,min = %s eV at %s%s (%d/%d sites valid)",
+            r["surface"], r["adsorbate"], "  n/a " if not np.isfinite(r["e_ads_min"]) else f"{r['e_ads_min']:+.3f}",
+            r["site"] or "-", f" -> {r['final_site']}" if r["moved"] else "", r["n_valid"], r["n_sites"],
+        )
+    log.info("database %s; wrote %s", result.db, ", ".join(str(p) for p in result.files.values()))
+    if result.errors:
+        log.error("%d task(s) failed (listed above and in screen_sites.csv); rerun to retry tasks that did not run, "
+                  "add --retry-failed to redo failed structures", len(result.errors))
+        return 1
+    return 0

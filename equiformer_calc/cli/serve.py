@@ -1,0 +1,104 @@
+"""``equiformer-calc serve``: serve a checkpoint over HTTP (the app is
+:func:`equiformer_calc.service.app.create_app`, run by :func:`equiformer_calc.service.serve.serve`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from ..checkpoint import DEFAULT_CHECKPOINT
+from ._common import add_dispersion_arguments
+
+__all__ = ["HELP", "add_arguments", "run"]
+
+log = logging.getLogger(__name__)
+
+HELP = "serve a checkpoint over HTTP (POST /v1/predict) with dynamic batching"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``equiformer-calc serve``."""
+    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                        help=f"shipped name or path (default {DEFAULT_CHECKPOINT})")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    parser.add_argument("--token", default=os.environ.get("EQUIFORMER_CALC_TOKEN"),
+                        help="require 'Authorization: Bearer TOKEN' (default: $EQUIFORMER_CALC_TOKEN; prefer the "
+                             "environment variable, command lines are visible to other users)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="model precision")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--memory", default="auto", choices=["auto", "fast", "low"],
+                        help="memory mode of model calls: 'low' evaluates large structures in a fraction of the "
+                             "memory (~1.3x the time), 'auto' (default) uses it when 'fast' would not fit; calls "
+                             "that fit in neither are answered 507")
+    parser.add_argument("--max-batch-atoms", type=int, default=1024,
+                        help="atom budget of one model call (default 1024)")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0,
+                        help="how long a request may wait for others to batch with, skipped when none are "
+                             "arriving (default 5)")
+    parser.add_argument("--no-batching", action="store_true", help="one model call per request")
+    parser.add_argument("--max-atoms-per-structure", type=int, default=10_000, help="413 above (default 10000)")
+    parser.add_argument("--max-atoms-per-request", type=int, default=50_000, help="413 above (default 50000)")
+    parser.add_argument("--max-edges-per-structure", type=int, default=None,
+                        help="413 above this estimated edge count (default: what fits in the memory budget)")
+    parser.add_argument("--max-edges-per-request", type=int, default=None,
+                        help="413 above this estimated edge count summed over a request (default: what fits in the "
+                             "memory budget)")
+    parser.add_argument("--memory-budget-gb", type=float, default=None,
+                        help="memory one model call may use, in GiB (default: 80%% of the memory available when "
+                             "the call starts)")
+    parser.add_argument("--no-isolation", action="store_true",
+                        help="run the model in the server process (default: in a worker process that is restarted "
+                             "if it crashes)")
+    parser.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (default 16)")
+    parser.add_argument("--request-timeout", type=float, default=120.0,
+                        help="seconds (queueing included) before a request gets 504 (default 120)")
+    parser.add_argument("--max-queued-requests", type=int, default=1024,
+                        help="503 beyond this many waiting requests (default 1024)")
+    parser.add_argument("--graceful-timeout", type=float, default=60.0,
+                        help="on SIGTERM/SIGINT, seconds to let in-flight requests finish (default 60)")
+    parser.add_argument("--keep-alive", type=float, default=30.0,
+                        help="seconds an idle client connection stays open; clients reconnect transparently "
+                             "(default 30)")
+    parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    add_dispersion_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the checkpoint and serve it with uvicorn until SIGINT/SIGTERM."""
+    from ..checkpoint import CheckpointError
+    from ..runtime import set_threads
+    from ..service.app import create_app
+    from ..service.serve import serve
+
+    set_threads(args.threads)
+    try:
+        app = create_app(
+            args.checkpoint,
+            token=args.token or None,
+            max_atoms_per_structure=args.max_atoms_per_structure,
+            max_atoms_per_request=args.max_atoms_per_request,
+            max_edges_per_structure=args.max_edges_per_structure,
+            max_edges_per_request=args.max_edges_per_request,
+            memory_budget="auto" if args.memory_budget_gb is None else int(args.memory_budget_gb * (1 << 30)),
+            isolate=not args.no_isolation,
+            max_body_bytes=int(args.max_body_mb * (1 << 20)),
+            request_timeout_s=args.request_timeout,
+            max_batch_atoms=args.max_batch_atoms,
+            max_wait_ms=args.max_wait_ms,
+            batching=not args.no_batching,
+            max_queued_requests=args.max_queued_requests,
+            device=args.device,
+            dtype=args.dtype,
+            dispersion=args.dispersion,
+            xc=args.xc,
+            memory=args.memory,
+        )
+    except (CheckpointError, ValueError, ImportError) as exc:
+        log.error("%s", exc)
+        return 2
+    started = serve(app, args.host, args.port, keep_alive_s=args.keep_alive, graceful_timeout_s=args.graceful_timeout,
+                    access_log=not args.no_access_log, token_set=bool(args.token))
+    return 0 if started else 1

@@ -1,0 +1,181 @@
+"""D3 dispersion: the calculator's sum against simple-dftd3's own ASE calculator, finite
+differences of the summed energy, per-atom energies model-only, the service switch, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+
+pytest.importorskip("dftd3", reason="the [d3] extra (simple-dftd3) is not installed")
+from dftd3.ase import DFTD3  # noqa: E402
+
+from equiformer_calc.calculator import EquiformerCalculator  # noqa: E402
+from equiformer_calc.calculators.dispersion import D3, DispersionPredictor, parse_dispersion  # noqa: E402
+
+from ..helpers import bulk_cell, make_model, slab_with_adsorbate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model(0)
+
+
+@pytest.fixture(scope="module")
+def plain(model):
+    return EquiformerCalculator(model=model, dtype="float64")
+
+
+@pytest.fixture(scope="module")
+def with_d3(model):
+    return EquiformerCalculator(model=model, dtype="float64", dispersion="d3bj", xc="pbe")
+
+
+def _results(calc, atoms, properties):
+    a = atoms.copy()
+    a.calc = calc
+    out = {"energy": a.get_potential_energy(), "forces": a.get_forces()}
+    if "stress" in properties:
+        out["stress"] = a.get_stress()
+    return out
+
+
+@pytest.mark.parametrize("builder, properties", [(slab_with_adsorbate, ("energy", "forces")), (bulk_cell, ("energy", "forces", "stress"))])
+def test_sum_equals_model_plus_dftd3_ase_calculator(plain, with_d3, builder, properties):
+    atoms = builder()
+    total = _results(with_d3, atoms, properties)
+    model_only = _results(plain, atoms, properties)
+    reference = _results(DFTD3(method="pbe", damping="d3bj"), atoms, properties)
+    assert reference["energy"] < -0.1  # Cu: a sizeable attractive term
+    assert np.abs(reference["forces"]).max() > 1e-3
+    np.testing.assert_allclose(total["energy"] - model_only["energy"], reference["energy"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(total["forces"] - model_only["forces"], reference["forces"], rtol=0, atol=1e-9)
+    if "stress" in properties:
+        assert np.abs(reference["stress"]).max() > 1e-4
+        np.testing.assert_allclose(total["stress"] - model_only["stress"], reference["stress"], rtol=0, atol=1e-10)
+
+
+def test_summed_forces_match_finite_differences(with_d3):
+    atoms = bulk_cell()
+    atoms.calc = with_d3
+    np.testing.assert_allclose(atoms.get_forces(), calculate_numerical_forces(atoms, eps=1e-4), rtol=0, atol=1e-6)
+
+
+def test_d3_stress_matches_finite_differences_with_smooth_cutoff():
+    """The stress convention (sign, Voigt order, volume) against a central difference of the energy
+    under symmetric strain. The library's sharp 60-bohr pair cutoff makes the energy jump when a
+    pair crosses it (a 5e-5 eV/A^3 error of the difference quotient on this cell), so the term is
+    smoothed here; with the default sharp cutoff the same stress agrees with simple-dftd3's own
+    ASE calculator above."""
+    atoms = bulk_cell()
+    d3 = D3("d3bj", xc="pbe", smooth_width=2.0)
+    stress = d3.compute(atoms)["stress"]
+    eps, volume, fd = 1e-5, atoms.get_volume(), np.zeros(6)
+    for k, (i, j) in enumerate([(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]):
+        energies = []
+        for sign in (1, -1):
+            strain = np.eye(3)
+            strain[i, j] += sign * eps / (1 if i == j else 2)
+            strain[j, i] = strain[i, j]
+            a = atoms.copy()
+            a.set_cell(atoms.cell.array @ strain, scale_atoms=True)
+            energies.append(d3.compute(a)["energy"])
+        fd[k] = (energies[0] - energies[1]) / (2 * eps * volume)
+    assert np.abs(stress).max() > 1e-3
+    np.testing.assert_allclose(stress, fd, rtol=0, atol=1e-9)
+
+
+def test_slab_forces_match_finite_differences(with_d3):
+    atoms = slab_with_adsorbate()
+    atoms.calc = with_d3
+    np.testing.assert_allclose(atoms.get_forces(), calculate_numerical_forces(atoms, eps=1e-4), rtol=0, atol=1e-6)
+
+
+def test_per_atom_energies_are_model_only(plain, with_d3):
+    atoms = slab_with_adsorbate()
+    atoms.calc = with_d3
+    energies = atoms.get_potential_energies()
+    a = atoms.copy()
+    a.calc = plain
+    np.testing.assert_allclose(energies, a.get_potential_energies(), rtol=0, atol=1e-12)
+    assert energies.sum() - atoms.get_potential_energy() > 0.1  # the D3 term is not in them
+
+
+def test_batched_predict_includes_dispersion(with_d3):
+    structures = [slab_with_adsorbate(), bulk_cell()]
+    batched = with_d3.predict(structures, properties=("energy", "forces"))
+    for atoms, result in zip(structures, batched):
+        atoms.calc = with_d3
+        assert result["energy"] == pytest.approx(atoms.get_potential_energy(), abs=1e-9)
+        np.testing.assert_allclose(result["forces"], atoms.get_forces(), atol=1e-9)
+
+
+def test_dispersion_predictor_for_the_service(plain, model):
+    from equiformer_calc.service.app import create_app
+
+    atoms = bulk_cell()
+    wrapped = DispersionPredictor(plain.predictor, D3("d3bj", xc="pbe"))
+    result = wrapped.predict([atoms], properties=("energy", "forces", "stress", "energies"))[0]
+    reference = _results(DFTD3(method="pbe", damping="d3bj"), atoms, ("stress",))
+    model_only = plain.predictor.predict([atoms], properties=("energy", "stress"))[0]
+    assert result["energy"] == pytest.approx(model_only["energy"] + reference["energy"], abs=1e-9)
+    np.testing.assert_allclose(result["stress"], model_only["stress"] + reference["stress"], atol=1e-10)
+    app = create_app(plain.predictor, dispersion="d3bj", xc="pbe")
+    assert isinstance(app.state.predictor, DispersionPredictor)
+
+
+def test_xc_and_damping_change_the_term():
+    atoms = slab_with_adsorbate()
+    e = {(d, xc): D3(d, xc=xc).compute(atoms)["energy"] for d in ("d3bj", "d3zero") for xc in ("pbe", "rpbe")}
+    assert len(set(np.round(list(e.values()), 8))) == 4
+    ref = _results(DFTD3(method="rpbe", damping="d3zero"), atoms, ())
+    assert e[("d3zero", "rpbe")] == pytest.approx(ref["energy"], abs=1e-9)
+
+
+def test_set_switches_dispersion_on_and_off(model):
+    calc = EquiformerCalculator(model=model, dtype="float64")
+    atoms = slab_with_adsorbate()
+    atoms.calc = calc
+    e0 = atoms.get_potential_energy()
+    calc.set(dispersion="d3bj")
+    e1 = atoms.get_potential_energy()
+    calc.set(dispersion=None)
+    assert atoms.get_potential_energy() == pytest.approx(e0, abs=1e-12)
+    assert e1 - e0 == pytest.approx(D3("d3bj").compute(atoms)["energy"], abs=1e-9)
+    assert calc.todict()["dispersion"] is None
+
+
+def test_bad_names_are_clear_errors(model):
+    with pytest.raises(ValueError, match="unknown dispersion 'd4'"):
+        EquiformerCalculator(model=model, dispersion="d4")
+    with pytest.raises(ValueError, match="xc='not-a-functional'"):
+        EquiformerCalculator(model=model, dispersion="d3bj", xc="not-a-functional")
+    assert parse_dispersion("none") is None and parse_dispersion("D3BJ-ATM") == ("d3bj", True)
+
+
+def test_three_body_term_is_optional():
+    atoms = bulk_cell()
+    two = D3("d3bj").compute(atoms)["energy"]
+    three = D3("d3bj-atm").compute(atoms)["energy"]
+    assert three - two > 1e-3  # ATM is repulsive in a close-packed metal
+
+
+def test_cli_relax_and_screening_fingerprint_take_dispersion(model, tmp_path):
+    from ase.io import read, write
+
+    from equiformer_calc.checkpoint import save_checkpoint
+    from equiformer_calc.cli import main as cli_main
+    from equiformer_calc.workflows.screening.store import model_fingerprint
+
+    ckpt = str(save_checkpoint(model, tmp_path / "tiny.safetensors"))
+    src = tmp_path / "slab.extxyz"
+    write(src, slab_with_adsorbate())
+    for extra, name in (([], "plain"), (["--dispersion", "d3bj", "--xc", "pbe"], "d3")):
+        out = tmp_path / f"{name}.traj"
+        assert cli_main(["relax", str(src), "--checkpoint", ckpt, "--steps", "0", "-o", str(out), *extra]) == 0
+    e_plain = read(tmp_path / "plain.traj", 0).get_potential_energy()
+    e_d3 = read(tmp_path / "d3.traj", 0).get_potential_energy()
+    assert e_d3 - e_plain == pytest.approx(D3("d3bj").compute(slab_with_adsorbate())["energy"], abs=1e-5)
+    # a screening database never mixes rows with and without D3
+    plain = EquiformerCalculator(model=model)
+    assert model_fingerprint(plain) != model_fingerprint(EquiformerCalculator(model=model, dispersion="d3bj"))
