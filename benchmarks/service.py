@@ -435,7 +435,7 @@ def update_results(path: Path, table: str, args: argparse.Namespace, command: st
         SECTION,
         "",
         _common.machine_line(),
-        _common.versions_line(("torch", "fastapi", "uvicorn", "ase", "httpx", "prometheus_client")),
+        _common.versions_line(("torch", "fastapi", "uvicorn", "ase", "httpcore", "orjson", "prometheus_client")),
         f"Command: `{command}`",
         "",
         f"{model_line} Server: `equiformer-calc serve --threads {args.threads} --dtype {args.dtype} "
