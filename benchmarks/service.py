@@ -170,13 +170,30 @@ class Server:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc), NaN where not available."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    """User + system CPU time so far of a process and its live descendants (the server's model
+    worker process), from Linux /proc; NaN where not available."""
+    if not Path(f"/proc/{pid}/stat").exists():
         return float("nan")
-    fields = raw[raw.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, changed = {pid}, True
+    while changed:
+        changed = False
+        for child, parent in parents.items():
+            if parent in tree and child not in tree:
+                tree.add(child)
+                changed = True
+    return sum(cpu.get(p, 0.0) for p in tree)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -225,7 +242,8 @@ def client_cell(spec: dict[str, Any]) -> dict[str, Any]:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    server_cpu, client_cpu = process_cpu_seconds(spec["server_pid"]) - server_cpu0, time.process_time() - client_cpu0
+    client_cpu = time.process_time() - client_cpu0  # before reading /proc, which costs CPU too
+    server_cpu = process_cpu_seconds(spec["server_pid"]) - server_cpu0
     after = scrape(url)
     for calc in calcs:
         calc.close()
@@ -436,7 +454,7 @@ def update_results(path: Path, table: str, args: argparse.Namespace, command: st
         SECTION,
         "",
         _common.machine_line(),
-        _common.versions_line(("torch", "fastapi", "uvicorn", "ase", "httpx", "prometheus_client")),
+        _common.versions_line(("torch", "fastapi", "uvicorn", "ase", "httpcore", "orjson", "prometheus_client")),
         f"Command: `{command}`",
         "",
         f"{model_line} Server: `equiformer-calc serve --threads {args.threads} --dtype {args.dtype} "
@@ -447,8 +465,8 @@ def update_results(path: Path, table: str, args: argparse.Namespace, command: st
         f"{args.requests} requests per cell or {args.max_seconds:g} s, over {args.repeats} round(s). "
         f"'structures/s' is all requests of a row over their summed wall time, 'per repeat' each round's; "
         f"latency is the client-side wall time of one request, pooled over the rounds. 'requests per model "
-        f"call' is from the server's /metrics. 'server CPU' is the server process's user + system time "
-        f"(/proc) and 'client CPU' the client subprocess's (all its threads) over the timed requests, per "
+        f"call' is from the server's /metrics. 'server CPU' is the user + system time (/proc) of the server "
+        f"process and its model worker process, and 'client CPU' the client subprocess's (all its threads) over the timed requests, per "
         f"request: unlike wall time, this cost is hardly moved by other load on the machine.",
         "",
         code,

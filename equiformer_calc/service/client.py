@@ -1,9 +1,13 @@
 """ASE calculator that evaluates structures on an ``equiformer-calc serve`` server over HTTP.
 
-The transport is ``httpx``: one pooled, thread-safe ``httpx.Client`` per calculator (keep-alive
-connections shared by every thread that uses the calculator), separate connect and read
-timeouts, and retries with exponential backoff where re-sending is safe (see
-:class:`RemoteEquiformerCalculator`).
+The transport is ``httpcore`` (the HTTP core of ``httpx``, by the same maintainers): one pooled,
+thread-safe ``httpcore.ConnectionPool`` per calculator (keep-alive connections shared by every
+thread that uses the calculator), separate connect and read timeouts, and retries with
+exponential backoff where re-sending is safe (see :class:`RemoteEquiformerCalculator`). The
+calculator talks to one server with one kind of request, so it uses the pool directly rather than
+through ``httpx.Client``, whose per-request work (URL merging, cookies, auth and redirect
+handling, header models) it does not need: that work cost about 0.4 ms of CPU per request, more
+than the pool's own HTTP work (benchmarks/RESULTS.md, "Service throughput").
 
 >>> calc = RemoteEquiformerCalculator("http://127.0.0.1:8000", token=os.environ.get("EQUIFORMER_CALC_TOKEN"))
 >>> atoms.calc = calc; atoms.get_forces()
@@ -12,6 +16,7 @@ timeouts, and retries with exponential backoff where re-sending is safe (see
 
 from __future__ import annotations
 
+import http
 import json
 import logging
 import os
@@ -21,8 +26,9 @@ import time
 import urllib.parse
 from typing import Any, Sequence
 
-import httpx
+import httpcore
 import numpy as np
+import orjson
 from ase import Atoms
 
 from ..calculators.base import EquiformerCalculatorBase, reject_unknown_keywords
@@ -107,12 +113,51 @@ def _result_from_json(result: dict[str, Any]) -> dict[str, Any]:
 
 
 
+def _encode(payload: dict[str, Any]) -> bytes:
+    """A request body. ``orjson`` writes it in one call (the stdlib's ``json.dumps`` took about a
+    tenth of the client's CPU per request); every float survives exactly (shortest round-trip
+    decimals, as with the stdlib). orjson writes NaN and inf as ``null``, which the server would
+    report as "not a number": a body with a ``null`` (no structure field is ever null) is written
+    by the stdlib instead, whose ``NaN`` / ``Infinity`` the server reads and answers with a 422
+    naming the atoms."""
+    body = orjson.dumps(payload)
+    if b"null" in body:
+        body = json.dumps(payload).encode()
+    return body
+
+
+def _decode_json(data: bytes) -> Any:
+    """The decoded JSON answer, None if there is none. orjson refuses the ``NaN`` / ``Infinity``
+    that the server's stdlib ``json.dumps`` writes for non-finite numbers (a diverged model): those
+    answers are read by the stdlib."""
+    if not data:
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
 #: transport failures after which a request is sent again: it never reached the server (refused,
 #: unreachable, connect timeout) or the server dropped the connection without answering (it died
 #: or restarted, or closed an idle keep-alive connection as the request went out). Predictions are
 #: pure functions of the request, so sending one again is safe.
-_RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
-_NOT_CONNECTED = (httpx.ConnectError, httpx.ConnectTimeout)
+_RETRYABLE = (httpcore.ConnectError, httpcore.ConnectTimeout, httpcore.ReadError, httpcore.WriteError,
+              httpcore.RemoteProtocolError)
+_NOT_CONNECTED = (httpcore.ConnectError, httpcore.ConnectTimeout)
+#: every other failure httpcore raises (its exceptions have no common base class)
+_OTHER_FAILURES = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, httpcore.ProxyError)
 
 
 class RemoteEquiformerCalculator(EquiformerCalculatorBase):
@@ -124,8 +169,9 @@ class RemoteEquiformerCalculator(EquiformerCalculatorBase):
     Stress is available for systems periodic in 3D only. ``predict(list_of_atoms)`` evaluates
     many structures in as few requests as the server's atom limit allows.
 
-    One pooled ``httpx.Client`` per calculator carries every request: keep-alive connections are
-    reused across calls and shared by threads, so one calculator may serve many threads at once.
+    One pooled ``httpcore.ConnectionPool`` per calculator carries every request: keep-alive
+    connections are reused across calls and shared by threads, so one calculator may serve many
+    threads at once.
 
     Retries: a request that did not reach the server (connection refused, unreachable, connect
     timeout), a connection the server dropped without answering, and a 503 answer (overloaded or
@@ -175,9 +221,10 @@ class RemoteEquiformerCalculator(EquiformerCalculatorBase):
         self.max_backoff = float(max_backoff)
         self.parameters.update(url=self.url, timeout=self.timeout, connect_timeout=self.connect_timeout,
                                retries=self.retries, backoff=self.backoff, max_backoff=self.max_backoff)
-        self._client: httpx.Client | None = None
-        self._client_lock = threading.Lock()
+        self._pool: httpcore.ConnectionPool | None = None
+        self._pool_lock = threading.Lock()
         self._info: dict[str, Any] | None = None
+        self._prepare_requests()
 
     # ------------------------------------------------------------------ ASE interface (calculate: the base's)
     def predict(
@@ -219,10 +266,10 @@ class RemoteEquiformerCalculator(EquiformerCalculatorBase):
 
     def close(self) -> None:
         """Close the pooled connections (a later request opens new ones)."""
-        with self._client_lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def __enter__(self) -> "RemoteEquiformerCalculator":
         return self
@@ -231,19 +278,59 @@ class RemoteEquiformerCalculator(EquiformerCalculatorBase):
         self.close()
 
     # ------------------------------------------------------------------ transport
-    def _http(self) -> httpx.Client:
-        """The calculator's pooled client, created on first use (thread-safe)."""
-        client = self._client
-        if client is None:
-            with self._client_lock:
-                if self._client is None:
-                    self._client = httpx.Client(
-                        timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
-                        # no cap on connections: every thread gets one; idle ones are kept for reuse
-                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-                    )
-                client = self._client
-        return client
+    def _http(self) -> httpcore.ConnectionPool:
+        """The calculator's connection pool, created on first use (thread-safe)."""
+        pool = self._pool
+        if pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    # no cap on connections: every thread gets one; idle ones are kept for reuse
+                    # (closed after 5 s idle, as httpx does, before a server's keep-alive drops them)
+                    self._pool = httpcore.ConnectionPool(max_connections=None, max_keepalive_connections=64,
+                                                         keepalive_expiry=5.0)
+                pool = self._pool
+        return pool
+
+    def _prepare_requests(self) -> None:
+        """What every request of this calculator shares, built once: the parsed URLs, the headers
+        and the timeouts (httpcore validates each given object; building them per request was a
+        measurable part of the client's CPU)."""
+        parsed = urllib.parse.urlsplit(self.url)
+        host = (parsed.hostname or "").encode("idna")
+        self._origin = (parsed.scheme.encode(), host, parsed.port)
+        self._prefix = parsed.path.encode()
+        self._urls: dict[str, httpcore.URL] = {}
+        host_header = b"[%b]" % host if b":" in host else host
+        if parsed.port is not None:
+            host_header += b":%d" % parsed.port
+        headers = [(b"Host", host_header)]
+        if self.token:
+            headers.append((b"Authorization", f"Bearer {self.token}".encode()))
+        self._headers = headers
+        self._timeouts = {"connect": self.connect_timeout, "read": self.timeout, "write": self.timeout,
+                          "pool": self.timeout}
+
+    def _send(self, method: bytes, path: str, body: bytes | None) -> tuple[int, bytes, str | None]:
+        """One HTTP exchange on the pool: status, body and the ``Retry-After`` header (if any)."""
+        headers = self._headers
+        if body is not None:
+            headers = headers + [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body))]
+        url = self._urls.get(path)
+        if url is None:
+            scheme, host, port = self._origin
+            url = httpcore.URL(scheme=scheme, host=host, port=port, target=self._prefix + path.encode())
+            self._urls[path] = url
+        request = httpcore.Request(method, url, headers=headers, content=body,
+                                   extensions={"timeout": self._timeouts})
+        response = self._http().handle_request(request)
+        try:
+            data = response.read()
+        finally:
+            response.close()
+        retry_after = None
+        if response.status == 503:
+            retry_after = next((v.decode("latin-1") for k, v in response.headers if k.lower() == b"retry-after"), None)
+        return response.status, data, retry_after
 
     def _max_atoms_per_request(self) -> int | None:
         try:
@@ -252,7 +339,7 @@ class RemoteEquiformerCalculator(EquiformerCalculatorBase):
             return None  # the server will say 413 if needed
 
     def _post_predict(self, structures: list[dict[str, Any]], properties: Sequence[str]) -> list[dict[str, Any]]:
-        body = json.dumps({"structures": structures, "properties": list(properties)}).encode()
+        body = _encode({"structures": structures, "properties": list(properties)})
         try:  # known only once info() was fetched (predict() does; calculate() does not pay for it)
             limit = int(self._info["limits"]["max_body_bytes"]) if self._info else None
         except (KeyError, TypeError, ValueError):
@@ -267,34 +354,29 @@ class RemoteEquiformerCalculator(EquiformerCalculatorBase):
     def _request(self, method: str, path: str, body: bytes | None = None, retries: int | None = None) -> Any:
         """Send one request (again where that is safe, see the class docstring); the decoded JSON
         answer, or a :class:`RemoteCalculatorError`."""
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
         target = f"{self.url}{path}"
+        verb = method.encode()
         retries = self.retries if retries is None else retries
         start = time.monotonic()
         attempt = 0
         while True:
-            retry_after: str | None = None
             try:
-                response = self._http().request(method, target, content=body, headers=headers)
+                status, data, retry_after = self._send(verb, path, body)
             except _RETRYABLE as exc:
                 error = self._transport_error(exc, target, body)
-            except httpx.TimeoutException as exc:  # read, write or pool timeout: never sent again
-                if isinstance(exc, httpx.ReadTimeout):
+                retry_after = None
+            except httpcore.TimeoutException as exc:  # read, write or pool timeout: never sent again
+                if isinstance(exc, httpcore.ReadTimeout):
                     message = f"no answer from {target} within {self.timeout:g} s"
                 else:
                     message = f"could not send the request to {target} within {self.timeout:g} s ({type(exc).__name__})"
                 raise RemoteTimeoutError(message, url=target) from None
-            except httpx.HTTPError as exc:  # proxy or protocol trouble: not a server that could come back
+            except _OTHER_FAILURES as exc:  # proxy or protocol trouble: not a server that could come back
                 raise ServerUnavailableError(f"the request to {target} failed: {exc!r}", url=target) from None
             else:
-                if response.status_code != 503:
-                    return self._decode(response.status_code, response.content, target)
-                error = self._status_error(response.status_code, response.content, target)
-                retry_after = response.headers.get("retry-after")
+                if status != 503:
+                    return self._decode(status, data, target)
+                error = self._status_error(status, data, target)
             if attempt >= retries:
                 if attempt:
                     error = type(error)(f"{error.message} (gave up after {attempt + 1} attempts in "
@@ -329,16 +411,13 @@ class RemoteEquiformerCalculator(EquiformerCalculatorBase):
     @staticmethod
     def _status_error(status: int, data: bytes, target: str) -> RemoteCalculatorError:
         """The error for a non-2xx answer, with the server's error type and message."""
-        try:
-            decoded = json.loads(data) if data else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            decoded = None
+        decoded = _decode_json(data)
         error = decoded.get("error") if isinstance(decoded, dict) else None
         if isinstance(error, dict):
             error_type, message = str(error.get("type")), str(error.get("message"))
         else:
             error_type = "http_error"
-            message = data[:300].decode("utf-8", "replace") or httpx.codes.get_reason_phrase(status)
+            message = data[:300].decode("utf-8", "replace") or _reason(status)
         text = f"server refused the request ({status} {error_type}): {message}"
         cls: type[RemoteCalculatorError]
         if status == 401:
@@ -355,22 +434,20 @@ class RemoteEquiformerCalculator(EquiformerCalculatorBase):
     def _decode(cls, status: int, data: bytes, target: str) -> Any:
         if not 200 <= status < 300:
             raise cls._status_error(status, data, target)
-        try:
-            decoded = json.loads(data) if data else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            decoded = None
+        decoded = _decode_json(data)
         if decoded is None:
             raise ServerRejectedError(f"{target} answered {status} without a JSON body", url=target, status=status)
         return decoded
 
     # ------------------------------------------------------------------ pickling (no sockets)
     def __getstate__(self) -> dict[str, Any]:
-        skip = ("_client", "_client_lock", "atoms", "results")
+        skip = ("_pool", "_pool_lock", "_origin", "_prefix", "_urls", "_headers", "_timeouts", "atoms", "results")
         return {k: v for k, v in self.__dict__.items() if k not in skip}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._client = None
-        self._client_lock = threading.Lock()
+        self._pool = None
+        self._pool_lock = threading.Lock()
+        self._prepare_requests()
         self.atoms = None
         self.results = {}

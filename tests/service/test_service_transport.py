@@ -1,5 +1,5 @@
 """The service's plumbing against real processes: ``/metrics`` (prometheus_client) scraped from a
-running server and parsed with ``prometheus_client.parser``, and the remote calculator's httpx
+running server and parsed with ``prometheus_client.parser``, and the remote calculator's httpcore
 transport (pooling across threads, retries on connection errors and 503 only, a BFGS relaxation
 that survives a SIGKILL and restart of its server).
 
@@ -11,6 +11,7 @@ second or more); the restart test kills and restarts it on the same port.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import threading
 import time
@@ -33,6 +34,8 @@ from equiformer_calc.service import (
     ServerRejectedError,
     ServerUnavailableError,
 )
+
+from equiformer_calc.service.client import _decode_json, _encode, atoms_to_json
 
 from ..helpers import make_model, molecule_system, slab_with_adsorbate
 from .test_service import ServerProcess, as_json, free_port, http, metric_values, serve_in_thread
@@ -253,7 +256,43 @@ def test_one_calculator_shared_by_threads(srv, local):
 
     with concurrent.futures.ThreadPoolExecutor(6) as ex:
         assert sorted(ex.map(work, range(6))) == list(range(6))
+    # 30 requests (and /v1/models) from 6 threads went over at most one keep-alive connection per thread
+    assert 1 <= len(calc._http().connections) <= 6
     calc.close()
+
+
+def test_non_finite_positions_get_the_servers_422():
+    """orjson writes NaN as null; the body falls back to the stdlib's NaN so that the server's
+    message (which atoms) reaches the user, as it did before orjson."""
+    atoms = molecule("H2O")
+    atoms.positions[1, 2] = np.nan
+    body = _encode({"structures": [atoms_to_json(atoms)], "properties": ["energy"]})
+    assert b"NaN" in body and b"null" not in body
+    finite = molecule("H2O")
+    assert b"NaN" not in _encode({"structures": [atoms_to_json(finite)], "properties": ["energy"]})
+
+
+def test_nan_positions_through_the_remote_calculator(srv):
+    atoms = molecule("H2O")
+    atoms.positions[2, 0] = np.inf
+    atoms.calc = RemoteEquiformerCalculator(srv.url, token=TOKEN, retries=3, backoff=0.01)
+    with pytest.raises(ServerRejectedError, match=r"NaN or inf \(atoms \[2\]\)") as info:
+        atoms.get_potential_energy()
+    assert info.value.status == 422 and info.value.error_type == "invalid_structure"
+
+
+def test_request_floats_survive_exactly_and_non_finite_answers_are_read():
+    rng = np.random.default_rng(3)
+    atoms = Atoms("H40", positions=rng.normal(0, 1, (40, 3)) * 10.0 ** rng.integers(-12, 4, (40, 1)),
+                  cell=rng.normal(0, 5, (3, 3)), pbc=True)
+    sent = json.loads(_encode({"structures": [atoms_to_json(atoms)], "properties": ["energy"]}))["structures"][0]
+    assert np.array_equal(np.array(sent["positions"]), atoms.positions)  # bit for bit
+    assert np.array_equal(np.array(sent["cell"]), atoms.cell.array)
+    # the server writes a diverged model's numbers with the stdlib's json.dumps (NaN, Infinity)
+    answer = json.dumps({"results": [{"energy": float("nan"), "forces": [[float("inf"), 0.0, -1.5]]}]}).encode()
+    decoded = RemoteEquiformerCalculator._decode(200, answer, "http://x/v1/predict")
+    assert np.isnan(decoded["results"][0]["energy"]) and decoded["results"][0]["forces"][0][0] == float("inf")
+    assert _decode_json(b"") is None and _decode_json(b"<html>") is None
 
 
 @pytest.mark.slow
