@@ -169,13 +169,10 @@ class Server:
         self._log.close()
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU time so far of a process and its live descendants (the server's model
-    worker process), from Linux /proc; NaN where not available."""
-    if not Path(f"/proc/{pid}/stat").exists():
-        return float("nan")
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
+def _proc_table() -> dict[int, tuple[int, float, str]]:
+    """Every live process from Linux /proc: pid -> (parent pid, user + system CPU seconds, comm)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table: dict[int, tuple[int, float, str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -184,16 +181,30 @@ def process_cpu_seconds(pid: int) -> float:
         except OSError:
             continue
         fields = raw[raw.rindex(")") + 2:].split()
-        parents[int(entry)] = int(fields[1])
-        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    tree, changed = {pid}, True
+        table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick,
+                             raw[raw.index("(") + 1: raw.rindex(")")])
+    return table
+
+
+def _with_descendants(table: dict[int, tuple[int, float, str]], root: int) -> set[int]:
+    """``root`` and every process below it in ``table``."""
+    tree, changed = {root}, True
     while changed:
         changed = False
-        for child, parent in parents.items():
+        for child, (parent, _, _) in table.items():
             if parent in tree and child not in tree:
                 tree.add(child)
                 changed = True
-    return sum(cpu.get(p, 0.0) for p in tree)
+    return tree
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time so far of a process and its live descendants (the server's model
+    worker process), from Linux /proc; NaN where not available."""
+    if not Path(f"/proc/{pid}/stat").exists():
+        return float("nan")
+    table = _proc_table()
+    return sum(table[p][1] for p in _with_descendants(table, pid) if p in table)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -285,28 +296,10 @@ class OtherLoad:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.start = self.end = 0.0
-        self._tick = os.sysconf("SC_CLK_TCK")
 
     def _sample(self, initial: bool) -> None:
-        stats: dict[int, tuple[int, float, str]] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                raw = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            name = _process_name(int(entry), raw[raw.index("(") + 1: raw.rindex(")")])
-            fields = raw[raw.rindex(")") + 2:].split()
-            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / self._tick, name)
-        ours = {os.getpid()}
-        changed = True
-        while changed:  # descendants of this process
-            changed = False
-            for pid, (ppid, _, _) in stats.items():
-                if ppid in ours and pid not in ours:
-                    ours.add(pid)
-                    changed = True
+        stats = {pid: (ppid, cpu, _process_name(pid, comm)) for pid, (ppid, cpu, comm) in _proc_table().items()}
+        ours = _with_descendants(stats, os.getpid())  # this process and its children
         for pid, (_, cpu, name) in stats.items():
             if pid in ours:
                 continue
