@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Everything a training run needs; read from YAML (unknown keys are an error)."""
 
-    train: str
-    val: str
+    # a file (or database URL), or a list of them whose frames are concatenated in order
+    train: str | list[str]
+    val: str | list[str]
     out: str = "runs/equiformer"
     elements: list[str] = field(default_factory=lambda: ["H", "C", "N", "O", "Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au"])
     preset: str = "small"
@@ -63,7 +64,7 @@ class TrainConfig:
     ema_decay: float = 0.995
     grad_clip: float = 10.0
     val_every: int = 250
-    max_val: int = 1000
+    max_val: int = 1000  # val frames used: the first max_val of each val file
     threads: int = 0  # 0: torch default
     device: str = "cpu"
     dtype: str = "float32"
@@ -99,11 +100,34 @@ class TrainConfig:
             raise ValueError(f"{path}: unknown training config keys {sorted(unknown)}")
         base = Path(path).resolve().parent
         for key in ("train", "val"):
-            if key in raw and not Path(raw[key]).is_absolute() and not Path(raw[key]).exists():
-                candidate = base / raw[key]
-                if candidate.exists():
-                    raw[key] = str(candidate)
+            if key in raw:
+                paths = [str(_resolve(p, base)) for p in _as_list(raw[key], key, path)]
+                raw[key] = paths if isinstance(raw[key], list) else paths[0]
         return cls(**raw)
+
+
+def _as_list(value: Any, key: str, path: str | Path) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise ValueError(f"{path}: '{key}' must be a file path or a non-empty list of file paths, got {value!r}")
+
+
+def _resolve(path: str, base: Path) -> str:
+    """A relative path that does not exist from the working directory is taken relative to the config."""
+    if not Path(path).is_absolute() and not Path(path).exists() and (base / path).exists():
+        return str(base / path)
+    return path
+
+
+def _read_all(paths: str | list[str], cutoff: float, keys: LabelKeys, progress: bool, limit: int | None = None) -> list[Sample]:
+    """Samples of every file in ``paths`` in order (the first ``limit`` of each unless None)."""
+    out: list[Sample] = []
+    for path in [paths] if isinstance(paths, str) else paths:
+        samples = read_samples(path, cutoff, progress=progress, keys=keys)
+        out += samples if limit is None else samples[:limit]
+    return out
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -267,10 +291,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
 
     keys = LabelKeys(cfg.energy_key, cfg.forces_key, cfg.stress_key)
-    train_samples = read_samples(cfg.train, cfg.cutoff, progress=rank == 0, keys=keys)
+    train_samples = _read_all(cfg.train, cfg.cutoff, keys, progress=rank == 0)
     if cfg.max_train:
         train_samples = train_samples[: cfg.max_train]
-    val_samples = _sort_for_val(read_samples(cfg.val, cfg.cutoff, progress=rank == 0, keys=keys)[: cfg.max_val])
+    val_samples = _sort_for_val(_read_all(cfg.val, cfg.cutoff, keys, progress=rank == 0, limit=cfg.max_val))
     _check_elements(train_samples + val_samples, cfg.elements)
     if rank == 0:  # the inputs are valid: only now is anything written
         out.mkdir(parents=True, exist_ok=True)

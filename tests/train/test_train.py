@@ -519,3 +519,30 @@ def test_adsorbml_group_success() -> None:
     # anomalous relaxations are not chosen
     skip = _adsorbml_groups([task("ontop", -3.0, -1.0, -1.0, ["desorbed"]), task("fcc", -2.0, -2.0, -2.0)])[0]
     assert skip["success"] and skip["model_choice"] == "fcc"
+
+
+def test_yaml_lists_of_train_and_val_files_are_concatenated(data_dir: Path, tmp_path: Path) -> None:
+    """``train``/``val`` may list several files (e.g. adsorbate data plus extra bulk cells): paths are
+    taken relative to the config, frames are read in order, and ``max_val`` caps each val file."""
+    import shutil
+
+    from equiformer_calc.data.readers import LabelKeys
+    from equiformer_calc.train.trainer import _read_all
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(data_dir / "train.extxyz", tmp_path / "a" / "train.extxyz")
+    shutil.copy(data_dir / "val.extxyz", tmp_path / "b" / "val.extxyz")
+    config = tmp_path / "two.yaml"
+    config.write_text("train: [a/train.extxyz, b/val.extxyz]\nval: [b/val.extxyz, a/train.extxyz]\nmax_val: 3\n")
+    cfg = TrainConfig.from_yaml(config)
+    assert cfg.train == [str(tmp_path / "a" / "train.extxyz"), str(tmp_path / "b" / "val.extxyz")]
+    n_train, n_val = len(read(data_dir / "train.extxyz", ":")), len(read(data_dir / "val.extxyz", ":"))
+    samples = _read_all(cfg.train, cfg.cutoff, LabelKeys(), progress=False)
+    assert len(samples) == n_train + n_val
+    first_val = read_samples(data_dir / "val.extxyz", cfg.cutoff)[0]
+    assert samples[n_train].energy == first_val.energy and np.array_equal(samples[n_train].forces, first_val.forces)
+    assert len(_read_all(cfg.val, cfg.cutoff, LabelKeys(), progress=False, limit=cfg.max_val)) == 6
+    config.write_text("train: []\nval: v.xyz\n")
+    with pytest.raises(ValueError, match="'train' must be a file path or a non-empty list"):
+        TrainConfig.from_yaml(config)
