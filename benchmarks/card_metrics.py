@@ -79,9 +79,14 @@ def card_metrics(
     }
     if data:
         out["data"] = {}
+        names = [Path(item).name for item in data]
         for item in data:
             res = evaluate(model, item, batch_size=16, dtype=dtype, by=("config_type",), progress=True)
-            out["data"][Path(item).name] = {
+            # the file name, or folder/name where two files share a name (e.g. two datagen test_id files)
+            key = Path(item).name if names.count(Path(item).name) == 1 else f"{Path(item).parent.name}/{Path(item).name}"
+            if key in out["data"]:
+                raise ValueError(f"two --data files would both be reported as {key!r}: {item}")
+            out["data"][key] = {
                 "overall": {k: res["overall"][k] for k in CARD_KEYS if k in res["overall"]},
                 "by_config_type": {
                     v: {k: m[k] for k in CARD_KEYS if k in m} for v, m in res["groups"].get("config_type", {}).items()

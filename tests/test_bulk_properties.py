@@ -61,10 +61,6 @@ def test_shipped_model_gamma_x_phonons_within_10_percent_of_emt(emt_small):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured: emt-small's Cu bulk modulus is ~111 GPa against EMT's 134.5 GPa "
-                   "(-17 %): its training never applied the stress loss (mixed batches; fixed in the trainer, the "
-                   "checkpoint is not yet retrained, see checkpoints/emt-small.md). strict: a retrained model that "
-                   "passes makes this marker fail, so it gets removed")
 def test_shipped_model_bulk_modulus_within_10_percent_of_emt(emt_small):
     prim = bulk("Cu", "fcc", a=A_CU)
     ref = equation_of_state(EMT(), prim, strain=0.01)["B_GPa"]
