@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("importlinter")
+pytest.importorskip("importlinter", reason="import-linter comes with the [test] extra, which .ci/run installs")
 
 ROOT = Path(__file__).resolve().parents[1]
 
