@@ -535,11 +535,11 @@ class Runner:
     def run(self, cases_path: Path, workdir: Path, args, repeats: int, env: dict[str, str]) -> None:
         if self.error:
             return
-        if "--worker" not in self.cmd:  # an external program: its own default wait policy unless told
-            env = thread_env(args.threads if args.threads > 0 else (os.cpu_count() or 1), args.external_wait_policy)
         out = workdir / f"{self.label.replace(' ', '_')}-{len(self.results)}-{time.monotonic_ns()}.json"
         # our workers take 0 = the package's thread policy per structure; external drivers all cores
         threads = args.threads if args.threads > 0 or "--worker" in self.cmd else (os.cpu_count() or 1)
+        if "--worker" not in self.cmd:  # an external program: its own default wait policy unless told
+            env = thread_env(threads, args.external_wait_policy)
         cmd = self.cmd + [
             "--input", str(cases_path), "--output", str(out), "--threads", str(threads),
             "--repeats", str(repeats), "--max-seconds", str(args.max_seconds), "--only", ",".join(self.cases),
