@@ -41,6 +41,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import math
@@ -109,16 +110,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--quick", action="store_true", help="2 repeats, 1 round, no 256-atom cluster and no 8,000-atom bulk")
     p.add_argument("--threads", type=int, default=0,
-                   help="torch/OpenMP threads of every runner; 0 (default): the package's policy per structure "
-                        "(equiformer_calc.runtime.thread_policy; external drivers get all cores)")
+                   help="torch/OpenMP threads of every runner; 0 (default): the package's policy per call "
+                        "(equiformer_calc.runtime.call_threads; external drivers get all cores)")
     p.add_argument("--repeats", type=int, default=6, help="timed calls per case and runner, split over the rounds")
     p.add_argument("--rounds", type=int, default=2, help="runners take turns this many times")
     p.add_argument("--max-seconds", type=float, default=90.0, help="per case and round: stop repeating after this long (min 2 calls)")
     p.add_argument(
         "--omp-wait-policy",
-        default="PASSIVE",
-        help="OMP_WAIT_POLICY of every runner ('' leaves it unset). PASSIVE: idle OpenMP threads sleep instead of "
-        "spinning, which on a loaded machine is the difference between usable and 10-20x slower timings",
+        default="",
+        help="OMP_WAIT_POLICY of our runners; '' (default) leaves it and GOMP_SPINCOUNT unset, so the package sets "
+        "its own default (GOMP_SPINCOUNT=equiformer_calc.runtime.SPIN_COUNT: idle threads spin briefly, then sleep)",
     )
     p.add_argument(
         "--external-wait-policy",
@@ -157,17 +158,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def thread_env(threads: int, wait_policy: str) -> dict[str, str]:
+def thread_env(threads: int, wait_policy: str, spin_count: str = "") -> dict[str, str]:
+    """This environment with the given threads, OMP_WAIT_POLICY and GOMP_SPINCOUNT ('' or 0: unset)."""
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         if threads > 0:
             env[var] = str(threads)
         else:
             env.pop(var, None)
-    if wait_policy:
-        env["OMP_WAIT_POLICY"] = wait_policy
-    else:
-        env.pop("OMP_WAIT_POLICY", None)
+    for var, value in (("OMP_WAIT_POLICY", wait_policy), ("GOMP_SPINCOUNT", spin_count)):
+        if value:
+            env[var] = value
+        else:
+            env.pop(var, None)
     return env
 
 
@@ -294,8 +297,6 @@ def worker_time(args) -> dict:
     import torch
 
     _import_ours(args.src)
-    from equiformer_calc.predictor import compute
-
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     predictor = _our_model(args)
@@ -304,14 +305,7 @@ def worker_time(args) -> dict:
     result = {"n_params": predictor.model.num_parameters(), "cases": {}}
     for name in names:
         graph = _graph(data, name)
-        if args.threads <= 0:  # the package's default policy for this size
-            from equiformer_calc.runtime import thread_policy
-
-            torch.set_num_threads(thread_policy(graph.num_atoms, graph.num_edges)[0])
-
-        def call():
-            with torch.enable_grad():
-                return compute(predictor.model, graph, forces=True)
+        call = _policy_call(predictor, graph, args.threads <= 0)
 
         wall, cpu = _timed(call, args.repeats, args.max_seconds)
         case = {"ms": wall, "cpu_ms": cpu, "atoms": graph.num_atoms, "edges": graph.num_edges}
@@ -321,6 +315,26 @@ def worker_time(args) -> dict:
         result["cases"][name] = case
         log.info("  %s: %d atoms, median %.1f ms", name, graph.num_atoms, float(np.median(wall)))
     return result
+
+
+def _policy_call(predictor, graph, default_policy: bool, used: list[int] | None = None):
+    """One energy+forces call of ``predictor``'s model on ``graph``; with ``default_policy`` on the
+    threads the package's policy picks at each call (``runtime.call_threads``, appended to ``used``)."""
+    import torch
+
+    from equiformer_calc.predictor import compute
+    from equiformer_calc.runtime import call_threads
+
+    def call():
+        with torch.enable_grad():
+            if not default_policy:
+                return compute(predictor.model, graph, forces=True)
+            with call_threads(graph.num_edges) as threads:
+                if used is not None:
+                    used.append(threads)
+                return compute(predictor.model, graph, forces=True)
+
+    return call
 
 
 def _cores() -> int:
@@ -414,28 +428,39 @@ def worker_batch(args) -> dict:
 
 
 def worker_threads(args) -> dict:
-    """Energy+forces ms of the given cases with ``args.threads`` threads (the wait policy is the
-    environment's), for the thread-policy table."""
+    """Energy+forces ms of the given cases for the thread-policy table. ``args.threads`` > 0: a
+    fixed setting, torch imported before the package so that the OpenMP environment is exactly
+    the one given; 0: the package's default as users get it (the package imported first, so it
+    sets its OpenMP default, and every call on the threads of ``runtime.call_threads``)."""
     import numpy as np
+
+    default = args.threads <= 0
+    if not default:  # torch before the package, so that the package leaves the OpenMP environment as given
+        importlib.import_module("torch")
+    _import_ours(args.src)
     import torch
 
-    _import_ours(args.src)
-    from equiformer_calc.predictor import compute
-
-    torch.set_num_threads(args.threads)
+    if not default:
+        torch.set_num_threads(args.threads)
     predictor = _our_model(args)
     data = np.load(args.input)
-    out = {"cases": {}}
+    out = {"cases": {}, "openmp_env": {k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}}
     for name in args.only.split(","):
         graph = _graph(data, name)
-        wall, cpu = _timed(lambda: compute(predictor.model, graph, forces=True), args.repeats, args.max_seconds)
-        out["cases"][name] = {"ms": wall, "cpu_ms": cpu, "atoms": graph.num_atoms, "edges": graph.num_edges}
+        used: list[int] = []
+        wall, cpu = _timed(_policy_call(predictor, graph, default, used), args.repeats, args.max_seconds)
+        out["cases"][name] = {"ms": wall, "cpu_ms": cpu, "atoms": graph.num_atoms, "edges": graph.num_edges,
+                              "threads_used": used[1:]}  # after the warm-up call
     return out
 
 
-#: (threads, OMP_WAIT_POLICY) settings of the thread-policy table; '' = unset (libgomp's default:
-#: spin for a while, then sleep)
-POLICY_SETTINGS = [(1, ""), (2, ""), (2, "ACTIVE"), (2, "PASSIVE")]
+#: fixed settings of the thread-policy table: (threads, OMP_WAIT_POLICY, GOMP_SPINCOUNT), '' = unset
+#: (libgomp's default: spin ~300,000 iterations, then sleep); the package's default is timed beside them
+POLICY_SETTINGS = [(1, "", ""), (2, "", ""), (2, "ACTIVE", ""), (2, "PASSIVE", ""), (2, "", "10000")]
+
+
+def _setting_key(threads: int, wait: str, spin: str) -> str:
+    return f"{threads}/" + (f"spin {spin}" if spin else wait or "unset")
 
 
 def _spinners(count: int) -> list[subprocess.Popen]:
@@ -462,63 +487,78 @@ def run_policy_table(args, info: dict, cases_path: Path, workdir: Path) -> dict:
     results: dict[str, dict[str, dict[str, float]]] = {}
     per_round = max(2, math.ceil(args.repeats / args.rounds))
     calls: dict[str, dict[str, dict[str, list[float]]]] = {}
+    used: dict[str, dict[str, list[int]]] = {}
     for regime in ("as is", "competing"):
         procs = _spinners(competitors) if regime == "competing" else []
         try:
             # settings take turns for --rounds rounds (a fresh process each), so that a change in the
             # background load during the regime hits every setting alike
             for _ in range(args.rounds):
-                for threads, wait in POLICY_SETTINGS:
-                    env = thread_env(threads, wait)
+                for threads, wait, spin in POLICY_SETTINGS + [(0, "", "")]:
+                    env = thread_env(threads, wait, spin)
                     res = run_worker_once("threads", argparse.Namespace(**{**vars(args), "threads": threads, "repeats": per_round}),
                                           env, workdir, ["--input", str(cases_path), "--only", ",".join(cases), "--preset", "small"])
-                    key = f"{threads}/{wait or 'unset'}"
+                    key = _setting_key(threads, wait, spin) if threads else "default"
                     for name, c in (res or {"cases": {}})["cases"].items():
                         calls.setdefault(regime, {}).setdefault(key, {}).setdefault(name, []).extend(c["ms"])
+                        if key == "default":
+                            used.setdefault(regime, {}).setdefault(name, []).extend(c["threads_used"])
                     log.info("policy %s %s: %s", regime, key, {n: round(float(np.median(c["ms"])), 1) for n, c in (res or {"cases": {}})["cases"].items()})
         finally:
             _stop(procs)
     results = {regime: {key: {name: float(np.median(ms)) for name, ms in per_case.items()} for key, per_case in by_key.items()}
                for regime, by_key in calls.items()}
-    return {"results": results, "calls": calls, "competitors": competitors, "cases": cases, "rounds": args.rounds}
+    return {"results": results, "calls": calls, "threads_used": used, "competitors": competitors, "cases": cases,
+            "rounds": args.rounds}
 
 
-def policy_report(policy: dict, info: dict, load: tuple[float, float], repeats: int, command: str) -> str:
-    """The thread-policy table: every setting in both regimes, the chosen one and its distance to the best."""
-    from equiformer_calc.runtime import thread_policy
+def policy_report(policy: dict, info: dict, load: tuple[float, float], repeats: int, command: str) -> tuple[str, float | None]:
+    """The thread-policy table: every fixed setting and the package's default in both regimes, and
+    the default's distance to the best fixed setting; returns (markdown, worst ratio)."""
+    from equiformer_calc.runtime import SPIN_COUNT
 
-    res = policy["results"]
-    settings = [f"{t}/{w or 'unset'}" for t, w in POLICY_SETTINGS]
+    res, used = policy["results"], policy.get("threads_used", {})
+    settings = [_setting_key(*s) for s in POLICY_SETTINGS]
     out = [POLICY_SECTION, "", _common.machine_line(), f"Command: `{command}`", ""]
     out += [
         f"Energy+forces ms (shipped size, float32, median of all timed calls: {policy.get('rounds', 1)} round(s) in which "
-        f"the settings take turns, {max(2, math.ceil(repeats / policy.get('rounds', 1)))} calls after a warm-up per round) "
-        "for every setting 'threads/OMP_WAIT_POLICY', each in a fresh process, on the machine as it is and with "
-        f"{policy['competitors']} busy-looping processes started by the script ('competing'). 'chosen' is the setting of "
-        "`equiformer_calc.runtime.thread_policy(atoms, edges)` for that structure; 'chosen / best' its time over the "
-        f"fastest setting of the same row. Load average (1 min) at the start {load[0]:.1f}, at the end {load[1]:.1f}.",
+        f"the settings take turns, {max(2, math.ceil(repeats / policy.get('rounds', 1)))} calls after a warm-up per round), "
+        "each setting in a fresh process, on the machine as it is and with "
+        f"{policy['competitors']} busy-looping processes started by the script ('competing'). Fixed settings "
+        "'threads/wait' (OMP_WAIT_POLICY, or 'spin N' for GOMP_SPINCOUNT=N; 'unset': libgomp's default, spin ~300,000 "
+        "iterations then sleep) import torch first, so the OpenMP environment is exactly that. 'default' is the package "
+        f"as users get it: imported before torch (so it sets GOMP_SPINCOUNT={SPIN_COUNT}), torch's default threads, and "
+        "each call on the threads `equiformer_calc.runtime.call_threads` picks from the call's size and the CPU time "
+        "other processes used since the previous call ('threads used': those counts over the timed calls). "
+        "'default / best': its time over the fastest fixed setting of the same row. "
+        f"Load average (1 min) at the start {load[0]:.1f}, at the end {load[1]:.1f}.",
         "",
     ]
-    header = ["regime", "structure", "atoms", "edges"] + [f"{k} ms" for k in settings] + ["chosen", "chosen / best"]
-    rows, worst = [], 0.0
+    header = ["regime", "structure", "atoms", "edges"] + [f"{k} ms" for k in settings] + ["default ms", "threads used", "default / best"]
+    rows, worst = [], None
     for regime in ("as is", "competing"):
         for name in policy["cases"]:
             i = info[name]
             times = {k: res.get(regime, {}).get(k, {}).get(name) for k in settings}
-            threads, wait = thread_policy(i["atoms"], i["edges"])
-            chosen = f"{threads}/{wait or 'unset'}" if threads > 1 else "1/unset"
+            mine = res.get(regime, {}).get("default", {}).get(name)
             best = min((t for t in times.values() if t), default=None)
-            ratio_ = times.get(chosen) / best if best and times.get(chosen) else None
-            worst = max(worst, ratio_ or 0.0)
+            ratio_ = mine / best if best and mine else None
+            if ratio_ is not None:
+                worst = max(worst or 0.0, ratio_)
+            counts = used.get(regime, {}).get(name, [])
+            shown = ", ".join(f"{n}x{t}" for t, n in sorted(((t, counts.count(t)) for t in set(counts)), reverse=True)) or "-"
             rows.append([regime, i["description"], str(i["atoms"]), str(i["edges"])] + [fmt_ms(times[k]) for k in settings]
-                        + [chosen, f"{ratio_:.2f}x" if ratio_ else "-"])
-    out += [table(header, rows, left=2), "", f"Worst 'chosen / best' of this run: {worst:.2f}x.", ""]
-    return "\n".join(out)
+                        + [fmt_ms(mine), shown, f"{ratio_:.2f}x" if ratio_ else "-"])
+    worst_text = f"{worst:.2f}x" if worst is not None else "not measured"
+    out += [table(header, rows, left=2), "", f"Worst 'default / best' of this run: {worst_text}.", ""]
+    return "\n".join(out), worst
 
 
 def worker_main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker %(message)s", stream=sys.stderr)
     fn = {"time": worker_time, "memory": worker_memory, "batch": worker_batch, "threads": worker_threads}[args.worker]
+    if args.worker != "threads":  # the package before torch, as users get it (it sets its OpenMP default)
+        _import_ours(args.src)
     result = fn(args)
     Path(args.output).write_text(json.dumps(result))
     return 0
@@ -632,9 +672,10 @@ def machine_lines(args) -> list[str]:
         _common.machine_line(),
         _common.versions_line(["torch", "e3nn", "numpy", "ase"])[:-1] + ". Threads per runner: "
         + (f"{args.threads} (torch.set_num_threads and OMP/MKL_NUM_THREADS)" if args.threads > 0 else
-           "the package's default policy (`equiformer_calc.runtime.thread_policy`: 1 thread below "
-           "SMALL_CALL_EDGES edges, else all cores; external drivers: all cores)")
-        + f", OMP_WAIT_POLICY={args.omp_wait_policy or 'unset'} for ours and "
+           "the package's default policy per call (`equiformer_calc.runtime.call_threads`: all cores, one fewer "
+           "for each core other processes keep busy; external drivers: all cores)")
+        + (f", OMP_WAIT_POLICY={args.omp_wait_policy} for ours" if args.omp_wait_policy else
+           ", the package's own OpenMP default for ours (GOMP_SPINCOUNT=10000, set when it is imported)") + " and OMP_WAIT_POLICY="
         + f"{args.external_wait_policy or 'unset (their own default)'} for the external drivers.",
     ]
 
@@ -673,7 +714,8 @@ def background_note(load_before: tuple, load_after: tuple, jobs_before: list[str
 
 
 def report(args, info: dict, runners: dict[str, Runner], memory: dict, batch: dict | None, command: str,
-           load_before: tuple, load_after: tuple, jobs: tuple[list[str], list[str]] = ([], [])) -> str:
+           load_before: tuple, load_after: tuple, jobs: tuple[list[str], list[str]] = ([], []),
+           policy_worst: float | None = None) -> str:
     ours_a, ours_s = runners["ours_a"], runners["ours_s"]
     base_a, base_s = runners.get("base_a"), runners.get("base_s")
     ref, mace = runners.get("reference"), runners.get("mace")
@@ -810,12 +852,12 @@ def report(args, info: dict, runners: dict[str, Runner], memory: dict, batch: di
             f"Batching gain: {loop_ms / batch_ms:.1f}x (wall), {loop_cpu / batch_cpu:.1f}x (CPU).",
             "",
         ]
-    out += goals(info, runners, s_wall)
+    out += goals(info, runners, s_wall, policy_worst)
     out += ["### Setting up the comparison", "", SETUP_NOTES, ""]
     return "\n".join(out)
 
 
-def goals(info: dict, runners: dict[str, Runner], s_wall: float | None) -> list[str]:
+def goals(info: dict, runners: dict[str, Runner], s_wall: float | None, policy_worst: float | None = None) -> list[str]:
     """The speed goals of the project (issue 15) read off this run: met or not, with the numbers."""
     ours_a, ours_s, ref, mace = runners["ours_a"], runners["ours_s"], runners.get("reference"), runners.get("mace")
     lines = []
@@ -833,6 +875,10 @@ def goals(info: dict, runners: dict[str, Runner], s_wall: float | None) -> list[
     check(None if s_wall is None or n < 3 else s_wall <= 1.05,
           f"scaling exponent <= 1.05 over 500-8,000 atoms: {s_wall:.2f}" if s_wall is not None and n == 3
           else "scaling exponent over 500-8,000 atoms (needs all three bulk sizes)")
+    check(None if policy_worst is None else policy_worst <= 1.3,
+          f"default thread policy within 1.3x of the best fixed setting in both regimes (section 'Thread policy'): "
+          f"worst {policy_worst:.2f}x" if policy_worst is not None else "default thread policy within 1.3x of the best "
+          "fixed setting (needs the thread-policy table)")
     return ["### Speed goals in this run", ""] + lines + [""]
 
 
@@ -860,11 +906,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("cases: %s", ", ".join(f"{k} ({v['atoms']} atoms, {v['edges']} edges)" for k, v in info.items()))
     a_cases = [n for n in REFERENCE_CASES if n in info]
     s_cases = [n for n in ["slab37"] + SCALING_CASES if n in info]
-    policy_text = None
+    policy_text, policy_worst = None, None
     if not args.no_policy:
         load0 = os.getloadavg()
         policy = run_policy_table(args, info, cases_path, workdir)
-        policy_text = policy_report(policy, info, (load0[0], os.getloadavg()[0]), args.repeats, command)
+        policy_text, policy_worst = policy_report(policy, info, (load0[0], os.getloadavg()[0]), args.repeats, command)
         print(policy_text)
         if args.update_results:
             _common.update_section(args.update_results, POLICY_SECTION, policy_text)
@@ -906,7 +952,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = None if args.no_batch else run_worker_once("batch", args, env, workdir, ["--preset", "small"])
 
     load_after, jobs_after = os.getloadavg(), training_jobs()
-    body = report(args, info, runners, memory, batch, command, load_before, load_after, (jobs_before, jobs_after))
+    body = report(args, info, runners, memory, batch, command, load_before, load_after, (jobs_before, jobs_after), policy_worst)
     print(body)
     if args.output:
         args.output.write_text(body + "\n")

@@ -10,14 +10,15 @@ line's ``--help`` do not import torch.
 from __future__ import annotations
 
 import importlib
-import os as _os
 from typing import TYPE_CHECKING, Any
 
-# idle OpenMP threads sleep instead of spinning (see runtime.thread_policy): the OpenMP runtime
-# reads this when torch is first imported, and every submodule imports this package first, so it
-# applies whenever equiformer_calc is imported before torch (the command line, the service, its
-# worker); an explicit setting wins
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from .runtime import default_openmp_env as _default_openmp_env
+
+# idle OpenMP threads spin briefly (~0.1 ms), then sleep (see runtime.thread_policy): the OpenMP
+# runtime reads this when torch is first imported, and every submodule imports this package
+# first, so it applies whenever equiformer_calc is imported before torch (the command line, the
+# service, its worker); the user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY wins
+_default_openmp_env()
 
 __version__ = "0.1.0"
 

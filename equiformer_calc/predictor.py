@@ -32,7 +32,7 @@ from .graph import (
     structure_from_atoms,
 )
 from .model import Equiformer, EquiformerConfig, UnknownElementError
-from .runtime import configure_runtime, thread_policy
+from .runtime import call_threads, configure_runtime
 
 __all__ = [
     "compute", "Predictor", "ALL_PROPERTIES", "NotAPotentialError", "model_task", "not_a_potential_message",
@@ -345,10 +345,10 @@ class Predictor:
     so that every call fits in "fast" mode where a structure alone does; "auto" runs a call "fast"
     when it fits and "low" otherwise (:meth:`memory_mode`).
 
-    Threads: with ``threads="auto"`` (default) a call under
-    :data:`~equiformer_calc.runtime.SMALL_CALL_EDGES` edges runs on one thread and larger calls on
-    the threads torch is set to (``torch.set_num_threads``; never more), the measured policy of
-    :func:`~equiformer_calc.runtime.thread_policy`; ``None`` leaves torch's setting alone.
+    Threads: with ``threads="auto"`` (default) each call runs on the threads of the measured policy
+    :func:`~equiformer_calc.runtime.thread_policy`, never more than torch is set to
+    (``torch.set_num_threads``): all of them on a quiet machine, one fewer for each core that other
+    processes keep busy (measured since the previous call); ``None`` leaves torch's setting alone.
 
     The model: the predictor never changes the module it is given. It works on its own copy,
     converted to ``device`` and ``dtype``, in eval mode, with frozen parameters (a copy of the
@@ -615,17 +615,13 @@ class Predictor:
 
     @contextlib.contextmanager
     def _threads_for(self, batch: AtomicGraph):
-        """One thread for a small call (see ``runtime.thread_policy``), torch's setting otherwise."""
-        before = torch.get_num_threads()
-        wanted = min(before, thread_policy(batch.num_atoms, batch.num_edges, before)[0]) if self.threads == "auto" else before
-        if wanted == before or self.device.type != "cpu":
+        """The call's threads from ``runtime.call_threads`` (its size and the competition for the
+        cores, never more than torch's setting) with ``threads="auto"``; torch's setting otherwise."""
+        if self.threads != "auto" or self.device.type != "cpu":
             yield
             return
-        torch.set_num_threads(wanted)
-        try:
+        with call_threads(batch.num_edges):
             yield
-        finally:
-            torch.set_num_threads(before)
 
     def _chunks(self, items: list[_Item], properties: Sequence[str] = ("energy", "forces"),
                 limit: int | None = None) -> Iterable[list[_Item]]:

@@ -5,6 +5,9 @@ allocator.
 * :func:`single_threaded_blas` / :func:`set_blas_threads`: OpenBLAS limited to one thread around tiny
   linear algebra (ASE optimizers, EMT), where threads only cost.
 * :func:`configure_runtime`: glibc allocator tuning, applied once.
+* :func:`call_threads` / :func:`thread_policy`: the threads of one model call, from its size and
+  from how many cores other processes keep busy right now (:class:`CompetitionMeter`), with the
+  brief-spin OpenMP default of :func:`default_openmp_env`.
 
 glibc returns every large freed block to the OS and page-faults it back in at the next
 allocation; an autograd pass over an edge list allocates hundreds of such blocks, and this
@@ -18,11 +21,15 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import math
 import os
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 
 __all__ = ["configure_runtime", "set_threads", "set_blas_threads", "single_threaded_blas", "thread_policy",
-           "available_cores", "SMALL_CALL_EDGES"]
+           "call_threads", "competition", "CompetitionMeter", "default_openmp_env", "available_cores",
+           "SMALL_CALL_EDGES", "SPIN_COUNT", "BUSY_CORE_THRESHOLD"]
 
 log = logging.getLogger(__name__)
 _done = False
@@ -109,10 +116,31 @@ def single_threaded_blas() -> Iterator[None]:
             set_(n)
 
 
-#: below this many edges a model call runs on one thread (benchmarks/speed.py, "Thread policy"):
-#: its operators are too small to gain from a second thread, and a single thread never waits
-#: for a descheduled partner when other processes compete for the cores
+#: libgomp spin count the package sets (``GOMP_SPINCOUNT``) when the user has chosen neither it
+#: nor ``OMP_WAIT_POLICY``: an idle OpenMP thread spins for ~0.1 ms, then sleeps. Spinning keeps
+#: two threads as fast as fully spinning ones on a quiet machine (slab 35 vs 34 ms; sleeping
+#: threads: 102 ms) and the short spin bounds the loss when another process takes a core
+#: mid-call (benchmarks/RESULTS.md, "Thread policy").
+SPIN_COUNT = "10000"
+
+#: below this many edges a call runs on one thread when idle OpenMP threads sleep
+#: (``OMP_WAIT_POLICY=PASSIVE`` chosen by the user): waking a sleeping thread costs more than a
+#: small call gains from it
 SMALL_CALL_EDGES = 4000
+
+#: other processes' CPU use (in cores, on this process's cores) from which a call leaves a core
+#: to them: a thread that shares its core with a busy process makes its partner wait at every
+#: OpenMP barrier (2 threads against 2 busy processes: 80-100x slower on a small slab)
+BUSY_CORE_THRESHOLD = 0.5
+
+
+def default_openmp_env(environ: MutableMapping[str, str] | None = None) -> None:
+    """Set the package's OpenMP default (``GOMP_SPINCOUNT=SPIN_COUNT``) unless the user chose a
+    spin count or a wait policy. The OpenMP runtime reads it once, when torch is first imported,
+    so ``equiformer_calc/__init__`` calls this before anything imports torch."""
+    env = os.environ if environ is None else environ
+    if "GOMP_SPINCOUNT" not in env and "OMP_WAIT_POLICY" not in env:
+        env["GOMP_SPINCOUNT"] = SPIN_COUNT
 
 
 def available_cores() -> int:
@@ -123,10 +151,136 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def thread_policy(atoms: int, edges: int, cores: int | None = None) -> tuple[int, str]:
-    """The measured default (threads, OMP_WAIT_POLICY) for one model call of this size: one thread
-    below :data:`SMALL_CALL_EDGES` edges, else every available core; idle OpenMP threads sleep
-    (``PASSIVE``) instead of spinning, which costs little on a quiet machine and avoids 10-20x
-    slowdowns when other processes compete for the cores (benchmarks/RESULTS.md, "Thread policy")."""
+def _busy_seconds(cpus: set[int] | None, path: str = "/proc/stat") -> float | None:
+    """Busy CPU seconds since boot of the given CPUs (all when ``None``): user, nice, system,
+    irq, softirq and steal time from ``/proc/stat``; ``None`` where it cannot be read."""
+    try:
+        with open(path) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    ticks = 0
+    found = False
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        if cpus is not None and int(name[3:]) not in cpus:
+            continue
+        f = [int(x) for x in rest.split()]
+        # user nice system idle iowait irq softirq steal (guest time is inside user already)
+        ticks += f[0] + f[1] + f[2] + sum(f[5:8])
+        found = True
+    return ticks / _CLOCK_TICKS if found else None
+
+
+def _snapshot(stat_path: str) -> tuple[float, float, float | None]:
+    """(monotonic time, this process's CPU seconds, busy seconds of its cores)."""
+    try:
+        cpus: set[int] | None = set(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = None
+    return time.monotonic(), time.process_time(), _busy_seconds(cpus, stat_path)
+
+
+try:
+    _CLOCK_TICKS = float(os.sysconf("SC_CLK_TCK"))
+except (AttributeError, ValueError, OSError):  # not POSIX
+    _CLOCK_TICKS = 100.0
+
+
+class CompetitionMeter:
+    """How many cores other processes keep busy, on the cores this process may use.
+
+    It reads the machine's busy time (``/proc/stat``, per CPU of the affinity mask) and this
+    process's own CPU time, and reports ``(machine busy - own) / wall time`` over the window
+    since the previous update. A window shorter than ``min_window`` seconds is too coarse for
+    ``/proc/stat``'s 10 ms ticks, so the previous value stands until the window is long enough.
+    Thread-safe; one per process (:func:`competition`)."""
+
+    def __init__(self, min_window: float = 0.15, stat_path: str = "/proc/stat") -> None:
+        self.min_window = float(min_window)
+        self.stat_path = stat_path
+        self._lock = threading.Lock()
+        self._value: float | None = None
+        self._base = _snapshot(stat_path)
+
+    def busy_cores(self) -> float | None:
+        """Cores kept busy by other processes over the latest window of at least ``min_window``
+        seconds (ending now if the window since the last update is long enough); ``None`` before
+        the first such window or where ``/proc/stat`` cannot be read."""
+        with self._lock:
+            now = _snapshot(self.stat_path)
+            wall = now[0] - self._base[0]
+            if wall >= self.min_window:
+                if now[2] is not None and self._base[2] is not None:
+                    self._value = max(0.0, ((now[2] - self._base[2]) - (now[1] - self._base[1])) / wall)
+                self._base = now
+            return self._value
+
+
+_meter: CompetitionMeter | None = None
+_meter_lock = threading.Lock()
+
+
+def competition() -> CompetitionMeter:
+    """The process's :class:`CompetitionMeter` (created on first use; its first window starts when
+    this module is imported, so the first model call already has one)."""
+    global _meter
+    with _meter_lock:
+        if _meter is None:
+            _meter = CompetitionMeter()
+            _meter._base = _IMPORT_SNAPSHOT
+        return _meter
+
+
+def _sleeping_threads(environ: Mapping[str, str] | None = None) -> bool:
+    """True when idle OpenMP threads sleep at once (``OMP_WAIT_POLICY=PASSIVE`` and no spin count)."""
+    env = os.environ if environ is None else environ
+    return env.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE" and "GOMP_SPINCOUNT" not in env
+
+
+def thread_policy(edges: int, cores: int | None = None, busy: float | None = None,
+                  sleeping: bool | None = None) -> int:
+    """The measured default number of threads for one model call (benchmarks/RESULTS.md, "Thread
+    policy").
+
+    * ``busy`` (cores other processes keep busy, :meth:`CompetitionMeter.busy_cores`) known: the
+      cores they leave free: every core on a quiet machine, one fewer for each core another
+      process holds beyond :data:`BUSY_CORE_THRESHOLD` (at least one).
+    * ``busy`` unknown (no ``/proc/stat``): every core.
+    * Idle threads that sleep at once (``sleeping``; default: read from ``OMP_WAIT_POLICY``):
+      one thread below :data:`SMALL_CALL_EDGES` edges, where waking the other costs more than it
+      gains.
+    """
     cores = available_cores() if cores is None else max(1, int(cores))
-    return (1 if edges < SMALL_CALL_EDGES else cores), "PASSIVE"
+    sleeping = _sleeping_threads() if sleeping is None else sleeping
+    if sleeping and edges < SMALL_CALL_EDGES:
+        return 1
+    if busy is None:
+        return cores
+    return max(1, min(cores, cores - math.ceil(busy - BUSY_CORE_THRESHOLD)))
+
+
+@contextlib.contextmanager
+def call_threads(edges: int, limit: int | None = None) -> Iterator[int]:
+    """Run one model call on :func:`thread_policy`'s threads for this size and the present
+    competition (never more than ``limit``, default torch's setting), restoring torch's setting
+    after; yields the thread count used."""
+    import torch
+
+    before = torch.get_num_threads()
+    cap = before if limit is None else max(1, min(before, int(limit)))
+    wanted = min(cap, thread_policy(edges, cores=cap, busy=competition().busy_cores()))
+    if wanted == before:
+        yield wanted
+        return
+    torch.set_num_threads(wanted)
+    try:
+        yield wanted
+    finally:
+        torch.set_num_threads(before)
+
+
+#: the first window of the process's meter starts here, at import
+_IMPORT_SNAPSHOT = _snapshot("/proc/stat")

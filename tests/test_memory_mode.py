@@ -335,23 +335,3 @@ def test_command_lines_take_a_memory_mode(module):
     assert parser.parse_args(["x.xyz"] if "serve" not in module else []).memory == "auto"
     with pytest.raises(SystemExit):
         parser.parse_args(["--memory", "tiny"] + (["x.xyz"] if "serve" not in module else []))
-
-
-def test_thread_policy_runs_small_calls_on_one_thread_and_restores(monkeypatch):
-    from equiformer_calc.runtime import SMALL_CALL_EDGES, thread_policy
-
-    assert thread_policy(10, SMALL_CALL_EDGES - 1, cores=8) == (1, "PASSIVE")
-    assert thread_policy(5000, SMALL_CALL_EDGES, cores=8) == (8, "PASSIVE")
-    seen = []
-    monkeypatch.setattr(predictor_mod, "compute", lambda *a, **k: seen.append(torch.get_num_threads()) or _real_compute(*a, **k))
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        Predictor(make_model(0), threads="auto").predict([bulk_cell()])
-        Predictor(make_model(0), threads=None).predict([bulk_cell()])
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
-    assert seen == [1, 2]
-    with pytest.raises(ValueError, match="threads"):
-        Predictor(make_model(0), threads=4)
