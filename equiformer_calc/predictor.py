@@ -32,7 +32,7 @@ from .graph import (
     structure_from_atoms,
 )
 from .model import Equiformer, EquiformerConfig, UnknownElementError
-from .runtime import call_threads, configure_runtime
+from .runtime import call_threads, configure_runtime, heap_free_bytes
 
 __all__ = [
     "compute", "Predictor", "ALL_PROPERTIES", "NotAPotentialError", "model_task", "not_a_potential_message",
@@ -191,8 +191,9 @@ def _cgroup_memory() -> tuple[int, int] | None:
 
 def available_memory(device: str | torch.device = "cpu") -> int | None:
     """Bytes that a new allocation can use now. CPU: ``MemAvailable`` of /proc/meminfo (psutil
-    elsewhere), capped by a cgroup (v2) memory limit when one is set; ``None`` where it cannot be
-    read (then "auto" enforces no budget). CUDA: the device's free memory plus what torch's
+    elsewhere), capped by a cgroup (v2) memory limit when one is set, plus the free memory glibc's
+    heap holds for this process (``runtime.heap_free_bytes``); ``None`` where it cannot be read
+    (then "auto" enforces no budget). CUDA: the device's free memory plus what torch's
     caching allocator holds but does not use."""
     device = torch.device(device)
     if device.type == "cuda":
@@ -216,10 +217,12 @@ def available_memory(device: str | torch.device = "cpu") -> int | None:
             avail = int(psutil.virtual_memory().available)
         except (ImportError, AttributeError, OSError):
             return None
+    # what glibc's heap keeps for this process (configure_runtime never trims it) is free to us
+    held = heap_free_bytes()
     cgroup = _cgroup_memory()
     if cgroup is not None:
-        avail = min(avail, max(cgroup[0] - cgroup[1], 0))
-    return avail
+        return min(avail + held, max(cgroup[0] - cgroup[1], 0) + held)
+    return avail + held
 
 
 def total_memory(device: str | torch.device = "cpu") -> int | None:

@@ -4,7 +4,8 @@ allocator.
 * :func:`set_threads`: torch's intra-op threads (every ``--threads`` option and worker goes through it).
 * :func:`single_threaded_blas` / :func:`set_blas_threads`: OpenBLAS limited to one thread around tiny
   linear algebra (ASE optimizers, EMT), where threads only cost.
-* :func:`configure_runtime`: glibc allocator tuning, applied once.
+* :func:`configure_runtime`: glibc allocator tuning, applied once; :func:`heap_free_bytes` and
+  :func:`release_memory` for the memory it keeps.
 * :func:`call_threads` / :func:`thread_policy`: the threads of one model call, from its size and
   from how many cores other processes keep busy right now (:class:`CompetitionMeter`), with the
   brief-spin OpenMP default of :func:`default_openmp_env`.
@@ -12,7 +13,8 @@ allocator.
 glibc returns every large freed block to the OS and page-faults it back in at the next
 allocation; an autograd pass over an edge list allocates hundreds of such blocks, and this
 was measured to take ~40% of a small model's energy+forces call on 2 cores (see
-benchmarks/RESULTS.md). Raising the mmap and trim thresholds keeps freed memory in the heap.
+benchmarks/RESULTS.md). Raising the mmap threshold and never trimming keeps freed memory in the
+heap.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import math
 import os
@@ -27,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 
-__all__ = ["configure_runtime", "set_threads", "set_blas_threads", "single_threaded_blas", "thread_policy",
+__all__ = ["configure_runtime", "heap_free_bytes", "release_memory", "set_threads", "set_blas_threads", "single_threaded_blas", "thread_policy",
            "call_threads", "competition", "CompetitionMeter", "default_openmp_env", "available_cores",
            "SMALL_CALL_EDGES", "SPIN_COUNT", "BUSY_CORE_THRESHOLD"]
 
@@ -39,23 +42,62 @@ _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 
 
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def configure_runtime() -> None:
     """Tune glibc's allocator for torch's allocation pattern (once per process; a no-op off glibc
-    or when ``EQUIFORMER_CALC_NO_MALLOPT=1``)."""
+    or when ``EQUIFORMER_CALC_NO_MALLOPT=1``).
+
+    Blocks up to 1 GiB come from the heap instead of mmap/munmap, and freed heap memory is kept
+    (never trimmed) for the next call instead of being returned to the OS and page-faulted back:
+    at 8,000 atoms trimming re-faulted ~2 GB per energy+forces call. The process therefore keeps
+    its largest call's peak; :func:`heap_free_bytes` counts that memory as available to the next
+    call (``predictor.available_memory``) and :func:`release_memory` hands it back on request."""
     global _done
     if _done:
         return
     _done = True
     if os.environ.get("EQUIFORMER_CALC_NO_MALLOPT") == "1":
         return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
         return
-    # 1 GiB thresholds: large blocks come from (and return to) the heap instead of mmap/munmap
-    ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, 1 << 30) and mallopt(_M_TOP_PAD, 256 << 20)
+    # -1: never trim the heap's top
+    ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, -1) and mallopt(_M_TOP_PAD, 256 << 20)
     log.debug("mallopt tuning %s", "applied" if ok else "refused")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_free_bytes() -> int:
+    """Bytes that glibc's heap holds for this process but does not use (``mallinfo2().fordblks``):
+    memory a new allocation reuses without asking the OS; 0 off glibc >= 2.33."""
+    libc = _libc()
+    fn = getattr(libc, "mallinfo2", None)
+    if fn is None:
+        return 0
+    fn.restype = _MallInfo2
+    return int(fn().fordblks)
+
+
+def release_memory() -> bool:
+    """Return the heap's free memory to the OS now (``malloc_trim(0)``), e.g. after the last large
+    call of a long-lived process; True if some was released. (Free blocks inside the heap stay
+    counted by :func:`heap_free_bytes` after their pages go back, so until the next large call
+    ``available_memory`` may count them twice.)"""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None)
+    return bool(trim(0)) if trim is not None else False
 
 
 def set_threads(threads: int | None) -> None:
