@@ -217,12 +217,15 @@ def available_memory(device: str | torch.device = "cpu") -> int | None:
             avail = int(psutil.virtual_memory().available)
         except (ImportError, AttributeError, OSError):
             return None
-    # what glibc's heap keeps for this process (configure_runtime never trims it) is free to us
+    # what glibc's heap keeps for this process (configure_runtime never trims it) is free to us;
+    # part of it may never have been touched (not resident, so also in MemAvailable): never more
+    # than all memory
     held = heap_free_bytes()
     cgroup = _cgroup_memory()
     if cgroup is not None:
-        return min(avail + held, max(cgroup[0] - cgroup[1], 0) + held)
-    return avail + held
+        avail = min(avail, max(cgroup[0] - cgroup[1], 0))
+    total = total_memory()  # capped by the cgroup limit too
+    return avail + held if total is None else min(avail + held, total)
 
 
 def total_memory(device: str | torch.device = "cpu") -> int | None:

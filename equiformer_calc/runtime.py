@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 _done = False
 
 _M_TRIM_THRESHOLD = -1
-_M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 
 
@@ -69,8 +68,9 @@ def configure_runtime() -> None:
     mallopt = getattr(libc, "mallopt", None)
     if mallopt is None:
         return
-    # -1: never trim the heap's top
-    ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, -1) and mallopt(_M_TOP_PAD, 256 << 20)
+    # -1: never trim the heap's top (glibc's default top pad, so that the free memory the heap
+    # keeps is memory that was used: heap_free_bytes then counts little that was never touched)
+    ok = mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, -1)
     log.debug("mallopt tuning %s", "applied" if ok else "refused")
 
 
