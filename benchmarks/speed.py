@@ -488,6 +488,7 @@ def run_policy_table(args, info: dict, cases_path: Path, workdir: Path) -> dict:
     per_round = max(2, math.ceil(args.repeats / args.rounds))
     calls: dict[str, dict[str, dict[str, list[float]]]] = {}
     used: dict[str, dict[str, list[int]]] = {}
+    default_env: dict[str, list[str]] = {}
     for regime in ("as is", "competing"):
         procs = _spinners(competitors) if regime == "competing" else []
         try:
@@ -503,12 +504,20 @@ def run_policy_table(args, info: dict, cases_path: Path, workdir: Path) -> dict:
                         calls.setdefault(regime, {}).setdefault(key, {}).setdefault(name, []).extend(c["ms"])
                         if key == "default":
                             used.setdefault(regime, {}).setdefault(name, []).extend(c["threads_used"])
+                    if key == "default" and res:
+                        chosen = res.get("openmp_env", {})
+                        text = (f"spin {chosen['GOMP_SPINCOUNT']}" if chosen.get("GOMP_SPINCOUNT")
+                                else chosen.get("OMP_WAIT_POLICY") or "unset")
+                        seen = default_env.setdefault(regime, [])
+                        if text not in seen:
+                            seen.append(text)
                     log.info("policy %s %s: %s", regime, key, {n: round(float(np.median(c["ms"])), 1) for n, c in (res or {"cases": {}})["cases"].items()})
         finally:
             _stop(procs)
     results = {regime: {key: {name: float(np.median(ms)) for name, ms in per_case.items()} for key, per_case in by_key.items()}
                for regime, by_key in calls.items()}
     return {"results": results, "calls": calls, "threads_used": used, "competitors": competitors, "cases": cases,
+            "default_env": {regime: ", ".join(v) for regime, v in default_env.items()},
             "rounds": args.rounds}
 
 
@@ -527,14 +536,17 @@ def policy_report(policy: dict, info: dict, load: tuple[float, float], repeats: 
         f"{policy['competitors']} busy-looping processes started by the script ('competing'). Fixed settings "
         "'threads/wait' (OMP_WAIT_POLICY, or 'spin N' for GOMP_SPINCOUNT=N; 'unset': libgomp's default, spin ~300,000 "
         "iterations then sleep) import torch first, so the OpenMP environment is exactly that. 'default' is the package "
-        f"as users get it: imported before torch (so it sets GOMP_SPINCOUNT={SPIN_COUNT}), torch's default threads, and "
-        "each call on the threads `equiformer_calc.runtime.call_threads` picks from the call's size and the CPU time "
-        "other processes used since the previous call ('threads used': those counts over the timed calls). "
+        "as users get it: imported before torch, so that it chooses the OpenMP wait policy from what else is runnable "
+        f"at import (`runtime.default_openmp_env`: GOMP_SPINCOUNT={SPIN_COUNT} on a quiet machine, OMP_WAIT_POLICY=PASSIVE "
+        "when another process is busy; 'wait policy' column), torch's default threads, and each call on the threads "
+        "`equiformer_calc.runtime.call_threads` picks from the call's size, the wait policy and the CPU time other "
+        "processes used since the previous call ('threads used': those counts over the timed calls). "
         "'default / best': its time over the fastest fixed setting of the same row. "
         f"Load average (1 min) at the start {load[0]:.1f}, at the end {load[1]:.1f}.",
         "",
     ]
-    header = ["regime", "structure", "atoms", "edges"] + [f"{k} ms" for k in settings] + ["default ms", "threads used", "default / best"]
+    header = (["regime", "structure", "atoms", "edges"] + [f"{k} ms" for k in settings]
+              + ["default ms", "wait policy", "threads used", "default / best"])
     rows, worst = [], None
     for regime in ("as is", "competing"):
         for name in policy["cases"]:
@@ -548,7 +560,7 @@ def policy_report(policy: dict, info: dict, load: tuple[float, float], repeats: 
             counts = used.get(regime, {}).get(name, [])
             shown = ", ".join(f"{n}x{t}" for t, n in sorted(((t, counts.count(t)) for t in set(counts)), reverse=True)) or "-"
             rows.append([regime, i["description"], str(i["atoms"]), str(i["edges"])] + [fmt_ms(times[k]) for k in settings]
-                        + [fmt_ms(mine), shown, f"{ratio_:.2f}x" if ratio_ else "-"])
+                        + [fmt_ms(mine), policy.get("default_env", {}).get(regime, "-"), shown, f"{ratio_:.2f}x" if ratio_ else "-"])
     worst_text = f"{worst:.2f}x" if worst is not None else "not measured"
     out += [table(header, rows, left=2), "", f"Worst 'default / best' of this run: {worst_text}.", ""]
     return "\n".join(out), worst
@@ -675,7 +687,8 @@ def machine_lines(args) -> list[str]:
            "the package's default policy per call (`equiformer_calc.runtime.call_threads`: all cores, one fewer "
            "for each core other processes keep busy; external drivers: all cores)")
         + (f", OMP_WAIT_POLICY={args.omp_wait_policy} for ours" if args.omp_wait_policy else
-           ", the package's own OpenMP default for ours (GOMP_SPINCOUNT=10000, set when it is imported)") + " and OMP_WAIT_POLICY="
+           ", the package's own OpenMP default for ours (`runtime.default_openmp_env`, chosen when it is imported: "
+           "GOMP_SPINCOUNT=10000 on a quiet machine)") + " and OMP_WAIT_POLICY="
         + f"{args.external_wait_policy or 'unset (their own default)'} for the external drivers.",
     ]
 

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from .runtime import default_openmp_env as _default_openmp_env
 
-# idle OpenMP threads spin briefly (~0.1 ms), then sleep (see runtime.thread_policy): the OpenMP
-# runtime reads this when torch is first imported, and every submodule imports this package
-# first, so it applies whenever equiformer_calc is imported before torch (the command line, the
-# service, its worker); the user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY wins
+# the OpenMP wait policy (see runtime.default_openmp_env): idle threads spin briefly, then sleep,
+# on a quiet machine, and sleep at once when another process is busy. The OpenMP runtime reads it
+# when torch is first imported, and every submodule imports this package first, so it applies
+# whenever equiformer_calc is imported before torch (the command line, the service, its worker);
+# the user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY wins
 _default_openmp_env()
 
 __version__ = "0.1.0"

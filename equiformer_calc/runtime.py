@@ -26,12 +26,13 @@ import functools
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 
 __all__ = ["configure_runtime", "heap_free_bytes", "release_memory", "set_threads", "set_blas_threads", "single_threaded_blas", "thread_policy",
-           "call_threads", "competition", "CompetitionMeter", "default_openmp_env", "available_cores",
+           "call_threads", "competition", "CompetitionMeter", "default_openmp_env", "runnable_others", "available_cores",
            "SMALL_CALL_EDGES", "SPIN_COUNT", "BUSY_CORE_THRESHOLD"]
 
 log = logging.getLogger(__name__)
@@ -159,10 +160,11 @@ def single_threaded_blas() -> Iterator[None]:
 
 
 #: libgomp spin count the package sets (``GOMP_SPINCOUNT``) when the user has chosen neither it
-#: nor ``OMP_WAIT_POLICY``: an idle OpenMP thread spins for ~0.1 ms, then sleeps. Spinning keeps
-#: two threads as fast as fully spinning ones on a quiet machine (slab 35 vs 34 ms; sleeping
-#: threads: 102 ms) and the short spin bounds the loss when another process takes a core
-#: mid-call (benchmarks/RESULTS.md, "Thread policy").
+#: nor ``OMP_WAIT_POLICY`` and nothing else runs at import (:func:`default_openmp_env`): an idle
+#: OpenMP thread spins for ~0.1 ms, then sleeps. Spinning keeps two threads as fast as fully
+#: spinning ones on a quiet machine (slab 35 vs 34 ms; sleeping threads: 102 ms) and the short
+#: spin bounds the loss when another process takes a core mid-call (benchmarks/RESULTS.md,
+#: "Thread policy").
 SPIN_COUNT = "10000"
 
 #: below this many edges a call runs on one thread when idle OpenMP threads sleep
@@ -176,13 +178,65 @@ SMALL_CALL_EDGES = 4000
 BUSY_CORE_THRESHOLD = 0.5
 
 
-def default_openmp_env(environ: MutableMapping[str, str] | None = None) -> None:
-    """Set the package's OpenMP default (``GOMP_SPINCOUNT=SPIN_COUNT``) unless the user chose a
-    spin count or a wait policy. The OpenMP runtime reads it once, when torch is first imported,
-    so ``equiformer_calc/__init__`` calls this before anything imports torch."""
+def _own_running() -> int:
+    """Threads of this process that are running or runnable (``/proc/self/task/*/stat`` state R)."""
+    count = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as fh:
+                state = fh.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        count += state == "R"
+    return max(count, 1)
+
+
+def runnable_others(samples: int = 5, interval: float = 0.0005, path: str = "/proc/loadavg") -> int | None:
+    """Threads of other processes that are running or waiting for a CPU now: the fewest of a few
+    reads ~0.5 ms apart of the running count in ``/proc/loadavg``, less this process's own
+    runnable threads (a busy process is runnable at every read, a passing one is not; this
+    process's own OpenMP or OpenBLAS threads may spin too); ``None`` where it cannot be read."""
+    counts = []
+    for k in range(samples):
+        try:
+            with open(path) as fh:
+                running = int(fh.read().split()[3].split("/")[0])
+        except (OSError, IndexError, ValueError):
+            return None
+        counts.append(running - _own_running())
+        if k + 1 < samples:
+            time.sleep(interval)
+    return max(0, min(counts))
+
+
+def default_openmp_env(environ: MutableMapping[str, str] | None = None, others: int | None = -1) -> str | None:
+    """Choose the package's OpenMP wait policy for this process, unless the user chose a spin count
+    or a wait policy, or torch is already imported (the OpenMP runtime reads these once, when torch
+    loads, so ``equiformer_calc/__init__`` calls this before anything imports torch).
+
+    * Nothing else runnable now (``others`` = 0, default: :func:`runnable_others`):
+      ``GOMP_SPINCOUNT=SPIN_COUNT``, idle threads spin ~0.1 ms, then sleep: as fast as spinning
+      threads on a quiet machine, where sleeping ones make small calls 2-3x slower.
+    * Another process busy: ``OMP_WAIT_POLICY=PASSIVE``, idle threads sleep at once: under
+      competition spinning burns the share of the CPU the scheduler gives us while a partner
+      thread waits to run, and sleeping threads were the fastest setting there.
+
+    Returns the variable it set (``"GOMP_SPINCOUNT"`` / ``"OMP_WAIT_POLICY"``), or ``None``.
+    """
     env = os.environ if environ is None else environ
-    if "GOMP_SPINCOUNT" not in env and "OMP_WAIT_POLICY" not in env:
-        env["GOMP_SPINCOUNT"] = SPIN_COUNT
+    if "GOMP_SPINCOUNT" in env or "OMP_WAIT_POLICY" in env or (environ is None and "torch" in sys.modules):
+        return None
+    if others == -1:
+        others = runnable_others()
+    if others:
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+        return "OMP_WAIT_POLICY"
+    env["GOMP_SPINCOUNT"] = SPIN_COUNT
+    return "GOMP_SPINCOUNT"
 
 
 def available_cores() -> int:
@@ -285,20 +339,25 @@ def _sleeping_threads(environ: Mapping[str, str] | None = None) -> bool:
 def thread_policy(edges: int, cores: int | None = None, busy: float | None = None,
                   sleeping: bool | None = None) -> int:
     """The measured default number of threads for one model call (benchmarks/RESULTS.md, "Thread
-    policy").
+    policy"), from its size, ``busy`` (cores other processes keep busy,
+    :meth:`CompetitionMeter.busy_cores`; ``None``: unknown) and whether idle OpenMP threads sleep at
+    once (``sleeping``; default: read from ``OMP_WAIT_POLICY``, see :func:`default_openmp_env`).
 
-    * ``busy`` (cores other processes keep busy, :meth:`CompetitionMeter.busy_cores`) known: the
-      cores they leave free: every core on a quiet machine, one fewer for each core another
-      process holds beyond :data:`BUSY_CORE_THRESHOLD` (at least one).
-    * ``busy`` unknown (no ``/proc/stat``): every core.
-    * Idle threads that sleep at once (``sleeping``; default: read from ``OMP_WAIT_POLICY``):
-      one thread below :data:`SMALL_CALL_EDGES` edges, where waking the other costs more than it
-      gains.
+    * Briefly spinning threads: every core on a quiet machine; one fewer for each core another
+      process holds beyond :data:`BUSY_CORE_THRESHOLD` (at least one), since a spinning thread
+      whose partner waits for a CPU burns the time the partner needs (2 threads against 2 busy
+      processes: 10-100x slower).
+    * Sleeping threads (chosen at import when another process was busy): every core from
+      :data:`SMALL_CALL_EDGES` edges up (a waiting thread gives its core away, and the scheduler
+      shares the cores per thread: against 2 busy processes two sleeping threads beat one by
+      1.4x on 500-2,000 Cu atoms), one thread below, where waking the other costs more than it
+      gains and two threads sometimes land on one core (38-atom slab: 63 or 215 ms, one thread
+      73-102 ms).
     """
     cores = available_cores() if cores is None else max(1, int(cores))
     sleeping = _sleeping_threads() if sleeping is None else sleeping
-    if sleeping and edges < SMALL_CALL_EDGES:
-        return 1
+    if sleeping:
+        return 1 if edges < SMALL_CALL_EDGES else cores
     if busy is None:
         return cores
     return max(1, min(cores, cores - math.ceil(busy - BUSY_CORE_THRESHOLD)))

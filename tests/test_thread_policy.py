@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from equiformer_calc.runtime import (
     CompetitionMeter,
     call_threads,
     default_openmp_env,
+    runnable_others,
     thread_policy,
 )
 
@@ -57,21 +59,62 @@ def test_sleeping_threads_are_read_from_the_environment(monkeypatch):
     assert thread_policy(100, cores=2, busy=0.0) == 2
 
 
-def test_default_openmp_env_respects_the_users_choice():
+def test_sleeping_threads_follow_the_call_size_whatever_the_competition():
+    for busy in (0.0, 2.0):
+        assert thread_policy(100, cores=2, busy=busy, sleeping=True) == 1
+        assert thread_policy(SMALL_CALL_EDGES, cores=2, busy=busy, sleeping=True) == 2
+
+
+def test_default_openmp_env_follows_the_competition_and_respects_the_users_choice():
     env: dict[str, str] = {}
-    default_openmp_env(env)
+    assert default_openmp_env(env, others=0) == "GOMP_SPINCOUNT"
     assert env == {"GOMP_SPINCOUNT": SPIN_COUNT}
+    env = {}
+    assert default_openmp_env(env, others=2) == "OMP_WAIT_POLICY"
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
     for chosen in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "5"}):
         env = dict(chosen)
-        default_openmp_env(env)
+        assert default_openmp_env(env, others=0) is None
         assert env == chosen
 
 
-def test_importing_the_package_sets_the_spin_count_before_torch_loads():
+def _busy_children(count: int) -> list[subprocess.Popen]:
+    code = "import time\nend = time.monotonic() + 20\nwhile time.monotonic() < end: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+    time.sleep(0.5)  # running by now
+    return procs
+
+
+def _import_in_fresh_process() -> list[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    code = "import os, equiformer_calc; print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in __import__('sys').modules)"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
-    assert out == [SPIN_COUNT, "False"]
+    code = ("import os, sys, equiformer_calc; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'), "
+            "'torch' in sys.modules)")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+
+
+@linux_proc
+def test_importing_the_package_chooses_the_wait_policy_from_the_competition_before_torch_loads():
+    # this test process waits for the child, so on an otherwise quiet machine nothing else runs
+    time.sleep(0.05)  # idle OpenMP threads of earlier tests asleep
+    assert runnable_others() == 0
+    assert _import_in_fresh_process() == [SPIN_COUNT, "None", "False"]
+    # this process's own busy threads are not others
+    end = time.monotonic() + 1.0
+    worker = threading.Thread(target=lambda: [None for _ in iter(lambda: time.monotonic() < end, False)])
+    worker.start()
+    try:
+        time.sleep(0.05)
+        assert runnable_others() == 0
+    finally:
+        worker.join()
+    procs = _busy_children(2)
+    try:
+        assert runnable_others() >= 2
+        assert _import_in_fresh_process() == ["None", "PASSIVE", "False"]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 def _write_stat(path: Path, busy_ticks: list[int]) -> None:
