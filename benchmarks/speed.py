@@ -118,8 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--omp-wait-policy",
         default="",
-        help="OMP_WAIT_POLICY of our runners; '' (default) leaves it and GOMP_SPINCOUNT unset, so the package sets "
-        "its own default (GOMP_SPINCOUNT=equiformer_calc.runtime.SPIN_COUNT: idle threads spin briefly, then sleep)",
+        help="OMP_WAIT_POLICY of our runners; '' (default) leaves it and GOMP_SPINCOUNT unset, so the package "
+        "chooses at import (equiformer_calc.runtime.default_openmp_env: a brief spin on a quiet machine, PASSIVE when "
+        "another process is busy)",
     )
     p.add_argument(
         "--external-wait-policy",

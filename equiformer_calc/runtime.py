@@ -8,7 +8,7 @@ allocator.
   :func:`release_memory` for the memory it keeps.
 * :func:`call_threads` / :func:`thread_policy`: the threads of one model call, from its size and
   from how many cores other processes keep busy right now (:class:`CompetitionMeter`), with the
-  brief-spin OpenMP default of :func:`default_openmp_env`.
+  OpenMP wait policy :func:`default_openmp_env` chose at import.
 
 glibc returns every large freed block to the OS and page-faults it back in at the next
 allocation; an autograd pass over an edge list allocates hundreds of such blocks, and this
@@ -168,8 +168,8 @@ def single_threaded_blas() -> Iterator[None]:
 SPIN_COUNT = "10000"
 
 #: below this many edges a call runs on one thread when idle OpenMP threads sleep
-#: (``OMP_WAIT_POLICY=PASSIVE`` chosen by the user): waking a sleeping thread costs more than a
-#: small call gains from it
+#: (``OMP_WAIT_POLICY=PASSIVE``, chosen by :func:`default_openmp_env` or by the user): waking a
+#: sleeping thread costs more than a small call gains from it
 SMALL_CALL_EDGES = 4000
 
 #: other processes' CPU use (in cores, on this process's cores) from which a call leaves a core
@@ -306,12 +306,13 @@ class CompetitionMeter:
         seconds (ending now if the window since the last update is long enough); ``None`` before
         the first such window or where ``/proc/stat`` cannot be read."""
         with self._lock:
+            if time.monotonic() - self._base[0] < self.min_window:  # too short to read: no /proc read
+                return self._value
             now = _snapshot(self.stat_path)
             wall = now[0] - self._base[0]
-            if wall >= self.min_window:
-                if now[2] is not None and self._base[2] is not None:
-                    self._value = max(0.0, ((now[2] - self._base[2]) - (now[1] - self._base[1])) / wall)
-                self._base = now
+            if now[2] is not None and self._base[2] is not None:
+                self._value = max(0.0, ((now[2] - self._base[2]) - (now[1] - self._base[1])) / wall)
+            self._base = now
             return self._value
 
 
