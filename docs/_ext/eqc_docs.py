@@ -395,11 +395,15 @@ def resolve_internal(app: Any, env: Any, node: Any, contnode: Any) -> Any:
     candidates.append(target)
     # the module where the docstring holding the reference was written: names it imports or defines
     found = re.search(r"docstring of ([\w.]+)", str(getattr(node, "source", "") or ""))
-    documented = _import_path(found.group(1)) if found else None
-    if documented is not None:
-        home = documented.__name__ if inspect.ismodule(documented) else getattr(documented, "__module__", None)
-        if isinstance(home, str) and home.startswith(PACKAGE):
-            candidates.insert(0, f"{home}.{target}")
+    if found:  # the innermost enclosing class, function or module (a property has no __module__)
+        parts = found.group(1).split(".")
+        for cut in range(len(parts), 0, -1):
+            documented = _import_path(".".join(parts[:cut]))
+            home = documented.__name__ if inspect.ismodule(documented) else getattr(documented, "__module__", None)
+            if isinstance(home, str):
+                if home.startswith(PACKAGE):
+                    candidates.insert(0, f"{home}.{target}")
+                break
     domain = env.get_domain("py")
     for candidate in candidates:
         if not candidate.startswith(PACKAGE):
