@@ -92,6 +92,8 @@ sphinx_gallery_conf = {
     "capture_repr": (),
     "matplotlib_animations": False,
     "within_subsection_order": "FileNameSortKey",
+    # its timing pages load CSS/JS from a CDN: the site must work offline
+    "write_computation_times": False,
 }
 
 # ------------------------------------------------------------------------------------ HTML

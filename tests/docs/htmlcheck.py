@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 class Page:
     ids: set[str] = field(default_factory=set)
     links: list[tuple[str, str]] = field(default_factory=list)  #: (attribute, value)
+    resources: list[str] = field(default_factory=list)  #: what a browser loads by itself (CSS, JS, images)
 
 
 class _Collector(HTMLParser):
@@ -31,14 +32,28 @@ class _Collector(HTMLParser):
             self.page.ids.add(values["name"])
         if tag in ("a", "link") and values.get("href"):
             self.page.links.append(("href", values["href"]))
-        if tag in ("img", "script", "source") and values.get("src"):
+        if tag == "link" and values.get("href") and values.get("rel") not in ("canonical", "alternate"):
+            self.page.resources.append(values["href"])
+        if tag in ("img", "script", "source", "iframe") and values.get("src"):
             self.page.links.append(("src", values["src"]))
+            self.page.resources.append(values["src"])
 
 
 def parse(path: Path) -> Page:
     collector = _Collector()
     collector.feed(path.read_text(encoding="utf-8", errors="replace"))
     return collector.page
+
+
+def external_resources(site: Path) -> list[str]:
+    """Stylesheets, scripts, images and frames that a page of ``site`` would load from the network."""
+    found = []
+    for path in site.rglob("*.html"):
+        for url in parse(path).resources:
+            parts = urlsplit(url)
+            if parts.netloc or parts.scheme in ("http", "https"):
+                found.append(f"{path.relative_to(site)}: {url}")
+    return found
 
 
 def broken_links(site: Path) -> tuple[list[str], int]:

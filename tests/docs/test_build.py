@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import DOCS, ROOT, BuiltSite
-from .htmlcheck import broken_links, parse
+from .htmlcheck import broken_links, external_resources, parse
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +38,12 @@ def test_internal_links_images_and_anchors_resolve(site: Path) -> None:
     assert not problems, f"{len(problems)} broken of {checked} internal links:\n" + "\n".join(problems[:50])
 
 
+def test_no_page_loads_anything_from_the_network(site: Path) -> None:
+    """The site works offline: no page pulls CSS, JS, fonts or images from another host."""
+    found = external_resources(site)
+    assert not found, "\n".join(found[:30])
+
+
 def test_link_checker_finds_broken_links(tmp_path: Path) -> None:
     """The checker itself: a missing file, a missing anchor and a missing image are each reported."""
     (tmp_path / "a.html").write_text('<p id="here">x</p><a href="b.html#there">b</a><a href="#here">ok</a>'
@@ -45,6 +51,9 @@ def test_link_checker_finds_broken_links(tmp_path: Path) -> None:
                                      '<a href="https://example.org/#x">external</a>')
     (tmp_path / "b.html").write_text('<section id="elsewhere"></section>')
     problems, checked = broken_links(tmp_path)
+    assert external_resources(tmp_path) == []
+    (tmp_path / "c.html").write_text('<link rel="stylesheet" href="https://cdn.example/x.css"><a href="a.html">a</a>')
+    assert external_resources(tmp_path) == ["c.html: https://cdn.example/x.css"]
     assert checked == 5
     assert len(problems) == 4, problems
     assert any("#there" in p for p in problems) and any("#nowhere" in p for p in problems)
