@@ -50,6 +50,7 @@ autodoc_typehints_format = "short"
 autodoc_preserve_defaults = False
 autodoc_default_options = {"undoc-members": False}
 autoclass_content = "both"
+autodoc_inherit_docstrings = False  # not torch.nn.Module's docstrings under our classes
 python_use_unqualified_type_names = True
 
 # Names that belong to other projects. Their documentation is not reachable offline (the build may
