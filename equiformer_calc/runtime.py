@@ -6,6 +6,9 @@ allocator.
   linear algebra (ASE optimizers, EMT), where threads only cost.
 * :func:`configure_runtime`: glibc allocator tuning, applied once; :func:`heap_free_bytes` and
   :func:`release_memory` for the memory it keeps.
+* :func:`available_memory` / :func:`total_memory`: the OS probes of the memory budget
+  (/proc/meminfo, a cgroup v2 limit, glibc's free heap; a GPU's free memory), read by
+  :class:`~equiformer_calc.memory.MemoryBudget`.
 * :func:`call_threads` / :func:`thread_policy`: the threads of one model call, from its size and
   from how many cores other processes keep busy right now (:class:`CompetitionMeter`), with the
   OpenMP wait policy :func:`default_openmp_env` chose at import.
@@ -30,8 +33,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import Any
 
-__all__ = ["configure_runtime", "heap_free_bytes", "release_memory", "set_threads", "set_blas_threads", "single_threaded_blas", "thread_policy",
+__all__ = ["configure_runtime", "heap_free_bytes", "release_memory", "available_memory", "total_memory", "set_threads", "set_blas_threads", "single_threaded_blas", "thread_policy",
            "call_threads", "competition", "CompetitionMeter", "default_openmp_env", "runnable_others", "available_cores",
            "SMALL_CALL_EDGES", "SPIN_COUNT", "BUSY_CORE_THRESHOLD"]
 
@@ -99,6 +103,80 @@ def release_memory() -> bool:
     libc = _libc()
     trim = getattr(libc, "malloc_trim", None)
     return bool(trim(0)) if trim is not None else False
+
+
+def _cgroup_memory() -> tuple[int, int] | None:
+    """(limit, used) bytes of this process's cgroup (v2) when it has a memory limit, else None."""
+    try:
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            limit = fh.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as fh:
+            used = int(fh.read().strip())
+        return None if limit == "max" else (int(limit), used)
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory(device: Any = "cpu") -> int | None:
+    """Bytes that a new allocation can use now. CPU: ``MemAvailable`` of /proc/meminfo (psutil
+    elsewhere), capped by a cgroup (v2) memory limit when one is set, plus the free memory glibc's
+    heap holds for this process (:func:`heap_free_bytes`); ``None`` where it cannot be read
+    (then "auto" enforces no budget). CUDA: the device's free memory plus what torch's
+    caching allocator holds but does not use."""
+    import torch  # only here: this module is imported before torch (see default_openmp_env)
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type != "cpu":
+        return None
+    avail: int | None = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            import psutil  # optional
+
+            avail = int(psutil.virtual_memory().available)
+        except (ImportError, AttributeError, OSError):
+            return None
+    # what glibc's heap keeps for this process (configure_runtime never trims it) is free to us;
+    # part of it may never have been touched (not resident, so also in MemAvailable): never more
+    # than all memory
+    held = heap_free_bytes()
+    cgroup = _cgroup_memory()
+    if cgroup is not None:
+        avail = min(avail, max(cgroup[0] - cgroup[1], 0))
+    total = total_memory()  # capped by the cgroup limit too
+    return avail + held if total is None else min(avail + held, total)
+
+
+def total_memory(device: Any = "cpu") -> int | None:
+    """All the memory of the device (bytes): physical memory capped by a cgroup (v2) limit for the
+    CPU, the GPU's memory for CUDA; ``None`` where unknown. The most :func:`available_memory` can
+    ever be: the service derives its edge limits from it."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    if device.type != "cpu":
+        return None
+    try:
+        total = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+    cgroup = _cgroup_memory()
+    if cgroup is not None:
+        total = min(total, cgroup[0])
+    return total if total > 0 else None
 
 
 def set_threads(threads: int | None) -> None:

@@ -16,7 +16,7 @@ from ase.md.langevin import Langevin
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS, FIRE, LBFGS
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.graph import StructureError
 from equiformer_calc.model import UnknownElementError
 

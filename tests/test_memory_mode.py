@@ -16,8 +16,9 @@ import pytest
 import torch
 from ase.build import bulk
 
+import equiformer_calc.memory as memory_mod
 import equiformer_calc.predictor as predictor_mod
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.graph import batch_graphs, build_graph, structure_from_atoms
 from equiformer_calc.nn import sort_by_destination, split_edges
 from equiformer_calc.predictor import MemoryBudgetError, Predictor, available_memory, call_bytes, compute
@@ -31,7 +32,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of 23 edges, so every test structure is cut into many chunks."""
-    monkeypatch.setattr(predictor_mod, "LOW_MEMORY_EDGE_CHUNK", 23)
+    monkeypatch.setattr(memory_mod, "LOW_MEMORY_EDGE_CHUNK", 23)
 
 
 def frozen(model):

@@ -2,7 +2,7 @@
 calculator imports it too).
 
 :class:`EquiformerCalculatorBase` is the one ``calculate()`` of the local
-(:class:`~equiformer_calc.calculator.EquiformerCalculator`) and the remote
+(:class:`~equiformer_calc.calculators.local.EquiformerCalculator`) and the remote
 (:class:`~equiformer_calc.service.client.RemoteEquiformerCalculator`) calculator: it applies the
 periodicity rule (stress only for systems periodic in 3D) and takes ``predict([atoms])[0]``. A
 subclass supplies ``predict`` (many structures, one dict of numpy arrays each) and keeps its

@@ -68,7 +68,7 @@ def model_key(calculator: Any) -> str:
 def as_calculator(model: Any, device: str = "cpu", dtype: str = "float32") -> Any:
     """An EquiformerCalculator for ``model`` (a calculator is returned as is; the calculator's
     predictor works on its own copy of an Equiformer)."""
-    from ..calculator import EquiformerCalculator
+    from ..calculators.local import EquiformerCalculator
     from ..model import Equiformer
 
     if isinstance(model, Equiformer):

@@ -114,7 +114,7 @@ def _relax_all(
     failing one recorded in its result's ``error``."""
     from tqdm.auto import tqdm
 
-    from ..calculator import EquiformerCalculator
+    from ..calculators.local import EquiformerCalculator
 
     if not structures:
         return []
@@ -232,7 +232,7 @@ def relax_benchmark(
     names the labeller of the references (default: the ``labeller`` recorded in the frames, else EMT)."""
     from ase.io import read
 
-    from ..calculator import EquiformerCalculator
+    from ..calculators.local import EquiformerCalculator
 
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")

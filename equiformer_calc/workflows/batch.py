@@ -126,7 +126,7 @@ def _predictor_of(calculator: Any) -> Predictor:
     if isinstance(predictor, Predictor):
         d3 = getattr(calculator, "dispersion_term", None)
         if d3 is not None:  # the calculator adds D3: so must the batched calls
-            from ..calculators.dispersion import DispersionPredictor
+            from ..integrations.d3 import DispersionPredictor
 
             return DispersionPredictor(predictor, d3)  # type: ignore[return-value]
         return predictor

@@ -10,8 +10,8 @@ from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_s
 pytest.importorskip("dftd3", reason="the [d3] extra (simple-dftd3) is not installed")
 from dftd3.ase import DFTD3  # noqa: E402
 
-from equiformer_calc.calculator import EquiformerCalculator  # noqa: E402
-from equiformer_calc.calculators.dispersion import D3, DispersionPredictor, parse_dispersion  # noqa: E402
+from equiformer_calc.calculators.local import EquiformerCalculator  # noqa: E402
+from equiformer_calc.integrations.d3 import D3, DispersionPredictor, parse_dispersion  # noqa: E402
 
 from ..helpers import bulk_cell, make_model, slab_with_adsorbate  # noqa: E402
 

@@ -21,7 +21,7 @@ from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_s
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import atomic_numbers, covalent_radii
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.checkpoint import load_checkpoint, save_checkpoint
 from equiformer_calc.graph import StructureError, build_graph, structure_from_atoms
 from equiformer_calc.model import Equiformer, EquiformerConfig

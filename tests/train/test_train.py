@@ -32,7 +32,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from equiformer_calc.cli import main as cli_main
 from equiformer_calc.model import Equiformer
