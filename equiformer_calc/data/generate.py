@@ -40,7 +40,6 @@ temporary names and renamed, and ``summary.json`` (written last) marks a complet
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import lzma
@@ -59,7 +58,7 @@ from ase import Atoms
 from ase.io import read as ase_read
 from ase.io import write as ase_write
 
-from ..io import write_text_atomic
+from ..io import file_sha256, write_text_atomic
 from ..runtime import set_blas_threads, single_threaded_blas
 from ..surfaces import EMT_LATTICE_CONSTANTS
 from .label import Context, compute_task, fit_lattice_constants
@@ -136,14 +135,6 @@ def _executor_jobs(executor: Any, jobs: list[tuple[Task, Context]], failures: li
         frames_xz, meta = outcome.value
         _store_shard(Path(ctx.shard_dir), task.task_id, frames_xz, meta)
         yield meta
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_summary(path: Path) -> dict[str, Any] | None:
@@ -433,7 +424,7 @@ def _write_outputs(out: Path, shard_dir: Path, tasks: list[Task], compress: bool
         os.replace(out / f"{name}.tmp", out / name)
     write_text_atomic(out / "relax_tasks.json", json.dumps(records, indent=1))
     for name in [f"{s}{ext}" for s in SPLITS] + [*relax_names, "relax_tasks.json"]:
-        files[name] = {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
+        files[name] = {"bytes": (out / name).stat().st_size, "sha256": file_sha256(out / name)}
     return {
         "files": files,
         "frames_total": int(sum(counts["split"].values())),
