@@ -162,6 +162,10 @@ class Predictor:
         """The memory mode (one of :data:`MEMORY_MODES`)."""
         return self.budget.mode
 
+    @memory.setter
+    def memory(self, value: str) -> None:
+        self.budget.mode = resolve_memory_mode(value)
+
     @property
     def memory_budget(self) -> int | str | None:
         """The limit of one call: bytes, "auto" or None (see :class:`~equiformer_calc.memory.MemoryBudget`)."""

@@ -20,8 +20,8 @@ from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.graph import StructureError
 from equiformer_calc.model import UnknownElementError
 
-from .equivariance import assert_equivariant
-from .helpers import SYSTEMS, bulk_cell, make_model, slab_with_adsorbate
+from ..equivariance import assert_equivariant
+from ..helpers import SYSTEMS, bulk_cell, make_model, slab_with_adsorbate
 
 
 @pytest.fixture(scope="module")

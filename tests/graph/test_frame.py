@@ -31,7 +31,7 @@ from equiformer_calc.graph import (
 )
 from equiformer_calc.predictor import Predictor
 
-from .helpers import SYSTEMS, make_model
+from ..helpers import SYSTEMS, make_model
 
 TRANSLATIONS = [1e3, 1e6, 1e8]
 DIRECTION = np.array([1.0, -0.7, 0.3])

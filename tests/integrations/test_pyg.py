@@ -18,7 +18,7 @@ from equiformer_calc.predictor import compute  # noqa: E402
 from equiformer_calc.train.data import SampleDataset, batch_from_pyg, collate, samples_from_atoms  # noqa: E402
 from equiformer_calc.train.trainer import TrainConfig, _losses  # noqa: E402
 
-from .helpers import SYSTEMS, make_model  # noqa: E402
+from ..helpers import SYSTEMS, make_model  # noqa: E402
 
 
 def graphs(cutoff: float) -> list[AtomicGraph]:
