@@ -11,6 +11,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from .base import EquiformerCalculatorBase, reject_unknown_keywords
 from ..checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
 from ..graph import DEFAULT_MIN_DISTANCE_RATIO, NeighborListCache
+from ..integrations.d3 import D3, DispersionPredictor, parse_dispersion
 from ..model import Equiformer
 from ..predictor import Predictor, model_task, not_a_potential_message, resolve_dtype, resolve_memory_mode
 
@@ -183,9 +184,9 @@ class EquiformerCalculator(EquiformerCalculatorBase):
         structures = list(structures)
         attached = len(structures) == 1 and structures[0] is self.atoms
         caches = [self.neighbor_cache] if attached and self.neighbor_cache is not None else None
-        results = self.predictor.predict(structures, properties=properties, neighbor_caches=caches)
         d3 = self.dispersion_term
-        return results if d3 is None else [d3.add_to(r, s) for r, s in zip(results, structures)]
+        predictor = self.predictor if d3 is None else DispersionPredictor(self.predictor, d3)
+        return predictor.predict(structures, properties=properties, neighbor_caches=caches)
 
     # pickling: keep the settings and the weights, not torch modules with generated code
     def __getstate__(self) -> dict[str, Any]:
@@ -226,15 +227,11 @@ def _skin(skin: float) -> float:
 
 def _make_d3(name: str | None, xc: str) -> Any:
     """The D3 term of a ``dispersion`` name and functional (None when off); raises on a bad name."""
-    from ..integrations.d3 import D3, parse_dispersion
-
     return None if parse_dispersion(name) is None else D3(name, xc=xc)
 
 
 def _check_dispersion_task(model: Equiformer, dispersion: str | None) -> None:
     """D3 corrects a potential energy; a model whose energy is something else refuses it."""
-    from ..integrations.d3 import parse_dispersion
-
     task = model_task(model)
     if task != "potential" and parse_dispersion(dispersion) is not None:
         raise ValueError(f"dispersion={dispersion!r} adds D3 to a potential energy; this model's energy is "
