@@ -48,16 +48,13 @@ ESTIMATE_BAND = (0.8, 2.5)
 
 # The memory of one call: bytes = edges * bytes_per_edge(mode) + (low mode) one chunk's working
 # set, expressed per "width unit" so that it follows the layer sizes: the per-edge width of a block
-# is irreps_node + num_heads * irreps_head + sum(fc_neurons) dimensions (304 for 'small', 86 for
-# 'tiny', 1088 for 'md17-l2'). Measured as the peak RSS increase of one call in a fresh process by
-# benchmarks/memory.py (RESULTS.md "Memory per edge" and "Memory per atom and low-memory mode").
-# Forces/stress in fast mode keep _FAST_FLOATS_PER_WIDTH floats per width unit, edge and block
-# (measured 13.6 tiny, 9.7-12.5 small, 8.9 md17-l2); an energy-only fast call about one block's
-# transients (_NOGRAD_FLOATS_PER_WIDTH, measured 5.4-6.7). Low mode keeps the shared edge geometry
-# (_LOW_FLOATS_PER_EDGE + the fixed part: the fit over 500-8,000 atoms gives 1.0 kB per edge) plus
-# one chunk's working set (_LOW_CHUNK_FLOATS_PER_WIDTH per width unit and edge of a chunk: the
-# fit's intercept, 113 MB, against 199 MB here; ~6 energy-only). Every constant errs on the high
-# side of the largest measurement.
+# is irreps_node + num_heads * irreps_head + sum(fc_neurons) dimensions. Fast mode with forces or
+# stress keeps _FAST_FLOATS_PER_WIDTH floats per width unit, edge and block for the backward pass;
+# an energy-only fast call about one block's transients (_NOGRAD_FLOATS_PER_WIDTH). Low mode keeps
+# the shared edge geometry (_LOW_FLOATS_PER_EDGE + the fixed part) plus one chunk's working set
+# (_LOW_CHUNK_FLOATS_PER_WIDTH per width unit and edge of a chunk). Each constant is set above the
+# largest measurement of ``benchmarks/memory.py`` (RESULTS.md: "Memory per edge", "Memory per atom
+# and low-memory mode", and "Timings formerly in docstrings" for the calibration's numbers).
 _FAST_FLOATS_PER_WIDTH = 15.0
 _NOGRAD_FLOATS_PER_WIDTH = 7.5
 _LOW_FLOATS_PER_EDGE = 200.0
