@@ -15,16 +15,7 @@ from equiformer_calc.nn.attention import envelope_softmax, plain_softmax
 
 from ._graphs import CUTOFF, IRREPS_HEAD, IRREPS_NODE, IRREPS_SH, NUM_BASIS, cloud, edge_features
 
-
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    """e3nn's assert_equivariant builds its rotation matrices in torch's default dtype: float64 here,
-    so that the tolerance can be float64 round-off."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def attention(kind: str = "mlp", nonlinear: bool = True, softmax: str = "envelope") -> GraphAttention:

@@ -12,16 +12,7 @@ from equiformer_calc.nn import AtomEmbedding, TransformerBlock, with_parity
 
 from ._graphs import CUTOFF, IRREPS_HEAD, IRREPS_NODE, IRREPS_SH, NUM_BASIS, cloud, edge_features
 
-
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    """e3nn's assert_equivariant builds its rotation matrices in torch's default dtype: float64 here,
-    so that the tolerance can be float64 round-off."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def block(irreps_out=IRREPS_NODE) -> TransformerBlock:
