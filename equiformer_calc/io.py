@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,20 +24,45 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 __all__ = [
-    "atomic_path", "write_text_atomic", "jsonable", "write_json", "write_csv", "new_figure", "save_figure",
+    "atomic_path", "current_umask", "write_text_atomic", "jsonable", "write_json", "write_csv", "new_figure", "save_figure",
 ]
+
+
+def current_umask() -> int:
+    """The process's file-mode creation mask, read without changing it (``/proc/self/status`` on
+    Linux; elsewhere set-and-restore, which is not thread-safe but brief)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; when the block ends without an exception it
     replaces ``path`` (one ``os.replace``), otherwise it is removed. ``suffix`` lets writers that
-    infer the format from the name (matplotlib, ASE) see the right extension."""
+    infer the format from the name (matplotlib, ASE) see the right extension. The file gets the
+    mode a plain ``open(path, "w")`` would give it: 0666 less the umask, or the mode of the file
+    it replaces."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file 0600 (and some writers, safetensors among them, replace it by
+        # their own 0600 file); a file made by open() gets 0666 less the umask, and one rewritten
+        # in place keeps its mode: the result is readable as the user's other files are
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            mode = 0o666 & ~current_umask()
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +89,41 @@ def test_single_threaded_blas_restores_the_setting():
     finally:
         for n, (_, set_) in zip(original, controls):
             set_(n)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
+    """Issue 27, item 6: every atomic writer made 0600 files (``tempfile.mkstemp``), so results were
+    unreadable by the user's group whatever the umask. Now they get 0666 less the umask, as files
+    made by ``open`` do: CSV, JSON, text, PNG and checkpoints."""
+    from equiformer_calc.checkpoint import save_checkpoint
+    from equiformer_calc.io import current_umask, new_figure, save_figure, write_text_atomic
+
+    from .helpers import make_model
+
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        written = [
+            write_csv(tmp_path / "t.csv", ["a"], [[1.0]]),
+            write_json({"a": 1}, tmp_path / "r.json"),
+            save_figure(new_figure((2, 2)), tmp_path / "p.png"),
+            save_checkpoint(make_model(0), tmp_path / "m.safetensors"),
+        ]
+        write_text_atomic(tmp_path / "x.txt", "x")
+        written.append(tmp_path / "x.txt")
+        with open(tmp_path / "plain.txt", "w") as f:  # what open() gives, for comparison
+            f.write("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == mode
+    for path in written:
+        assert stat.S_IMODE(Path(path).stat().st_mode) == mode, path
+
+
+def test_atomic_rewrite_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    target = tmp_path / "shared.json"
+    write_json({"v": 1}, target)
+    target.chmod(0o664)
+    write_json({"v": 2}, target)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o664 and json.loads(target.read_text()) == {"v": 2}
