@@ -4,6 +4,9 @@ Atomic: a reader (or a run killed mid-write) sees the old file or the new one, n
 Every file the package writes for later reading (checkpoints, trainer state, histories, JSON
 reports, CSV tables, plots) goes through :func:`atomic_path`.
 
+Progress: :func:`progress` is the package's one tqdm entry point: a live bar on a terminal, and
+one plain line per interval when stderr goes to a file or a pipe (no carriage-return spam in logs).
+
 Figures: :func:`new_figure` makes a :class:`matplotlib.figure.Figure` on its own Agg canvas, so
 library code never calls ``matplotlib.use`` or ``pyplot`` (a notebook user's backend and open
 figures stay as they were); :func:`save_figure` writes it as PNG atomically.
@@ -15,7 +18,9 @@ import csv
 import json
 import math
 import os
+import re
 import stat
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +29,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 __all__ = [
-    "atomic_path", "current_umask", "write_text_atomic", "jsonable", "write_json", "write_csv", "new_figure", "save_figure",
+    "atomic_path", "current_umask", "progress", "PROGRESS_INTERVAL_ENV", "write_text_atomic", "jsonable", "write_json", "write_csv", "new_figure", "save_figure",
 ]
 
 
@@ -129,3 +134,63 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     return path
+
+
+#: environment variable: seconds between progress lines when stderr is not a terminal (default
+#: 30), or ``off`` for none
+PROGRESS_INTERVAL_ENV = "EQUIFORMER_CALC_PROGRESS_INTERVAL"
+_DEFAULT_PROGRESS_INTERVAL = 30.0
+
+
+class _LineStream:
+    """A file for tqdm that turns its in-place updates (``\\r`` + status) into whole lines: each
+    distinct status once, ending in a newline; blank clears are dropped."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._last = ""
+
+    def write(self, text: str) -> None:
+        for part in re.split(r"[\r\n]", text):
+            part = part.strip()
+            if part and part != self._last:
+                self.stream.write(part + "\n")
+                self._last = part
+
+    def flush(self) -> None:
+        getattr(self.stream, "flush", lambda: None)()
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def progress(iterable: Any = None, **kwargs: Any) -> Any:
+    """A tqdm progress bar (same arguments as ``tqdm.auto.tqdm``) for long work.
+
+    On a terminal or in a notebook it is tqdm's live bar. When the stream (stderr by default) is a
+    file or a pipe it prints one plain line per interval: the :data:`PROGRESS_INTERVAL_ENV` seconds
+    if set (``off``: nothing), else the caller's ``mininterval`` if at least 1 s, else 30 s; log
+    files hold readable lines instead of carriage returns."""
+    from tqdm.auto import tqdm
+
+    stream = kwargs.get("file") or sys.stderr
+    if "notebook" in getattr(tqdm, "__module__", "") or _is_terminal(stream):
+        return tqdm(iterable, **kwargs)
+    setting = os.environ.get(PROGRESS_INTERVAL_ENV, "").strip().lower()
+    if setting in ("off", "none", "0"):
+        kwargs["disable"] = True
+        interval = _DEFAULT_PROGRESS_INTERVAL
+    else:
+        try:
+            interval = float(setting) if setting else _DEFAULT_PROGRESS_INTERVAL
+        except ValueError:
+            raise ValueError(f"{PROGRESS_INTERVAL_ENV} must be a number of seconds or 'off', got {setting!r}") from None
+        if not setting and float(kwargs.get("mininterval") or 0.0) >= 1.0:
+            interval = float(kwargs["mininterval"])  # the caller chose a log interval
+    kwargs.update(file=_LineStream(stream), mininterval=interval, maxinterval=max(interval, 10.0),
+                  dynamic_ncols=False, ncols=kwargs.get("ncols") or 100, ascii=True)
+    return tqdm(iterable, **kwargs)

@@ -127,3 +127,76 @@ def test_atomic_rewrite_keeps_the_mode_of_the_file_it_replaces(tmp_path):
     target.chmod(0o664)
     write_json({"v": 2}, target)
     assert stat.S_IMODE(target.stat().st_mode) == 0o664 and json.loads(target.read_text()) == {"v": 2}
+
+
+_PROGRESS_SCRIPT = """
+import time
+from equiformer_calc.io import progress
+for _ in progress(range(6), desc="steps", leave=False):
+    time.sleep(0.05)
+with progress(total=4, desc="frames") as bar:
+    for _ in range(4):
+        bar.update()
+        time.sleep(0.05)
+"""
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal():
+    """Issue 27, item 11: progress bars written to a log file were carriage-return spam. Into a
+    pipe they are now whole lines (no ``\\r``), one per interval; ``off`` silences them."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EQUIFORMER_CALC_PROGRESS_INTERVAL": "0.01"}
+    done = subprocess.run([sys.executable, "-c", _PROGRESS_SCRIPT], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr
+    lines = done.stderr.splitlines()
+    assert len([x for x in lines if x.startswith("steps:")]) >= 2 and lines[-1].startswith("frames: 100%")
+    assert "4/4" in lines[-1]
+    quiet = subprocess.run([sys.executable, "-c", _PROGRESS_SCRIPT], capture_output=True, text=True, timeout=120,
+                           env={**env, "EQUIFORMER_CALC_PROGRESS_INTERVAL": "off"})
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_progress_is_a_live_bar_on_a_terminal():
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROGRESS_SCRIPT], stderr=follower, stdout=subprocess.DEVNULL,
+                              timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # the terminal is closed once everything is read
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(leader)
+    assert done.returncode == 0
+    assert b"\r" in b"".join(chunks) and b"frames: 100%" in b"".join(chunks)
+
+
+def test_every_progress_bar_goes_through_io_progress():
+    """No module but ``io`` imports tqdm itself (the call sites use ``io.progress``)."""
+    import ast
+
+    import equiformer_calc
+
+    root = Path(equiformer_calc.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path == root / "io.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "tqdm" or n.startswith("tqdm.") for n in names):
+                offenders.append(str(path.relative_to(root)))
+    assert offenders == []

@@ -236,7 +236,7 @@ def generate_dataset(
     ``relax_relaxed.extxyz`` (each with ``.xz`` when compressed), ``relax_tasks.json`` and
     ``summary.json``.
     """
-    from tqdm.auto import tqdm
+    from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
     out = Path(out_dir)
     size_name, spec = resolve_size(size)

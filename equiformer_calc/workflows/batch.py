@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
-from tqdm.auto import tqdm
+from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
 from ..graph import NeighborListCache
 from ..predictor import Predictor

@@ -30,7 +30,7 @@ from ase.calculators.calculator import Calculator
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
-from tqdm.auto import tqdm
+from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
 from ._common import (
     LazyTrajectory,
