@@ -29,8 +29,69 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 __all__ = [
-    "atomic_path", "current_umask", "progress", "PROGRESS_INTERVAL_ENV", "write_text_atomic", "jsonable", "write_json", "write_csv", "new_figure", "save_figure",
+    "atomic_path", "current_umask", "OutputIsInputError", "same_file", "file_kind", "progress", "PROGRESS_INTERVAL_ENV", "write_text_atomic", "jsonable", "write_json", "write_csv", "new_figure", "save_figure",
 ]
+
+
+class OutputIsInputError(ValueError):
+    """An output path is one of the command's input files: writing it would destroy the input."""
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether paths ``a`` and ``b`` name the same file: equal after resolving ``..`` and symlinks,
+    or (both existing) the same inode, as hard links are."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+#: leading bytes -> (kind, what to tell a user who gave it as a checkpoint)
+_MAGIC: tuple[tuple[bytes, str, str], ...] = (
+    (b"\x1f\x8b", "gzip", "a gzip-compressed file (decompress it first: gunzip)"),
+    (b"BZh", "bzip2", "a bzip2-compressed file (decompress it first: bunzip2)"),
+    (b"\xfd7zXZ\x00", "xz", "an xz-compressed file (decompress it first: unxz)"),
+    (b"(\xb5/\xfd", "zstd", "a zstd-compressed file (decompress it first: unzstd)"),
+    (b"PK\x03\x04", "zip", "a zip archive (the torch.save format)"),
+    (b"\x89HDF\r\n\x1a\n", "hdf5", "an HDF5 file"),
+    (b"\x89PNG", "png", "a PNG image"),
+)
+
+
+def file_kind(path: str | os.PathLike) -> tuple[str, str]:
+    """What a file looks like from its first bytes: ``(kind, description)`` with kind one of
+    ``empty``, ``gzip``, ``bzip2``, ``xz``, ``zstd``, ``zip``, ``hdf5``, ``png``, ``safetensors``,
+    ``pickle``, ``text`` or ``binary`` (unknown). For messages such as "x.pt is not a checkpoint:
+    it looks like a gzip-compressed file"."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return "empty", "an empty file"
+    for magic, kind, text in _MAGIC:
+        if head.startswith(magic):
+            return kind, text
+    if len(head) > 9 and head[8:9] == b"{":
+        size = int.from_bytes(head[:8], "little")
+        if 2 <= size <= os.path.getsize(path) - 8:
+            return "safetensors", "a safetensors file"
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+        return "pickle", "a pickle (the legacy torch.save format)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+        if len(head) == 4096:  # a multi-byte character cut at the end of the block
+            try:
+                text = head[:-3].decode("utf-8", errors="strict")
+            except UnicodeDecodeError:
+                text = ""
+    if text and sum(c.isprintable() or c in "\n\r\t" for c in text) >= 0.95 * len(text):
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        return "text", f"a text file (first line: {first[:60]!r})"
+    return "binary", "binary data of no checkpoint format (not a torch.save zip, pickle or safetensors file)"
 
 
 def current_umask() -> int:
