@@ -3,15 +3,18 @@ took 3.0 s and ``predict --help`` 4.3 s, because the subcommand modules imported
 
 Each verb registered in :data:`equiformer_calc.cli.COMMANDS` (a verb added later is picked up) is
 run as ``python -m equiformer_calc.cli VERB --help`` in a fresh process, three times; the median
-wall time must be under 0.5 s (torch alone takes seconds to import, so the bound separates the
-two cases while leaving several times the ~0.1 s these take on a loaded 2-core machine), and a
-fresh process that builds the verb's help must not have imported torch, e3nn, ASE's optimizers,
-the workflows or the service. The option names the command line mirrors from the library (so
+of the time the process spent on the CPU (user + system) must be under 0.5 s. CPU time, not wall
+time: on a shared machine (this project's has 2 cores and often a load of 10) the wall time of a
+0.1 s command stretches by the load, while the CPU time stays what the command costs. Importing
+torch alone costs seconds of CPU, so the bound separates the two cases with room to spare; the
+wall times are in the failure message. A fresh process that builds the verb's help must not
+have imported torch, e3nn, ASE's optimizers, the workflows or the service (exact, no timing). The option names the command line mirrors from the library (so
 that it need not import it) are checked against the library's tables."""
 
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -29,16 +32,20 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 @pytest.mark.parametrize("verb", sorted(COMMANDS))
 def test_subcommand_help_is_fast_and_imports_no_torch(verb):
-    times = []
+    cpu, wall = [], []
     for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "equiformer_calc.cli", verb, "--help"], capture_output=True,
                               text=True, timeout=120, env=ENV)
-        times.append(time.perf_counter() - start)
+        wall.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         assert done.returncode == 0, done.stderr
         assert f"usage: equiformer-calc {verb}" in done.stdout
-    median = statistics.median(times)
-    assert median < HELP_SECONDS, f"{verb} --help took {median:.2f} s (median of {[round(t, 2) for t in times]})"
+    median = statistics.median(cpu)
+    assert median < HELP_SECONDS, (f"{verb} --help used {median:.2f} s of CPU (median of {[round(t, 2) for t in cpu]}; "
+                                   f"wall {[round(t, 2) for t in wall]})")
     code = (
         "import sys\n"
         "from equiformer_calc.cli import main\n"
