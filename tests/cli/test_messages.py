@@ -19,23 +19,11 @@ from ase import Atoms
 from ase.build import molecule
 from ase.io import read, write
 
-from equiformer_calc.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from equiformer_calc.checkpoint import CheckpointError, load_checkpoint
 from equiformer_calc.cli import main
 
-from ..helpers import make_model
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return str(save_checkpoint(make_model(0), tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"))
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def one_error_line(err: str, command: str) -> str:

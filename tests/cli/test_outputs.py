@@ -15,24 +15,11 @@ import pytest
 from ase.build import fcc111, molecule
 from ase.io import read, write
 
-from equiformer_calc.checkpoint import save_checkpoint
 from equiformer_calc.cli import main
 from equiformer_calc.io import OutputIsInputError, same_file
 
-from ..helpers import make_model
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return str(save_checkpoint(make_model(0), tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"))
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def digest(path: Path) -> str:

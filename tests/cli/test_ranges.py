@@ -6,27 +6,13 @@ relax_batch) raises a ValueError naming the parameter and the value."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from ase.build import fcc111, molecule
 from ase.io import write
 
-from equiformer_calc.checkpoint import save_checkpoint
 from equiformer_calc.cli import main
 
 from ..helpers import make_model
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return str(save_checkpoint(make_model(0), tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"))
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 @pytest.mark.parametrize("argv, message", [
