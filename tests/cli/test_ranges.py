@@ -73,7 +73,7 @@ def test_fix_bottom_must_leave_a_layer_free(capsys, workdir, checkpoint):
 
 
 def test_python_api_refuses_the_same_values():
-    from equiformer_calc.calculator import EquiformerCalculator
+    from equiformer_calc import EquiformerCalculator
     from equiformer_calc.workflows import relax, relax_batch, run_md
 
     calc = EquiformerCalculator(model=make_model(0))
