@@ -15,6 +15,7 @@ figures stay as they were); :func:`save_figure` writes it as PNG atomically.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -29,7 +30,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 __all__ = [
-    "atomic_path", "current_umask", "OutputIsInputError", "same_file", "file_kind", "progress", "PROGRESS_INTERVAL_ENV", "write_text_atomic", "jsonable", "write_json", "write_csv", "new_figure", "save_figure",
+    "atomic_path", "current_umask", "OutputIsInputError", "same_file", "file_kind", "file_sha256", "progress",
+    "PROGRESS_INTERVAL_ENV", "write_text_atomic", "jsonable", "write_json", "write_csv", "new_figure", "save_figure",
 ]
 
 
@@ -255,3 +257,13 @@ def progress(iterable: Any = None, **kwargs: Any) -> Any:
     kwargs.update(file=_LineStream(stream), mininterval=interval, maxinterval=max(interval, 10.0),
                   dynamic_ncols=False, ncols=kwargs.get("ncols") or 100, ascii=True)
     return tqdm(iterable, **kwargs)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file's bytes, read in 1 MiB blocks (checkpoints, reference
+    checkpoints and dataset files are identified by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

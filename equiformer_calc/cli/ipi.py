@@ -1,5 +1,5 @@
 """``equiformer-calc ipi``: the model as an i-PI force-field client (the adapter is
-:mod:`equiformer_calc.calculators.ipi`)."""
+:mod:`equiformer_calc.integrations.ipi`)."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc ipi``: read the structure, load the model, answer i-PI until it stops."""
-    from ..calculator import EquiformerCalculator
-    from ..calculators.ipi import IPIConnectionError, run_client
+    from ..calculators.local import EquiformerCalculator
+    from ..integrations.ipi import IPIConnectionError, run_client
 
     atoms = read_structure(args.structure)
     calc = EquiformerCalculator(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, skin=args.skin,

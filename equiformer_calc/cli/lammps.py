@@ -1,5 +1,5 @@
 """``equiformer-calc lammps``: run a LAMMPS input with the model as its force field (the bridge is
-:mod:`equiformer_calc.calculators.lammps`)."""
+:mod:`equiformer_calc.integrations.lammps`)."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc lammps``: run the input with the model as its external force."""
-    from ..calculator import EquiformerCalculator
-    from ..calculators.lammps import load_lammps, run_input
+    from ..calculators.local import EquiformerCalculator
+    from ..integrations.lammps import load_lammps, run_input
 
     check_outputs([None if args.log == "none" else args.log], [args.input, args.checkpoint])
     calc = EquiformerCalculator(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, skin=args.skin,
