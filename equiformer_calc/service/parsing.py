@@ -114,6 +114,8 @@ def prescan_extxyz(text: str, limits: Limits) -> list[int]:
     atom limits is 413, a count larger than the lines that follow its header is 422. Work is
     proportional to the number of lines (frames end where ASE stops: at a blank count line)."""
     lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the text's final newline ends a line, it does not start one
     sizes: list[int] = []
     i = 0
     while i < len(lines) and lines[i].strip():
@@ -130,8 +132,8 @@ def prescan_extxyz(text: str, limits: Limits) -> list[int]:
                                              f"at most {limits.max_atoms_per_request} atoms per request")
         follow = len(lines) - i - 2  # after the count and comment lines
         if n > follow:
-            raise ApiError(422, "invalid_extxyz", f"extxyz frame {k} declares {n} atoms but only {max(follow, 0)} "
-                                                  f"lines follow its header")
+            raise ApiError(422, "invalid_extxyz", f"extxyz frame {k} declares {n} atoms but only {max(follow, 0)} line(s) "
+                                                  f"follow its header")
         sizes.append(max(n, 0))
         i += 2 + max(n, 0)
         while i < len(lines) and lines[i].startswith("VEC"):  # plain-xyz lattice vectors, as ASE reads them

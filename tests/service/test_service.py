@@ -430,7 +430,9 @@ BAD_INPUTS = {
     "stress_non_periodic": ({"structures": [as_json(bulk_cell()), _h2o()], "properties": ["energy", "stress"]},
                             422, "stress_unavailable", "structure 1, which is not periodic"),
     "unknown_property": ({"structures": [_h2o()], "properties": ["hessian"]}, 422, "invalid_request", "properties[0]"),
-    "bad_extxyz": ({"extxyz": "3\nx\nCu 0 0\n"}, 400, "invalid_extxyz", "could not parse the extxyz"),
+    "bad_extxyz": ({"extxyz": "2\nx\nCu 0 0\nCu 0 0\n"}, 400, "invalid_extxyz", "could not parse the extxyz"),
+    "truncated_extxyz": ({"extxyz": "3\nx\nCu 0 0 0\n"}, 422, "invalid_extxyz",
+                         "frame 0 declares 3 atoms but only 1 line(s) follow its header"),
     "empty_body": ("", 400, "invalid_json", "empty"),
 }
 
