@@ -248,6 +248,8 @@ def finish_structures(packed: PackedStructures, failed: tuple[int, str] | None, 
 def _parser_main(conn: Connection) -> None:  # pragma: no cover - runs in the child
     import signal
 
+    import ase.io  # noqa: F401 - imported before "ready", not during the first parse and its budget
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops us
     conn.send("ready")
     while True:
@@ -288,10 +290,14 @@ class ParserPool:
 
     :meth:`parse` (blocking; the server calls it from a thread) hands a body to an idle parser
     and waits at most ``timeout_s`` for its answer; a parser that runs past it is killed (the
-    request gets 413: too much to read within the server's parse budget) and replaced."""
+    request gets 413: too much to read within the server's parse budget) and replaced. Bodies of
+    at most ``inline_bytes`` are read in the calling thread instead (no process hop for the usual
+    small request; at that size the GIL is held for a few milliseconds at most)."""
 
-    def __init__(self, size: int = 2, timeout_s: float = 30.0, start_timeout_s: float = 120.0) -> None:
+    def __init__(self, size: int = 2, timeout_s: float = 30.0, start_timeout_s: float = 120.0,
+                 inline_bytes: int = 64 << 10) -> None:
         self.size = max(1, int(size))
+        self.inline_bytes = int(inline_bytes)
         self.timeout_s = float(timeout_s)
         self.start_timeout_s = float(start_timeout_s)
         self.killed = 0
@@ -337,7 +343,9 @@ class ParserPool:
 
     def parse(self, content_type: str, body: bytes, query_properties: Sequence[str],
               limits: Limits) -> tuple[PackedStructures, list[str], tuple[int, str] | None]:
-        """:func:`parse_body` in a parser process, under the parse budget."""
+        """:func:`parse_body` in a parser process, under the parse budget (small bodies: here)."""
+        if len(body) <= self.inline_bytes:
+            return parse_body(content_type, body, query_properties, limits)
         with self._slots:
             parser = self._take()
             try:
