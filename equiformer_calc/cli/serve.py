@@ -55,9 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (default 16)")
     parser.add_argument("--request-timeout", type=float, default=120.0,
                         help="seconds (queueing included) before a request gets 504 (default 120)")
-    parser.add_argument("--parse-timeout", type=float, default=30.0,
+    parser.add_argument("--parse-timeout", type=float, default=60.0,
                         help="seconds one request body may take to read and check (in a parser process, off the "
-                             "event loop); 413 above (default 30)")
+                             "event loop); 413 above (default 60)")
     parser.add_argument("--max-queued-requests", type=int, default=1024,
                         help="503 beyond this many waiting requests (default 1024)")
     parser.add_argument("--graceful-timeout", type=float, default=60.0,

@@ -19,9 +19,11 @@ import io
 import logging
 import multiprocessing
 import threading
+import time
 from multiprocessing.connection import Connection, wait
 from typing import Any, Sequence
 
+import numpy as np
 from pydantic import ValidationError
 
 from ..graph import Structure, StructureError, estimate_edges
@@ -29,10 +31,11 @@ from ..model import UnknownElementError
 from ..predictor import ALL_PROPERTIES
 from .packing import PackedStructures, pack_structures, unpack_structures
 from .schema import ApiError, Limits, PredictRequest, StructureIn, format_validation_error
+from .worker import serve_pipe
 
 __all__ = [
     "EXTXYZ_TYPES", "ParserPool", "parse_body", "prescan_extxyz", "read_extxyz", "structure_numbers", "check_sizes",
-    "check_edges", "finish_structures", "parse_properties",
+    "check_edges", "check_deadline", "finish_structures", "parse_properties",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,17 +76,27 @@ def check_sizes(sizes: Sequence[int], limits: Limits) -> None:
                                          f"accepts at most {limits.max_atoms_per_request} atoms per request")
 
 
+def check_deadline(deadline: float | None, limits: Limits) -> None:
+    """413 once ``time.monotonic()`` is past ``deadline`` (the parse budget of a request)."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise ApiError(413, "too_large", "the request could not be read and checked within the server's parse budget")
+
+
 def check_edges(structures: Sequence[Structure], cutoff: float, limits: Limits, bytes_per_edge: float,
-                mode: str = "fast") -> None:
+                mode: str = "fast", deadline: float | None = None) -> None:
     """413 for a structure or a request whose estimated edge count is over its limit (the estimate
-    is cheap: no neighbour search; see :func:`~equiformer_calc.graph.estimate_edges`)."""
+    is cheap: no neighbour search; see :func:`~equiformer_calc.graph.estimate_edges`), or past
+    ``deadline``."""
     budget = "" if limits.memory_budget_bytes is None else (
         f" (the server's memory budget of {limits.memory_budget_bytes / 2**30:.3g} GiB at about "
         f"{bytes_per_edge / 1024:.1f} KiB per edge in memory='{mode}' mode)")
     total = 0
     for k, structure in enumerate(structures):
+        if k % 256 == 0:
+            check_deadline(deadline, limits)
         try:
-            edges = estimate_edges(structure, cutoff)
+            # a lone atom of a molecule has no edges (what the estimate gives, 0.5 ms sooner)
+            edges = 0 if len(structure) <= 1 and not structure.pbc.any() else estimate_edges(structure, cutoff)
         except StructureError as exc:
             raise ApiError(422, "invalid_structure", f"structure {k}: {exc}") from None
         if edges > limits.max_edges_per_structure:
@@ -224,24 +237,42 @@ def parse_body(content_type: str, body: bytes, query_properties: Sequence[str],
 
 
 def finish_structures(packed: PackedStructures, failed: tuple[int, str] | None, predictor: Any,
-                      check_elements: Any = None) -> list[Structure]:
+                      check_elements: Any = None, deadline: float | None = None,
+                      limits: Limits | None = None, known_numbers: Sequence[int] | None = None) -> list[Structure]:
     """The server's half: structures with elements the model (and ``check_elements``, e.g. D3's
-    table) supports, or the 422 of the first structure at fault."""
-    out: list[Structure] = []
-    for k, structure in enumerate(unpack_structures(packed)):
-        try:
-            out.append(predictor.to_structure(structure))
-            if check_elements is not None:
-                check_elements(structure.numbers)
-        except UnknownElementError as exc:
-            raise ApiError(422, "unknown_element", f"structure {k}: {exc}") from None
-        except StructureError as exc:
-            raise ApiError(422, "invalid_structure", f"structure {k}: {exc}") from None
-        except ValueError as exc:  # D3's element table
-            raise ApiError(422, "unsupported_element", f"structure {k}: {exc}") from None
+    table) supports, or the 422 of the first structure at fault (413 past ``deadline``).
+
+    ``known_numbers`` (the model's atomic numbers) allows one check of all atoms at once; only
+    when it finds an unsupported element are the structures checked one by one, for the message."""
+    structures = unpack_structures(packed)
+    if not _all_supported(packed.numbers, known_numbers, check_elements):
+        for k, structure in enumerate(structures):
+            if k % 256 == 0 and limits is not None:
+                check_deadline(deadline, limits)
+            try:
+                predictor.to_structure(structure)
+                if check_elements is not None:
+                    check_elements(structure.numbers)
+            except UnknownElementError as exc:
+                raise ApiError(422, "unknown_element", f"structure {k}: {exc}") from None
+            except StructureError as exc:
+                raise ApiError(422, "invalid_structure", f"structure {k}: {exc}") from None
+            except ValueError as exc:  # D3's element table
+                raise ApiError(422, "unsupported_element", f"structure {k}: {exc}") from None
     if failed is not None:
         raise ApiError(422, "invalid_structure", f"structure {failed[0]}: {failed[1]}")
-    return out
+    return structures
+
+
+def _all_supported(numbers: Any, known_numbers: Sequence[int] | None, check_elements: Any) -> bool:
+    if known_numbers is None or not np.isin(numbers, np.asarray(known_numbers)).all():
+        return False
+    try:
+        if check_elements is not None:
+            check_elements(numbers)
+    except ValueError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------- the parser processes
@@ -252,20 +283,16 @@ def _parser_main(conn: Connection) -> None:  # pragma: no cover - runs in the ch
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops us
     conn.send("ready")
-    while True:
+
+    def handle(message: Any) -> tuple[str, Any]:
         try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if message is None:
-            return
-        try:
-            reply: tuple[str, Any] = ("ok", parse_body(*message))
+            return ("ok", parse_body(*message))
         except ApiError as exc:
-            reply = ("error", exc)
+            return ("error", exc)
         except Exception as exc:  # noqa: BLE001 - a bug in parsing: the request gets a 500 naming it
-            reply = ("error", ApiError(500, "internal", f"could not read the request: {type(exc).__name__}: {exc}"))
-        conn.send(reply)
+            return ("error", ApiError(500, "internal", f"could not read the request: {type(exc).__name__}: {exc}"))
+
+    serve_pipe(conn, handle)
 
 
 class _Parser:
@@ -294,7 +321,7 @@ class ParserPool:
     at most ``inline_bytes`` are read in the calling thread instead (no process hop for the usual
     small request; at that size the GIL is held for a few milliseconds at most)."""
 
-    def __init__(self, size: int = 2, timeout_s: float = 30.0, start_timeout_s: float = 120.0,
+    def __init__(self, size: int = 2, timeout_s: float = 60.0, start_timeout_s: float = 120.0,
                  inline_bytes: int = 64 << 10) -> None:
         self.size = max(1, int(size))
         self.inline_bytes = int(inline_bytes)

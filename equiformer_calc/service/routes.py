@@ -140,9 +140,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _prepare(state: ServiceState, content_type: str, body: bytes, query: list[str]) -> tuple[list[Any], list[str]]:
     """Parse (parser process), check elements and edges, and check stress requests (this thread)."""
+    deadline = time.monotonic() + state.parsers.timeout_s  # the parse budget covers this whole function
     packed, properties, failed = state.parsers.parse(content_type, body, query, state.limits)
-    structures = finish_structures(packed, failed, state.predictor, state.check_elements)
-    check_edges(structures, float(state.predictor.cutoff), state.limits, state.bytes_per_edge, state.mode)
+    structures = finish_structures(packed, failed, state.predictor, state.check_elements, deadline, state.limits,
+                                   state.known_numbers)
+    check_edges(structures, float(state.predictor.cutoff), state.limits, state.bytes_per_edge, state.mode, deadline)
     if "stress" in properties:
         for k, s in enumerate(structures):
             if not s.pbc.all():

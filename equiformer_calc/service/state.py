@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ase.data import atomic_numbers
+
 from ..predictor import ALL_PROPERTIES, MEMORY_HEADROOM, Predictor
 from ..protocols import PredictorLike
 from .batcher import Batcher
@@ -45,7 +47,7 @@ class ServiceOptions:
     isolate: bool | None = None
     max_body_bytes: int = 16 << 20
     request_timeout_s: float = 120.0
-    parse_timeout_s: float = 30.0
+    parse_timeout_s: float = 60.0
     parsers: int = 2
     max_batch_atoms: int = 1024
     max_wait_ms: float = 5.0
@@ -81,6 +83,8 @@ class ServiceState:
     bytes_per_edge: float
     mode: str
     check_elements: Callable[[Any], None] | None = None
+    #: atomic numbers of the model's elements
+    known_numbers: list[int] = field(default_factory=list)
     arriving: _Counter = field(default_factory=_Counter)
 
     @property
@@ -96,10 +100,21 @@ class ServiceState:
         return f"model calls {model}" + ("" if d3 == "none" else f", {d3} dispersion {model}")
 
     def start(self) -> None:
+        """Start the parsers, the model worker and the batcher. Then import what the first small
+        request would otherwise import while holding the GIL (ASE's readers: seconds), and move
+        everything alive now out of the garbage collector's reach (``gc.freeze``), so that a
+        collection triggered by a large request does not walk the model's objects with the GIL
+        held."""
+        import gc
+
+        import ase.io  # noqa: F401
+
         self.parsers.start()
         if isinstance(self.predictor, IsolatedPredictor):
             self.predictor.start()  # the model is built in the worker before the first request
         self.batcher.start()
+        gc.collect()
+        gc.freeze()
 
     def stop(self, timeout_s: float) -> None:
         """Finish queued work (at most ``timeout_s``), then stop the parsers and the worker."""
@@ -200,6 +215,7 @@ def build_state(source: Predictor | str | os.PathLike, options: ServiceOptions) 
         parsers=ParserPool(options.parsers, timeout_s=options.parse_timeout_s), metrics=metrics, limits=limits,
         info=_model_info(local, model_id, checkpoint, limits, options, dispersion), token=options.token,
         bytes_per_edge=per_edge, mode=mode, check_elements=check_elements, arriving=arriving,
+        known_numbers=[atomic_numbers[symbol] for symbol in local.elements],
     )
 
 

@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 from multiprocessing.connection import Connection, wait
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..graph import Structure
 from ..predictor import Predictor
@@ -107,6 +107,20 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:  # pragma: no 
     marker = os.environ.get(ABORT_MARKER_ENV)
     abort_at = float(marker) if marker else None
     conn.send(("ready", os.getpid()))
+
+    def handle(message: Any) -> tuple[str, Any]:
+        packed, properties = message
+        structures = unpack_structures(packed)
+        if abort_at is not None and any(len(s) and s.positions[0, 0] == abort_at for s in structures):
+            os.abort()
+        return ("ok", pack_results(predictor.predict(structures, properties)))
+
+    serve_pipe(conn, handle)
+
+
+def serve_pipe(conn: Connection, handle: Callable[[Any], tuple[str, Any]]) -> None:  # pragma: no cover - children
+    """A child process's loop: answer each message from ``conn`` with ``handle(message)`` (an
+    exception is sent back as ``("error", exc)``) until the parent sends None or goes away."""
     while True:
         try:
             message = conn.recv()
@@ -114,12 +128,8 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:  # pragma: no 
             return
         if message is None:
             return
-        packed, properties = message
-        structures = unpack_structures(packed)
-        if abort_at is not None and any(len(s) and s.positions[0, 0] == abort_at for s in structures):
-            os.abort()
         try:
-            reply = ("ok", pack_results(predictor.predict(structures, properties)))
+            reply = handle(message)
         except Exception as exc:  # noqa: BLE001 - every error goes back to the request
             reply = ("error", exc)
         try:
