@@ -25,6 +25,7 @@ import numpy as np
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..graph import Structure, structure_from_atoms
+from ..protocols import PredictorLike
 
 __all__ = ["D3", "DispersionPredictor", "DAMPINGS", "D3_MAX_Z", "D3ElementError", "check_d3_elements", "parse_dispersion"]
 
@@ -196,7 +197,7 @@ class DispersionPredictor:
     batched workflows take it in place of a plain predictor.
     """
 
-    def __init__(self, predictor: Any, d3: D3) -> None:
+    def __init__(self, predictor: PredictorLike, d3: D3) -> None:
         self.predictor = predictor
         self.d3 = d3
 

@@ -14,7 +14,7 @@ from ase.build import molecule
 
 pytest.importorskip("dftd3", reason="the [d3] extra (simple-dftd3) is not installed")
 
-from equiformer_calc.calculator import EquiformerCalculator  # noqa: E402
+from equiformer_calc import EquiformerCalculator  # noqa: E402
 from equiformer_calc.checkpoint import save_checkpoint  # noqa: E402
 from equiformer_calc.model import Equiformer  # noqa: E402
 

@@ -72,3 +72,18 @@ def test_a_parse_over_the_budget_is_killed_and_the_next_one_is_served():
         assert len(packed) == 1 and failed is None
     finally:
         pool.stop()
+
+
+def test_the_predictor_wrappers_share_one_protocol():
+    from equiformer_calc.calculators.dispersion import D3, DispersionPredictor
+    from equiformer_calc.model import Equiformer
+    from equiformer_calc.predictor import Predictor
+    from equiformer_calc.protocols import PredictorLike
+    from equiformer_calc.service.worker import IsolatedPredictor
+
+    local = Predictor(Equiformer.from_preset("tiny", elements=["H", "O"]))
+    isolated = IsolatedPredictor(local, dispersion=("d3bj", "pbe"))  # not started: no process
+    for predictor in (local, isolated, DispersionPredictor(local, D3("d3bj"))):
+        assert isinstance(predictor, PredictorLike), type(predictor)
+        assert predictor.elements == ["H", "O"] and predictor.cutoff == local.cutoff
+    assert isolated.worker_pid is None
