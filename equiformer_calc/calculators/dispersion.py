@@ -41,8 +41,9 @@ DAMPINGS = {
 }
 
 #: simple-dftd3 has D3 reference data for H to Lr (Z 1-103). Probed on dftd3 1.7.0 with a dimer of
-#: each element at 3 A: Z 1-103 give finite non-zero energies; Rf-Hs (104-108) give 0, ~1e-117 or
-#: NaN, 107-113 and 117 give 0.0, and Fl-Og (114-116, 118) crash or hang the library.
+#: each element at 3 A: Z 1-103 give finite non-zero energies; Rf-Nh (104-113) and Ts (117) give
+#: 0.0 or garbage (Db ~1e-117; Sg NaN in one process, -1.7e-10 in another), and Fl, Mc, Lv and Og
+#: (114-116, 118) crash or hang the library.
 D3_MAX_Z = 103
 
 

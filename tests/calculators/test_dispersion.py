@@ -190,8 +190,9 @@ def _dimer(symbol: str) -> "Atoms":
 
 def test_d3_table_bound_matches_the_library():
     """D3_MAX_Z is where simple-dftd3's parameters end: a dimer of every element up to Lr (103)
-    gets a finite attractive term, Rf, Sg and Bh (104, 106, 107; they do not crash the library)
-    get 0, NaN or ~1e-117, i.e. no parameters. Fl-Og crash or hang it: never called here."""
+    gets a finite attractive term (over 1e-5 Hartree at 3 A); Rf and Bh (104, 107) get 0: no
+    parameters. Sg (106) gave NaN in one process and -1.7e-10 in another (memory the library never
+    set), and Fl-Og crash or hang it: never called here."""
     from dftd3.interface import DispersionModel, RationalDampingParam
 
     from equiformer_calc.calculators.dispersion import D3_MAX_Z
@@ -202,9 +203,9 @@ def test_d3_table_bound_matches_the_library():
 
     assert D3_MAX_Z == 103
     assert all(np.isfinite(e) and e < -1e-5 for e in map(raw_energy, range(1, D3_MAX_Z + 1)))
-    for z in (104, 106, 107):
+    for z in (104, 107):
         e = raw_energy(z)
-        assert not np.isfinite(e) or abs(e) < 1e-100, (z, e)
+        assert not np.isfinite(e) or abs(e) < 1e-8, (z, e)
 
 
 def test_d3_refuses_elements_outside_its_table_by_name():
