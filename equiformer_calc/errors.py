@@ -50,9 +50,9 @@ ERRORS: tuple[ErrorKind, ...] = (
     ErrorKind("equiformer_calc.service.batcher:BatcherClosedError", 503, "shutting_down", 1,
               "the server is shutting down; retry on another replica"),
     # inputs
-    ErrorKind("equiformer_calc.calculators.dispersion:D3ElementError", 422, "unsupported_element", 2,
+    ErrorKind("equiformer_calc.integrations.d3:D3ElementError", 422, "unsupported_element", 2,
               "D3 has parameters for H to Lr (Z 1-103) only: drop --dispersion or these elements"),
-    ErrorKind("equiformer_calc.predictor:MemoryBudgetError", 507, "insufficient_memory", 2,
+    ErrorKind("equiformer_calc.memory:MemoryBudgetError", 507, "insufficient_memory", 2,
               f"{_SMALLER}, --memory low where the command has it, or free memory"),
     ErrorKind("equiformer_calc.graph:BudgetError", 413, "too_large", 2,
               f"{_SMALLER}, or raise the memory budget where the command has one"),

@@ -3,7 +3,7 @@ the package at run time and sits at the bottom of the layers).
 
 :class:`PredictorLike` is what a batched model call needs from a predictor. The one implementation
 that runs the model is :class:`~equiformer_calc.predictor.Predictor`; the wrappers stacked over it
-(:class:`~equiformer_calc.calculators.dispersion.DispersionPredictor`, which adds D3, and the
+(:class:`~equiformer_calc.integrations.d3.DispersionPredictor`, which adds D3, and the
 service's :class:`~equiformer_calc.service.worker.IsolatedPredictor`, which runs the calls in a
 worker process) have the same interface, so the service's batcher, the batched workflows and the
 tests take any of them.

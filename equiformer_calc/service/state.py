@@ -160,7 +160,7 @@ def _limits(predictor: Predictor, o: ServiceOptions) -> tuple[Limits, float, str
 def _stack(local: Predictor, o: ServiceOptions, isolate: bool) -> tuple[PredictorLike, Callable | None, str]:
     """The predictor wrappers: isolation (with D3 in the worker) or D3 in this process.
     Returns (predictor, the D3 element check or None, the dispersion's name)."""
-    from ..calculators.dispersion import D3, check_d3_elements, parse_dispersion
+    from ..integrations.d3 import D3, check_d3_elements, parse_dispersion
 
     parsed = parse_dispersion(o.dispersion)  # ValueError naming the accepted values
     d3 = D3(o.dispersion or "", xc=o.xc) if parsed is not None else None  # checks xc; computes nothing
@@ -169,7 +169,7 @@ def _stack(local: Predictor, o: ServiceOptions, isolate: bool) -> tuple[Predicto
         spec = (d3.name, d3.xc) if d3 is not None else None
         predictor: PredictorLike = IsolatedPredictor(local, timeout_s=timeout, dispersion=spec)
     elif d3 is not None:
-        from ..calculators.dispersion import DispersionPredictor
+        from ..integrations.d3 import DispersionPredictor
 
         predictor = DispersionPredictor(local, d3)
     else:

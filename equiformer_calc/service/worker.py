@@ -4,7 +4,7 @@
 model information are answered in the server process by a local :class:`~equiformer_calc.predictor.Predictor`
 (cheap, no model call); ``predict`` sends the structures to a worker process that holds its own
 copy of the model (same weights, device, dtype and limits) and, with ``dispersion``, its own D3
-term (:class:`~equiformer_calc.calculators.dispersion.DispersionPredictor`): D3 runs in the worker
+term (:class:`~equiformer_calc.integrations.d3.DispersionPredictor`): D3 runs in the worker
 too, so a crash of the D3 library is a worker crash, not a server crash. Structures and results
 cross the pipe packed into a few arrays (:mod:`.packing`), so a large request does not hold the
 server's GIL while it is pickled. When the worker dies (a signal, an
@@ -100,7 +100,7 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:  # pragma: no 
         max_edges=spec["max_edges"], threads=spec["call_threads"], copy_model=False,
     )
     if spec["dispersion"] is not None:  # D3 in this process: a crash of its library is a worker crash
-        from ..calculators.dispersion import D3, DispersionPredictor
+        from ..integrations.d3 import D3, DispersionPredictor
 
         name, xc = spec["dispersion"]
         predictor = DispersionPredictor(predictor, D3(name, xc=xc))  # type: ignore[assignment]

@@ -75,7 +75,7 @@ def test_a_parse_over_the_budget_is_killed_and_the_next_one_is_served():
 
 
 def test_the_predictor_wrappers_share_one_protocol():
-    from equiformer_calc.calculators.dispersion import D3, DispersionPredictor
+    from equiformer_calc.integrations.d3 import D3, DispersionPredictor
     from equiformer_calc.model import Equiformer
     from equiformer_calc.predictor import Predictor
     from equiformer_calc.protocols import PredictorLike

@@ -10,8 +10,8 @@ from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_s
 pytest.importorskip("dftd3", reason="the [d3] extra (simple-dftd3) is not installed")
 from dftd3.ase import DFTD3  # noqa: E402
 
-from equiformer_calc.calculator import EquiformerCalculator  # noqa: E402
-from equiformer_calc.calculators.dispersion import D3, DispersionPredictor, parse_dispersion  # noqa: E402
+from equiformer_calc.calculators.local import EquiformerCalculator  # noqa: E402
+from equiformer_calc.integrations.d3 import D3, DispersionPredictor, parse_dispersion  # noqa: E402
 
 from ..helpers import bulk_cell, make_model, slab_with_adsorbate  # noqa: E402
 
@@ -160,12 +160,11 @@ def test_three_body_term_is_optional():
     assert three - two > 1e-3  # ATM is repulsive in a close-packed metal
 
 
-def test_cli_relax_and_screening_fingerprint_take_dispersion(model, tmp_path):
+def test_cli_relax_takes_dispersion(model, tmp_path):
     from ase.io import read, write
 
     from equiformer_calc.checkpoint import save_checkpoint
     from equiformer_calc.cli import main as cli_main
-    from equiformer_calc.workflows.screening.store import model_fingerprint
 
     ckpt = str(save_checkpoint(model, tmp_path / "tiny.safetensors"))
     src = tmp_path / "slab.extxyz"
@@ -176,9 +175,6 @@ def test_cli_relax_and_screening_fingerprint_take_dispersion(model, tmp_path):
     e_plain = read(tmp_path / "plain.traj", 0).get_potential_energy()
     e_d3 = read(tmp_path / "d3.traj", 0).get_potential_energy()
     assert e_d3 - e_plain == pytest.approx(D3("d3bj").compute(slab_with_adsorbate())["energy"], abs=1e-5)
-    # a screening database never mixes rows with and without D3
-    plain = EquiformerCalculator(model=model)
-    assert model_fingerprint(plain) != model_fingerprint(EquiformerCalculator(model=model, dispersion="d3bj"))
 
 
 # ------------------------------------------------------------------------------------ D3's element table
@@ -195,7 +191,7 @@ def test_d3_table_bound_matches_the_library():
     set), and Fl-Og crash or hang it: never called here."""
     from dftd3.interface import DispersionModel, RationalDampingParam
 
-    from equiformer_calc.calculators.dispersion import D3_MAX_Z
+    from equiformer_calc.integrations.d3 import D3_MAX_Z
 
     def raw_energy(z: int) -> float:
         model = DispersionModel(np.array([z, z]), np.array([[0.0, 0, 0], [0, 0, 5.67]]))
@@ -211,7 +207,7 @@ def test_d3_table_bound_matches_the_library():
 def test_d3_refuses_elements_outside_its_table_by_name():
     """The issue's reproduction: a model with H, O and Og under d3bj. The D3 library segfaults on
     Og and returns 0.0 for Rf; the calculator refuses both by name before calling it."""
-    from equiformer_calc.calculators.dispersion import D3ElementError, check_d3_elements
+    from equiformer_calc.integrations.d3 import D3ElementError, check_d3_elements
     from equiformer_calc.model import Equiformer
 
     model = Equiformer.from_preset("tiny", elements=["H", "O", "Og"])
