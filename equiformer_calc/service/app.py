@@ -78,6 +78,32 @@ class _MetricsMiddleware:
                 self.metrics.latency.observe(time.perf_counter() - start)
 
 
+#: the documentation pages may load nothing from elsewhere: ReDoc's bundle links a logo on a CDN
+#: (cdn.redoc.ly) unconditionally; under this policy the browser never sends that request
+_DOCS_CSP = (b"default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:; "
+             b"style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
+             b"worker-src 'self' blob:; connect-src 'self'")
+
+
+class _DocsPolicyMiddleware:
+    """Adds :data:`_DOCS_CSP` to the /docs and /redoc pages (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") not in ("/docs", "/redoc"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_policy(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"content-security-policy", _DOCS_CSP)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_policy)
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
@@ -121,6 +147,7 @@ def create_app(predictor_or_checkpoint: Predictor | str | os.PathLike, **options
     app.state.predictor, app.state.batcher, app.state.metrics = state.predictor, state.batcher, state.metrics
     app.state.limits = state.limits
     app.add_middleware(_MetricsMiddleware, metrics=state.metrics)  # type: ignore[arg-type]
+    app.add_middleware(_DocsPolicyMiddleware)  # type: ignore[arg-type]
     install_error_handlers(app)
     register(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
