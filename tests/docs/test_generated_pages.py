@@ -24,10 +24,23 @@ def test_cli_pages_have_every_verb_and_option() -> None:
             for option in action.option_strings:
                 assert f".. option:: {option}" in text or f", {option}" in text, f"{verb} {option}"
     relax = pages["relax"]
-    assert ".. option:: --fmax FMAX\n\n   force criterion, eV/A (default 0.05)" in relax  # %(default)s expanded
+    fmax = next(a for a in eqc_docs.verb_parser("relax")._actions if "--fmax" in a.option_strings)
+    assert f".. option:: --fmax FMAX\n\n   {eqc_docs._rst_escape(fmax.help)}" in relax
     assert "{BFGS,FIRE,LBFGS}" in relax
     table = eqc_docs._verb_table()
     assert all(f"<cli-{verb}>" in table for verb in COMMANDS)
+
+
+def test_option_entry_expands_defaults_and_lists_choices() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="x")
+    step = parser.add_argument("--step", type=float, default=0.5, help="step size (default %(default)s)")
+    mode = parser.add_argument("--mode", choices=["a", "b"], default="a")
+    flag = parser.add_argument("-q", "--quiet", action="store_true", help="say *nothing*")
+    assert eqc_docs._option_entry(parser, step) == ".. option:: --step STEP\n\n   step size (default 0.5)\n"
+    assert eqc_docs._option_entry(parser, mode) == ".. option:: --mode {a,b}\n\n   (choices: a, b)\n"
+    assert eqc_docs._option_entry(parser, flag) == ".. option:: -q, --quiet\n\n   say \\*nothing\\*\n"
 
 
 def test_rst_escaping_of_help_texts() -> None:
