@@ -82,6 +82,9 @@ sphinx_gallery_conf = {
     "within_subsection_order": "FileNameSortKey",
     # its timing pages load CSS/JS from a CDN: the site must work offline
     "write_computation_times": False,
+    # tutorials run again only when their source changed, unless asked (tests/docs asks: a change of
+    # the package must re-execute them)
+    "run_stale_examples": os.environ.get("EQUIFORMER_CALC_DOCS_RERUN_TUTORIALS") == "1",
 }
 
 # ------------------------------------------------------------------------------------ HTML
