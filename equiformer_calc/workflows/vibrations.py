@@ -238,10 +238,12 @@ def vibrate_many(
     device: str = "cpu",
     dtype: str = "float32",
     progress: bool = True,
+    warn: bool = True,
 ) -> list[VibrationResult]:
     """:func:`vibrate` of several structures, all their displacements in shared batched calls (e.g.
     every best site of a screen and the gas references at once). ``indices``: one entry per
-    structure (``None``: :func:`adsorbate_indices`)."""
+    structure (``None``: :func:`adsorbate_indices`). warn: log each result's imaginary and soft
+    modes (callers that drop a molecule's translations and rotations check the rest themselves)."""
     structures = list(structures)
     if not structures:
         return []
@@ -264,7 +266,7 @@ def vibrate_many(
         start += len(job)
         hessian = _hessian([np.asarray(r["forces"]) for r in part[1:]], ix, delta, nfree)
         res = _result(atoms, ix, hessian, float(part[0]["energy"]), delta, nfree, soft_threshold, n_calls)
-        for note in res.notes:
+        for note in res.notes if warn else ():
             log.warning("%s: %s", atoms.get_chemical_formula(), note)
         out.append(res)
     return out
