@@ -96,3 +96,16 @@ def test_free_energy_cli_errors(tmp_path, capsys):
     assert "unknown scheme" in capsys.readouterr().err
     assert main(["neb", str(summary), str(summary)]) == 2  # not structures
     assert "could not read" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_screen_free_energy_columns(tmp_path):
+    out = tmp_path / "out"
+    assert main(["screen", "--metals", "Cu", "--adsorbates", "H", "--size", "2x2x3", "--site-kinds", "fcc",
+                 "--steps", "5", "--db", str(tmp_path / "s.db"), "--out-dir", str(out), "--free-energy",
+                 "--temperature", "350"]) in (0, 1)
+    with open(out / "screen_summary.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    for column in ("zpe", "ts", "g_corr", "g_ads", "free_energy", "temperature"):
+        assert row[column] not in ("", "nan"), column
+    assert float(row["temperature"]) == 350 and float(row["zpe"]) > 0.1
