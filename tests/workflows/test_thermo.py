@@ -123,3 +123,17 @@ def test_screen_free_energies(shipped, tmp_path):
     assert -0.1 < mu_h < 0.05 and -0.1 < mu_o < 0.3
     with pytest.raises(ValueError, match="screened with"):
         thermo.screen_free_energies(res.summary, res.db, shipped, progress=False)  # float64: another model
+
+
+def test_electrocatalysis_adsorbates():
+    """OOH and COOH are named adsorbates for screening, outside the data-generation domain."""
+    from equiformer_calc.surfaces import ADSORBATES, adsorbate_template
+
+    assert "OOH" not in ADSORBATES and "COOH" not in ADSORBATES
+    _, ooh = adsorbate_template("OOH")
+    assert ooh.get_chemical_symbols() == ["O", "O", "H"]
+    assert ooh.get_distance(0, 1) == pytest.approx(1.45, abs=0.01) and ooh.get_distance(1, 2) == pytest.approx(0.98, abs=0.01)
+    _, cooh = adsorbate_template("COOH")
+    assert cooh.get_chemical_symbols() == ["C", "O", "O", "H"]
+    assert cooh.get_distance(0, 1) == pytest.approx(1.22, abs=0.01) and cooh.get_distance(2, 3) == pytest.approx(0.97, abs=0.01)
+    assert (cooh.positions[1:, 2] > 0).all()  # bound through C, the rest pointing up

@@ -103,3 +103,16 @@ def test_bad_input(calc):
         vibrate(atoms, calculator=calc, nfree=3, progress=False)
     with pytest.raises(ValueError, match="no adsorbate"):
         vibrate(fcc111("Cu", (2, 2, 2), vacuum=5.0), calculator=calc, progress=False)
+
+
+def test_any_ase_calculator(tmp_path):
+    """A calculator without batched predict (here ASE's EMT) is evaluated one structure at a time, with
+    the same numbers as ASE's Vibrations."""
+    from ase.calculators.emt import EMT
+
+    atoms = fcc111("Cu", (2, 2, 2), vacuum=5.0)
+    add_adsorbate(atoms, "O", 1.3, "fcc")
+    res = vibrate(atoms, calculator=EMT(), progress=False)
+    theirs, _ = _ase_frequencies(atoms, EMT(), [8], tmp_path)
+    np.testing.assert_allclose(res.frequencies, theirs, atol=0.01)
+    assert res.n_calls == 7
