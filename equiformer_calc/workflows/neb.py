@@ -37,7 +37,7 @@ from ._common import new_figure, resolve_calculator, save_figure, write_csv
 from .relax import OPTIMIZERS as RELAX_OPTIMIZERS
 from .vibrations import VibrationResult, vibrate
 
-__all__ = ["NEBResult", "run_neb", "BatchedImages", "NEB_OPTIMIZERS", "interpolate_band"]
+__all__ = ["NEBResult", "run_neb", "BatchedImages", "NEB_OPTIMIZERS", "interpolate_band", "plot_profile", "write_neb_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,8 @@ def _last_journal_line(path: Path) -> dict[str, Any] | None:
     return last
 
 
-def _profile(images: Sequence[Atoms], energies: np.ndarray) -> np.ndarray:
+def _path_length(images: Sequence[Atoms]) -> np.ndarray:
+    """Cumulative distance (A) along the band, image to image."""
     d = [0.0]
     for a, b in zip(images[:-1], images[1:]):
         d.append(d[-1] + float(np.linalg.norm(b.positions - a.positions)))
@@ -319,7 +320,7 @@ def run_neb(
     forces = neb.get_forces()
     fmax_now = float(np.sqrt((forces**2).sum(axis=1).max()))
     energies = np.array([im.get_potential_energy() for im in band], dtype=float)
-    distance = _profile(band, energies)
+    distance = _path_length(band)
     saddle = int(np.argmax(energies))
     final_band = []
     for im in band:

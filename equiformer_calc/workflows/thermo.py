@@ -389,7 +389,8 @@ def che_table(g_ads_by_surface: Mapping[str, Mapping[str, float]], schemes: Mapp
 
 def plot_volcano(results: Sequence[SchemeResult], path: str | os.PathLike, title: str = "") -> Path:
     """Limiting potential against each scheme's descriptor, one panel per scheme, one labelled point
-    per surface (the top of each panel is the most active: an oxidation's axis is inverted)."""
+    per surface (the top of each panel is the most active: an oxidation's axis is inverted). Open red
+    circles: surfaces where a chemical step (e.g. CO desorption) is uphill, which no potential fixes."""
     names = list(dict.fromkeys(r.scheme.name for r in results))
     if not names:
         raise ValueError("no scheme results to plot (no surface had the adsorbates a scheme needs)")
@@ -400,7 +401,11 @@ def plot_volcano(results: Sequence[SchemeResult], path: str | os.PathLike, title
         scheme = rs[0].scheme
         x = np.array([r.descriptor_value for r in rs])
         y = np.array([r.limiting_potential for r in rs])
-        ax.scatter(x, y, color="C0", zorder=3)
+        blocked = np.array([any(n.startswith("chemical step") for n in r.notes) for r in rs], dtype=bool)
+        ax.scatter(x[~blocked], y[~blocked], color="C0", zorder=3)
+        if blocked.any():  # an uphill chemical step (e.g. CO desorption) limits these, at any potential
+            ax.scatter(x[blocked], y[blocked], facecolors="none", edgecolors="C3", zorder=3,
+                       label="uphill chemical step")
         for r, xi, yi in zip(rs, x, y):
             ax.annotate(r.surface, (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize="x-small")
         ax.axhline(scheme.equilibrium_potential, ls="--", color="grey", lw=1,
