@@ -109,3 +109,9 @@ def test_screen_free_energy_columns(tmp_path):
     for column in ("zpe", "ts", "g_corr", "g_ads", "free_energy", "temperature"):
         assert row[column] not in ("", "nan"), column
     assert float(row["temperature"]) == 350 and float(row["zpe"]) > 0.1
+    # the summary alone (g_ads present) is enough for the CHE analysis: HER from H*
+    assert main(["free-energy", str(out / "screen_summary.csv"), "--out-dir", str(out)]) == 0
+    with open(out / "che_summary.csv") as f:
+        (her,) = list(csv.DictReader(f))
+    assert her["scheme"] == "HER"
+    assert float(her["limiting_potential_V"]) == pytest.approx(-abs(float(row["g_ads"])))
