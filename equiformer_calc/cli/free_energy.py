@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
         calc = resolve_calculator(None, args.checkpoint, device=args.device, dtype=args.dtype,
                                   dispersion=args.dispersion, xc=args.xc)
-        rows = thermo.screen_free_energies(rows, args.db, calc, args.temperature, args.pressure, data)
+        rows = thermo.screen_free_energies(rows, args.db, calc, args.temperature, args.pressure, data,
+                                           journal=out / "vibrations_journal.jsonl")
         path = thermo.write_summary_csv(rows, out / "free_energy_summary.csv")
         log.info("wrote %s", path)
     g = thermo.g_ads_by_surface(rows, column)

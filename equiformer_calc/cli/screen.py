@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         from ..workflows.thermo import screen_free_energies, write_summary_csv
 
         calc = calculator or resolve_calculator(None, args.checkpoint, args.device, args.dtype)
-        result.summary = screen_free_energies(result.summary, result.db, calc, args.temperature, args.pressure)
+        result.summary = screen_free_energies(result.summary, result.db, calc, args.temperature, args.pressure,
+                                              journal=Path(args.out_dir) / "vibrations_journal.jsonl")
         result.files["summary"] = write_summary_csv(result.summary, Path(args.out_dir) / "screen_summary.csv")
         for r in result.summary:
             log.info("%-14s %-4s G_ads = %+.3f eV (ZPE %.3f, TS %.3f eV at %g K)", r["surface"], r["adsorbate"],

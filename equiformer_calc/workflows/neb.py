@@ -35,7 +35,7 @@ from ase.optimize import MDMin
 from ..io import write_json, write_text_atomic
 from ._common import new_figure, resolve_calculator, save_figure, write_csv
 from .relax import OPTIMIZERS as RELAX_OPTIMIZERS
-from .vibrations import VibrationResult, vibrate
+from .vibrations import VibrationResult, read_journal, vibrate
 
 __all__ = ["NEBResult", "run_neb", "BatchedImages", "NEB_OPTIMIZERS", "interpolate_band", "plot_profile", "write_neb_outputs"]
 
@@ -180,19 +180,9 @@ def _fingerprint(initial: Atoms, final: Atoms, settings: dict[str, Any]) -> str:
 
 
 def _last_journal_line(path: Path) -> dict[str, Any] | None:
-    """The last complete (parseable) line of the journal; a line cut by a kill is ignored."""
-    if not path.exists():
-        return None
-    last = None
-    with open(path) as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break
-            try:
-                last = json.loads(line)
-            except json.JSONDecodeError:
-                break
-    return last
+    """The last complete line of the journal (a line cut by a kill is removed from the file)."""
+    lines = read_journal(path)
+    return lines[-1] if lines else None
 
 
 def _path_length(images: Sequence[Atoms]) -> np.ndarray:

@@ -44,7 +44,7 @@ from ase.units import invcm
 
 from ..surfaces import reference_potentials
 from ._common import new_figure, save_figure, write_csv
-from .vibrations import SOFT_THRESHOLD_CM, VibrationResult, vibrate_many
+from .vibrations import SOFT_THRESHOLD_CM, VibrationJournal, VibrationResult, vibrate_many
 
 __all__ = [
     "load_data", "Scheme", "load_schemes", "AdsorbateFreeEnergy", "GasFreeEnergy", "adsorbate_free_energies",
@@ -507,14 +507,16 @@ def read_summary_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
 def screen_free_energies(
     summary: Sequence[dict[str, Any]], db: str | os.PathLike, calculator: Any, temperature: float = 298.15,
     pressure: float = STANDARD_PRESSURE, data: Mapping[str, Any] | None = None, soft_floor: float = SOFT_THRESHOLD_CM,
-    progress: bool = True,
+    progress: bool = True, journal: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Each summary row of a screen (one per surface x adsorbate, its best site ``row_id`` in ``db``)
     with :data:`FREE_ENERGY_COLUMNS` added: the harmonic correction of the adsorbate (its atoms
     displaced, slab fixed), the ideal-gas corrections of the reference molecules relaxed in the same
     database, and ``g_ads``. The adsorbate atoms are those after the clean slab's (the screen's
     placement). Rows without a valid site get NaN. The calculator must be the model of
-    the database (checked against its recorded fingerprint)."""
+    the database (checked against its recorded fingerprint). journal: a
+    :class:`~equiformer_calc.workflows.vibrations.VibrationJournal` file; a rerun after an
+    interruption recomputes only the analyses it lacks."""
     import ase.db
 
     from .screening.store import model_fingerprint
@@ -548,8 +550,13 @@ def screen_free_energies(
         keep.append(k)
         indices.append(list(range(slabs[0].natoms, len(atoms))))  # the adsorbate: the atoms after the slab's
     log.info("free energies: vibrations of %d adsorbate systems and %d gas references", len(systems), len(gas))
-    ads = adsorbate_free_energies(systems, calculator, temperature, indices, soft_floor, progress=progress)
-    gas_g = gas_free_energies(gas, calculator, temperature, pressure, data, progress=progress)
+    book = {} if journal is None else {"journal": VibrationJournal(journal)}
+    ads_keys = [f"{fp['model_hash']}/row{summary[k]['row_id']}" for k in keep]
+    gas_keys = [f"{fp['model_hash']}/gas/{name}" for name in gas]
+    ads = adsorbate_free_energies(systems, calculator, temperature, indices, soft_floor, progress=progress,
+                                  **({**book, "keys": ads_keys} if book else {}))
+    gas_g = gas_free_energies(gas, calculator, temperature, pressure, data, progress=progress,
+                              **({**book, "keys": gas_keys} if book else {}))
     dmu = reference_corrections(gas_g)
     out = [dict(r) for r in summary]
     for r in out:

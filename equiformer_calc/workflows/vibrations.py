@@ -16,6 +16,7 @@ Imaginary modes (a saddle point, or a structure that is not a minimum) and soft 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ._common import resolve_calculator, write_csv
 
-__all__ = ["VibrationResult", "vibrate", "vibrate_many", "adsorbate_indices", "evaluate_forces", "NON_METALS"]
+__all__ = ["VibrationResult", "VibrationJournal", "read_journal", "vibrate", "vibrate_many", "adsorbate_indices", "evaluate_forces", "NON_METALS"]
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,59 @@ def _result(atoms: Atoms, indices: list[int], hessian: np.ndarray, energy: float
     return res
 
 
+def read_journal(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The complete lines of a JSON-lines journal. A last line cut by a kill (no newline, or not
+    JSON) and anything after it are removed from the file, so that new lines append cleanly."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records, good = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                records.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                break
+            good += len(line)
+    if good < path.stat().st_size:
+        log.warning("%s: dropping an incomplete last entry (interrupted write)", path)
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return records
+
+
+class VibrationJournal:
+    """Finished vibrational analyses in a JSON-lines file (one line per structure: its key, displaced
+    atoms, Hessian, energy and settings), so that a long batch of analyses (every best site of a
+    screen) continues after an interruption, even SIGKILL: a line cut by a kill is ignored. Keys are
+    the caller's (e.g. model hash + database row id); a key of other settings is recomputed."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.records = {rec["key"]: rec for rec in read_journal(self.path)}
+
+    def get(self, key: str, atoms: Atoms, delta: float, nfree: int, soft_threshold: float) -> VibrationResult | None:
+        """The journalled analysis of ``key`` with these settings, rebuilt on ``atoms``; else None."""
+        rec = self.records.get(key)
+        if rec is None or rec["delta"] != delta or rec["nfree"] != nfree or rec["natoms"] != len(atoms):
+            return None
+        return _result(atoms, rec["indices"], np.asarray(rec["hessian"], dtype=float), rec["energy"], delta, nfree,
+                       soft_threshold, 0)
+
+    def put(self, key: str, result: VibrationResult) -> None:
+        """Append ``result`` under ``key`` (flushed and synced before returning)."""
+        rec = {"key": key, "indices": result.indices, "hessian": result.hessian.tolist(), "energy": result.energy,
+               "delta": result.delta, "nfree": result.nfree, "natoms": len(result.atoms)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records[key] = rec
+
+
 def vibrate_many(
     structures: Sequence[Atoms],
     indices: Sequence[Sequence[int] | np.ndarray | None] | None = None,
@@ -239,11 +293,17 @@ def vibrate_many(
     dtype: str = "float32",
     progress: bool = True,
     warn: bool = True,
+    journal: VibrationJournal | str | os.PathLike | None = None,
+    keys: Sequence[str] | None = None,
+    chunk_size: int = 16,
 ) -> list[VibrationResult]:
     """:func:`vibrate` of several structures, all their displacements in shared batched calls (e.g.
     every best site of a screen and the gas references at once). ``indices``: one entry per
     structure (``None``: :func:`adsorbate_indices`). warn: log each result's imaginary and soft
-    modes (callers that drop a molecule's translations and rotations check the rest themselves)."""
+    modes (callers that drop a molecule's translations and rotations check the rest themselves).
+    journal / keys: a :class:`VibrationJournal` (or its path) and one key per structure: journalled
+    structures are not recomputed, the others are computed ``chunk_size`` structures at a time and
+    journalled as each chunk finishes."""
     structures = list(structures)
     if not structures:
         return []
@@ -254,6 +314,30 @@ def vibrate_many(
         raise ValueError(f"{len(per_structure)} index lists for {len(structures)} structures")
     calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
     chosen = [_check_indices(a, ix) for a, ix in zip(structures, per_structure)]
+    if journal is None:
+        return _vibrate_chunk(structures, chosen, calc, delta, nfree, soft_threshold, batch_size, progress, warn)
+    if keys is None or len(keys) != len(structures):
+        raise ValueError("a journal needs one key per structure (keys=...)")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    book = journal if isinstance(journal, VibrationJournal) else VibrationJournal(journal)
+    out: list[VibrationResult | None] = [book.get(k, a, delta, nfree, soft_threshold) for k, a in zip(keys, structures)]
+    todo = [i for i, r in enumerate(out) if r is None]
+    if len(todo) < len(structures):
+        log.info("vibrations: %d of %d structures found in %s", len(structures) - len(todo), len(structures), book.path)
+    for start in range(0, len(todo), chunk_size):
+        part = todo[start : start + chunk_size]
+        results = _vibrate_chunk([structures[i] for i in part], [chosen[i] for i in part], calc, delta, nfree,
+                                 soft_threshold, batch_size, progress, warn)
+        for i, res in zip(part, results):
+            book.put(keys[i], res)
+            out[i] = res
+    return [r for r in out if r is not None]
+
+
+def _vibrate_chunk(structures: Sequence[Atoms], chosen: list[list[int]], calc: Any, delta: float, nfree: int,
+                   soft_threshold: float, batch_size: int, progress: bool, warn: bool) -> list[VibrationResult]:
+    """The vibrations of ``structures`` (displacing ``chosen`` atoms), all displacements batched."""
     jobs = [_displaced(a, ix, delta, nfree) for a, ix in zip(structures, chosen)]
     flat = [s for job in jobs for s in job]
     log.info("vibrations: %d displaced structures of %d system(s) in batches of %d", len(flat), len(jobs), batch_size)

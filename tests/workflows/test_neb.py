@@ -67,6 +67,8 @@ def test_resume_continues(calc, tmp_path):
         f.write('{"step": 13, "positions": [[0')
     rest = run_neb(initial, final, steps=30, out_dir=tmp_path, **kw)
     assert rest.resumed_from == 12
+    steps = [json.loads(line)["step"] for line in (tmp_path / JOURNAL).read_text().splitlines()]
+    assert steps[:13] == list(range(13)) and steps[-1] == rest.nsteps  # the cut line is gone
     assert rest.nsteps == full.nsteps
     np.testing.assert_allclose(rest.energies, full.energies, atol=1e-8)
     assert (tmp_path / "neb_profile.csv").exists() and (tmp_path / "neb_profile.png").exists()

@@ -116,3 +116,29 @@ def test_any_ase_calculator(tmp_path):
     theirs, _ = _ase_frequencies(atoms, EMT(), [8], tmp_path)
     np.testing.assert_allclose(res.frequencies, theirs, atol=0.01)
     assert res.n_calls == 7
+
+
+def test_journal_skips_finished_work(calc, tmp_path):
+    path = tmp_path / "vib.jsonl"
+    systems = [co_slab(), molecule("CO")]
+    first = vibrate_many(systems, calculator=calc, journal=path, keys=["slab", "co"], chunk_size=1, progress=False)
+    assert len(path.read_text().splitlines()) == 2  # one line per finished chunk of one structure
+    with open(path, "a") as f:
+        f.write('{"key": "other", "hess')  # cut by a kill: ignored
+    calls = []
+    predict = calc.predict
+    calc.predict = lambda s, properties=("energy", "forces"): calls.append(len(s)) or predict(s, properties)
+    try:
+        again = vibrate_many(systems, calculator=calc, journal=path, keys=["slab", "co"], progress=False)
+        more = vibrate_many([*systems, molecule("H2")], calculator=calc, journal=path, keys=["slab", "co", "h2"],
+                            progress=False)
+    finally:
+        del calc.predict
+    assert calls == [13]  # only H2 (1 + 2 atoms x 3 x 2) was computed
+    for a, b in zip(first, again):
+        np.testing.assert_allclose(a.frequencies, b.frequencies, atol=1e-9)
+    assert len(more) == 3
+    lines = path.read_text().splitlines()  # the cut line was removed before H2's was appended
+    assert len(lines) == 3 and all(line.startswith('{"key": "') for line in lines)
+    with pytest.raises(ValueError, match="one key per structure"):
+        vibrate_many(systems, calculator=calc, journal=path, progress=False)
