@@ -140,6 +140,9 @@ class Scheme:
                 for el, m in _elements(species).items():
                     count[el] = count.get(el, 0) + n * m
             totals.append({el: v for el, v in count.items() if v})
+        if all(self.pairs(k) == self.pairs(0) for k in range(len(self.states))):
+            raise ValueError(f"scheme {self.name}: no step moves a proton-electron pair ({PAIR}): nothing to put on "
+                             "the hydrogen electrode")
         for k in range(1, len(totals)):
             if totals[k] != totals[0]:
                 raise ValueError(f"scheme {self.name}: state {k} ({self.states[k]}) holds {totals[k]}, state 0 "
@@ -351,19 +354,16 @@ def che_analysis(surface: str, g_ads: Mapping[str, float], scheme: Scheme,
     steps = np.diff(g)
     dn = np.diff([scheme.pairs(k) for k in range(len(scheme.states))])
     echem = [bool(d != 0) for d in dn]
-    # an electrochemical step is downhill when dG(0) - dn U <= 0
-    if scheme.direction == "reduction":
-        bounds = [-steps[i] for i in range(len(steps)) if echem[i]]
-        idx = [i for i in range(len(steps)) if echem[i]]
-        k = int(np.argmin(bounds))
-        u_l = float(bounds[k])
-        eta = scheme.equilibrium_potential - u_l
-    else:
-        bounds = [steps[i] for i in range(len(steps)) if echem[i]]
-        idx = [i for i in range(len(steps)) if echem[i]]
-        k = int(np.argmax(bounds))
-        u_l = float(bounds[k])
-        eta = u_l - scheme.equilibrium_potential
+    # an electrochemical step is downhill when dG(0) - dn U <= 0: a reduction step (dn = -1) for
+    # U <= -dG(0), an oxidation step (dn = +1) for U >= dG(0)
+    idx = [i for i in range(len(steps)) if echem[i]]
+    if not idx:
+        raise ValueError(f"scheme {scheme.name}: no electrochemical step (no step moves a proton-electron pair)")
+    sign = -1.0 if scheme.direction == "reduction" else 1.0
+    bounds = np.array([sign * steps[i] for i in idx])
+    k = int(np.argmin(bounds) if sign < 0 else np.argmax(bounds))
+    u_l = float(bounds[k])
+    eta = sign * (u_l - scheme.equilibrium_potential)
     res = SchemeResult(surface, scheme, g, steps, echem, u_l, idx[k] + 1, float(eta),
                        float(g_ads.get(scheme.descriptor, np.nan)), notes)
     for i, e in enumerate(echem):

@@ -59,6 +59,7 @@ def test_user_scheme_file(tmp_path):
     ("[{O2: 1, 'H+e-': 4}, {'OOH*': 1, 'H+e-': 2}]", "same elements"),
     ("[{O2: 1, 'H+e-': 4}, {'OOH*': 1, 'H+e-': 2, 'H': 1}]", "moves 2"),
     ("[{'H*': 1}, {'H+e-': 1}]", "against"),
+    ("[{'CO*': 1}, {CO: 1}]", "no step moves"),
 ])
 def test_bad_scheme(tmp_path, states, match):
     path = tmp_path / "bad.yaml"
