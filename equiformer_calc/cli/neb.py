@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interpolation", default="idpp", choices=["idpp", "linear"])
     parser.add_argument("--mic", action="store_true", help="interpolate with the minimum-image convention")
     parser.add_argument("--spring", type=float, default=0.1, help="spring constant, eV/A^2 (default 0.1)")
+    parser.add_argument("--relax-endpoints", action="store_true",
+                        help="relax both endpoints first (together, batched; their constraints hold)")
     parser.add_argument("--no-vibrations", action="store_true", help="skip the saddle's vibrational analysis")
     parser.add_argument("--out-dir", default="neb", help="journal and outputs; rerun to resume (default ./neb)")
     add_model_arguments(parser)
@@ -44,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
                               dispersion=args.dispersion, xc=args.xc)
     result = run_neb(initial, final, images=args.images, calculator=calc, climb=args.climb, fmax=args.fmax,
                      steps=args.steps, optimizer=args.optimizer, interpolation=args.interpolation, mic=args.mic,
-                     k=args.spring, out_dir=args.out_dir, saddle_vibrations=not args.no_vibrations)
+                     k=args.spring, out_dir=args.out_dir, saddle_vibrations=not args.no_vibrations,
+                     relax_endpoints=args.relax_endpoints)
     freq = "" if result.imaginary_frequency is None else f", imaginary frequency {result.imaginary_frequency:.1f}i cm^-1"
     print(f"barrier {result.barrier:.4f} eV (reverse {result.reverse_barrier:.4f} eV, reaction energy "
           f"{result.reaction_energy:+.4f} eV{freq}; {'converged' if result.converged else 'NOT converged'} in "

@@ -148,10 +148,7 @@ class NEBResult:
                 f"{'converged' if self.converged else 'NOT converged'} in {self.nsteps} steps (fmax {self.fmax:.3f} eV/A)")
 
 
-def interpolate_band(initial: Atoms, final: Atoms, images: int, interpolation: str = "idpp", mic: bool = False,
-                     climb: bool = True, k: float = 0.1, method: str = "improvedtangent") -> tuple[list[Atoms], NEB]:
-    """``images`` intermediate images between ``initial`` and ``final`` (copies; constraints of
-    ``initial`` kept on every image), interpolated linearly or by IDPP, and ASE's NEB over them."""
+def _check_endpoints(initial: Atoms, final: Atoms, images: int, interpolation: str) -> None:
     if images < 1:
         raise ValueError(f"images must be >= 1 (intermediate images), got {images}")
     if len(initial) != len(final):
@@ -160,6 +157,13 @@ def interpolate_band(initial: Atoms, final: Atoms, images: int, interpolation: s
         raise ValueError("initial and final have the same number of atoms but not in the same order of elements")
     if interpolation not in ("idpp", "linear"):
         raise ValueError(f"interpolation must be 'idpp' or 'linear', got {interpolation!r}")
+
+
+def interpolate_band(initial: Atoms, final: Atoms, images: int, interpolation: str = "idpp", mic: bool = False,
+                     climb: bool = True, k: float = 0.1, method: str = "improvedtangent") -> tuple[list[Atoms], NEB]:
+    """``images`` intermediate images between ``initial`` and ``final`` (copies; constraints of
+    ``initial`` kept on every image), interpolated linearly or by IDPP, and ASE's NEB over them."""
+    _check_endpoints(initial, final, images, interpolation)
     band = [initial.copy()] + [initial.copy() for _ in range(images)] + [final.copy()]
     band[-1].set_constraint(initial.constraints)
     for image in band:
@@ -227,6 +231,7 @@ def run_neb(
     method: str = "improvedtangent",
     out_dir: str | os.PathLike | None = None,
     saddle_vibrations: bool = True,
+    relax_endpoints: bool = False,
     vib_indices: Sequence[int] | None = None,
     device: str = "cpu",
     dtype: str = "float32",
@@ -240,15 +245,16 @@ def run_neb(
     out_dir: journal and outputs; rerunning the same call continues a stopped run (a journal of
     other inputs or settings is an error). saddle_vibrations: batched finite-difference
     vibrations of the highest image, displacing ``vib_indices`` (default: the atoms that move more
-    than 0.1 A between initial and final). calculator / checkpoint / device / dtype: the model."""
+    than 0.1 A between initial and final). relax_endpoints: relax both endpoints first (together,
+    batched; to ``min(fmax, 0.02)`` eV/A) with their constraints. calculator / checkpoint / device /
+    dtype: the model."""
     opt_name = optimizer.upper()
     if opt_name not in NEB_OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(NEB_OPTIMIZERS)}")
     if fmax <= 0 or steps < 0:
         raise ValueError(f"fmax must be > 0 and steps >= 0, got fmax={fmax}, steps={steps}")
-    band, neb = interpolate_band(initial, final, images, interpolation, mic, climb, k, method)
+    _check_endpoints(initial, final, images, interpolation)
     calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
-    batch = BatchedImages(calc, band)
 
     out = Path(out_dir) if out_dir is not None else None
     journal = restart = None
@@ -258,7 +264,7 @@ def run_neb(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         settings = {"images": images, "climb": climb, "fmax": fmax, "optimizer": opt_name, "interpolation":
-                    interpolation, "mic": mic, "k": k, "method": method}
+                    interpolation, "mic": mic, "k": k, "method": method, "relax_endpoints": relax_endpoints}
         fp = _fingerprint(initial, final, settings)
         journal, restart = out / JOURNAL, out / "neb_optimizer.json"
         settings_path = out / SETTINGS
@@ -270,6 +276,22 @@ def run_neb(
         else:
             write_json({"fingerprint": fp, "settings": settings}, settings_path)
         last = _last_journal_line(journal)
+    else:
+        last = None
+    ends = (initial, final)
+    if relax_endpoints and last is None:  # (a resumed band has its endpoints in the journal)
+        from .batch import relax_batch
+
+        log.info("relaxing the endpoints (one batched model call per step)")
+        relaxed = relax_batch([initial, final], calculator=calc, fmax=min(fmax, 0.02), steps=1000, progress=False)
+        for r, name in zip(relaxed, ("initial", "final")):
+            if r.error is not None or not r.converged:
+                raise ValueError(f"the {name} state did not relax ({r.error or 'not converged in 1000 steps'})")
+        ends = (relaxed[0].atoms, relaxed[1].atoms)
+    band, neb = interpolate_band(ends[0], ends[1], images, interpolation, mic, climb, k, method)
+    batch = BatchedImages(calc, band)
+    if out is not None:
+        assert journal is not None and restart is not None
         if last is not None:
             for image, pos in zip(band, last["positions"]):
                 image.positions = np.asarray(pos, dtype=float)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import subprocess
 import sys
@@ -37,15 +38,19 @@ def _endpoints(tmp_path):
     return paths
 
 
-def test_neb_prints_barrier_and_resumes(tmp_path, capsys):
+def test_neb_prints_barrier_and_resumes(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
     initial, final = _endpoints(tmp_path)
     args = ["neb", str(initial), str(final), "--images", "3", "--interpolation", "linear", "--out-dir",
-            str(tmp_path / "neb"), "--dtype", "float64", "--no-vibrations"]
+            str(tmp_path / "neb"), "--dtype", "float64", "--no-vibrations", "--relax-endpoints"]
     assert main([*args, "--steps", "3"]) == 1  # not converged in 3 steps: exit status 1
     first = capsys.readouterr().out
+    assert "relaxing the endpoints" in caplog.text
+    caplog.clear()
     assert "barrier" in first and "NOT converged in 3 steps" in first
-    status = main([*args, "--steps", "300", "--fmax", "0.05"])
+    status = main([*args, "--steps", "300"])
     out = capsys.readouterr().out
+    assert "relaxing the endpoints" not in caplog.text and "resuming the NEB" in caplog.text
     line = next(ln for ln in out.splitlines() if ln.startswith("barrier"))
     assert float(line.split()[1]) > 0 and line.split()[2] == "eV"
     assert status == 0 and "converged in" in line
