@@ -49,7 +49,7 @@ from .vibrations import SOFT_THRESHOLD_CM, VibrationJournal, VibrationResult, vi
 __all__ = [
     "load_data", "Scheme", "load_schemes", "AdsorbateFreeEnergy", "GasFreeEnergy", "adsorbate_free_energies",
     "gas_free_energies", "reference_corrections", "SchemeResult", "che_analysis", "che_table", "plot_volcano",
-    "plot_free_energy_diagram", "write_che_outputs", "PAIR", "STANDARD_PRESSURE", "FREE_ENERGY_COLUMNS",
+    "plot_free_energy_diagram", "write_che_outputs", "volcano_line", "PAIR", "STANDARD_PRESSURE", "FREE_ENERGY_COLUMNS",
     "screen_free_energies", "g_ads_by_surface", "write_summary_csv", "read_summary_csv", "adsorption_free_energy",
 ]
 
@@ -310,6 +310,8 @@ class SchemeResult:
     overpotential: float
     descriptor_value: float
     notes: list[str] = field(default_factory=list)
+    #: the adsorption free energies used (eV; scaling-relation values included)
+    g_ads: dict[str, float] = field(default_factory=dict)
 
     def free_energies_at(self, potential: float) -> np.ndarray:
         """State free energies (eV) at electrode potential ``potential`` (V vs RHE)."""
@@ -365,7 +367,8 @@ def che_analysis(surface: str, g_ads: Mapping[str, float], scheme: Scheme,
     u_l = float(bounds[k])
     eta = sign * (u_l - scheme.equilibrium_potential)
     res = SchemeResult(surface, scheme, g, steps, echem, u_l, idx[k] + 1, float(eta),
-                       float(g_ads.get(scheme.descriptor, np.nan)), notes)
+                       float(g_ads.get(scheme.descriptor, np.nan)), notes,
+                       {a: float(g_ads[a]) for a in scheme.adsorbates})
     for i, e in enumerate(echem):
         if not e and steps[i] > 0:
             res.notes.append(f"chemical step {i + 1} is uphill by {steps[i]:.2f} eV at any potential")
@@ -385,6 +388,26 @@ def che_table(g_ads_by_surface: Mapping[str, Mapping[str, float]], schemes: Mapp
             except KeyError as exc:
                 skipped.append(str(exc.args[0]))
     return results, skipped
+
+
+def volcano_line(results: Sequence[SchemeResult], points: int = 200,
+                 data: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The volcano of one scheme: its limiting potential as a function of the descriptor when every
+    other adsorbate follows a straight line fitted to ``results``' surfaces (least squares against
+    the descriptor). None with fewer than two distinct descriptor values."""
+    if not results:
+        return None
+    scheme = results[0].scheme
+    x = np.array([r.descriptor_value for r in results])
+    if len(np.unique(np.round(x, 6))) < 2:
+        return None
+    fits = {a: np.polyfit(x, [r.g_ads[a] for r in results], 1) for a in scheme.adsorbates if a != scheme.descriptor}
+    span = x.max() - x.min()
+    grid = np.linspace(x.min() - 0.25 * span, x.max() + 0.25 * span, points)
+    data = load_data() if data is None else data
+    u = [che_analysis("line", {scheme.descriptor: xi, **{a: float(np.polyval(f, xi)) for a, f in fits.items()}},
+                      scheme, data, scaling=False).limiting_potential for xi in grid]
+    return grid, np.asarray(u)
 
 
 def plot_volcano(results: Sequence[SchemeResult], path: str | os.PathLike, title: str = "") -> Path:
@@ -408,6 +431,9 @@ def plot_volcano(results: Sequence[SchemeResult], path: str | os.PathLike, title
                        label="uphill chemical step")
         for r, xi, yi in zip(rs, x, y):
             ax.annotate(r.surface, (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize="x-small")
+        line = volcano_line(rs)
+        if line is not None:
+            ax.plot(*line, color="C0", lw=1, alpha=0.6, label="scaling lines fitted to these surfaces")
         ax.axhline(scheme.equilibrium_potential, ls="--", color="grey", lw=1,
                    label=f"equilibrium {scheme.equilibrium_potential:.2f} V")
         ax.set_xlabel(f"$\\Delta G$({scheme.descriptor}*) (eV)")

@@ -138,3 +138,14 @@ def test_electrocatalysis_adsorbates():
     assert cooh.get_chemical_symbols() == ["C", "O", "O", "H"]
     assert cooh.get_distance(0, 1) == pytest.approx(1.22, abs=0.01) and cooh.get_distance(2, 3) == pytest.approx(0.97, abs=0.01)
     assert (cooh.positions[1:, 2] > 0).all()  # bound through C, the rest pointing up
+
+
+def test_volcano_line():
+    """With O* and OOH* on exact scaling lines, the ORR volcano is the textbook one: U_L = min(dG_OH,
+    dG_O - dG_OH, ...) with its top where two steps cross."""
+    scheme = thermo.load_schemes()["ORR"]
+    results = [thermo.che_analysis(str(x), {"OH": x, "O": 2 * x, "OOH": x + 3.2}, scheme) for x in (0.2, 0.8, 1.4)]
+    grid, u = thermo.volcano_line(results)
+    expected = np.minimum.reduce([4.92 - (grid + 3.2), 3.2 - grid, grid, grid])
+    np.testing.assert_allclose(u, expected, atol=1e-9)
+    assert thermo.volcano_line(results[:1]) is None
