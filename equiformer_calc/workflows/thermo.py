@@ -545,7 +545,7 @@ def screen_free_energies(
     interruption recomputes only the analyses it lacks."""
     import ase.db
 
-    from .screening.store import model_fingerprint
+    from ..calculators.base import model_fingerprint
 
     _check_conditions(temperature, pressure)
     data = load_data() if data is None else data
