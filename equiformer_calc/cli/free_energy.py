@@ -9,7 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ._common import add_model_arguments
+from ._common import POSITIVE_FLOAT, add_model_arguments, check_outputs
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -28,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated scheme names (default: every scheme whose adsorbates were screened)")
     parser.add_argument("--data", action="append", default=[], metavar="YAML",
                         help="extra gases/schemes (same form as the package's data/catalysis.yaml; repeatable)")
-    parser.add_argument("--temperature", type=float, default=298.15, help="K (default 298.15)")
-    parser.add_argument("--pressure", type=float, default=101325.0,
+    parser.add_argument("--temperature", type=POSITIVE_FLOAT, default=298.15, help="K (default 298.15)")
+    parser.add_argument("--pressure", type=POSITIVE_FLOAT, default=101325.0,
                         help="Pa, gas references (water keeps its 0.035 bar from the data; default 101325)")
     parser.add_argument("--electronic", action="store_true",
                         help="use the electronic adsorption energies (e_ads_min) as the free energies: no vibrations")
@@ -53,8 +53,10 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"unknown scheme(s) {unknown}; known: {sorted(schemes)} (add your own with --data)")
         schemes = {s: schemes[s] for s in wanted}
-    rows = thermo.read_summary_csv(args.summary)
     out = Path(args.out_dir)
+    check_outputs([out / "che_*", out / "free_energy_summary.csv", out / "vibrations_journal.jsonl"],
+                  [args.summary, args.db, *args.data])
+    rows = thermo.read_summary_csv(args.summary)
     column = "g_ads"
     if args.electronic:
         column = "e_ads_min"

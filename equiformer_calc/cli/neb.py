@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ._common import add_model_arguments, read_structure
+from ._common import NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, add_model_arguments, read_structure
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -19,15 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``equiformer-calc neb``."""
     parser.add_argument("initial", help="relaxed initial state (any ASE-readable file; its constraints hold on every image)")
     parser.add_argument("final", help="relaxed final state (same atoms in the same order)")
-    parser.add_argument("--images", type=int, default=5, metavar="N", help="intermediate images (default 5)")
+    parser.add_argument("--images", type=POSITIVE_INT, default=5, metavar="N", help="intermediate images (default 5)")
     parser.add_argument("--climb", action=argparse.BooleanOptionalAction, default=True,
                         help="climbing image (default: on)")
-    parser.add_argument("--fmax", type=float, default=0.05, help="force criterion of the band, eV/A (default 0.05)")
-    parser.add_argument("--steps", type=int, default=500, help="maximum optimizer steps (default 500)")
+    parser.add_argument("--fmax", type=POSITIVE_FLOAT, default=0.05, help="force criterion of the band, eV/A (default 0.05)")
+    parser.add_argument("--steps", type=NONNEGATIVE_INT, default=500, help="maximum optimizer steps (default 500)")
     parser.add_argument("--optimizer", default="FIRE", type=str.upper, choices=["BFGS", "FIRE", "LBFGS", "MDMIN"])
     parser.add_argument("--interpolation", default="idpp", choices=["idpp", "linear"])
     parser.add_argument("--mic", action="store_true", help="interpolate with the minimum-image convention")
-    parser.add_argument("--spring", type=float, default=0.1, help="spring constant, eV/A^2 (default 0.1)")
+    parser.add_argument("--spring", type=POSITIVE_FLOAT, default=0.1, help="spring constant, eV/A^2 (default 0.1)")
     parser.add_argument("--relax-endpoints", action="store_true",
                         help="relax both endpoints first (together, batched; their constraints hold)")
     parser.add_argument("--no-vibrations", action="store_true", help="skip the saddle's vibrational analysis")

@@ -58,8 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--free-energy", action="store_true",
                         help="add zpe, ts, g_corr, g_ads, free_energy columns to screen_summary.csv for each best site "
                              "(batched vibrations; see `equiformer-calc free-energy`)")
-    parser.add_argument("--temperature", type=float, default=298.15, help="K, with --free-energy (default 298.15)")
-    parser.add_argument("--pressure", type=float, default=101325.0, help="Pa, gas references with --free-energy")
+    parser.add_argument("--temperature", type=POSITIVE_FLOAT, default=298.15, help="K, with --free-energy (default 298.15)")
+    parser.add_argument("--pressure", type=POSITIVE_FLOAT, default=101325.0, help="Pa, gas references with --free-energy")
     add_model_arguments(parser)
     add_executor_arguments(parser)
     parser.add_argument("--chunk-size", type=POSITIVE_INT, default=16, metavar="K",

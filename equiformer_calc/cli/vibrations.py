@@ -8,7 +8,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ._common import add_model_arguments, read_structure
+from ._common import POSITIVE_FLOAT, POSITIVE_INT, add_model_arguments, check_outputs, read_structure
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -30,10 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", default="-1", help="frame of a multi-frame input (default: the last)")
     parser.add_argument("--indices", type=_indices, default=None,
                         help="atoms to displace, e.g. 36,37 (default: the non-metal atoms, i.e. the adsorbate)")
-    parser.add_argument("--delta", type=float, default=0.01, help="displacement, A (default 0.01)")
+    parser.add_argument("--delta", type=POSITIVE_FLOAT, default=0.01, help="displacement, A (default 0.01)")
     parser.add_argument("--nfree", type=int, default=2, choices=[2, 4], help="displacements per coordinate")
-    parser.add_argument("--temperature", type=float, default=298.15, help="K, for the harmonic free energy")
-    parser.add_argument("--batch-size", type=int, default=128, help="displaced structures per model call")
+    parser.add_argument("--temperature", type=POSITIVE_FLOAT, default=298.15, help="K, for the harmonic free energy")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=128, help="displaced structures per model call")
     parser.add_argument("-o", "--output", default=None, help="mode table CSV (default: <input stem>_vibrations.csv)")
     add_model_arguments(parser)
 
@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from ..workflows._common import resolve_calculator
     from ..workflows.thermo import adsorbate_free_energies
 
+    output = args.output or f"{Path(args.input).stem}_vibrations.csv"
+    check_outputs([output], [args.input])
     atoms = read_structure(args.input, args.index)
     calc = resolve_calculator(None, args.checkpoint, device=args.device, dtype=args.dtype,
                               dispersion=args.dispersion, xc=args.xc)
@@ -56,6 +58,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"harmonic at {args.temperature:g} K: ZPE {g.zpe:.4f} eV, int Cv dT {g.thermal:.4f} eV, TS {g.ts:.4f} eV, "
           f"G - E = {g.correction:.4f} eV ({g.n_imaginary} imaginary mode(s) dropped, {g.n_soft} soft mode(s) "
           f"raised to {g.soft_floor:g} cm^-1)")
-    output = args.output or f"{Path(args.input).stem}_vibrations.csv"
     log.info("wrote %s", vib.write_csv(output))
     return 0

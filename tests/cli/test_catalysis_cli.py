@@ -101,6 +101,13 @@ def test_free_energy_cli_errors(tmp_path, capsys):
     assert "unknown scheme" in capsys.readouterr().err
     assert main(["neb", str(summary), str(summary)]) == 2  # not structures
     assert "could not read" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["neb", str(summary), str(summary), "--images", "0"])
+    assert "must be >= 1" in capsys.readouterr().err
+    xyz = tmp_path / "co.extxyz"
+    write(xyz, molecule("CO"))
+    assert main(["vibrations", str(xyz), "-o", str(xyz)]) == 2  # never over the input
+    assert "would overwrite the input" in capsys.readouterr().err
 
 
 @pytest.mark.slow
