@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 from ase.vibrations import VibrationsData
-from tqdm.auto import tqdm
+from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
 from ._common import resolve_calculator, write_csv
 
