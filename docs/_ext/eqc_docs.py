@@ -453,12 +453,44 @@ def _get_sg_image_scraper() -> Any:
 
 
 _GOOGLE_SECTION = re.compile(r"^\s*(Args|Arguments|Returns|Raises|Yields):\s*$")
+_ATTRIBUTES = re.compile(r"^(\s*)Attributes:\s*$")
+
+
+def _attributes_as_list(lines: list[str]) -> list[str]:
+    """A Google-style ``Attributes:`` section as a bullet list, one item per entry (napoleon would
+    read ``a / b: text`` as a name and a type)."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        match = _ATTRIBUTES.match(lines[i])
+        if not match:
+            out.append(lines[i])
+            i += 1
+            continue
+        base = len(match.group(1))
+        out.extend([f"{match.group(1)}**Attributes**", ""])
+        i += 1
+        item_indent = None
+        while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > base):
+            line = lines[i]
+            indent = len(line) - len(line.lstrip())
+            if line.strip():
+                item_indent = indent if item_indent is None else item_indent
+                prefix = "* " if indent <= item_indent else "  "
+                out.append(" " * base + prefix + line.strip())
+            else:
+                out.append("")
+            i += 1
+        out.append("")
+    return out
 
 
 def google_sections(app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
     """Render Google-style ``Args:`` / ``Returns:`` sections (a few docstrings use them) with
     napoleon, and only those docstrings: napoleon on every docstring would read our plain
     ``#: name: text`` attribute comments as ``type: description``."""
+    if any(_ATTRIBUTES.match(line) for line in lines):
+        lines[:] = _attributes_as_list(lines)
     if what in ("function", "method", "class") and any(_GOOGLE_SECTION.match(line) for line in lines):
         from sphinx.ext.napoleon import Config
         from sphinx.ext.napoleon.docstring import GoogleDocstring

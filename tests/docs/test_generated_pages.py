@@ -82,3 +82,11 @@ def test_benchmark_table_links_every_script() -> None:
     table = eqc_docs._benchmark_table()
     for script in (ROOT / "benchmarks").glob("[!_]*.py"):
         assert f"{{download}}`{script.name} <../benchmarks/{script.name}>`" in table
+
+
+def test_google_attributes_section_becomes_a_bullet_list() -> None:
+    lines = ["Settings.", "", "Attributes:", "    out: the folder.", "    a / b: two names,", "        one text.",
+             "", "After."]
+    assert eqc_docs._attributes_as_list(lines) == [
+        "Settings.", "", "**Attributes**", "", "* out: the folder.", "* a / b: two names,", "  one text.", "", "",
+        "After."]
