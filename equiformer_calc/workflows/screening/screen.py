@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ...surfaces import Site, check_relaxation, gas_reference_energy
+from ...surfaces import Site, bottom_fixed_mask, check_relaxation, fixed_mask, gas_reference_energy
 from .._common import resolve_calculator
 from ..batch import RelaxChunk, relax_batch, relax_chunk
 from ..relax import OPTIMIZERS, RelaxResult
@@ -109,19 +109,30 @@ class _Relaxer:
 
 
 def _adsorption_checks(
-    store: ScreenStore, all_sites: dict[str, list[Site]], mu: dict[str, float] | None, move_tolerance: float
+    store: ScreenStore, all_sites: dict[str, list[Site]], mu: dict[str, float] | None, move_tolerance: float,
+    fix_bottom: int | None = None,
 ) -> Extra:
-    """The key-value pairs of a relaxed adsorbate system: the anomaly flags against its initial site,
+    """The key-value pairs of a relaxed adsorbate system: the anomaly flags (AdsorbML's four, against its
+    initial site and the relaxed clean slab; ``anomalies`` is their comma-joined names, empty when none),
     the clean slab's energy and, with gas references, the adsorption energy ``e_ads``."""
 
     def extra(task: ScreenTask, result: RelaxResult) -> dict[str, Any]:
         assert task.site is not None
         slab_row = store.rows.get(f"slab/{task.info['surface']}")
         e_slab = slab_row.get("relaxed_energy") if slab_row is not None else None
+        relaxed_slab = slab_row.toatoms() if slab_row is not None and slab_row.get("status") == "done" else None
+        if relaxed_slab is not None and len(relaxed_slab) != task.n_slab:
+            relaxed_slab = None
         mask = np.arange(len(result.atoms)) >= task.n_slab
+        # the atoms that may not relax: the slab's own constraints and the fix_bottom layers
+        frozen = np.zeros(len(mask), dtype=bool)
+        frozen[: task.n_slab] = fixed_mask(task.atoms)[: task.n_slab] | bottom_fixed_mask(
+            task.atoms[: task.n_slab], fix_bottom)
         offered = [(x.kind, x.position) for x in all_sites[task.info["surface"]]]
-        checks = check_relaxation(result.atoms, mask, task.atoms, task.site.position, offered, move_tolerance)
-        out: dict[str, Any] = {**{k: v for k, v in checks.items() if k != "anomalies"}, "slab_energy": e_slab}
+        checks = check_relaxation(result.atoms, mask, task.atoms, task.site.position, offered, move_tolerance,
+                                  relaxed_slab=relaxed_slab, frozen=frozen)
+        out: dict[str, Any] = {**{k: v for k, v in checks.items() if k != "anomalies"}, "slab_energy": e_slab,
+                               "anomalies": ",".join(checks["anomalies"])}
         if e_slab is not None and mu is not None:
             symbols = result.atoms.get_chemical_symbols()[task.n_slab :]
             out["e_ads"] = result.final_energy - e_slab - gas_reference_energy(symbols, mu)
@@ -196,7 +207,7 @@ def screen_adsorbates(
     # phase 1: references (gas molecules, clean slabs); phase 2: adsorbate systems
     relaxer.run(plan.gas, None, "gas-phase reference molecules")
     relaxer.run(plan.slabs, None, "clean slabs")
-    checks = _adsorption_checks(store, plan.all_sites, store.reference_potentials(), move_tolerance)
+    checks = _adsorption_checks(store, plan.all_sites, store.reference_potentials(), move_tolerance, fix_bottom)
     relaxer.run(plan.adsorbates, checks, "adsorbate systems")
 
     sites = site_rows(plan.adsorbates, store, relaxer.errors)

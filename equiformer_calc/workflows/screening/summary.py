@@ -1,8 +1,11 @@
 """Screening, step 3: the summary. One row per (surface, adsorbate, site) from the database, the
 minimum adsorption energy per (surface, adsorbate), CSV tables and a heat map.
 
-The minimum is taken over converged, non-desorbed, non-dissociated sites (over the non-converged
-valid ones when no site converged). Direct (IS2RE) screening ranks sites by the predicted energy
+The minimum is taken over converged sites without an anomaly (AdsorbML's four: desorbed, dissociated,
+surface changed, intercalated; over the non-converged valid ones when no site converged). Anomalous
+relaxations stay in the database and in ``screen_sites.csv`` with their flags, are counted per group
+(``n_anomalous`` and one count per flag) and are never a best site; a group whose relaxations are all
+anomalous says so in ``note`` and has no minimum. Direct (IS2RE) screening ranks sites by the predicted energy
 instead (:func:`rank_sites`).
 """
 
@@ -16,6 +19,7 @@ import numpy as np
 from ase import Atoms
 
 from ...io import new_figure, save_figure, write_csv
+from ...surfaces import ANOMALIES
 from .plan import ScreenTask
 from .store import ScreenStore
 
@@ -24,8 +28,13 @@ __all__ = ["SITE_COLUMNS", "site_rows", "summarise", "rank_sites", "write_screen
 #: the columns of ``screen_sites.csv``: one row per (surface, adsorbate, site)
 SITE_COLUMNS: tuple[str, ...] = (
     "surface", "adsorbate", "site", "site_kind", "final_site", "e_ads", "energy", "converged", "nsteps",
-    "desorbed", "dissociated", "moved", "surface_changed", "status", "row_id", "error",
+    "desorbed", "dissociated", "moved", "surface_changed", "intercalated", "anomalies", "status", "row_id", "error",
 )
+
+
+def _anomalies(row: Any) -> list[str]:
+    """The anomaly flags a database row raised (rows written before ``anomalies`` existed: from the flags)."""
+    return [k for k in ANOMALIES if row.get(k, False)]
 
 
 def site_rows(tasks: Sequence[ScreenTask], store: ScreenStore, errors: dict[str, str]) -> list[dict[str, Any]]:
@@ -41,7 +50,7 @@ def site_rows(tasks: Sequence[ScreenTask], store: ScreenStore, errors: dict[str,
                 out.append({
                     **head, "final_site": "", "e_ads": float("nan"), "energy": float("nan"), "converged": False,
                     "nsteps": 0, "desorbed": False, "dissociated": False, "moved": False, "surface_changed": False,
-                    "status": "not run", "row_id": "", "error": errors[t.key],
+                    "intercalated": False, "anomalies": "", "status": "not run", "row_id": "", "error": errors[t.key],
                 })
             continue
         error = errors.get(t.key, "")
@@ -52,7 +61,8 @@ def site_rows(tasks: Sequence[ScreenTask], store: ScreenStore, errors: dict[str,
             "energy": row.get("relaxed_energy", float("nan")), "converged": row.get("converged", False),
             "nsteps": row.get("nsteps", 0), "desorbed": row.get("desorbed", False),
             "dissociated": row.get("dissociated", False), "moved": row.get("moved", False),
-            "surface_changed": row.get("surface_changed", False), "status": row.get("status", ""), "row_id": row.id,
+            "surface_changed": row.get("surface_changed", False), "intercalated": row.get("intercalated", False),
+            "anomalies": ",".join(_anomalies(row)), "status": row.get("status", ""), "row_id": row.id,
             "error": error,
         })
     return out
@@ -60,26 +70,33 @@ def site_rows(tasks: Sequence[ScreenTask], store: ScreenStore, errors: dict[str,
 
 def summarise(surfaces: Sequence[tuple[str, Atoms]], adsorbates: Sequence[str], sites: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One dict per (surface, adsorbate): the minimum adsorption energy ``e_ads_min`` over valid sites
-    (done, not desorbed, not dissociated, finite; converged ones first), its site, and counts."""
+    (done, no anomaly, finite; converged ones first), its site, and counts: ``n_anomalous`` (done
+    relaxations with any anomaly), ``n_<flag>`` per anomaly, ``n_flagged`` (= ``n_anomalous``, the old
+    name) and ``note`` (``all relaxations anomalous`` when no done relaxation is valid)."""
     summary: list[dict[str, Any]] = []
     for name, slab in surfaces:
         for ads_name in adsorbates:
             rows = [r for r in sites if r["surface"] == name and r["adsorbate"] == ads_name]
-            valid = [
-                r for r in rows
-                if r["status"] == "done" and not r["desorbed"] and not r["dissociated"] and np.isfinite(r["e_ads"])
-            ]
+            done = [r for r in rows if r["status"] == "done"]
+            anomalous = [r for r in done if any(r.get(k, False) for k in ANOMALIES)]
+            valid = [r for r in done if r not in anomalous and np.isfinite(r["e_ads"])]
             chosen = [r for r in valid if r["converged"]] or valid
             best = min(chosen, key=lambda r: r["e_ads"]) if chosen else None
+            note = ""
+            if done and len(anomalous) == len(done):
+                note = "all relaxations anomalous"
+            elif not done:
+                note = "no relaxation done"
             summary.append({
                 "surface": name, "metal": slab.info.get("metal", ""), "facet": slab.info.get("facet", ""),
                 "adsorbate": ads_name, "e_ads_min": best["e_ads"] if best else float("nan"),
                 "site": best["site"] if best else "", "final_site": best["final_site"] if best else "",
                 "converged": best["converged"] if best else False, "moved": best["moved"] if best else False,
-                "n_sites": len(rows), "n_valid": len(valid),
-                "n_flagged": sum(1 for r in rows if r["desorbed"] or r["dissociated"]),
+                "n_sites": len(rows), "n_valid": len(valid), "n_anomalous": len(anomalous),
+                **{f"n_{k}": sum(1 for r in done if r.get(k, False)) for k in ANOMALIES},
+                "n_flagged": len(anomalous),
                 "n_failed": sum(1 for r in rows if r["status"] != "done"),
-                "row_id": best["row_id"] if best else "",
+                "row_id": best["row_id"] if best else "", "note": note,
             })
     return summary
 
