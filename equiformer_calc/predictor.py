@@ -261,6 +261,7 @@ def compute(
     stress: bool = False,
     create_graph: bool = False,
     memory: str = "fast",
+    retain_graph: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Energies, and forces = -dE/dpos and stress = (1/V) dE/d(strain) from one autograd pass.
 
@@ -272,7 +273,8 @@ def compute(
     ``graph`` must already be on the model's device; its positions, cell and shifts may stay
     float64 (the model forms edge vectors in float64 and casts them to its own dtype). ``stress``
     requires every graph of the batch to be periodic in 3D. With ``create_graph`` the results can be differentiated
-    again (training on forces). Returns ``energy`` (B,) float64, ``energies`` (N,) float64,
+    again (training on forces); with ``retain_graph`` the graph survives the backward pass (the
+committee's per-member forces, :mod:`equiformer_calc.committee`). Returns ``energy`` (B,) float64, ``energies`` (N,) float64,
     ``forces`` (N, 3) and ``stress`` (B, 3, 3) in the graph's positions' dtype.
     """
     positions = graph.positions
@@ -299,7 +301,8 @@ def compute(
     results = dict(out)
     if inputs:
         grads = torch.autograd.grad(
-            out["energy"].sum(), inputs, create_graph=create_graph, allow_unused=True
+            out["energy"].sum(), inputs, create_graph=create_graph, retain_graph=retain_graph or create_graph,
+            allow_unused=True,
         )
         grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
         if forces:
@@ -405,6 +408,19 @@ class Predictor:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.max_atoms_per_batch = int(max_atoms_per_batch)
+        #: a :class:`~equiformer_calc.committee.HeadCommittee` (set by :meth:`set_committee`): adds
+        #: ``energy_uncertainty`` / ``energy_committee`` (and ``forces_uncertainty``) to every result
+        self.committee: Any = None
+        self.uncertainty = "off"
+
+    def set_committee(self, committee: Any, uncertainty: str = "energy") -> None:
+        """Attach a :class:`~equiformer_calc.committee.HeadCommittee` (None detaches it);
+        ``uncertainty`` "energy", "forces" or "off" (see :data:`~equiformer_calc.committee.UNCERTAINTY_MODES`)."""
+        if uncertainty not in ("off", "energy", "forces"):
+            raise ValueError(f"uncertainty must be 'off', 'energy' or 'forces', got {uncertainty!r}")
+        mode = uncertainty
+        self.committee = None if committee is None or mode == "off" else committee.to(self.device, self.dtype)
+        self.uncertainty = mode if self.committee is not None else "off"
 
     @property
     def cutoff(self) -> float:
@@ -585,7 +601,11 @@ class Predictor:
             batch = batch_graphs(graphs)
             mode = self.memory_mode(batch.num_edges, properties, len(chunk))
             with torch.set_grad_enabled(want_forces or want_stress), self._threads_for(batch):
-                out = compute(self.model, batch, forces=want_forces, stress=want_stress, memory=mode)
+                if self.committee is None:
+                    out = compute(self.model, batch, forces=want_forces, stress=want_stress, memory=mode)
+                else:
+                    out = self.committee.compute(self.model, batch, want_forces, want_stress, mode,
+                                                 force_uncertainty=self.uncertainty == "forces")
             ptr = batch.ptr.tolist()
             energy = out["energy"].detach().cpu().numpy()
             energies = out["energies"].detach().cpu().numpy()
@@ -600,6 +620,11 @@ class Predictor:
                     r["forces"] = f[ptr[b] : ptr[b + 1]].copy()
                 if s is not None:
                     r["stress"] = s[b].copy()
+                if "energy_uncertainty" in out:
+                    r["energy_uncertainty"] = float(out["energy_uncertainty"][b])
+                    r["energy_committee"] = out["energy_committee"][b].detach().cpu().numpy().copy()
+                if "forces_uncertainty" in out:
+                    r["forces_uncertainty"] = out["forces_uncertainty"][ptr[b] : ptr[b + 1]].detach().cpu().double().numpy()
         return results
 
     def _located_graph(self, it: _Item) -> AtomicGraph:
