@@ -150,3 +150,42 @@ def test_refine_refuses_a_bad_reference_before_any_work(model, tmp_path):
     with pytest.raises(ValueError, match="refine_mode"):
         screen_adsorbates(SLABS, ["O"], db=tmp_path / "s2.db", calculator=calc, steps=2, progress=False,
                           refine="emt", refine_mode="dft")
+
+
+def test_e_ads_uncertainty_is_the_members_spread_of_their_own_adsorption_energies(tmp_path):
+    """With a committee, every site's ``e_ads_uncertainty`` is the std over members of E_ads computed
+    with each member's own system, slab and gas energies (recomputed here from the database's structures)."""
+    from ase.build import add_adsorbate, fcc111
+
+    from equiformer_calc.checkpoint import load_checkpoint
+    from equiformer_calc.committee import committee_path, fit_head_committee
+
+    path = save_checkpoint(make_model(8), tmp_path / "m.safetensors")
+    frames = []
+    for k in range(12):
+        a = fcc111("Cu", (2, 2, 2), vacuum=5.0)
+        add_adsorbate(a, "O", 1.6, "fcc")
+        a.rattle(0.05, seed=k)
+        a.calc = EMT()
+        frames.append(a)
+    model = load_checkpoint(path)
+    fit_head_committee(model, frames, [f.get_potential_energy() for f in frames], members=4).save(committee_path(path))
+    calc = EquiformerCalculator(checkpoint=str(path))
+    res = screen_adsorbates(SLABS, ["O"], db=tmp_path / "s.db", calculator=calc, steps=3, fix_bottom=1,
+                            progress=False, site_kinds=["ontop", "fcc"], out_dir=tmp_path / "out")
+    db = ase.db.connect(tmp_path / "s.db")
+
+    def members(row):
+        return calc.predict([row.toatoms()], ["energy"])[0]["energy_committee"]
+
+    gas = {r.molecule: members(r) for r in db.select(kind="gas")}
+    slab = members(db.get(kind="slab"))
+    for site in res.sites:
+        row = db.get(id=site["row_id"])
+        system = members(row)
+        e_ads = [system[m] - slab[m] - gas_reference_energy(["O"], reference_potentials({k: v[m] for k, v in gas.items()}))
+                 for m in range(4)]
+        assert site["e_ads_uncertainty"] == pytest.approx(np.std(e_ads), rel=1e-9) and site["e_ads_uncertainty"] > 0
+    (best,) = res.summary
+    assert best["uncertain"] == (best["e_ads_uncertainty"] > 0.1)
+    assert (tmp_path / "out" / "screen_heatmap.png").read_bytes()[:4] == b"\x89PNG"
