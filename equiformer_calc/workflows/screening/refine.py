@@ -4,8 +4,10 @@ Per (surface, adsorbate) group, the ``top_k`` lowest *valid* ML minima (done, no
 ranked by ``e_ads``, or with ``rank_by="lcb"`` by the lower confidence bound ``e_ads - kappa *
 e_ads_uncertainty``) are evaluated by the reference: a single point at the ML minimum (``mode="sp"``,
 AdsorbML's ML+SP) or a relaxation from it (``mode="relax"``, ML+RX; BFGS to ``fmax``). The reference's
-adsorption energies use gas references and clean slabs from the same reference (single points at, or
-relaxations from, the ML-relaxed gas molecules and slabs), never the model's.
+adsorption energies use gas references and clean slabs from the same reference, never the model's: in both
+modes the reference *relaxes* the gas molecules and clean slabs (from the model's relaxed ones: a fixed
+cost per screen, shared by both modes), as AdsorbML takes its slab and gas references from relaxations;
+so an ML+SP adsorption energy is an upper bound of the reference's minimum in that basin.
 
 The reference is a labeller name (:func:`~equiformer_calc.data.labellers.resolve_labeller`: ``emt``,
 ``sevennet``, or ``module:factory`` returning any ASE calculator, e.g. a user's VASP set-up). Every
@@ -233,7 +235,7 @@ def refine_screen(
                 result.errors[task.key] = outcome.error
                 continue
             out: ReferenceOutcome = outcome.value
-            kv = {**info, "task_key": task.key, "kind": "reference", "status": "done", "ref_mode": mode,
+            kv = {**info, "task_key": task.key, "kind": "reference", "status": "done", "ref_mode": task.mode,
                   "ref_labeller": name, "ref_energy": out.energy, "ref_calls": out.calls + out.replayed,
                   "ref_seconds": out.seconds, "ref_nsteps": out.nsteps, "ref_converged": out.converged}
             if extra is not None:
@@ -245,20 +247,20 @@ def refine_screen(
             result.paid_calls += out.calls
             result.seconds += out.seconds
 
-    def task_for(key: str, atoms: Atoms) -> ReferenceTask:
-        rkey = _ref_key(mode, name, key)
-        return ReferenceTask(rkey, atoms, reference, mode, fmax, steps, _journal(folder, rkey))
+    def task_for(key: str, atoms: Atoms, how: str = mode) -> ReferenceTask:
+        rkey = _ref_key(how, name, key)
+        return ReferenceTask(rkey, atoms, reference, how, fmax, steps, _journal(folder, rkey))
 
-    # 1. gas molecules and clean slabs, from the model's relaxed ones
+    # 1. gas molecules and clean slabs: relaxed by the reference from the model's relaxed ones (both modes)
     refs: list[tuple[ReferenceTask, dict[str, Any], Any]] = []
     for t in plan.gas + plan.slabs:
         atoms = ml_atoms(t.key, len(t.atoms) if t.kind == "slab" else None)
         if atoms is None:
             result.errors[t.key] = "the model's relaxation of this reference structure is missing or failed"
             continue
-        refs.append((task_for(t.key, atoms), {"ml_task_key": t.key, **_plain(t.info)}, None))
+        refs.append((task_for(t.key, atoms, "relax"), {"ml_task_key": t.key, **_plain(t.info)}, None))
     run(refs, "reference structures")
-    gas = {m: store.rows.get(_ref_key(mode, name, f"gas/{m}")) for m in REFERENCE_MOLECULES}
+    gas = {m: store.rows.get(_ref_key("relax", name, f"gas/{m}")) for m in REFERENCE_MOLECULES}
     if any(r is None for r in gas.values()):
         raise RuntimeError(f"the reference {name} failed on a gas-phase molecule: {result.errors}")
     mu = reference_potentials({m: r.get("ref_energy") for m, r in gas.items()})
@@ -275,7 +277,7 @@ def refine_screen(
             atoms = ml_atoms(t.key, t.n_slab)
             if atoms is None:
                 continue
-            slab_ref = store.rows.get(_ref_key(mode, name, f"slab/{t.info['surface']}"))
+            slab_ref = store.rows.get(_ref_key("relax", name, f"slab/{t.info['surface']}"))
             tasks.append((task_for(t.key, atoms), {"ml_task_key": t.key, **_plain(t.info), "e_ads_ml": r["e_ads"]},
                           _adsorbate_extra(t, slab_ref, mu, mode, move_tolerance, fix_bottom,
                                            [(x.kind, x.position) for x in plan.all_sites.get(t.info["surface"], [])])))
