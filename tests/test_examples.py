@@ -38,6 +38,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "ipi_pimd_h_pt.py": (["--beads", "2", "--steps", "4"], ["ipi_pimd_h_pt/pimd.out", "ipi_pimd_h_pt/input.xml"]),
     "phonons.py": (["--supercell", "2", "--mesh", "6", "--points", "5"], ["phonons/phonons_cu.png"]),
     "elastic_constants.py": (["--metals", "Cu"], ["elastic/elastic_constants.csv"]),
+    "screen_verified.py": (
+        ["--metals", "Cu", "--adsorbates", "O", "--steps", "3", "--reference-steps", "3", "--top-k", "1"],
+        ["screen_verified/screen.db", "screen_verified/screen_summary.csv", "screen_verified/screen_heatmap.png"],
+    ),
 }
 
 #: script -> the module of the optional extra it needs (the test skips only when that is missing)
