@@ -79,6 +79,13 @@ def _evaluate(frames: list, preds: list[dict], spread_e: np.ndarray, spread_f: n
         if spread_f is not None:
             atom_ads = np.concatenate([[a] * len(f) for a, f in zip(ads, frames)])
             out["adsorbate_forces"] = _metrics(err["f"][atom_ads], spread_f[atom_ads], thresholds["f"])
+    if spread_f is not None:  # the force spread averaged per frame, as a proxy of the energy's uncertainty
+        owner = np.concatenate([[k] * len(f) for k, f in enumerate(frames)])
+        mean_f = np.bincount(owner, weights=spread_f) / np.bincount(owner)
+        out["energy_by_mean_force_spread"] = _metrics(err["e"], mean_f, thresholds.get("fmean", np.inf))
+        if ads.any():
+            out["adsorbate_energy_by_mean_force_spread"] = _metrics(err["e"][ads], mean_f[ads],
+                                                                    thresholds.get("fmean", np.inf))
     out["mae_e_per_atom"] = float(err["e"].mean())
     out["mae_f"] = float(err["f"].mean())
     return out
@@ -105,6 +112,28 @@ def _full_predictions(members: list, frames: list) -> tuple[np.ndarray, np.ndarr
     return e, f
 
 
+def _full(report: dict[str, Any], args: Any, base: Any, val: list, tests: dict[str, list]) -> list[Path]:
+    """The full-model committee of ``benchmarks/committee_members.py`` (when its members exist)."""
+    from equiformer_calc.checkpoint import load_checkpoint
+    from equiformer_calc.predictor import Predictor
+
+    member_files = sorted((CKPT / f"{args.checkpoint}-committee").glob("member*.safetensors"))
+    if not member_files:
+        return member_files
+    full = [Predictor(load_checkpoint(p)) for p in member_files]
+    ve, vf = _full_predictions(full, val)
+    owner = np.concatenate([[k] * len(f) for k, f in enumerate(val)])
+    th_full = {"e": float(np.quantile(ve, 0.9)), "f": float(np.quantile(vf, 0.9)),
+               "fmean": float(np.quantile(np.bincount(owner, weights=vf) / np.bincount(owner), 0.9))}
+    report["full"] = {"members": len(full), "thresholds": th_full}
+    for name, frames in tests.items():
+        preds = base.predict(frames)
+        e, f = _full_predictions(full, frames)
+        report["full"][name] = _evaluate(frames, preds, e, f, th_full)
+        log.info("full %s: %s", name, json.dumps(report["full"][name]))
+    return member_files
+
+
 def _time_calls(fn, repeats: int) -> float:
     fn()
     times = []
@@ -126,6 +155,7 @@ def main() -> None:
     ap.add_argument("--perturb", default="0,0.5,1.0", help="comma-separated first-layer perturbations to choose from")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--write", action="store_true", help="save the chosen head committee next to the checkpoint")
+    ap.add_argument("--full-only", action="store_true", help="only the full-model committee (and its cost)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "uncertainty.json"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -141,20 +171,24 @@ def main() -> None:
     data = CKPT / f"{args.checkpoint}-data"
     model = load_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
-    train = _subsample(data / args.fit_file, args.fit_frames, seed=0)
+    train = [] if args.full_only else _subsample(data / args.fit_file, args.fit_frames, seed=0)
     val = _subsample(data / "val.extxyz.xz", args.val_frames, seed=0)
     tests = {name: _subsample(data / f"{name}.extxyz.xz", args.eval_frames, seed=0)
              for name in ("test_id", "test_ood")}
     log.info("read %d fit / %d val / %s test frames in %.0f s", len(train), len(val),
              {k: len(v) for k, v in tests.items()}, time.perf_counter() - t0)
+    base = Predictor(model)
+    report: dict[str, Any] = {"checkpoint": args.checkpoint, "fit_frames": len(train), "val_frames": len(val),
+                              "eval_frames": {k: len(v) for k, v in tests.items()}, "members": args.members}
+    if args.full_only:
+        _full(report, args, base, val, tests)
+        Path(args.out).write_text(json.dumps(report, indent=1))
+        print(json.dumps(report, indent=1))
+        return
     t0 = time.perf_counter()
     feats = trunk_features(model, train, progress=True)
     energies = [f.get_potential_energy() for f in train]
     fit_s = time.perf_counter() - t0
-    report: dict[str, Any] = {"checkpoint": args.checkpoint, "fit_frames": len(train), "val_frames": len(val),
-                              "eval_frames": {k: len(v) for k, v in tests.items()}, "members": args.members}
-
-    base = Predictor(model)
     val_base = base.predict(val)
     val_err = _errors(val, val_base)
     choice: dict[float, float] = {}
@@ -177,7 +211,9 @@ def main() -> None:
     heads.set_committee(committee, "forces")
     val_heads = heads.predict(val)
     se, sf = _head_spreads(val_heads, val)
-    thresholds = {"e": float(np.quantile(se, 0.9)), "f": float(np.quantile(sf, 0.9))}
+    owner = np.concatenate([[k] * len(f) for k, f in enumerate(val)])
+    thresholds = {"e": float(np.quantile(se, 0.9)), "f": float(np.quantile(sf, 0.9)),
+                  "fmean": float(np.quantile(np.bincount(owner, weights=sf) / np.bincount(owner), 0.9))}
     committee.metadata.update(threshold_energy_per_atom=thresholds["e"], threshold_forces=thresholds["f"],
                               val_spearman_by_perturb=choice)
     report["heads"] = {"perturb": best, "val_spearman_by_perturb": choice, "thresholds": thresholds,
@@ -188,17 +224,7 @@ def main() -> None:
         report["heads"][name] = _evaluate(frames, preds, e, f, thresholds)
         log.info("heads %s: %s", name, json.dumps(report["heads"][name]))
 
-    member_files = sorted((CKPT / f"{args.checkpoint}-committee").glob("member*.safetensors"))
-    if member_files:
-        full = [Predictor(load_checkpoint(p)) for p in member_files]
-        ve, vf = _full_predictions(full, val)
-        th_full = {"e": float(np.quantile(ve, 0.9)), "f": float(np.quantile(vf, 0.9))}
-        report["full"] = {"members": len(full), "thresholds": th_full}
-        for name, frames in tests.items():
-            preds = base.predict(frames)
-            e, f = _full_predictions(full, frames)
-            report["full"][name] = _evaluate(frames, preds, e, f, th_full)
-            log.info("full %s: %s", name, json.dumps(report["full"][name]))
+    member_files = _full(report, args, base, val, tests)
 
     # cost of one call on an adsorbate + slab
     slab = fcc111("Cu", (3, 3, 4), vacuum=7.0)
