@@ -37,50 +37,6 @@ sys.path.insert(0, str(ROOT))  # this checkout's package, whatever the environme
 log = logging.getLogger("refine")
 
 
-def reference_only(slabs: dict, adsorbates: list[str], reference: str, site_kinds: list[str] | None, fmax: float,
-                   steps: int, fix_bottom: int) -> dict[str, Any]:
-    """Relax every gas molecule, slab and site with the reference alone; per group its best valid E_ads."""
-    from ase.constraints import FixAtoms
-
-    from equiformer_calc.surfaces import ANOMALIES, bottom_fixed_mask, check_relaxation, gas_reference_energy, reference_potentials
-    from equiformer_calc.workflows.screening.plan import adsorbate_templates, normalise_surfaces, plan_screen
-    from equiformer_calc.workflows.screening.refine import ReferenceTask, run_reference
-
-    plan = plan_screen(normalise_surfaces(slabs), adsorbate_templates(adsorbates, gas_referenced=True), site_kinds)
-    start = time.perf_counter()
-    calls = 0
-
-    def relax(task: Any, n_slab: int | None) -> Any:
-        nonlocal calls
-        atoms = task.atoms.copy()
-        if n_slab:
-            fixed = np.zeros(len(atoms), dtype=bool)
-            fixed[:n_slab] = bottom_fixed_mask(atoms[:n_slab], fix_bottom)
-            atoms.set_constraint(FixAtoms(mask=fixed))
-        out = run_reference(ReferenceTask(task.key, atoms, reference, "relax", fmax, steps))
-        calls += out.calls
-        return out
-
-    gas = {t.info["molecule"]: relax(t, None).energy for t in plan.gas}
-    mu = reference_potentials(gas)
-    slab_out = {t.info["surface"]: relax(t, len(t.atoms)) for t in plan.slabs}
-    groups: dict[str, dict[str, Any]] = {}
-    for t in plan.adsorbates:
-        out = relax(t, t.n_slab)
-        mask = np.arange(len(out.atoms)) >= t.n_slab
-        frozen = np.zeros(len(mask), dtype=bool)
-        frozen[: t.n_slab] = bottom_fixed_mask(t.atoms[: t.n_slab], fix_bottom)
-        flags = check_relaxation(out.atoms, mask, t.atoms, t.site.position,
-                                 relaxed_slab=slab_out[t.info["surface"]].atoms, frozen=frozen)
-        e_ads = out.energy - slab_out[t.info["surface"]].energy - gas_reference_energy(
-            out.atoms.get_chemical_symbols()[t.n_slab :], mu)
-        g = groups.setdefault(f"{t.info['surface']}/{t.info['adsorbate']}", {"sites": {}, "best": None, "site": ""})
-        g["sites"][t.info["site"]] = {"e_ads": e_ads, "calls": out.calls, "anomalies": flags["anomalies"]}
-        if not any(flags[k] for k in ANOMALIES) and (g["best"] is None or e_ads < g["best"]):
-            g["best"], g["site"] = e_ads, t.info["site"]
-    return {"groups": groups, "calls": calls, "seconds": time.perf_counter() - start}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reference", default="emt")
@@ -115,7 +71,11 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
-    ref = reference_only(slabs, adsorbates, args.reference, kinds, args.fmax, args.steps, args.fix_bottom)
+    from equiformer_calc.workflows.screening.refine import reference_only_screen
+
+    only = reference_only_screen(slabs, adsorbates, args.reference, kinds, args.fmax, args.steps, args.fix_bottom)
+    ref = {"calls": only.calls, "seconds": only.seconds,
+           "groups": {f"{s}/{a}": g for (s, a), g in only.groups.items()}}
     log.info("reference-only: %d calls, %.1f s", ref["calls"], ref["seconds"])
     calc = EquiformerCalculator(checkpoint=args.checkpoint)
     t0 = time.perf_counter()

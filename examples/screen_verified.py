@@ -27,46 +27,9 @@ import numpy as np
 
 from equiformer_calc import screen_adsorbates
 from equiformer_calc.surfaces import build_surface
+from equiformer_calc.workflows.screening.refine import reference_only_screen
 
 log = logging.getLogger("screen_verified")
-
-
-def reference_only_calls(slabs: dict, adsorbates: list[str], reference: str, site_kinds: list[str] | None,
-                         fmax: float, steps: int) -> tuple[dict[tuple[str, str], float], int, float]:
-    """The reference alone: relax every gas molecule, slab and site from its initial structure; returns its
-    best E_ads per group, the reference calls and the wall time (the comparison the verification saves)."""
-    from ase.constraints import FixAtoms
-
-    from equiformer_calc.surfaces import ANOMALIES, bottom_fixed_mask, check_relaxation, gas_reference_energy, reference_potentials
-    from equiformer_calc.workflows.screening.plan import adsorbate_templates, normalise_surfaces, plan_screen
-    from equiformer_calc.workflows.screening.refine import ReferenceTask, run_reference
-
-    plan = plan_screen(normalise_surfaces(slabs), adsorbate_templates(adsorbates, gas_referenced=True), site_kinds)
-    start, calls = time.perf_counter(), 0
-
-    def relax(task, n_slab):
-        nonlocal calls
-        atoms = task.atoms.copy()
-        if n_slab:
-            fixed = np.zeros(len(atoms), dtype=bool)
-            fixed[:n_slab] = bottom_fixed_mask(atoms[:n_slab], 1)
-            atoms.set_constraint(FixAtoms(mask=fixed))
-        out = run_reference(ReferenceTask(task.key, atoms, reference, "relax", fmax, steps))
-        calls += out.calls
-        return out
-
-    mu = reference_potentials({t.info["molecule"]: relax(t, None).energy for t in plan.gas})
-    slab = {t.info["surface"]: relax(t, len(t.atoms)).energy for t in plan.slabs}
-    best: dict[tuple[str, str], float] = {}
-    for t in plan.adsorbates:
-        out = relax(t, t.n_slab)
-        flags = check_relaxation(out.atoms, np.arange(len(out.atoms)) >= t.n_slab, t.atoms, t.site.position)
-        if any(flags[k] for k in ANOMALIES):
-            continue
-        e = out.energy - slab[t.info["surface"]] - gas_reference_energy(out.atoms.get_chemical_symbols()[t.n_slab :], mu)
-        group = (t.info["surface"], t.info["adsorbate"])
-        best[group] = min(e, best.get(group, np.inf))
-    return best, calls, time.perf_counter() - start
 
 
 def main() -> int:
@@ -110,7 +73,9 @@ def main() -> int:
     log.info("ML screen + verification: %d reference calls (%d for gas + slabs), %.1f s in all", ref.calls,
              ref.reference_calls, ml_wall)
     if not args.no_reference_only:
-        best, calls, wall = reference_only_calls(slabs, adsorbates, args.reference, kinds, 0.05, args.reference_steps)
+        only = reference_only_screen(slabs, adsorbates, args.reference, kinds, 0.05, args.reference_steps, fix_bottom=1)
+        best = {k: g["best"] for k, g in only.groups.items() if g["best"] is not None}
+        calls, wall = only.calls, only.seconds
         hits = [abs(row["e_ads_ref"] - best[(row["surface"], row["adsorbate"])]) <= 0.1
                 for row in result.summary if (row["surface"], row["adsorbate"]) in best and np.isfinite(row["e_ads_ref"])]
         log.info("reference only: %d reference calls, %.1f s; the verified best is within 0.1 eV of it in %d of %d "

@@ -195,3 +195,14 @@ def test_e_ads_uncertainty_is_the_members_spread_of_their_own_adsorption_energie
     (best,) = res.summary
     assert best["uncertain"] == (best["e_ads_uncertainty"] > 0.1)
     assert (tmp_path / "out" / "screen_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reference_only_screen_counts_every_call_and_finds_the_hollow_site():
+    """EMT alone on O/Cu(111): O binds in a three-fold hollow, below on-top, and the call count is
+    the sum over every relaxation (4 gas molecules, the slab, 3 sites)."""
+    from equiformer_calc.workflows.screening.refine import reference_only_screen
+
+    only = reference_only_screen(SLABS, ["O"], "emt", site_kinds=["ontop", "fcc", "hcp"], fix_bottom=1)
+    g = only.groups[("Cu-fcc111", "O")]
+    assert g["site"].split("_")[0] in ("fcc", "hcp") and g["sites"]["ontop_0"]["e_ads"] > g["best"] + 0.1
+    assert only.calls > sum(s["calls"] for s in g["sites"].values()) > 3

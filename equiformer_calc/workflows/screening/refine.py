@@ -44,7 +44,8 @@ from .plan import ScreenPlan, ScreenTask
 from .store import ScreenStore
 
 __all__ = ["REFINE_MODES", "RANK_BY", "ReferenceTask", "ReferenceOutcome", "RefineResult", "run_reference",
-           "refine_screen", "select_candidates", "merge_refinement", "REF_COLUMNS"]
+           "refine_screen", "select_candidates", "merge_refinement", "REF_COLUMNS", "ReferenceScreen",
+           "reference_only_screen"]
 
 #: the summary columns a refinement adds (all contain "ref")
 REF_COLUMNS = ("ref_mode", "ref_labeller", "e_ads_ref", "ref_site", "ref_final_site", "ref_calls", "n_ref",
@@ -361,3 +362,66 @@ def merge_refinement(refined: RefineResult, plan: ScreenPlan, sites: list[dict[s
                  ref_site=g.get("ref_site", ""), ref_final_site=g.get("ref_final_site", ""),
                  ref_calls=g.get("ref_calls", 0), n_ref=g.get("n_ref", 0), ref_anomalous=g.get("ref_anomalous", 0),
                  ref_ml_site_agrees=bool(g.get("ref_site")) and g.get("ref_site") == s["site"])
+
+
+@dataclass
+class ReferenceScreen:
+    """A reference-only screen (what the verification is compared with): per (surface, adsorbate) group
+    ``best`` (lowest E_ads among relaxations without an anomaly; None when all are anomalous), its ``site``
+    and every site's ``e_ads`` / ``calls`` / ``anomalies``; ``calls`` (all reference calls, gas molecules and
+    slabs included) and ``seconds`` (wall time)."""
+
+    groups: dict[tuple[str, str], dict[str, Any]]
+    calls: int
+    seconds: float
+
+
+def reference_only_screen(slabs: Any, adsorbates: Sequence[Any], reference: str, site_kinds: Sequence[str] | None = None,
+                          fmax: float = 0.05, steps: int = 300, fix_bottom: int | None = 2,
+                          executor: Any = None) -> ReferenceScreen:
+    """Relax every gas molecule, clean slab and (surface, adsorbate, site) of a screen with the ``reference``
+    alone (BFGS from the initial structures; same plan, sites, fixed layers and anomaly checks as the
+    model's screen), counting its calls: the cost the top-k verification is measured against. Nothing is
+    written (no database, no journal)."""
+    import time
+
+    from ...data.labellers import resolve_labeller
+    from ...distributed.executor import SerialExecutor
+    from .plan import adsorbate_templates, normalise_surfaces, plan_screen
+
+    resolve_labeller(reference)
+    plan = plan_screen(normalise_surfaces(slabs), adsorbate_templates(adsorbates, gas_referenced=True), site_kinds)
+    executor = executor if executor is not None else SerialExecutor()
+    start = time.perf_counter()
+
+    def constrained(t: ScreenTask, n_slab: int | None) -> Atoms:
+        atoms = t.atoms.copy()
+        if n_slab and fix_bottom:
+            fixed = np.zeros(len(atoms), dtype=bool)
+            fixed[:n_slab] = bottom_fixed_mask(atoms[:n_slab], fix_bottom)
+            atoms.set_constraint(FixAtoms(mask=fixed))
+        return atoms
+
+    tasks = plan.gas + plan.slabs + plan.adsorbates
+    items = [ReferenceTask(t.key, constrained(t, None if t.kind == "gas" else (len(t.atoms) if t.kind == "slab" else t.n_slab)),
+                           reference, "relax", fmax, steps) for t in tasks]
+    outs: dict[str, ReferenceOutcome] = {}
+    for outcome in executor.map(run_reference, items, name="reference-only"):
+        if outcome.error is not None:
+            raise RuntimeError(f"the reference failed on {tasks[outcome.index].key}: {outcome.error}")
+        outs[tasks[outcome.index].key] = outcome.value
+    mu = reference_potentials({t.info["molecule"]: outs[t.key].energy for t in plan.gas})
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for t in plan.adsorbates:
+        out, slab = outs[t.key], outs[f"slab/{t.info['surface']}"]
+        mask = np.arange(len(out.atoms)) >= t.n_slab
+        frozen = np.zeros(len(mask), dtype=bool)
+        frozen[: t.n_slab] = bottom_fixed_mask(t.atoms[: t.n_slab], fix_bottom)
+        flags = check_relaxation(out.atoms, mask, t.atoms, t.site.position if t.site else None,
+                                 relaxed_slab=slab.atoms, frozen=frozen)
+        e_ads = out.energy - slab.energy - gas_reference_energy(out.atoms.get_chemical_symbols()[t.n_slab :], mu)
+        g = groups.setdefault((t.info["surface"], t.info["adsorbate"]), {"best": None, "site": "", "sites": {}})
+        g["sites"][t.info["site"]] = {"e_ads": e_ads, "calls": out.calls, "anomalies": flags["anomalies"]}
+        if not flags["anomalies"] and (g["best"] is None or e_ads < g["best"]):
+            g["best"], g["site"] = e_ads, t.info["site"]
+    return ReferenceScreen(groups, sum(o.calls for o in outs.values()), time.perf_counter() - start)
