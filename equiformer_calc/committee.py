@@ -43,7 +43,7 @@ import torch
 
 from .graph import AtomicGraph
 from .model import Equiformer
-from .predictor import compute
+from .autograd import compute
 
 __all__ = [
     "attach_committee", "COMMITTEE_SUFFIX", "UNCERTAINTY_MODES", "CommitteeError", "HeadCommittee", "committee_path", "load_committee",

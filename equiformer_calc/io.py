@@ -12,6 +12,7 @@ figures stay as they were); :func:`save_figure` writes it as PNG atomically.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "atomic_path", "write_text_atomic", "jsonable", "write_json", "write_csv", "new_figure", "save_figure",
+    "file_sha256",
 ]
 
 
@@ -103,3 +105,13 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file's bytes, read in 1 MiB blocks (checkpoints, reference
+    checkpoints and dataset files are identified by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,12 +1,12 @@
 """``equiformer-calc ipi``: the model as an i-PI force-field client (the adapter is
-:mod:`equiformer_calc.calculators.ipi`)."""
+:mod:`equiformer_calc.integrations.ipi`)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-from ..calculators.ipi import run_client
+from ..integrations.ipi import run_client
 from ._common import add_dispersion_arguments, read_structure
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc ipi``: read the structure, load the model, answer i-PI until it stops."""
-    from ..calculator import EquiformerCalculator
+    from ..calculators.local import EquiformerCalculator
 
     atoms = read_structure(args.structure)
     calc = EquiformerCalculator(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, skin=args.skin,

@@ -1,12 +1,12 @@
 """``equiformer-calc lammps``: run a LAMMPS input with the model as its force field (the bridge is
-:mod:`equiformer_calc.calculators.lammps`)."""
+:mod:`equiformer_calc.integrations.lammps`)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-from ..calculators.lammps import load_lammps, run_input
+from ..integrations.lammps import load_lammps, run_input
 from ._common import add_dispersion_arguments
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc lammps``: run the input with the model as its external force."""
-    from ..calculator import EquiformerCalculator
+    from ..calculators.local import EquiformerCalculator
 
     calc = EquiformerCalculator(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, skin=args.skin,
                                 dispersion=args.dispersion, xc=args.xc)

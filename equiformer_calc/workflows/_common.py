@@ -47,7 +47,7 @@ def resolve_calculator(
         if checkpoint is not None:
             raise ValueError("give either calculator or checkpoint, not both")
         return calculator
-    from ..calculator import EquiformerCalculator
+    from ..calculators.local import EquiformerCalculator
 
     return EquiformerCalculator(
         checkpoint=None if checkpoint is None else str(checkpoint), device=device, dtype=dtype, skin=skin,

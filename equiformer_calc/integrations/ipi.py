@@ -4,7 +4,7 @@ i-PI (``pip install ipi``) runs the dynamics -- path-integral MD, replica exchan
 barostats -- and asks a *client* for energies and forces of each configuration (each bead) over
 a UNIX or TCP socket. ``equiformer-calc ipi STRUCTURE --unix NAME`` (or ``--host H --port P``)
 is such a client: it connects to the socket that i-PI's ``<ffsocket>`` opened, and answers with
-:class:`~equiformer_calc.calculator.EquiformerCalculator` through ASE's implementation of the
+:class:`~equiformer_calc.calculators.local.EquiformerCalculator` through ASE's implementation of the
 i-PI protocol (:class:`ase.calculators.socketio.SocketClient`).
 
 i-PI sends positions and the cell but not the elements, so the client reads them (and which
