@@ -144,6 +144,8 @@ class Predictor:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.max_atoms_per_batch = int(max_atoms_per_batch)
+        #: the memory rules of every call (:class:`~equiformer_calc.memory.MemoryBudget`)
+        self.budget = MemoryBudget(MemoryModel(self.model.config, self.dtype), **budget)
         #: a :class:`~equiformer_calc.committee.HeadCommittee` (set by :meth:`set_committee`): adds
         #: ``energy_uncertainty`` / ``energy_committee`` (and ``forces_uncertainty``) to every result
         self.committee: Any = None
@@ -156,8 +158,6 @@ class Predictor:
             raise ValueError(f"uncertainty must be 'off', 'energy' or 'forces', got {uncertainty!r}")
         self.committee = None if committee is None or uncertainty == "off" else committee.to(self.device, self.dtype)
         self.uncertainty = uncertainty if self.committee is not None else "off"
-        #: the memory rules of every call (:class:`~equiformer_calc.memory.MemoryBudget`)
-        self.budget = MemoryBudget(MemoryModel(self.model.config, self.dtype), **budget)
 
     @property
     def cutoff(self) -> float:

@@ -117,3 +117,22 @@ def test_a_committee_of_other_weights_is_refused_when_asked_for_and_ignored_by_d
         EquiformerCalculator(model=make_model(7), uncertainty=True)
     with pytest.raises(ValueError, match="uncertainty must be"):
         EquiformerCalculator(checkpoint=str(shipped), uncertainty="sometimes")
+
+
+def test_the_service_answers_the_energy_uncertainty_of_the_local_calculator(shipped):
+    """The service loads the checkpoint's committee like the calculator does, in-process and in its
+    isolated worker, and answers ``energy_uncertainty`` (equal to the local one) with every result."""
+    from equiformer_calc.service.app import create_app
+
+    from .service.test_service import as_json, http, serve_in_thread
+
+    atoms = _frames(1)[0]
+    (local,) = EquiformerCalculator(checkpoint=str(shipped)).predict([atoms])
+    for isolate in (False, True):
+        with serve_in_thread(create_app(str(shipped), isolate=isolate)) as url:
+            status, body, _ = http(url + "/v1/predict", {"structures": [as_json(atoms)], "properties": ["energy"]},
+                                   token=None)
+        assert status == 200, body
+        (got,) = body["results"]
+        assert set(got) == {"energy", "energy_uncertainty"}
+        assert got["energy_uncertainty"] == pytest.approx(local["energy_uncertainty"], rel=1e-5)

@@ -197,6 +197,9 @@ def create_app(
         model = load_checkpoint(predictor_or_checkpoint, device=device)
         predictor: Any = Predictor(model, device=device, dtype=dtype, max_atoms_per_batch=max_batch_atoms,
                                    memory_budget=memory_budget, memory=memory, copy_model=False)
+        from ..committee import attach_committee
+
+        attach_committee(predictor, "auto")  # energy_uncertainty when the checkpoint ships a committee
         checkpoint = model.checkpoint.path if model.checkpoint is not None else str(predictor_or_checkpoint)
         model_id = model_id or Path(str(predictor_or_checkpoint)).stem
         isolate = True if isolate is None else isolate

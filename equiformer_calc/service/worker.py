@@ -93,6 +93,9 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:  # pragma: no 
         min_distance_ratio=spec["min_distance_ratio"], memory=spec["memory"], memory_budget=spec["memory_budget"],
         max_edges=spec["max_edges"], threads=spec["call_threads"], copy_model=False,
     )
+    from ..committee import attach_committee
+
+    attach_committee(predictor, "auto")  # the isolated worker's model: its checkpoint's committee
     marker = os.environ.get(ABORT_MARKER_ENV)
     abort_at = float(marker) if marker else None
     conn.send(("ready", os.getpid()))
