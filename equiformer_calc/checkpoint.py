@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .io import atomic_path, file_sha256
+from .io import atomic_path, file_kind, file_sha256
 from .model import CheckpointInfo, Equiformer, EquiformerConfig
 
 __all__ = [
@@ -108,6 +108,11 @@ def read_metadata(name_or_path: str | os.PathLike) -> dict[str, Any]:
     from safetensors import safe_open
 
     path = resolve_checkpoint(name_or_path)
+    kind, looks = file_kind(path)
+    if kind != "safetensors":
+        hint = (" (a torch.save file: a checkpoint of the reference Equiformer code converts with "
+                "equiformer-calc convert-reference)" if kind in ("zip", "pickle") else "")
+        raise CheckpointError(f"{path} is not an equiformer-calc checkpoint: it looks like {looks}{hint}")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}

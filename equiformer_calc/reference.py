@@ -54,7 +54,7 @@ from ase.data import chemical_symbols
 from e3nn import o3
 
 from .checkpoint import save_checkpoint
-from .io import file_sha256
+from .io import file_kind, file_sha256
 from .model import CheckpointInfo, Equiformer, EquiformerConfig
 from .nn import IrrepsLinear, SmoothLeakyReLU
 
@@ -174,7 +174,12 @@ def read_reference_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.
     path = Path(path)
     if not path.is_file():
         raise ReferenceCheckpointError(f"reference checkpoint {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
+    kind, looks = file_kind(path)
+    if kind not in ("safetensors", "zip", "pickle"):
+        raise ReferenceCheckpointError(
+            f"{path} is not a checkpoint: it looks like {looks}; give the reference code's torch.save file "
+            f"(.pt, .pth, .pth.tar) or a .safetensors file of its state_dict")
+    if kind == "safetensors":
         from safetensors import safe_open
 
         try:

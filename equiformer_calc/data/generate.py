@@ -365,7 +365,7 @@ def _label(tasks: list[Task], ctx: Context, shard_dir: Path, workers: int, execu
     """The labelling loop: every task not yet in a shard runs (local worker processes or the
     executor's), most expensive first; returns every task's shard metadata and the worker count.
     Raises :class:`LabellingFailed` naming the tasks that failed (the others stay checkpointed)."""
-    from tqdm.auto import tqdm
+    from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
     # expensive systems first for better load balance across workers
     cost = {"relax_task": 3, "adsorbate": 2, "slab": 1, "bulk": 0, "gas": 0}

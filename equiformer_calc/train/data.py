@@ -71,7 +71,7 @@ class SampleDataset(torch.utils.data.Dataset):
 
 def samples_from_atoms(frames: Iterable[Atoms], cutoff: float, progress: bool = False) -> list[Sample]:
     """Labelled ``Atoms`` (energy and forces from their calculator) -> samples with graphs."""
-    from tqdm.auto import tqdm
+    from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
     samples = []
     frames = list(frames)

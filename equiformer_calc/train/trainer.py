@@ -424,7 +424,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if state_path.exists():
         _restore(state_path, out, model, optimizer, ema, run, device)
 
-    from tqdm.auto import tqdm
+    from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
     # in a log file (not a terminal) the bar is redrawn every 30 s instead of every step
     bar = tqdm(total=cfg.max_steps, initial=run.step, desc="train", disable=rank != 0, dynamic_ncols=True,

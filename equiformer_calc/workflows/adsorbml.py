@@ -112,7 +112,7 @@ def _relax_all(
     (:func:`~equiformer_calc.workflows.batch.relax_batch`); any other ASE calculator relaxes them one
     after the other with the same optimizer (:func:`~equiformer_calc.workflows.relax.relax`), a
     failing one recorded in its result's ``error``."""
-    from tqdm.auto import tqdm
+    from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
     from ..calculators.local import EquiformerCalculator
 

@@ -21,11 +21,11 @@ from typing import Any, Callable, Sequence
 
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
-from tqdm.auto import tqdm
+from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
 from ..graph import NeighborListCache
 from ..predictor import Predictor
-from ._common import resolve_calculator
+from ._common import check_number, resolve_calculator
 from .relax import RelaxResult, _Relaxation, prepare_relaxation
 
 __all__ = ["relax_batch", "RelaxChunk", "relax_chunk"]
@@ -174,6 +174,10 @@ def relax_batch(
     gives that structure a result with ``error`` set (no step taken; ``callback`` is called for
     it first) and relaxes the others exactly as if it were absent.
     """
+    check_number("fmax", fmax, gt=0)
+    check_number("steps", steps, ge=0, integer=True)
+    check_number("max_concurrent", max_concurrent, ge=1, integer=True)
+    check_number("skin", skin, ge=0)
     structures = list(structures)
     if not structures:
         return []

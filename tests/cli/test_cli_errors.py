@@ -20,21 +20,9 @@ from ase import Atoms
 from ase.build import bulk, fcc111, molecule
 from ase.io import write
 
-from equiformer_calc.checkpoint import save_checkpoint
 from equiformer_calc.cli import main
 
 from ..helpers import make_model
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return str(save_checkpoint(make_model(0), tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"))
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
