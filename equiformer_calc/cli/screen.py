@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
-    NONNEGATIVE_INT, OPTIMIZER_NAMES, POSITIVE_FLOAT, POSITIVE_INT, add_executor_arguments, add_model_arguments,
-    check_outputs, executor_from_args, read_structure,
+    NONNEGATIVE_FLOAT, NONNEGATIVE_INT, OPTIMIZER_NAMES, POSITIVE_FLOAT, POSITIVE_INT, add_executor_arguments,
+    add_model_arguments, check_outputs, executor_from_args, read_structure,
 )
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -59,17 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ref.add_argument("--refine", metavar="CALC", default=None,
                      help="verify the best ML sites of every group with this reference: a labeller name (emt, "
                           "sevennet[:MODEL]) or module:factory returning any ASE calculator (your DFT set-up)")
-    ref.add_argument("--top-k", type=int, default=3, metavar="K", help="ML minima per group to verify (default 3)")
+    ref.add_argument("--top-k", type=POSITIVE_INT, default=3, metavar="K", help="ML minima per group to verify (default 3)")
     ref.add_argument("--refine-mode", choices=("sp", "relax"), default="sp",
                      help="sp: the reference's single point at each ML minimum; relax: its relaxation from it")
     ref.add_argument("--rank-by", choices=("energy", "lcb"), default="energy",
                      help="pick the K lowest by ML E_ads, or by E_ads - KAPPA x its committee spread (lcb)")
-    ref.add_argument("--kappa", type=float, default=1.0, help="the spread's multiple for --rank-by lcb (default 1)")
-    ref.add_argument("--refine-fmax", type=float, default=None, help="reference relaxations' fmax (default --fmax)")
-    ref.add_argument("--refine-steps", type=int, default=300, help="reference relaxations' step limit (default 300)")
+    ref.add_argument("--kappa", type=NONNEGATIVE_FLOAT, default=1.0, help="the spread's multiple for --rank-by lcb (default 1)")
+    ref.add_argument("--refine-fmax", type=POSITIVE_FLOAT, default=None, help="reference relaxations' fmax (default --fmax)")
+    ref.add_argument("--refine-steps", type=NONNEGATIVE_INT, default=300, help="reference relaxations' step limit (default 300)")
     ref.add_argument("--journal-dir", default=None,
                      help="folder of the reference calls' journals (default: DB.refine next to the database)")
-    parser.add_argument("--uncertainty-threshold", type=float, default=0.1, metavar="EV",
+    parser.add_argument("--uncertainty-threshold", type=NONNEGATIVE_FLOAT, default=0.1, metavar="EV",
                         help="committee spread of E_ads above which a best site is marked uncertain (default 0.1)")
     add_model_arguments(parser)
     add_executor_arguments(parser)
