@@ -5,6 +5,7 @@ SIGKILL, with the reference's own gas references."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -109,6 +110,8 @@ def test_refine_sp_is_emt_at_the_ml_minima_with_emt_gas_references(model, tmp_pa
     with open(tmp_path / "out" / "screen_summary.csv") as f:
         header = next(csv.reader(f))
     assert {"e_ads_ref", "ref_calls", "ref_site"} <= set(header)
+    totals = json.loads((tmp_path / "out" / "screen_refine.json").read_text())
+    assert totals["reference_calls"] == res.refine.calls and totals["gas_and_slab_calls"] == res.refine.reference_calls
     # a rerun pays nothing
     again = screen_adsorbates(SLABS, ["O", "OH"], db=tmp_path / "s.db", calculator=calc, steps=4, fix_bottom=1,
                               progress=False, refine="emt", top_k=2, refine_mode="sp")

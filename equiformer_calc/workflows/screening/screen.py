@@ -248,7 +248,8 @@ def screen_adsorbates(
     or relaxations (``"relax"``, BFGS to ``refine_fmax``, default ``fmax``, at most ``refine_steps``),
     ranked by ``rank_by`` ("energy" or "lcb": ``e_ads - kappa * e_ads_uncertainty``); journals in
     ``journal_dir`` (default ``<db>.refine``); see :mod:`.refine`. The summary gains ``e_ads_ref``,
-    ``ref_site``, ``ref_calls`` ...; :attr:`ScreenResult.refine` has the call accounting.
+    ``ref_site``, ``ref_calls`` ...; :attr:`ScreenResult.refine` and ``screen_refine.json`` have the call
+    accounting (all reference calls, gas and slabs included).
     uncertainty_threshold: an ``e_ads_uncertainty`` (eV) above which a group's best is ``uncertain``
     (marked on the heat map).
     """
@@ -292,6 +293,15 @@ def screen_adsorbates(
                                 journal_dir, move_tolerance)
         merge_refinement(refined, plan, sites, summary)
     files = write_screen_outputs(summary, sites, Path(out_dir)) if out_dir is not None else {}
+    if refined is not None and out_dir is not None:
+        from ...io import write_json
+
+        files["refine"] = write_json({
+            "reference": refined.labeller, "mode": refined.mode, "top_k": top_k, "rank_by": rank_by,
+            "reference_calls": refined.calls, "gas_and_slab_calls": refined.reference_calls,
+            "paid_calls_this_run": refined.paid_calls, "paid_seconds_this_run": refined.seconds,
+            "groups": len(refined.groups), "errors": refined.errors,
+        }, Path(out_dir) / "screen_refine.json")
     log.info("screening: %d relaxations run, %d found in %s; %d surface x adsorbate pairs",
              store.computed, store.skipped, store.name, len(summary))
     for key, error in relaxer.errors.items():
