@@ -27,9 +27,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 from ..graph import Structure, StructureError
+from ..protocols import PredictorLike
 
 __all__ = ["Batcher", "BatchStats", "Job", "BatcherClosedError", "RequestTimeoutError", "QueueFullError"]
 
@@ -46,14 +47,6 @@ class QueueFullError(RuntimeError):
 
 class RequestTimeoutError(TimeoutError):
     """A request was not answered within its timeout."""
-
-
-class PredictorLike(Protocol):
-    """What the batcher needs from :class:`~equiformer_calc.predictor.Predictor`."""
-
-    def predict(self, structures: Sequence[Any], properties: Sequence[str] = ...) -> list[dict[str, Any]]: ...
-
-    def graph(self, structure: Structure) -> Any: ...
 
 
 @dataclass
