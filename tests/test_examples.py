@@ -42,6 +42,11 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ["--metals", "Cu", "--adsorbates", "O", "--steps", "3", "--reference-steps", "3", "--top-k", "1"],
         ["screen_verified/screen.db", "screen_verified/screen_summary.csv", "screen_verified/screen_heatmap.png"],
     ),
+    "vibrations_co_cu111.py": (["--size", "2x2x3", "--steps", "5"], ["co_cu111_vibrations.csv"]),
+    "neb_o_cu111.py": (["--size", "2x2x3", "--images", "3", "--steps", "5"],
+                       ["neb_o_cu111/neb_profile.csv", "neb_o_cu111/neb_profile.png", "neb_o_cu111/neb_result.json"]),
+    "volcano.py": (["--metals", "Cu,Pt", "--adsorbates", "O,OH,H", "--size", "2x2x3", "--steps", "3"],
+                   ["volcano/che_volcano.png", "volcano/che_summary.csv", "volcano/che_diagram_Pt-111.png"]),
 }
 
 #: script -> the module of the optional extra it needs (the test skips only when that is missing)

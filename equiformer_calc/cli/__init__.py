@@ -26,7 +26,7 @@ from typing import Sequence
 COMMANDS: dict[str, str] = {
     name: f"{__name__}.{name.replace('-', '_')}"
     for name in ("datagen", "train", "evaluate", "adsorbml", "relax", "md", "screen", "predict", "serve",
-                 "convert-reference", "ipi", "lammps")
+                 "convert-reference", "ipi", "lammps", "neb", "vibrations", "free-energy")
 }
 
 _HELP: dict[str, str] = {
@@ -42,6 +42,9 @@ _HELP: dict[str, str] = {
     "convert-reference": "convert a checkpoint of the reference Equiformer code to ours",
     "ipi": "serve a checkpoint as an i-PI force-field client (path-integral MD, NPT, ...)",
     "lammps": "run a LAMMPS input with the model as its force field (fix external pf/callback)",
+    "neb": "reaction barrier between two relaxed structures by a climbing-image NEB (all images batched; resumable)",
+    "vibrations": "vibrational frequencies, ZPE and harmonic free energy of an adsorbate (displacements batched)",
+    "free-energy": "free energies, limiting potentials and volcano plots (CHE) from a screen's summary CSV and database",
 }
 
 

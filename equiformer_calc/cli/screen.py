@@ -71,6 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="folder of the reference calls' journals (default: DB.refine next to the database)")
     parser.add_argument("--uncertainty-threshold", type=NONNEGATIVE_FLOAT, default=0.1, metavar="EV",
                         help="committee spread of E_ads above which a best site is marked uncertain (default 0.1)")
+    parser.add_argument("--free-energy", action="store_true",
+                        help="add zpe, ts, g_corr, g_ads, free_energy columns to screen_summary.csv for each best site "
+                             "(batched vibrations; see `equiformer-calc free-energy`)")
+    parser.add_argument("--temperature", type=POSITIVE_FLOAT, default=298.15, help="K, with --free-energy (default 298.15)")
+    parser.add_argument("--pressure", type=POSITIVE_FLOAT, default=101325.0, help="Pa, gas references with --free-energy")
     add_model_arguments(parser)
     add_executor_arguments(parser)
     parser.add_argument("--chunk-size", type=POSITIVE_INT, default=16, metavar="K",
@@ -153,6 +158,16 @@ def run(args: argparse.Namespace) -> int:
                  ref.labeller, ref.mode, args.top_k, ref.calls, ref.reference_calls, ref.paid_calls, ref.seconds)
         for key, error in ref.errors.items():
             log.error("reference %s: %s", key, error)
+    if args.free_energy:  # the computation lives in workflows.thermo
+        from ..workflows.thermo import screen_free_energies, write_summary_csv
+
+        calc = calculator or resolve_calculator(None, args.checkpoint, args.device, args.dtype)
+        result.summary = screen_free_energies(result.summary, result.db, calc, args.temperature, args.pressure,
+                                              journal=Path(args.out_dir) / "vibrations_journal.jsonl")
+        result.files["summary"] = write_summary_csv(result.summary, Path(args.out_dir) / "screen_summary.csv")
+        for r in result.summary:
+            log.info("%-14s %-4s G_ads = %+.3f eV (ZPE %.3f, TS %.3f eV at %g K)", r["surface"], r["adsorbate"],
+                     r["g_ads"], r["zpe"], r["ts"], args.temperature)
     log.info("database %s; wrote %s", result.db, ", ".join(str(p) for p in result.files.values()))
     if result.errors or (result.refine is not None and result.refine.errors):
         log.error("%d task(s) failed (listed above and in screen_sites.csv); rerun to retry tasks that did not run, "
