@@ -349,8 +349,10 @@ class Batcher:
 
 
 def _select(result: dict[str, Any], properties: Sequence[str]) -> dict[str, Any]:
-    """Keep the energy and the asked-for properties of one structure's result."""
-    return {k: v for k, v in result.items() if k == "energy" or k in properties}
+    """Keep the energy, the asked-for properties and their committee spreads (``energy_uncertainty``, and
+    ``forces_uncertainty`` with forces, when the model has a committee) of one structure's result."""
+    keep = {"energy", "energy_uncertainty", *properties, *(["forces_uncertainty"] if "forces" in properties else [])}
+    return {k: v for k, v in result.items() if k in keep}
 
 
 def _set_exception(job: Job, exc: Exception) -> None:

@@ -74,13 +74,14 @@ def unpack_structures(packed: PackedStructures) -> list[Structure]:
 
 def pack_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One result dict per structure -> {"n", key: values}: energies as a list of floats, stress
-    stacked (S, 6), per-atom arrays (forces, energies) concatenated with their lengths."""
+    stacked (S, 6), per-atom arrays (forces, energies) concatenated with their lengths; a committee's
+    ``energy_uncertainty`` (floats) and ``energy_committee`` (stacked (S, M)) like energy and stress."""
     packed: dict[str, Any] = {"n": len(results)}
     for key in (results[0] if results else ()):
         values = [r[key] for r in results]
-        if key in ("energy", "free_energy"):
+        if key in ("energy", "free_energy", "energy_uncertainty"):
             packed[key] = values  # floats, kept as they are
-        elif key == "stress":
+        elif key in ("stress", "energy_committee"):
             packed[key] = np.stack([np.asarray(v) for v in values])
         else:
             packed[key] = (np.concatenate([np.asarray(v) for v in values]),
@@ -94,7 +95,7 @@ def unpack_results(packed: dict[str, Any]) -> list[dict[str, Any]]:
     for key, values in packed.items():
         if key == "n":
             continue
-        if key in ("energy", "free_energy") or key == "stress":
+        if key in ("energy", "free_energy", "energy_uncertainty", "stress", "energy_committee"):
             for r, v in zip(out, values):
                 r[key] = v
             continue

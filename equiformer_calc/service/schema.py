@@ -67,6 +67,9 @@ class PredictionOut(BaseModel):
     forces: list[list[float]] | None = Field(None, description="eV/Angstrom, shape (N, 3)")
     stress: list[float] | None = Field(None, description="eV/Angstrom^3, Voigt order xx yy zz yz xz xy")
     energies: list[float] | None = Field(None, description="per-atom energies in eV, summing to energy")
+    energy_uncertainty: float | None = Field(
+        None, description="eV: the spread of the checkpoint's committee (when it ships one)")
+    forces_uncertainty: list[float] | None = Field(None, description="eV/Angstrom per atom (committee spread)")
 
 
 class ModelRef(BaseModel):
@@ -190,5 +193,6 @@ class Limits(BaseModel):
 def result_json(result: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in result.items():
-        out[key] = float(value) if key in ("energy", "free_energy") else np.asarray(value, dtype=np.float64).tolist()
+        scalar = key in ("energy", "free_energy", "energy_uncertainty")
+        out[key] = float(value) if scalar else np.asarray(value, dtype=np.float64).tolist()
     return out

@@ -132,6 +132,9 @@ def _load(source: Any, o: ServiceOptions) -> tuple[Predictor, str | None, str, b
         model = load_checkpoint(source, device=o.device)
         predictor = Predictor(model, device=o.device, dtype=o.dtype, max_atoms_per_batch=o.max_batch_atoms,
                               memory_budget=o.memory_budget, memory=o.memory, copy_model=False)
+        from ..committee import attach_committee
+
+        attach_committee(predictor, "auto")  # energy_uncertainty when the checkpoint ships a committee
         checkpoint = model.checkpoint.path if model.checkpoint is not None else str(source)
         return predictor, checkpoint, o.model_id or Path(str(source)).stem, True if o.isolate is None else o.isolate
     info = getattr(getattr(source, "model", None), "checkpoint", None)

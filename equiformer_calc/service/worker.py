@@ -99,6 +99,9 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:  # pragma: no 
         min_distance_ratio=spec["min_distance_ratio"], memory=spec["memory"], memory_budget=spec["memory_budget"],
         max_edges=spec["max_edges"], threads=spec["call_threads"], copy_model=False,
     )
+    from ..committee import attach_committee
+
+    attach_committee(predictor, "auto")  # the isolated worker's model: its checkpoint's committee
     if spec["dispersion"] is not None:  # D3 in this process: a crash of its library is a worker crash
         from ..integrations.d3 import D3, DispersionPredictor
 
