@@ -120,6 +120,7 @@ class EquiformerConfig:
     - ``energy_offset``: a constant added once to every structure's energy (the reference's
       de-normalisation mean); per-atom energies carry offset / N each.
     - ``irreps_feature`` may hold l > 0 irreps (only its scalars reach the readout).
+
     pair_repulsion: ``"zbl"`` adds the switched ZBL screened-Coulomb repulsion
     (:class:`~equiformer_calc.nn.ZBLRepulsion`) to the learned energy, acting below
     ``pair_repulsion_cutoff`` x the sum of the two atoms' covalent radii; ``None`` adds nothing.

@@ -79,7 +79,7 @@ def phonopy_force_constants(
     calculator: Calculator, primitive: Atoms, supercell: int = 4, displacement: float = 0.01
 ) -> Any:
     """A ``phonopy.Phonopy`` of ``primitive`` with force constants from ``calculator`` (finite
-    displacements of ``displacement`` A in a ``supercell``^3 supercell); ask it for frequencies
+    displacements of ``displacement`` A in a supercell of ``supercell`` x ``supercell`` x ``supercell`` cells); ask it for frequencies
     (THz), band structures and DOS with phonopy's own API."""
     try:
         from phonopy import Phonopy
