@@ -260,8 +260,7 @@ class TrunkFeatures:
 def trunk_features(model: Equiformer, structures: Sequence[Any], batch_atoms: int = 2048,
                    progress: bool = False) -> TrunkFeatures:
     """One energy-only float64 model call per batch of ``structures``, keeping every atom's head input."""
-    from tqdm.auto import tqdm
-
+    from .io import progress as progress_bar
     from .predictor import Predictor
 
     predictor = Predictor(model, dtype="float64", max_atoms_per_batch=batch_atoms, min_distance_ratio=0.0)
@@ -269,7 +268,7 @@ def trunk_features(model: Equiformer, structures: Sequence[Any], batch_atoms: in
     feats: list[np.ndarray] = []
     results: list[dict[str, Any]] = []
     step = 64
-    for start in tqdm(range(0, len(structures), step), disable=not progress, desc="trunk features"):
+    for start in progress_bar(range(0, len(structures), step), disable=not progress, desc="trunk features"):
         chunk = list(structures[start : start + step])
         batch_feats: list[np.ndarray] = []  # the head's input of every model call of this chunk, in order
         hook = net.head.register_forward_hook(lambda mod, args, out: batch_feats.append(args[0].detach().cpu().numpy()))

@@ -22,14 +22,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ase import Atoms
-from ase.vibrations import VibrationsData
-from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
+from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 from ._common import resolve_calculator, write_csv
+
+if TYPE_CHECKING:  # ase.vibrations imports pyplot (via ase.utils.plotting): imported where used
+    from ase.vibrations import VibrationsData
 
 __all__ = ["VibrationResult", "VibrationJournal", "read_journal", "vibrate", "vibrate_many", "adsorbate_indices", "evaluate_forces", "NON_METALS"]
 
@@ -208,6 +210,8 @@ def _result(atoms: Atoms, indices: list[int], hessian: np.ndarray, energy: float
             soft_threshold: float, n_calls: int) -> VibrationResult:
     base = atoms.copy()
     base.calc = None
+    from ase.vibrations import VibrationsData
+
     data = VibrationsData.from_2d(base, hessian, indices=indices)
     energies = np.asarray(data.get_energies())
     frequencies = np.asarray(data.get_frequencies())
