@@ -31,7 +31,7 @@ from ..io import progress as tqdm  # live bar on a terminal, plain lines in a lo
 from ._common import resolve_calculator, write_csv
 
 if TYPE_CHECKING:  # ase.vibrations imports pyplot (via ase.utils.plotting): imported where used
-    from ase.vibrations import VibrationsData
+    import ase.vibrations
 
 __all__ = ["VibrationResult", "VibrationJournal", "read_journal", "vibrate", "vibrate_many", "adsorbate_indices", "evaluate_forces", "NON_METALS"]
 
@@ -104,7 +104,7 @@ class VibrationResult:
     frequencies: np.ndarray
     energies: np.ndarray
     modes: np.ndarray
-    data: VibrationsData
+    data: ase.vibrations.VibrationsData
     energy: float
     delta: float
     nfree: int
