@@ -27,6 +27,8 @@ def add_loop_arguments(parser: argparse.ArgumentParser, rounds: int, train_steps
     g.add_argument("--rounds", type=int, default=rounds, help=f"rounds to run (default: {rounds})")
     g.add_argument("--first-round", type=int, default=1, help="number of the first round (folder roundN; default 1)")
     g.add_argument("--explore-systems", type=int, default=200, help="starting structures per round (default 200)")
+    g.add_argument("--clean-fraction", type=float, default=0.15,
+                   help="share of starting structures that are clean slabs (default 0.15)")
     g.add_argument("--md-systems", type=int, default=40, help="student minima given a short MD (default 40)")
     g.add_argument("--teacher-calls", type=int, default=1200,
                    help="teacher single points per round after the prefilter (default 1200)")
@@ -64,7 +66,7 @@ def loop_config(args: argparse.Namespace, out: str, init: str, teacher: str, **e
 
     return ALConfig(
         out=out, init=init, teacher=teacher, first_round=args.first_round, rounds=args.rounds,
-        explore_systems=args.explore_systems, md_systems=args.md_systems, teacher_calls=args.teacher_calls,
+        explore_systems=args.explore_systems, clean_fraction=args.clean_fraction, md_systems=args.md_systems, teacher_calls=args.teacher_calls,
         teacher_relax_systems=args.teacher_relax_systems, max_new_frames=args.max_new_frames,
         train_steps=args.train_steps, time_limit_s=args.time_limit, lr=args.lr, warmup_steps=args.warmup_steps,
         train_overrides=_train_options(args.train_option), threads=args.threads, seed=args.seed, **extra,

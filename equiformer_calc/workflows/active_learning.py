@@ -532,8 +532,9 @@ def _starting_structures(cfg: ALConfig, pool: SystemPool, rnd: int, previous_min
         _rattle_free(atoms, rng, 0.1)
         atoms.info = {**previous_minima[int(idx)].info, "system_id": f"r{rnd}-m{j}", "perturbation": "student_minimum",
                       "round": rnd}
-        for key in ("student_energy", "frame_kind", "step", "anomalies", "energy_drop_per_atom"):
+        for key in ("student_energy", "frame_kind", "step", "anomalies", "energy_drop_per_atom", "temperature_K"):
             atoms.info.pop(key, None)
+        atoms.arrays.pop("student_forces", None)
         starts.append(atoms)
     for atoms in starts:
         atoms.arrays["fixed"] = fixed_mask(atoms)
@@ -553,7 +554,7 @@ def _explore(cfg: ALConfig, rd: _Round, checkpoint: str, starts: list[Atoms], pr
         frame = atoms.copy()
         frame.calc = None
         frame.info = {**base.info, "frame_kind": kind, "step": int(step), "student_energy": float(energy)}
-        frame.new_array("student_forces", np.asarray(forces, dtype=float))
+        frame.arrays["student_forces"] = np.asarray(forces, dtype=float)
         if "fixed" not in frame.arrays:
             frame.new_array("fixed", fixed_mask(frame))
         candidates.append(frame)
@@ -772,6 +773,7 @@ def _label(cfg: ALConfig, rd: _Round, checkpoint: str, candidates: list[Atoms], 
                 teacher_frame.info.update({kk: v for kk, v in frame.info.items() if kk not in errors},
                                           frame_kind="teacher_path", step=k, **errors)
                 teacher_frame.info["student_energy"] = float(res["energy"])
+                teacher_frame.arrays["student_forces"] = np.asarray(res["forces"], dtype=float)
                 labelled.append(teacher_frame)
     finally:
         journal.close()
