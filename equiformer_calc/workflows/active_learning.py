@@ -64,7 +64,9 @@ from ase.io import read as ase_read
 from ase.io import write as ase_write
 from tqdm.auto import tqdm
 
+from ..data.label import _pathology  # the one definition of a pathological label (data generation's)
 from ..data.labellers import JournaledCalculator, LabelJournal, LabelStats, resolve_labeller
+from ..data.plan import SLAB_CELLS
 from ..io import atomic_path, write_json
 from ..surfaces import (
     ADSORBATES,
@@ -93,19 +95,9 @@ log = logging.getLogger(__name__)
 
 #: perturbation kinds of a starting structure and their default probabilities
 PERTURBATIONS: dict[str, float] = {"none": 0.35, "rattle": 0.25, "adatom": 0.1, "vacancy": 0.1, "displaced": 0.2}
-#: slab supercells drawn for plan surfaces (as data generation's, see data.plan.SLAB_CELLS)
-_CELLS: dict[str, tuple[tuple[int, int, int], ...]] = {
-    "fcc111": ((2, 2, 4), (3, 3, 3), (3, 3, 4)),
-    "fcc100": ((2, 2, 4), (3, 3, 3), (3, 3, 4)),
-    "fcc110": ((2, 2, 4), (3, 2, 4), (2, 3, 4)),
-    "fcc211": ((3, 2, 3), (3, 2, 4), (3, 3, 4)),
-}
 #: frame-error units of the selection score (the issue's frame targets)
 E_UNIT = 0.005  # eV/atom
 F_UNIT = 0.040  # eV/A
-#: pathological teacher labels are not trained on (as data generation)
-_MAX_FORCE = 20.0
-_MIN_DISTANCE = 0.5
 
 TrainFn = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -215,7 +207,7 @@ class SurfaceSpec:
             slab = self.slab.copy()
             slab.calc = None
             return slab, "user"
-        cells = _CELLS[self.facet]
+        cells = SLAB_CELLS[self.facet]
         cell = cells[int(rng.integers(len(cells)))]
         a = cfg.lattice.get(self.metal)
         if a is None or rng.random() < cfg.ase_lattice_fraction:
@@ -703,19 +695,6 @@ def frame_errors(frame: Atoms, student_energy: float, student_forces: np.ndarray
     f_mae = float(np.abs(df).mean())
     return {"de_atom": float(de), "f_mae": f_mae, "f_max": float(np.linalg.norm(df, axis=1).max()),
             "score": abs(de) / E_UNIT + f_mae / F_UNIT}
-
-
-def _pathology(frame: Atoms) -> str | None:
-    from ase.neighborlist import neighbor_list
-
-    f = frame.get_forces(apply_constraint=False)
-    if not np.all(np.isfinite(f)) or not np.isfinite(frame.get_potential_energy()):
-        return "non_finite"
-    if np.linalg.norm(f, axis=1).max() > _MAX_FORCE:
-        return "large_force"
-    if len(neighbor_list("i", frame, _MIN_DISTANCE)) > 0:
-        return "close_atoms"
-    return None
 
 
 def _teacher_label(atoms: Atoms, calc: JournaledCalculator) -> Atoms:
