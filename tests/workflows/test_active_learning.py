@@ -213,3 +213,28 @@ def test_specialize_improves_heldout_relaxations(tmp_path: Path, tiny_ckpt: Path
     # the numbers the card states are the ones measured against EMT; the specialised model is closer to EMT
     assert h["mae_after_eV"] < h["mae_before_eV"], h
     assert "| after |" in path.with_suffix(".md").read_text()
+
+
+def test_file_pool_from_a_users_slab(tmp_path: Path) -> None:
+    from ase.build import fcc100
+    from ase.io import read, write
+
+    from equiformer_calc.workflows.active_learning import _starting_structures, file_pool
+
+    path = tmp_path / "my_slab.traj"
+    write(str(path), fcc100("Cu", (2, 2, 4), vacuum=6.0))  # no constraints: the bottom half gets fixed
+    pool = file_pool([("my_slab", read(str(path)))], ["O"], heldout_per_group=1, seed=0)
+    spec = pool.surfaces["my_slab"]
+    assert fixed_mask(spec.slab).sum() == 8 and set(spec.site_kinds()) == {"ontop", "bridge", "hollow"}
+    assert len(pool.heldout) == 1 and pool.heldout[0] not in pool.groups
+    cfg = ALConfig(out=str(tmp_path), init="unused", explore_systems=6, clean_fraction=0.0)
+    starts = _starting_structures(cfg, pool, 1, [])
+    assert len(starts) == 6
+    for atoms in starts:
+        assert atoms.info["surface"] == "my_slab" and atoms.info["site"] != pool.heldout[0].site
+        n_ads = int((atoms.get_tags() == 2).sum())
+        assert n_ads == 1 and atoms.get_chemical_symbols()[-1] == "O"
+        assert np.array_equal(atoms.arrays["fixed"], fixed_mask(atoms))
+        # the adsorbate sits above the surface at a bonding distance from its nearest metal atom
+        d = atoms.get_distances(len(atoms) - 1, list(range(len(atoms) - 1)), mic=True).min()
+        assert 1.0 < d < 3.5
