@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from equiformer_calc.calculator import EquiformerCalculator
+    from equiformer_calc.calculators.local import EquiformerCalculator
     from equiformer_calc.data.labellers import JournaledCalculator, LabelStats, resolve_labeller
     from equiformer_calc.workflows.bulk_properties import fcc_properties, relative_deviation
 

@@ -155,7 +155,7 @@ def batched(predictor, count: int, repeats: int) -> dict:
 
 
 def md_rate(device: str, atoms_count: int, steps: int) -> dict:
-    from equiformer_calc.calculator import EquiformerCalculator
+    from equiformer_calc.calculators.local import EquiformerCalculator
     from equiformer_calc.workflows.md import run_md
 
     from memory import cu_bulk

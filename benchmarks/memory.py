@@ -13,13 +13,22 @@ With ``--big N`` (e.g. 30000) the script also runs ``Predictor.predict`` end to 
 list, graph, memory='auto' selection, energy and forces) on an N-atom periodic Cu bulk in a fresh
 process and reports its peak RSS (absolute and increase) and wall time.
 
-The table also gives bytes per edge of each mode, from which the memory model of
-``equiformer_calc.predictor`` (``bytes_per_edge`` / ``call_bytes``) is calibrated: fast mode is
-linear in the edges; low mode is a per-edge part (fitted slope over the sizes) plus one chunk's
-working set (the intercept). The script prints the model's estimate next to every measurement.
+The table also gives bytes per edge of each mode, from which the memory model
+(``equiformer_calc.memory.MemoryModel``) is calibrated: fast mode is linear in the edges; low mode
+is a per-edge part (fitted slope over the sizes) plus one chunk's working set (the intercept). The
+script prints the model's estimate next to every measurement.
 
-Example:
+``--sweep`` calibrates across model sizes instead: for every case of :data:`SWEEP_CASES` (preset x
+dtype x properties x mode), two sizes of a rattled Cu bulk each in a fresh process ("sweep"
+worker: model and graph built, one warm-up call, then the peak RSS increase of one
+``Predictor.predict`` call, its peak read in a window opened just before it: VmHWM after
+/proc/self/clear_refs); the slope between the two sizes is the measured cost of one more edge
+(the fixed overhead cancels) and is compared with the memory model's. ``tests/test_memory.py`` runs
+this worker on a few small cases and checks the ratio stays in ``memory.ESTIMATE_BAND``.
+
+Examples:
     python benchmarks/memory.py --update-results benchmarks/RESULTS.md --big 30000
+    python benchmarks/memory.py --sweep --update-results benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -42,6 +51,19 @@ import _common
 log = logging.getLogger("bench.memory")
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Memory per atom and low-memory mode"
+SWEEP_SECTION = "## Memory per edge (the predictor's memory budget)"
+#: (preset, dtype, properties, mode, two supercell repeats of the 4-atom cubic Cu cell)
+SWEEP_CASES = [
+    ("tiny", "float32", "energy,forces", "fast", (4, 7)),
+    ("tiny", "float64", "energy,forces", "fast", (4, 6)),
+    ("tiny", "float32", "energy", "fast", (4, 7)),
+    ("small", "float32", "energy,forces", "fast", (3, 5)),
+    ("small", "float64", "energy,forces", "fast", (3, 4)),
+    ("small", "float32", "energy,forces,stress", "fast", (3, 5)),
+    ("small", "float32", "energy", "fast", (4, 6)),
+    ("small", "float32", "energy,forces", "low", (5, 7)),
+    ("md17-l2", "float32", "energy,forces", "fast", (2, 3)),
+]
 ELEMENTS = ["H", "C", "N", "O", "Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au"]
 A_CU = 3.615
 
@@ -59,8 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="write the raw results to this JSON file")
     p.add_argument("--update-results", type=Path, metavar="RESULTS_MD", help=f"write/replace the section '{SECTION}'")
     p.add_argument("--from-json", type=Path, help="re-render the report of an earlier run's --json (no measuring)")
+    p.add_argument("--sweep", action="store_true", help="per-edge calibration over presets, dtypes and properties "
+                   f"(writes the section '{SWEEP_SECTION}')")
     p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("--worker", choices=["call", "predict"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["call", "predict", "sweep"], help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    p.add_argument("--properties", default="energy,forces", help=argparse.SUPPRESS)
+    p.add_argument("--repeat", type=int, help=argparse.SUPPRESS)
     p.add_argument("--atoms", type=int, help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -106,6 +133,26 @@ def _peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _reset_peak() -> bool:
+    """Start a new peak-RSS window (Linux: writing 5 to /proc/self/clear_refs resets VmHWM), so
+    that :func:`_window_peak` is the peak of what runs next, not of the import or the set-up."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _window_peak() -> int:
+    """VmHWM of /proc/self/status (bytes): the peak RSS since :func:`_reset_peak`."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return _peak()
+
+
 def _model(preset: str):
     import torch
 
@@ -120,7 +167,8 @@ def worker_call(args) -> dict:
     import torch
 
     from equiformer_calc.graph import build_graph, structure_from_atoms
-    from equiformer_calc.predictor import Predictor, call_bytes, compute
+    from equiformer_calc.memory import call_bytes
+    from equiformer_calc.predictor import Predictor, compute
 
     torch.set_num_threads(args.threads)
     predictor = Predictor(_model(args.preset), dtype="float32", memory=args.mode)
@@ -178,6 +226,77 @@ def worker_predict(args) -> dict:
     }
 
 
+def worker_sweep(args) -> dict:
+    """One sweep case at one size: peak RSS increase of one ``Predictor.predict`` call (after a
+    warm-up call on 4 atoms: kernels and allocator pools) and the memory model's estimate."""
+    import torch
+    from ase.build import bulk
+
+    from equiformer_calc.graph import structure_from_atoms
+    from equiformer_calc.model import Equiformer
+    from equiformer_calc.predictor import Predictor
+
+    torch.set_num_threads(args.threads)
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(args.repeat)
+    atoms.rattle(0.02, seed=0)
+    torch.manual_seed(0)
+    predictor = Predictor(Equiformer.from_preset(args.preset, elements=["Cu"]), dtype=args.dtype, memory=args.mode,
+                          memory_budget=None, copy_model=False)
+    props = args.properties.split(",")
+    structure = structure_from_atoms(atoms)
+    edges = predictor.graph(structure).num_edges
+    predictor.predict([atoms[:4]], props)
+    before = _rss()
+    windowed = _reset_peak()  # else ru_maxrss: the process's peak, which the set-up may hold
+    predictor.predict([structure], props)
+    peak = _window_peak() if windowed else _peak()
+    return {"atoms": len(atoms), "edges": edges, "peak_increase": peak - before,
+            "estimate": predictor.estimate_bytes(edges, props, args.mode),
+            "estimate_per_edge": predictor.bytes_per_edge(props, args.mode)}
+
+
+def sweep_case(preset: str, dtype: str, properties: str, mode: str, repeats: tuple[int, int], threads: int = 1,
+               workdir: Path | None = None) -> dict:
+    """Both sizes of one sweep case in fresh processes: the measured bytes per edge (slope) and the
+    memory model's, for ``benchmarks`` and ``tests/test_memory.py``."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="equiformer-memory-"))
+    runs = []
+    for repeat in repeats:
+        out = workdir / f"sweep-{preset}-{dtype}-{properties}-{mode}-{repeat}.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "sweep", "--preset", preset, "--dtype", dtype,
+               "--properties", properties, "--mode", mode, "--repeat", str(repeat), "--threads", str(threads),
+               "--result", str(out)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"sweep worker failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        runs.append(json.loads(out.read_text()))
+    small, large = runs
+    slope = (large["peak_increase"] - small["peak_increase"]) / (large["edges"] - small["edges"])
+    est = (large["estimate"] - small["estimate"]) / (large["edges"] - small["edges"])
+    return {"preset": preset, "dtype": dtype, "properties": properties, "mode": mode, "runs": runs,
+            "measured_per_edge": slope, "estimate_per_edge": est, "ratio": est / slope if slope > 0 else float("inf")}
+
+
+def sweep_report(cases: list[dict], command: str) -> str:
+    rows = [f"| {c['preset']} | {c['dtype']} | {c['properties']} | {c['mode']} | "
+            f"{c['runs'][0]['edges']} / {c['runs'][1]['edges']} | "
+            f"{c['runs'][0]['peak_increase'] / 2**20:.0f} / {c['runs'][1]['peak_increase'] / 2**20:.0f} | "
+            f"{c['measured_per_edge'] / 1024:.1f} | {c['estimate_per_edge'] / 1024:.1f} | {c['ratio']:.2f} |" for c in cases]
+    return "\n".join([
+        SWEEP_SECTION, "",
+        _common.machine_line(), _common.versions_line(["torch", "e3nn", "vesin"]), "",
+        "Peak RSS increase of one predict() call on a rattled periodic Cu bulk at two sizes (fresh process "
+        "each); the slope is the measured cost of one more edge, the estimate the slope of "
+        "`memory.MemoryModel.call_bytes` (what the memory budget charges). Ratio > 1: the budget is conservative; "
+        "`memory.ESTIMATE_BAND` is the documented range, checked by tests/test_memory.py on the small cases.",
+        "",
+        "| preset | dtype | properties | mode | edges (2 sizes) | peak increase MB | measured KB / edge | estimate KB / edge | estimate / measured |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        *rows, "", f"Command: `{command}`.",
+    ])
+
+
 def run_worker(kind: str, args, atoms: int, mode: str, workdir: Path) -> dict | None:
     out = workdir / f"{kind}-{atoms}-{mode}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--atoms", str(atoms), "--mode", mode,
@@ -220,12 +339,12 @@ def report(args, rows: list[dict], big: dict | None, command: str, load: tuple) 
         f"Model: preset '{args.preset}', random weights, float32, periodic Cu fcc bulk (a = {A_CU} A, rattled 0.01 A), "
         "5 A radius graph. Peak RSS increase: `ru_maxrss` after the first energy+forces call (`predictor.compute`) "
         "minus the RSS just before it, each row in a fresh process with the model and graph already built. "
-        f"ms: median of {args.repeats} further calls in the same process. Estimate: `predictor.call_bytes` (the "
+        f"ms: median of {args.repeats} further calls in the same process. Estimate: `memory.call_bytes` (the "
         "memory model used by memory='auto' and the budget check).",
         "",
     ]
     sys.path.insert(0, str(ROOT))
-    from equiformer_calc.predictor import call_bytes
+    from equiformer_calc.memory import call_bytes
 
     config = _model(args.preset).config  # the estimate of the current memory model
     for r in rows:
@@ -283,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         sys.path.insert(0, str(ROOT))
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s worker %(message)s", stream=sys.stderr)
-        result = worker_call(args) if args.worker == "call" else worker_predict(args)
+        result = {"call": worker_call, "predict": worker_predict, "sweep": worker_sweep}[args.worker](args)
         args.result.write_text(json.dumps(result))
         return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -294,6 +413,16 @@ def main(argv: list[str] | None = None) -> int:
         print(body)
         if args.update_results:
             _common.update_section(args.update_results, SECTION, body)
+        return 0
+    if args.sweep:
+        cases = []
+        for case in SWEEP_CASES:
+            cases.append(sweep_case(*case))
+            log.info("%s: estimate / measured per edge %.2f", " ".join(case[:4]), cases[-1]["ratio"])
+        body = sweep_report(cases, command)
+        print(body)
+        if args.update_results:
+            _common.update_section(args.update_results, SWEEP_SECTION, body)
         return 0
     load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="equiformer-memory-"))

@@ -4,7 +4,7 @@
 Times, with the shipped ``emt-small`` model in float32 on one thread: the model's forward on
 tensors (``model(numbers, positions, ...)``), energy + forces through ``predictor.compute`` on an
 ``AtomicGraph``, and ``Predictor.predict`` on ``ase.Atoms``, for one 37-atom Cu(111)+O slab and a
-batch of 8. When this checkout has the PyG adapter (``AtomicGraph.to_pyg``) it also times the
+batch of 8. When this checkout has the PyG adapter (``integrations.pyg.to_pyg``) it also times the
 forward on a ``torch_geometric`` ``Batch``. Run it on the commit before the adapter and after it
 to see that the core path did not slow down (``--label before`` / ``--label after``).
 
@@ -51,13 +51,24 @@ def median_ms(fn, repeats: int) -> float:
     return float(np.median(times)) * 1e3
 
 
+def _pyg_adapter():
+    """The checkout's PyG adapter (``integrations.pyg.to_pyg``; ``AtomicGraph.to_pyg`` before the
+    integrations package existed), or None for a checkout without one."""
+    try:
+        from equiformer_calc.integrations.pyg import to_pyg
+        return to_pyg
+    except ImportError:
+        from equiformer_calc.graph import AtomicGraph
+        return getattr(AtomicGraph, "to_pyg", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
     from ase.build import add_adsorbate, fcc111
 
     from equiformer_calc.checkpoint import load_checkpoint
-    from equiformer_calc.graph import AtomicGraph, batch_graphs
+    from equiformer_calc.graph import batch_graphs
     from equiformer_calc.predictor import Predictor, compute
 
     args = parse_args(argv)
@@ -79,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             rows[f"forward, tensors ({n} x 37 atoms)"] = median_ms(lambda: model(*fields), args.repeats)
         rows[f"compute energy+forces ({n} x 37 atoms)"] = median_ms(lambda: compute(model, graph), args.repeats)
         rows[f"Predictor.predict ({n} x 37 atoms)"] = median_ms(lambda: predictor.predict(slabs[:n]), args.repeats)
-        if hasattr(AtomicGraph, "to_pyg"):
-            pyg = graph.to_pyg()
+        to_pyg = _pyg_adapter()
+        if to_pyg is not None:
+            pyg = to_pyg(graph)
             with torch.no_grad():
                 rows[f"forward, PyG Batch ({n} x 37 atoms)"] = median_ms(lambda: model(pyg), args.repeats)
     for name, ms in rows.items():

@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10, help="rattled copies of each structure (default 10)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
-    from equiformer_calc.calculator import EquiformerCalculator
+    from equiformer_calc.calculators.local import EquiformerCalculator
     from equiformer_calc.service import RemoteEquiformerCalculator
 
     items = structures(args.seeds)

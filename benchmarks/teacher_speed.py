@@ -59,7 +59,7 @@ def run(teacher: str, models: list[str], threads: int, rounds: int, calls: int) 
     import torch
 
     torch.set_num_threads(threads)
-    from equiformer_calc.calculator import EquiformerCalculator
+    from equiformer_calc.calculators.local import EquiformerCalculator
     from equiformer_calc.data.labellers import resolve_labeller
 
     labeller = resolve_labeller(teacher)

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from ase.constraints import FixAtoms
     from ase.optimize import BFGS
 
-    from equiformer_calc.calculator import EquiformerCalculator
+    from equiformer_calc.calculators.local import EquiformerCalculator
     from equiformer_calc.data.labellers import resolve_labeller
 
     torch.set_num_threads(args.threads)

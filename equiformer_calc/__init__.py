@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 #: public name -> module that defines it (relative to this package)
 _EXPORTS: dict[str, str] = {
-    "EquiformerCalculator": ".calculator",
+    "EquiformerCalculator": ".calculators.local",
     "CheckpointError": ".checkpoint",
     "load_checkpoint": ".checkpoint",
     "save_checkpoint": ".checkpoint",
@@ -35,7 +35,7 @@ _EXPORTS: dict[str, str] = {
     "Equiformer": ".model",
     "EquiformerConfig": ".model",
     "UnknownElementError": ".model",
-    "MemoryBudgetError": ".predictor",
+    "MemoryBudgetError": ".memory",
     "Predictor": ".predictor",
     "relax": ".workflows",
     "relax_batch": ".workflows",
@@ -46,11 +46,12 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from .calculator import EquiformerCalculator
+    from .calculators.local import EquiformerCalculator
     from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from .graph import BudgetError, Structure, StructureError
     from .model import Equiformer, EquiformerConfig, UnknownElementError
-    from .predictor import MemoryBudgetError, Predictor
+    from .memory import MemoryBudgetError
+    from .predictor import Predictor
     from .workflows import relax, relax_batch, run_md, screen_adsorbates
 
 

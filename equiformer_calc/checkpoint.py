@@ -9,7 +9,6 @@ project's ``checkpoints/`` folder (or ``$EQUIFORMER_CALC_CHECKPOINTS``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .io import atomic_path
+from .io import atomic_path, file_kind, file_sha256
 from .model import CheckpointInfo, Equiformer, EquiformerConfig
 
 __all__ = [
@@ -108,6 +107,11 @@ def read_metadata(name_or_path: str | os.PathLike) -> dict[str, Any]:
     from safetensors import safe_open
 
     path = resolve_checkpoint(name_or_path)
+    kind, looks = file_kind(path)
+    if kind != "safetensors":
+        hint = (" (a torch.save file: a checkpoint of the reference Equiformer code converts with "
+                "equiformer-calc convert-reference)" if kind in ("zip", "pickle") else "")
+        raise CheckpointError(f"{path} is not an equiformer-calc checkpoint: it looks like {looks}{hint}")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -157,7 +161,7 @@ def load_checkpoint(name_or_path: str | os.PathLike, device: str | torch.device 
             f"{path}: weights do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     model.checkpoint = CheckpointInfo(
-        name=path.stem, path=str(path), sha256=hashlib.sha256(data).hexdigest(), metadata=meta
+        name=path.stem, path=str(path), sha256=file_sha256(path), metadata=meta
     )
     return model.to(device)
 

@@ -34,11 +34,50 @@ from .nn import (
     with_parity,
 )
 
-__all__ = ["EquiformerConfig", "Equiformer", "PRESETS", "UnknownElementError", "CheckpointInfo"]
+__all__ = [
+    "EquiformerConfig", "Equiformer", "PRESETS", "UnknownElementError", "CheckpointInfo", "NotAPotentialError",
+    "model_task", "not_a_potential_message", "resolve_dtype",
+]
 
 
 class UnknownElementError(ValueError):
     """A structure contains an element the model was not built for."""
+
+
+class NotAPotentialError(ValueError):
+    """Forces or stress were asked of a model whose energy is not a potential energy surface."""
+
+
+def model_task(model: Equiformer) -> str:
+    """What the model's energy is: ``"potential"`` (the default), ``"is2re-direct"`` (OC20's
+    relaxed adsorption energy predicted from an initial structure) or ``"property"`` (a
+    molecular property); from the checkpoint metadata's ``task``."""
+    return str(model.metadata.get("task", "potential"))
+
+
+def not_a_potential_message(task: str, prop: str) -> str:
+    """Why ``prop`` (forces / stress) is refused for a model of ``task``."""
+    if task == "is2re-direct":
+        return (
+            f"{prop} are not available: this is a direct IS2RE model. It predicts the relaxed adsorption energy "
+            "of the structure an initial (unrelaxed) geometry would relax to, not the energy of the geometry "
+            "itself, so its derivative is not a force. Use its energy for screening (screen --direct), and a "
+            "potential for relaxations and MD."
+        )
+    return (
+        f"{prop} are not available: this model predicts a molecular property (task {task!r}), not a potential "
+        "energy; convert it with task='potential' if its target is an energy"
+    )
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """'float32' / 'float64' (or a torch dtype) -> torch dtype; anything else is an error."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in (torch.float32, torch.float64):
+            return dtype
+    elif dtype in ("float32", "float64"):
+        return getattr(torch, dtype)
+    raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
 
 
 @dataclass(frozen=True)
@@ -354,16 +393,16 @@ class Equiformer(nn.Module):
         shifts (E, 3) integer cell shifts (float); cell (B, 3, 3); batch (N,) graph of each atom;
         tags (N,) integer tags, needed (and only read) when ``config.num_tags > 0``.
         Or ``model(pyg_batch)``: one PyTorch Geometric ``Data`` / ``Batch`` (see
-        :meth:`~equiformer_calc.graph.AtomicGraph.from_pyg`), already in the model's dtype.
+        :func:`~equiformer_calc.integrations.pyg.from_pyg`), already in the model's dtype.
         ``edge_chunk`` (low-memory mode): run the per-edge work in chunks of at most this many
         edges under activation checkpointing (``nn/edge_chunks.py``): a fraction of the memory for
         a second forward pass of the per-edge work, same numbers to round-off. ``None``: all at once.
         Returns ``energy`` (B,) float64 and ``energies`` (N,) float64 per-atom energies.
         """
         if not isinstance(numbers, torch.Tensor):  # a PyG Data / Batch
-            from .graph import AtomicGraph
+            from .integrations.pyg import from_pyg
 
-            g = AtomicGraph.from_pyg(numbers)
+            g = from_pyg(numbers)
             numbers, positions, edge_index, shifts, cell, batch = g.numbers, g.positions, g.edge_index, g.shifts, g.cell, g.batch
             num_graphs = g.num_graphs
             tags = g.tags if tags is None else tags

@@ -41,7 +41,6 @@ calculator then returns the energy only and refuses forces (see ``calculator.py`
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -55,6 +54,7 @@ from ase.data import chemical_symbols
 from e3nn import o3
 
 from .checkpoint import save_checkpoint
+from .io import file_kind, file_sha256
 from .model import CheckpointInfo, Equiformer, EquiformerConfig
 from .nn import IrrepsLinear, SmoothLeakyReLU
 
@@ -165,14 +165,6 @@ TASKS = ("potential", "is2re-direct", "property")
 # ------------------------------------------------------------------------------------------ reading
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_reference_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state_dict, extras) of a reference checkpoint, read without unpickling any code.
 
@@ -182,7 +174,12 @@ def read_reference_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.
     path = Path(path)
     if not path.is_file():
         raise ReferenceCheckpointError(f"reference checkpoint {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
+    kind, looks = file_kind(path)
+    if kind not in ("safetensors", "zip", "pickle"):
+        raise ReferenceCheckpointError(
+            f"{path} is not a checkpoint: it looks like {looks}; give the reference code's torch.save file "
+            f"(.pt, .pth, .pth.tar) or a .safetensors file of its state_dict")
+    if kind == "safetensors":
         from safetensors import safe_open
 
         try:
@@ -675,7 +672,7 @@ def convert_reference(
         "variant": variant,
         "source": {
             "file": path.name,
-            "sha256": _sha256(path),
+            "sha256": file_sha256(path),
             "code": "atomicarchitects/equiformer",
             "model": v.entry,
             "reference_kwargs": {k: (list(x) if isinstance(x, tuple) else x) for k, x in kw.items()},

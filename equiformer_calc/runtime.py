@@ -6,15 +6,17 @@ allocator.
   linear algebra (ASE optimizers, EMT), where threads only cost.
 * :func:`configure_runtime`: glibc allocator tuning, applied once; :func:`heap_free_bytes` and
   :func:`release_memory` for the memory it keeps.
+* :func:`available_memory` / :func:`total_memory`: the OS probes of the memory budget
+  (/proc/meminfo, a cgroup v2 limit, glibc's free heap; a GPU's free memory), read by
+  :class:`~equiformer_calc.memory.MemoryBudget`.
 * :func:`call_threads` / :func:`thread_policy`: the threads of one model call, from its size and
   from how many cores other processes keep busy right now (:class:`CompetitionMeter`), with the
   OpenMP wait policy :func:`default_openmp_env` chose at import.
 
 glibc returns every large freed block to the OS and page-faults it back in at the next
-allocation; an autograd pass over an edge list allocates hundreds of such blocks, and this
-was measured to take ~40% of a small model's energy+forces call on 2 cores (see
-benchmarks/RESULTS.md). Raising the mmap threshold and never trimming keeps freed memory in the
-heap.
+allocation; an autograd pass over an edge list allocates hundreds of such blocks, a large share
+of a small model's energy+forces call (benchmarks/RESULTS.md, "Model speed" and "Timings formerly
+in docstrings"). Raising the mmap threshold and never trimming keeps freed memory in the heap.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import Any
 
-__all__ = ["configure_runtime", "heap_free_bytes", "release_memory", "set_threads", "set_blas_threads", "single_threaded_blas", "thread_policy",
+__all__ = ["configure_runtime", "heap_free_bytes", "release_memory", "available_memory", "total_memory", "set_threads", "set_blas_threads", "single_threaded_blas", "thread_policy",
            "call_threads", "competition", "CompetitionMeter", "default_openmp_env", "runnable_others", "available_cores",
            "SMALL_CALL_EDGES", "SPIN_COUNT", "BUSY_CORE_THRESHOLD"]
 
@@ -55,10 +58,10 @@ def configure_runtime() -> None:
     or when ``EQUIFORMER_CALC_NO_MALLOPT=1``).
 
     Blocks up to 1 GiB come from the heap instead of mmap/munmap, and freed heap memory is kept
-    (never trimmed) for the next call instead of being returned to the OS and page-faulted back:
-    at 8,000 atoms trimming re-faulted ~2 GB per energy+forces call. The process therefore keeps
+    (never trimmed) for the next call instead of being returned to the OS and page-faulted back
+    (gigabytes per call on large structures, benchmarks/RESULTS.md). The process therefore keeps
     its largest call's peak; :func:`heap_free_bytes` counts that memory as available to the next
-    call (``predictor.available_memory``) and :func:`release_memory` hands it back on request."""
+    call (:func:`available_memory`) and :func:`release_memory` hands it back on request."""
     global _done
     if _done:
         return
@@ -101,6 +104,80 @@ def release_memory() -> bool:
     return bool(trim(0)) if trim is not None else False
 
 
+def _cgroup_memory() -> tuple[int, int] | None:
+    """(limit, used) bytes of this process's cgroup (v2) when it has a memory limit, else None."""
+    try:
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            limit = fh.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as fh:
+            used = int(fh.read().strip())
+        return None if limit == "max" else (int(limit), used)
+    except (OSError, ValueError):
+        return None
+
+
+def available_memory(device: Any = "cpu") -> int | None:
+    """Bytes that a new allocation can use now. CPU: ``MemAvailable`` of /proc/meminfo (psutil
+    elsewhere), capped by a cgroup (v2) memory limit when one is set, plus the free memory glibc's
+    heap holds for this process (:func:`heap_free_bytes`); ``None`` where it cannot be read
+    (then "auto" enforces no budget). CUDA: the device's free memory plus what torch's
+    caching allocator holds but does not use."""
+    import torch  # only here: this module is imported before torch (see default_openmp_env)
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type != "cpu":
+        return None
+    avail: int | None = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            import psutil  # optional
+
+            avail = int(psutil.virtual_memory().available)
+        except (ImportError, AttributeError, OSError):
+            return None
+    # what glibc's heap keeps for this process (configure_runtime never trims it) is free to us;
+    # part of it may never have been touched (not resident, so also in MemAvailable): never more
+    # than all memory
+    held = heap_free_bytes()
+    cgroup = _cgroup_memory()
+    if cgroup is not None:
+        avail = min(avail, max(cgroup[0] - cgroup[1], 0))
+    total = total_memory()  # capped by the cgroup limit too
+    return avail + held if total is None else min(avail + held, total)
+
+
+def total_memory(device: Any = "cpu") -> int | None:
+    """All the memory of the device (bytes): physical memory capped by a cgroup (v2) limit for the
+    CPU, the GPU's memory for CUDA; ``None`` where unknown. The most :func:`available_memory` can
+    ever be: the service derives its edge limits from it."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    if device.type != "cpu":
+        return None
+    try:
+        total = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+    cgroup = _cgroup_memory()
+    if cgroup is not None:
+        total = min(total, cgroup[0])
+    return total if total > 0 else None
+
+
 def set_threads(threads: int | None) -> None:
     """Set torch's intra-op threads of this process (``None`` or 0: leave torch's default)."""
     if not threads:
@@ -116,8 +193,9 @@ def _openblas_thread_controls() -> list[tuple[Callable[[], int], Callable[[int],
     """``(get, set)`` thread-count functions of every OpenBLAS loaded in this process (Linux).
 
     EMT and BFGS work on tiny matrices, where threaded BLAS is several times *slower* (BFGS's
-    ``eigh`` of a ~120x120 Hessian: 2 ms single-threaded vs 10-40 ms threaded, worse when workers
-    compete for the cores); it also keeps the numerical environment the same in every process.
+    ``eigh`` of a small Hessian; benchmarks/RESULTS.md, "Timings formerly in docstrings"), worse
+    when workers compete for the cores; it also keeps the numerical environment the same in every
+    process.
     """
     try:
         with open("/proc/self/maps") as fh:
@@ -161,9 +239,9 @@ def single_threaded_blas() -> Iterator[None]:
 
 #: libgomp spin count the package sets (``GOMP_SPINCOUNT``) when the user has chosen neither it
 #: nor ``OMP_WAIT_POLICY`` and nothing else runs at import (:func:`default_openmp_env`): an idle
-#: OpenMP thread spins for ~0.1 ms, then sleeps. Spinning keeps two threads as fast as fully
-#: spinning ones on a quiet machine (slab 35 vs 34 ms; sleeping threads: 102 ms) and the short
-#: spin bounds the loss when another process takes a core mid-call (benchmarks/RESULTS.md,
+#: OpenMP thread spins briefly, then sleeps. Spinning keeps two threads as fast as fully spinning
+#: ones on a quiet machine (sleeping threads are several times slower on small calls) and the
+#: short spin bounds the loss when another process takes a core mid-call (benchmarks/RESULTS.md,
 #: "Thread policy").
 SPIN_COUNT = "10000"
 
@@ -174,7 +252,7 @@ SMALL_CALL_EDGES = 4000
 
 #: other processes' CPU use (in cores, on this process's cores) from which a call leaves a core
 #: to them: a thread that shares its core with a busy process makes its partner wait at every
-#: OpenMP barrier (2 threads against 2 busy processes: 80-100x slower on a small slab)
+#: OpenMP barrier (orders of magnitude slower on a small slab: benchmarks/RESULTS.md, "Thread policy")
 BUSY_CORE_THRESHOLD = 0.5
 
 
@@ -219,8 +297,8 @@ def default_openmp_env(environ: MutableMapping[str, str] | None = None, others: 
     loads, so ``equiformer_calc/__init__`` calls this before anything imports torch).
 
     * Nothing else runnable now (``others`` = 0, default: :func:`runnable_others`):
-      ``GOMP_SPINCOUNT=SPIN_COUNT``, idle threads spin ~0.1 ms, then sleep: as fast as spinning
-      threads on a quiet machine, where sleeping ones make small calls 2-3x slower.
+      ``GOMP_SPINCOUNT=SPIN_COUNT``, idle threads spin briefly, then sleep: as fast as spinning
+      threads on a quiet machine, where sleeping ones make small calls slower.
     * Another process busy: ``OMP_WAIT_POLICY=PASSIVE``, idle threads sleep at once: under
       competition spinning burns the share of the CPU the scheduler gives us while a partner
       thread waits to run, and sleeping threads were the fastest setting there.
@@ -346,14 +424,13 @@ def thread_policy(edges: int, cores: int | None = None, busy: float | None = Non
 
     * Briefly spinning threads: every core on a quiet machine; one fewer for each core another
       process holds beyond :data:`BUSY_CORE_THRESHOLD` (at least one), since a spinning thread
-      whose partner waits for a CPU burns the time the partner needs (2 threads against 2 busy
-      processes: 10-100x slower).
+      whose partner waits for a CPU burns the time the partner needs.
     * Sleeping threads (chosen at import when another process was busy): every core from
       :data:`SMALL_CALL_EDGES` edges up (a waiting thread gives its core away, and the scheduler
-      shares the cores per thread: against 2 busy processes two sleeping threads beat one by
-      1.4x on 500-2,000 Cu atoms), one thread below, where waking the other costs more than it
-      gains and two threads sometimes land on one core (38-atom slab: 63 or 215 ms, one thread
-      73-102 ms).
+      shares the cores per thread: against busy processes two sleeping threads beat one on
+      hundreds of atoms), one thread below, where waking the other costs more than it gains and
+      two threads sometimes land on one core. The measurements: benchmarks/RESULTS.md, "Thread
+      policy".
     """
     cores = available_cores() if cores is None else max(1, int(cores))
     sleeping = _sleeping_threads() if sleeping is None else sleeping

@@ -6,7 +6,7 @@
 
 Writes ``init.extxyz`` and an i-PI ``input.xml`` (PIMD, PILE-L thermostat, UNIX socket) into the
 output folder, starts ``i-pi input.xml`` there, and answers it with
-``equiformer_calc.calculators.ipi.run_client`` -- what ``equiformer-calc ipi init.extxyz --unix
+``equiformer_calc.integrations.ipi.run_client`` -- what ``equiformer-calc ipi init.extxyz --unix
 NAME`` does from a second terminal. Hydrogen is light: its ring polymer spreads over tenths of an
 Angstrom (nuclear quantum effects a classical MD misses), which the script reports as the radius
 of gyration of the H ring polymer from i-PI's own output. The Pt atoms are fixed.
@@ -27,7 +27,7 @@ import numpy as np
 from ase.io import write
 
 from equiformer_calc import EquiformerCalculator
-from equiformer_calc.calculators.ipi import run_client
+from equiformer_calc.integrations.ipi import run_client
 from equiformer_calc.surfaces import build_surface, place_adsorbate_on_site, site_positions
 
 log = logging.getLogger("ipi_pimd_h_pt")

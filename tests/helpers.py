@@ -3,6 +3,8 @@ trivially zero) and small structures of each kind (molecule, slab with adsorbate
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from ase import Atoms
@@ -92,3 +94,15 @@ def counting_emt():
             super().calculate(atoms, properties, system_changes)
 
     return _Counting()
+
+
+def tiny_train_config(data: Any, out: Any, **overrides: Any) -> Any:
+    """A few-second training run (``TrainConfig``) of the tiny preset on the tiny dataset."""
+    from equiformer_calc.train.trainer import TrainConfig
+
+    settings: dict[str, Any] = dict(
+        train=str(data / "train.extxyz"), val=str(data / "val.extxyz"), out=str(out), preset="tiny", batch_size=2,
+        max_steps=4, val_every=2, warmup_steps=1, threads=1, max_val=4, seed=0,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)

@@ -8,7 +8,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.checkpoint import available_checkpoints
 from equiformer_calc.surfaces import EMT_LATTICE_CONSTANTS
 from equiformer_calc.workflows.bulk_properties import (

@@ -11,7 +11,7 @@ import torch
 from ase.build import molecule
 from safetensors.torch import save_file
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.checkpoint import (
     CheckpointError,
     available_checkpoints,

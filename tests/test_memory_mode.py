@@ -16,11 +16,12 @@ import pytest
 import torch
 from ase.build import bulk
 
+import equiformer_calc.memory as memory_mod
 import equiformer_calc.predictor as predictor_mod
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.graph import batch_graphs, build_graph, structure_from_atoms
 from equiformer_calc.nn import sort_by_destination, split_edges
-from equiformer_calc.predictor import MemoryBudgetError, Predictor, available_memory, call_bytes, compute
+from equiformer_calc.predictor import MemoryBudgetError, Predictor, available_memory, compute
 
 from .helpers import SYSTEMS, bulk_cell, make_model, slab_with_adsorbate
 
@@ -31,7 +32,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of 23 edges, so every test structure is cut into many chunks."""
-    monkeypatch.setattr(predictor_mod, "LOW_MEMORY_EDGE_CHUNK", 23)
+    monkeypatch.setattr(memory_mod, "LOW_MEMORY_EDGE_CHUNK", 23)
 
 
 def frozen(model):
@@ -273,27 +274,6 @@ def test_memory_settings_are_validated():
     assert Predictor(make_model(0)).memory_limit() == pytest.approx(0.8 * available_memory(), rel=0.2)
     with pytest.raises(ValueError, match="'fast' or 'low'"):
         compute(make_model(0), _graph(bulk_cell(), make_model(0), torch.float32), memory="auto")
-
-
-def test_memory_model_follows_the_mode_and_the_network():
-    small = make_model(0).config
-    big = make_model(0, num_blocks=4, irreps_node="16x0e+8x1e+4x2e").config
-    e = 100_000
-    assert call_bytes(small, "float32", e, True, "low") < call_bytes(small, "float32", e, True, "fast")
-    assert call_bytes(big, "float32", e, True, "fast") > call_bytes(small, "float32", e, True, "fast")
-    assert call_bytes(small, "float64", e, True, "fast") > call_bytes(small, "float32", e, True, "fast")
-    assert call_bytes(small, "float32", e, False, "fast") < call_bytes(small, "float32", e, True, "fast")
-
-
-def test_call_edges_inverts_the_memory_model():
-    """Batching and the service's edge limits use the inverse of the memory model: the most edges
-    whose call fits a limit, in both modes, with and without forces, on both sides of one chunk."""
-    p = Predictor(make_model(0), dtype="float32")
-    for props in (("energy",), ("energy", "forces")):
-        for mode in ("fast", "low"):
-            for limit in (1e3, 1e5, 3e6, 1e8, 1e10):
-                edges = p.call_edges(limit, props, mode)
-                assert p.estimate_bytes(edges, props, mode) <= limit < p.estimate_bytes(edges + 1, props, mode)
 
 
 def test_available_memory_is_read_from_the_system():

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.checkpoint import DEFAULT_CHECKPOINT, available_checkpoints, read_metadata
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,5 +1,9 @@
-"""Thin adapters from the Equiformer calculator to other programs (i-PI, LAMMPS, dispersion sums).
+"""ASE calculators of an Equiformer model: one base (:mod:`.base`: the ASE protocol, settings in
+``parameters``, batched ``predict``) and the local subclass (:mod:`.local`:
+:class:`EquiformerCalculator`, the model evaluated in this process). The remote subclass, the same
+interface evaluated by a server, is ``equiformer_calc.service.client.RemoteEquiformerCalculator``.
+Adapters to other programs (i-PI, LAMMPS, D3) live in ``equiformer_calc.integrations``.
 
-Each adapter wraps :class:`equiformer_calc.calculator.EquiformerCalculator` and adds no physics of
-its own beyond what the other program needs; none imports ``workflows``, ``service`` or ``cli``.
+Import the local calculator as ``from equiformer_calc import EquiformerCalculator`` (loads torch on
+first use) or from :mod:`equiformer_calc.calculators.local`.
 """

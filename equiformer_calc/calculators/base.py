@@ -2,7 +2,7 @@
 calculator imports it too).
 
 :class:`EquiformerCalculatorBase` is the one ``calculate()`` of the local
-(:class:`~equiformer_calc.calculator.EquiformerCalculator`) and the remote
+(:class:`~equiformer_calc.calculators.local.EquiformerCalculator`) and the remote
 (:class:`~equiformer_calc.service.client.RemoteEquiformerCalculator`) calculator: it applies the
 periodicity rule (stress only for systems periodic in 3D) and takes ``predict([atoms])[0]``. A
 subclass supplies ``predict`` (many structures, one dict of numpy arrays each) and keeps its
@@ -12,13 +12,15 @@ rows and trajectories record them.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Sequence
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
-__all__ = ["ASE_BASE_KEYWORDS", "EquiformerCalculatorBase", "reject_unknown_keywords"]
+__all__ = ["ASE_BASE_KEYWORDS", "EquiformerCalculatorBase", "reject_unknown_keywords", "model_fingerprint"]
 
 #: keywords of ASE's ``Calculator.__init__`` that our calculators pass through
 ASE_BASE_KEYWORDS = ("restart", "ignore_bad_restart_file", "label", "atoms", "directory")
@@ -105,3 +107,26 @@ def _differs(old: Any, new: Any) -> bool:
         return bool(old != new)
     except (TypeError, ValueError):
         return True
+
+
+def model_fingerprint(calc: Any) -> dict[str, str]:
+    """THE identity of a calculator's model: ``{"model": name, "model_hash": 16 hex digits}``, the
+    hash over the architecture config, every weight (as float64 bytes, so a model's hash does not
+    depend on the precision it was loaded in), the calculator's ``dtype`` and its D3 term. The
+    screening database records it (resuming with another model is refused) and the distributed
+    executor names a registered model by it (``distributed.model_key`` adds the device). A
+    calculator without a ``model`` (another program's) is named by its class."""
+    model = getattr(calc, "model", None)
+    if model is None:
+        return {"model": type(calc).__name__, "model_hash": type(calc).__name__}
+    h = hashlib.sha256()
+    h.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().double().numpy().tobytes())
+    h.update(str(calc.parameters.get("dtype", "")).encode())
+    if getattr(calc, "dispersion_term", None) is not None:
+        h.update(repr(calc.dispersion_term).encode())
+    info = getattr(model, "checkpoint", None)
+    name = info.name if info is not None else None
+    return {"model": name or "in-memory model", "model_hash": h.hexdigest()[:16]}

@@ -47,6 +47,12 @@ _HELP: dict[str, str] = {
 }
 
 
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser; subcommand parsers are filled in lazily by :func:`main`."""
     parser = argparse.ArgumentParser(
@@ -54,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Equiformer interatomic potential: data, training, simulation and serving.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         sub.add_parser(name, help=_HELP.get(name, ""), add_help=False)

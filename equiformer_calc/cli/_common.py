@@ -1,30 +1,165 @@
 """What the command-line modules share: THE structure-reading helper, the model / memory /
-dispersion / Dask options, and the checks that run before a command writes anything.
+dispersion / Dask options, the checks that run before a command writes anything (range-checked
+numbers, an available device, outputs that are not inputs), and the names the options offer.
 
 Library code never imports this package (the import contract in pyproject.toml checks it).
+
+Every subcommand answers ``--help`` without importing torch, ASE's optimizers or the workflows
+(tests/cli/test_help.py times it): a subcommand module imports only this module and the standard
+library at its top, and the library inside ``run``. The option names below (optimizers,
+ensembles, ...) mirror the library's tables for that reason; tests/cli/test_help.py checks that
+they are equal.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ase import Atoms
-from ase.calculators.calculator import Calculator
+if TYPE_CHECKING:  # pragma: no cover
+    from ase import Atoms
+    from ase.calculators.calculator import Calculator
 
 __all__ = [
     "read_structure",
     "check_structure",
+    "check_outputs",
     "output_stem",
+    "trajectory_output",
+    "error_line",
+    "number",
+    "POSITIVE_FLOAT",
+    "NONNEGATIVE_FLOAT",
+    "FINITE_FLOAT",
+    "POSITIVE_INT",
+    "NONNEGATIVE_INT",
+    "device_type",
+    "DEFAULT_CHECKPOINT",
+    "OPTIMIZER_NAMES",
+    "ENSEMBLE_NAMES",
     "add_model_arguments",
     "add_memory_argument",
     "add_dispersion_arguments",
     "add_executor_arguments",
     "executor_from_args",
 ]
+
+
+#: checkpoint.DEFAULT_CHECKPOINT: the model a command uses without --checkpoint
+DEFAULT_CHECKPOINT = "pbe-distilled-small"
+#: ASE optimizers of workflows.relax.OPTIMIZERS (relax, screen, adsorbml)
+OPTIMIZER_NAMES: tuple[str, ...] = ("BFGS", "FIRE", "LBFGS")
+#: ensembles of workflows.md.ENSEMBLES
+ENSEMBLE_NAMES: tuple[str, ...] = ("nve", "nvt")
+
+
+# ------------------------------------------------------------------------------------ numbers
+def number(kind: type = float, *, gt: float | None = None, ge: float | None = None,
+           le: float | None = None) -> Callable[[str], Any]:
+    """An argparse ``type`` that parses a finite ``kind`` (int or float) and checks its range:
+    ``> gt``, ``>= ge``, ``<= le``. A value out of range is argparse's one-line error, e.g.
+    ``equiformer-calc relax: error: argument --fmax: must be > 0, got -1``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if gt is not None and not value > gt:
+            raise argparse.ArgumentTypeError(f"must be > {gt:g}, got {text}")
+        if ge is not None and not value >= ge:
+            raise argparse.ArgumentTypeError(f"must be >= {ge:g}, got {text}")
+        if le is not None and not value <= le:
+            raise argparse.ArgumentTypeError(f"must be <= {le:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_FLOAT = number(float, gt=0)
+NONNEGATIVE_FLOAT = number(float, ge=0)
+FINITE_FLOAT = number(float)
+POSITIVE_INT = number(int, ge=1)
+NONNEGATIVE_INT = number(int, ge=0)
+
+
+def device_type(text: str) -> str:
+    """An argparse ``type`` for ``--device``: the name, if this machine has that device. ``cpu``
+    is accepted without importing torch; anything else asks torch, and a device this build or
+    machine lacks is a one-line error saying so (not a crash in the first model call)."""
+    name = text.strip()
+    if name == "cpu":
+        return name
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise argparse.ArgumentTypeError(
+                f"{name!r} is not available: this torch ({torch.__version__}) is a CPU-only build; use --device cpu "
+                f"or install a CUDA build of torch")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{name!r} is not available: torch sees no CUDA GPU on this machine "
+                                             f"(check the driver and CUDA_VISIBLE_DEVICES); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{name!r} is not available: this machine has {count} CUDA GPU(s), "
+                                             f"cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{name!r} is not available on this machine; use --device cpu")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"device {name!r} is not supported: use cpu, cuda[:N] or mps")
+    return name
+
+
+def error_line(command: str, message: str) -> None:
+    """Write ``equiformer-calc COMMAND: error: MESSAGE`` to stderr: the command line's one error
+    format, for a command that ends with a failure that is not an exception (some structures or
+    tasks failed, the rest were written)."""
+    import sys
+
+    sys.stderr.write(f"equiformer-calc {command}: error: {' '.join(message.split())}\n")
+
+
+# ------------------------------------------------------------------------------------ outputs
+def check_outputs(outputs: Iterable[str | os.PathLike | None], inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Refuse to write over an input: raise :class:`~equiformer_calc.io.OutputIsInputError` if an
+    output path is one of the input files (the same file after resolving ``..`` and symlinks, or a
+    hard link to it). An output may be a pattern such as ``out/parity_*.png`` (the files a command
+    writes into a folder); ``None`` entries are skipped. Call it before anything is written."""
+    from fnmatch import fnmatch
+
+    from ..io import OutputIsInputError, same_file
+
+    given = [Path(p) for p in inputs if p is not None and str(p)]
+    for out in outputs:
+        if out is None:
+            continue
+        out = Path(out)
+        for source in given:
+            if "*" in out.name:
+                clash = (source.exists() and source.resolve().parent == out.parent.resolve()
+                         and fnmatch(source.resolve().name, out.name))
+                shown = source
+            else:
+                clash = same_file(out, source)
+                shown = out
+            if clash:
+                detail = "" if str(shown) == str(source) else f" ({source} is the same file)"
+                raise OutputIsInputError(f"output {shown} would overwrite the input {source}{detail}: "
+                                         f"choose another output path")
 
 
 def output_stem(output: str | os.PathLike) -> Path:
@@ -35,12 +170,21 @@ def output_stem(output: str | os.PathLike) -> Path:
     return path.with_suffix("") if path.suffix else path
 
 
+def trajectory_output(input: str, output: str | None, tag: str) -> tuple[str, Path, Path]:
+    """(output, side-file stem, trajectory) of relax/md: ``-o`` or ``<input stem>_<tag>.traj``; the
+    trajectory is ``output`` if it ends in ``.traj``, else ``<stem>.traj``."""
+    output = output or f"{Path(input).stem or Path(input).name}_{tag}.traj"
+    stem = Path(output).with_suffix("") if Path(output).suffix else Path(output)
+    traj = Path(output) if Path(output).suffix == ".traj" else stem.with_name(stem.name + ".traj")
+    return output, stem, traj
+
+
 def add_model_arguments(parser: Any) -> None:
     """``--checkpoint``, ``--device``, ``--dtype`` for the workflow subcommands."""
     parser.add_argument(
         "--checkpoint", default=None, help="shipped checkpoint name or .safetensors path (default: pbe-distilled-small)"
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--device", default="cpu", type=device_type, help="torch device (default: cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="model precision")
     add_dispersion_arguments(parser)
 
@@ -58,6 +202,7 @@ def read_structure(path: str | os.PathLike, index: str | int = -1, format: str |
     """One structure from a file in any ASE-readable format: frame ``index`` (an int, or a string
     such as ``"-1"``). Errors are clear ``FileNotFoundError`` / ``ValueError`` naming the file and,
     for an index out of range, how many frames it has."""
+    from ase import Atoms
     from ase.io import iread, read
 
     path = Path(path)
@@ -109,10 +254,10 @@ def add_executor_arguments(parser: argparse.ArgumentParser, workers_help: str | 
     group = parser.add_argument_group("distributed (Dask; needs the [distributed] extra)")
     group.add_argument("--scheduler", metavar="ADDRESS", default=None,
                        help="run tasks on the Dask cluster of this scheduler, e.g. tcp://HOST:8786")
-    group.add_argument("--workers", type=int, default=None, metavar="N",
+    group.add_argument("--workers", type=POSITIVE_INT, default=None, metavar="N",
                        help=workers_help or "run tasks on a local Dask cluster of N worker processes "
                        "(default: in this process)")
-    group.add_argument("--torch-threads", type=int, default=None, metavar="T",
+    group.add_argument("--torch-threads", type=POSITIVE_INT, default=None, metavar="T",
                        help="torch threads per worker (default: cores // N for --workers; the worker's "
                        "OMP_NUM_THREADS, 1 under Dask's nanny, for --scheduler)")
 

@@ -9,12 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..checkpoint import load_checkpoint
-from ..data.readers import LabelKeys
-from ..io import jsonable
-from ..runtime import set_threads
-from ..train.evaluate import DEFAULT_BY, evaluate, format_table
-from ._common import add_executor_arguments, executor_from_args
+from ._common import POSITIVE_INT, add_executor_arguments, check_outputs, device_type, executor_from_args
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -22,6 +17,10 @@ log = logging.getLogger(__name__)
 
 
 HELP = "error metrics and parity plots of a checkpoint on a labelled dataset"
+
+#: train.evaluate.DEFAULT_BY, named here so that --help does not import torch (tests/cli/test_help.py
+#: checks they are equal)
+DEFAULT_BY = ("config_type", "frame_kind", "split", "metal")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,19 +35,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--by", default=",".join(DEFAULT_BY),
                         help=f"comma-separated frame info keys to group by "
                         f"(default: {','.join(DEFAULT_BY)}; '' for none)")
-    parser.add_argument("--batch-size", type=int, default=16, help="frames per model call (default: 16)")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="frames per model call (default: 16)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--max-frames", type=int, help="evaluate only the first N frames of each file")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", type=device_type, help="torch device (default: cpu)")
+    parser.add_argument("--max-frames", type=POSITIVE_INT, help="evaluate only the first N frames of each file")
+    parser.add_argument("--threads", type=POSITIVE_INT, help="torch intra-op threads")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_executor_arguments(parser)
-    parser.add_argument("--batches-per-task", type=int, default=8, metavar="K",
+    parser.add_argument("--batches-per-task", type=POSITIVE_INT, default=8, metavar="K",
                         help="with --scheduler/--workers: model batches per task (default 8)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``equiformer-calc evaluate``."""
+    from ..checkpoint import load_checkpoint
+    from ..data.readers import LabelKeys
+    from ..io import jsonable
+    from ..runtime import set_threads
+    from ..train.evaluate import evaluate, format_table
+
+    if args.out is not None:
+        check_outputs([args.out / "metrics.json", args.out / "parity_*.png"], [*args.data, args.checkpoint])
     set_threads(args.threads)
     by = [k.strip() for k in args.by.split(",") if k.strip()]
     model = load_checkpoint(args.checkpoint)

@@ -1,13 +1,12 @@
 """``equiformer-calc ipi``: the model as an i-PI force-field client (the adapter is
-:mod:`equiformer_calc.calculators.ipi`)."""
+:mod:`equiformer_calc.integrations.ipi`)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-from ..calculators.ipi import run_client
-from ._common import add_dispersion_arguments, read_structure
+from ._common import NONNEGATIVE_FLOAT, add_dispersion_arguments, device_type, error_line, number, read_structure
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -22,12 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("structure", help="the structure i-PI starts from (any ASE format): elements and pbc")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--unix", metavar="NAME", help="i-PI UNIX socket name (<address> of a mode='unix' ffsocket; /tmp/ipi_NAME)")
-    where.add_argument("--port", type=int, help="TCP port of a mode='inet' ffsocket")
+    where.add_argument("--port", type=number(int, ge=1, le=65535), help="TCP port of a mode='inet' ffsocket")
     parser.add_argument("--host", default="localhost", help="host of the i-PI server for --port (default localhost)")
-    parser.add_argument("--wait", type=float, default=60.0, help="seconds to keep trying to connect (default 60)")
-    parser.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, A (0: rebuild every call)")
+    parser.add_argument("--wait", type=NONNEGATIVE_FLOAT, default=60.0, help="seconds to keep trying to connect (default 60)")
+    parser.add_argument("--skin", type=NONNEGATIVE_FLOAT, default=1.0, help="neighbour-list skin, A (0: rebuild every call)")
     parser.add_argument("--checkpoint", default=None, help="shipped checkpoint name or .safetensors path (default: pbe-distilled-small)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--device", default="cpu", type=device_type, help="torch device (default: cpu)")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"],
                         help="model precision (default float64: i-PI integrates long trajectories)")
     add_dispersion_arguments(parser)
@@ -35,10 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc ipi``: read the structure, load the model, answer i-PI until it stops."""
-    from ..calculator import EquiformerCalculator
+    from ..calculators.local import EquiformerCalculator
+    from ..integrations.ipi import IPIConnectionError, run_client
 
     atoms = read_structure(args.structure)
     calc = EquiformerCalculator(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, skin=args.skin,
                                 dispersion=args.dispersion, xc=args.xc)
-    run_client(atoms, calc, unix=args.unix, host=args.host, port=args.port, wait_s=args.wait)
+    try:
+        run_client(atoms, calc, unix=args.unix, host=args.host, port=args.port, wait_s=args.wait)
+    except IPIConnectionError as exc:  # what the user did (no server there), not a bug
+        error_line("ipi", f"{exc} (hint: check --unix/--port against i-PI's input, or raise --wait)")
+        return 2
     return 0

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
-from ..workflows._common import resolve_calculator
-from ..workflows.md import ENSEMBLES, run_md, write_md_outputs
-from ._common import add_memory_argument, add_model_arguments, check_structure, output_stem, read_structure
+from ._common import (
+    ENSEMBLE_NAMES, FINITE_FLOAT, NONNEGATIVE_FLOAT, NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT,
+    add_memory_argument, add_model_arguments, check_outputs, check_structure, output_stem, read_structure, trajectory_output,
+)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -25,16 +25,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default=None, help="trajectory (default: <input stem>_md.traj)")
     parser.add_argument("--index", default="-1", help="frame of a multi-frame input (default: the last)")
     parser.add_argument("--format", default=None, help="input format if ASE cannot guess it")
-    parser.add_argument("--ensemble", default="nve", type=str.lower, choices=ENSEMBLES)
-    parser.add_argument("--temperature", type=float, default=300.0, help="K: initial velocities and NVT target")
-    parser.add_argument("--timestep", type=float, default=1.0, help="fs (default 1.0)")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (default 0.01)")
-    parser.add_argument("--log-interval", type=int, default=10, help="steps between trajectory frames / CSV rows")
-    parser.add_argument("--seed", type=int, default=0, help="velocities and Langevin noise")
-    parser.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin, A (0: rebuild every step)")
-    parser.add_argument("--fix-bottom", type=int, default=None, metavar="K", help="fix the K lowest atomic layers")
-    parser.add_argument("--fix-below", type=float, default=None, metavar="Z", help="fix atoms with z < Z (A)")
+    parser.add_argument("--ensemble", default="nve", type=str.lower, choices=ENSEMBLE_NAMES)
+    parser.add_argument("--temperature", type=NONNEGATIVE_FLOAT, default=300.0,
+                        help="K (>= 0): initial velocities and NVT target")
+    parser.add_argument("--timestep", type=POSITIVE_FLOAT, default=1.0, help="fs (> 0; default 1.0)")
+    parser.add_argument("--steps", type=NONNEGATIVE_INT, default=1000)
+    parser.add_argument("--friction", type=NONNEGATIVE_FLOAT, default=0.01, help="Langevin friction, 1/fs (default 0.01)")
+    parser.add_argument("--log-interval", type=POSITIVE_INT, default=10, help="steps between trajectory frames / CSV rows")
+    parser.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="velocities and Langevin noise")
+    parser.add_argument("--skin", type=NONNEGATIVE_FLOAT, default=1.0, help="neighbour-list skin, A (0: rebuild every step)")
+    parser.add_argument("--fix-bottom", type=NONNEGATIVE_INT, default=None, metavar="K",
+                        help="fix the K lowest atomic layers (fewer than the structure has)")
+    parser.add_argument("--fix-below", type=FINITE_FLOAT, default=None, metavar="Z", help="fix atoms with z < Z (A)")
     parser.add_argument(
         "--keep-velocities", action="store_true",
         help="use the input's momenta (default: draw them at --temperature unless the input has some)",
@@ -45,15 +47,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc md``: read, integrate, write trajectory + CSV + PNG, report the drift."""
+    from ..workflows._common import resolve_calculator
+    from ..workflows.md import md_output_paths, run_md, write_md_outputs
+
+    output, stem, traj = trajectory_output(args.input, args.output, "md")
+    check_outputs([traj, *md_output_paths(stem).values()], [args.input, args.checkpoint])
     atoms = read_structure(args.input, args.index, args.format)
     calc = resolve_calculator(
         None, args.checkpoint, device=args.device, dtype=args.dtype, skin=args.skin, dispersion=args.dispersion, xc=args.xc,
         memory=args.memory,
     )
     check_structure(atoms, calc)  # every input error surfaces before anything is written
-    output = args.output or f"{Path(args.input).stem or Path(args.input).name}_md.traj"
-    stem = output_stem(output)
-    traj = Path(output) if Path(output).suffix == ".traj" else stem.with_name(stem.name + ".traj")
+    output_stem(output)  # creates the folder
     log.info(
         "%s MD of %s (%d atoms): %d steps of %g fs at %g K",
         args.ensemble.upper(), atoms.get_chemical_formula(), len(atoms), args.steps, args.timestep, args.temperature,

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
-from ..workflows._common import resolve_calculator
-from ..workflows.relax import OPTIMIZERS, relax, write_relax_outputs
-from ._common import add_memory_argument, add_model_arguments, check_structure, output_stem, read_structure
+from ._common import (
+    FINITE_FLOAT, NONNEGATIVE_INT, OPTIMIZER_NAMES, POSITIVE_FLOAT, add_memory_argument, add_model_arguments,
+    check_outputs, check_structure, output_stem, read_structure, trajectory_output,
+)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -28,11 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--index", default="-1", help="frame of a multi-frame input (default: the last)")
     parser.add_argument("--format", default=None, help="input format if ASE cannot guess it from the name")
-    parser.add_argument("--fmax", type=float, default=0.05, help="force criterion, eV/A (default 0.05)")
-    parser.add_argument("--steps", type=int, default=500, help="maximum optimizer steps (default 500)")
-    parser.add_argument("--optimizer", default="BFGS", type=str.upper, choices=sorted(OPTIMIZERS))
-    parser.add_argument("--fix-bottom", type=int, default=None, metavar="K", help="fix the K lowest atomic layers")
-    parser.add_argument("--fix-below", type=float, default=None, metavar="Z", help="fix atoms with z < Z (A)")
+    parser.add_argument("--fmax", type=POSITIVE_FLOAT, default=0.05, help="force criterion, eV/A (> 0; default 0.05)")
+    parser.add_argument("--steps", type=NONNEGATIVE_INT, default=500, help="maximum optimizer steps (default 500)")
+    parser.add_argument("--optimizer", default="BFGS", type=str.upper, choices=OPTIMIZER_NAMES)
+    parser.add_argument("--fix-bottom", type=NONNEGATIVE_INT, default=None, metavar="K",
+                        help="fix the K lowest atomic layers (fewer than the structure has)")
+    parser.add_argument("--fix-below", type=FINITE_FLOAT, default=None, metavar="Z", help="fix atoms with z < Z (A)")
     parser.add_argument("--cell", action="store_true", help="relax the cell too (3D-periodic inputs)")
     add_model_arguments(parser)
     add_memory_argument(parser)
@@ -40,15 +41,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc relax``: read, relax, write trajectory + final structure + CSV + PNG."""
+    from ..workflows._common import resolve_calculator
+    from ..workflows.relax import relax, relax_output_paths, write_relax_outputs
+
+    output, stem, traj = trajectory_output(args.input, args.output, "relaxed")
+    check_outputs([traj, *relax_output_paths(stem).values()], [args.input, args.checkpoint])
     atoms = read_structure(args.input, args.index, args.format)
     calc = resolve_calculator(
         None, args.checkpoint, device=args.device, dtype=args.dtype, dispersion=args.dispersion, xc=args.xc,
         memory=args.memory,
     )
     check_structure(atoms, calc)  # every input error surfaces before anything is written
-    output = args.output or f"{Path(args.input).stem or Path(args.input).name}_relaxed.traj"
-    stem = output_stem(output)
-    traj = Path(output) if Path(output).suffix == ".traj" else stem.with_name(stem.name + ".traj")
+    output_stem(output)  # creates the folder
     log.info("relaxing %s (%d atoms) from %s", atoms.get_chemical_formula(), len(atoms), args.input)
     result = relax(
         atoms, calculator=calc, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,

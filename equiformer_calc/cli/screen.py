@@ -8,13 +8,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ..surfaces import build_surface
-from ..workflows._common import resolve_calculator
-from ..workflows.relax import OPTIMIZERS
-from ..workflows.screening import screen_adsorbates, screen_direct
-from ._common import add_executor_arguments, add_model_arguments, executor_from_args, read_structure
+from ._common import (
+    NONNEGATIVE_INT, OPTIMIZER_NAMES, POSITIVE_FLOAT, POSITIVE_INT, add_executor_arguments, add_model_arguments,
+    check_outputs, executor_from_args, read_structure,
+)
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -44,28 +41,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also screen this slab file (any ASE-readable format; repeatable)")
     parser.add_argument("--adsorbates", type=_csv_list, default=["O", "OH", "CO"], help="comma-separated names")
     parser.add_argument("--size", type=_size, default=(3, 3, 4), help="slab size NXxNYxLAYERS (default 3x3x4)")
-    parser.add_argument("--vacuum", type=float, default=7.0, help="vacuum on each side, A")
+    parser.add_argument("--vacuum", type=POSITIVE_FLOAT, default=7.0, help="vacuum on each side, A")
     parser.add_argument("--site-kinds", type=_csv_list, default=None, help="only these: ontop,bridge,fcc,hcp,hollow")
     parser.add_argument("--db", default="screen.db", help="ASE database: a path (SQLite) or a postgresql:// URL")
     parser.add_argument("--out-dir", default=".", help="folder for screen_summary.csv, screen_sites.csv, screen_heatmap.png")
-    parser.add_argument("--fmax", type=float, default=0.05)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--optimizer", default="FIRE", type=str.upper, choices=sorted(OPTIMIZERS))
-    parser.add_argument("--fix-bottom", type=int, default=2, metavar="K", help="fixed bottom layers (default 2)")
-    parser.add_argument("--batch-size", type=int, default=64, help="relaxations in flight at once")
+    parser.add_argument("--fmax", type=POSITIVE_FLOAT, default=0.05, help="force criterion, eV/A (> 0; default 0.05)")
+    parser.add_argument("--steps", type=NONNEGATIVE_INT, default=300, help="optimizer step limit (default 300)")
+    parser.add_argument("--optimizer", default="FIRE", type=str.upper, choices=OPTIMIZER_NAMES)
+    parser.add_argument("--fix-bottom", type=NONNEGATIVE_INT, default=2, metavar="K",
+                        help="fixed bottom layers (default 2; at most the slab's layers)")
+    parser.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="relaxations in flight at once")
     parser.add_argument("--retry-failed", action="store_true", help="redo tasks that failed in an earlier run")
     parser.add_argument("--direct", action="store_true",
                         help="no relaxation: rank initial structures by a direct IS2RE model's predicted relaxed "
                              "adsorption energy (a converted OC20 IS2RE checkpoint); writes screen_direct_*.csv")
     add_model_arguments(parser)
     add_executor_arguments(parser)
-    parser.add_argument("--chunk-size", type=int, default=16, metavar="K",
+    parser.add_argument("--chunk-size", type=POSITIVE_INT, default=16, metavar="K",
                         help="with --scheduler/--workers: relaxations per task, relaxed together in batched "
                              "model calls on one worker (default 16)")
 
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc screen``."""
+    import numpy as np
+
+    from ..surfaces import build_surface, layer_indices
+    from ..workflows._common import resolve_calculator
+    from ..workflows.screening import screen_adsorbates, screen_direct
+
+    db = None if "://" in args.db else args.db
+    out_dir = Path(args.out_dir)
+    check_outputs([db, out_dir / "screen_*.csv", out_dir / "screen_*.png"], [*args.slab, args.checkpoint])
     size = args.size
     slabs: dict[str, Any] = {}
     for metal in args.metals:
@@ -76,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
         slabs[Path(path).stem] = read_structure(path)
     if not slabs:
         raise SystemExit("nothing to screen: give --metals (and --facets) and/or --slab FILE")
+    for name, slab in slabs.items():
+        layers = int(layer_indices(slab.positions[:, 2]).max()) + 1
+        if args.fix_bottom > layers:
+            raise ValueError(f"--fix-bottom {args.fix_bottom} is more than the {layers} atomic layers of surface "
+                             f"{name!r}: give at most {layers} (with {layers} the whole slab is held fixed)")
     if args.direct:
         try:
             direct = screen_direct(

@@ -7,7 +7,7 @@ import argparse
 import logging
 import os
 
-from ..checkpoint import DEFAULT_CHECKPOINT
+from ._common import DEFAULT_CHECKPOINT  # not ..checkpoint: --help must not import torch
 from ._common import add_dispersion_arguments
 
 __all__ = ["HELP", "add_arguments", "run"]

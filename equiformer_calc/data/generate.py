@@ -40,7 +40,6 @@ temporary names and renamed, and ``summary.json`` (written last) marks a complet
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import lzma
@@ -59,7 +58,7 @@ from ase import Atoms
 from ase.io import read as ase_read
 from ase.io import write as ase_write
 
-from ..io import write_text_atomic
+from ..io import file_sha256, write_text_atomic
 from ..runtime import set_blas_threads, single_threaded_blas
 from ..surfaces import EMT_LATTICE_CONSTANTS
 from .label import Context, compute_task, fit_lattice_constants
@@ -136,14 +135,6 @@ def _executor_jobs(executor: Any, jobs: list[tuple[Task, Context]], failures: li
         frames_xz, meta = outcome.value
         _store_shard(Path(ctx.shard_dir), task.task_id, frames_xz, meta)
         yield meta
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_summary(path: Path) -> dict[str, Any] | None:
@@ -236,52 +227,21 @@ def generate_dataset(
     ``relax_relaxed.extxyz`` (each with ``.xz`` when compressed), ``relax_tasks.json`` and
     ``summary.json``.
     """
-    from tqdm.auto import tqdm
-
     out = Path(out_dir)
     size_name, spec = resolve_size(size)
     resolved = resolve_labeller(labeller)
     resolved.check_elements(set(spec.metals) | {"H", "C", "N", "O"})
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = dataset_fingerprint(seed, size_name, spec, resolved, compress)
-
-    summary_path = out / _SUMMARY
-    if summary_path.exists():
-        existing = _read_summary(summary_path)
-        if existing is not None and existing.get("fingerprint") == json.loads(json.dumps(fingerprint)):
-            if _files_intact(out, existing):
-                logger.info("%s holds a complete dataset (seed=%d, size=%s): nothing to do", out, seed, size_name)
-                return existing
-            logger.warning("%s: dataset files are missing or changed; regenerating", out)
-        elif not overwrite:
-            raise FileExistsError(f"{out} holds a dataset with a different seed/size/version; pass overwrite=True")
-        summary_path.unlink()  # the directory no longer holds a complete dataset
-
-    work = out / _WORK_DIR
+    existing = _complete_dataset(out, fingerprint, overwrite)
+    if existing is not None:
+        logger.info("%s holds a complete dataset (seed=%d, size=%s): nothing to do", out, seed, size_name)
+        return existing
+    work = _work_dir(out, fingerprint)
     shard_dir = work / "shards"
-    plan_file = work / "plan.json"
-    if work.exists():
-        try:
-            same = json.loads(plan_file.read_text()) == json.loads(json.dumps(fingerprint))
-        except (OSError, json.JSONDecodeError):
-            same = False
-        if not same:
-            logger.info("discarding stale partial work in %s", work)
-            shutil.rmtree(work)
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(plan_file, json.dumps(fingerprint, indent=1, sort_keys=True))
 
     wall_start = time.perf_counter()
-    if resolved.name == "emt":
-        lattice = {m: EMT_LATTICE_CONSTANTS[m] for m in spec.metals}
-    else:
-        lattice_file = work / "lattice.json"
-        try:
-            lattice = json.loads(lattice_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            logger.info("fitting %s's own fcc lattice constants (%d metals)", resolved.name, len(spec.metals))
-            lattice = fit_lattice_constants(resolved, spec.metals)
-            write_text_atomic(lattice_file, json.dumps(lattice, indent=1, sort_keys=True))
+    lattice = _lattice_constants(resolved, spec, work)
     ctx = Context(
         seed=int(seed),
         spec=spec,
@@ -306,6 +266,107 @@ def generate_dataset(
         workers,
         ", ".join(f"{m}+{a}" for m, a in ood),
     )
+    metas, workers = _label(tasks, ctx, shard_dir, workers, executor, progress)
+    compute_seconds = time.perf_counter() - wall_start
+
+    logger.info("writing extxyz files to %s", out)
+    summary = _write_outputs(out, shard_dir, tasks, compress)
+    labeller_seconds = sum(m["labeller_seconds"] for m in metas.values())
+    discarded: Counter = Counter()
+    for m in metas.values():
+        discarded.update(m["discarded"])
+    summary.update(
+        fingerprint=fingerprint,
+        seed=int(seed),
+        size=size_name,
+        spec=spec.to_dict(),
+        generator_version=GENERATOR_VERSION,
+        ase_version=__import__("ase").__version__,
+        python=platform.python_version(),
+        workers=int(workers),
+        test_ood_combos=[list(c) for c in ood],
+        labeller=resolved.name,
+        labeller_version=resolved.version,
+        lattice_constants=dict(lattice),
+        discarded_frames=dict(sorted(discarded.items())),
+        labeller_calls=int(sum(m["labeller_calls"] for m in metas.values())),
+        labeller_wall_seconds=round(labeller_seconds, 2),
+        task_seconds=round(sum(m["seconds"] for m in metas.values()), 2),
+        compute_wall_seconds=round(compute_seconds, 2),
+        wall_seconds=round(time.perf_counter() - wall_start, 2),
+    )
+    write_text_atomic(out / _SUMMARY, json.dumps(summary, indent=1, sort_keys=True))
+    shutil.rmtree(work, ignore_errors=True)
+    logger.info(
+        "datagen done in %.1f s (labeller %.1f s over %d calls): %s frames; %d relaxation references; discarded %s",
+        summary["wall_seconds"],
+        labeller_seconds,
+        summary["labeller_calls"],
+        summary["frames_per_split"],
+        summary["relax_tasks"],
+        dict(discarded) or "none",
+    )
+    return summary
+
+
+def _complete_dataset(out: Path, fingerprint: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """Set-up: the summary of a complete dataset of these settings in ``out`` (nothing to do), else
+    None after removing the summary of a dataset that is incomplete, changed, or (``overwrite``) of
+    other settings; :class:`FileExistsError` for another complete dataset without ``overwrite``."""
+    summary_path = out / _SUMMARY
+    if not summary_path.exists():
+        return None
+    existing = _read_summary(summary_path)
+    if existing is not None and existing.get("fingerprint") == json.loads(json.dumps(fingerprint)):
+        if _files_intact(out, existing):
+            return existing
+        logger.warning("%s: dataset files are missing or changed; regenerating", out)
+    elif not overwrite:
+        raise FileExistsError(f"{out} holds a dataset with a different seed/size/version; pass overwrite=True")
+    summary_path.unlink()  # the directory no longer holds a complete dataset
+    return None
+
+
+def _work_dir(out: Path, fingerprint: dict[str, Any]) -> Path:
+    """Set-up: the working folder of this run (shards of finished tasks, the plan), kept from an
+    interrupted run of the same plan and discarded otherwise."""
+    work = out / _WORK_DIR
+    plan_file = work / "plan.json"
+    if work.exists():
+        try:
+            same = json.loads(plan_file.read_text()) == json.loads(json.dumps(fingerprint))
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if not same:
+            logger.info("discarding stale partial work in %s", work)
+            shutil.rmtree(work)
+    (work / "shards").mkdir(parents=True, exist_ok=True)
+    write_text_atomic(plan_file, json.dumps(fingerprint, indent=1, sort_keys=True))
+    return work
+
+
+def _lattice_constants(resolved: Any, spec: DatasetSize, work: Path) -> dict[str, float]:
+    """The fcc lattice constants of the labeller: EMT's table, or fitted once per run (kept in
+    ``work`` so that a resumed run uses the same ones)."""
+    if resolved.name == "emt":
+        return {m: EMT_LATTICE_CONSTANTS[m] for m in spec.metals}
+    lattice_file = work / "lattice.json"
+    try:
+        return json.loads(lattice_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        logger.info("fitting %s's own fcc lattice constants (%d metals)", resolved.name, len(spec.metals))
+        lattice = fit_lattice_constants(resolved, spec.metals)
+        write_text_atomic(lattice_file, json.dumps(lattice, indent=1, sort_keys=True))
+        return lattice
+
+
+def _label(tasks: list[Task], ctx: Context, shard_dir: Path, workers: int, executor: Any,
+           progress: bool) -> tuple[dict[int, dict[str, Any]], int]:
+    """The labelling loop: every task not yet in a shard runs (local worker processes or the
+    executor's), most expensive first; returns every task's shard metadata and the worker count.
+    Raises :class:`LabellingFailed` naming the tasks that failed (the others stay checkpointed)."""
+    from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
+
     # expensive systems first for better load balance across workers
     cost = {"relax_task": 3, "adsorbate": 2, "slab": 1, "bulk": 0, "gas": 0}
     order = sorted(tasks, key=lambda t: (-cost[t.kind], t.task_id))
@@ -348,46 +409,7 @@ def generate_dataset(
             f"{len(failures)} of {len(jobs)} labelling task(s) failed (the others are checkpointed in {shard_dir}; "
             "rerun to retry only these): " + "; ".join(failures)
         )
-    compute_seconds = time.perf_counter() - wall_start
-
-    logger.info("writing extxyz files to %s", out)
-    summary = _write_outputs(out, shard_dir, tasks, compress)
-    labeller_seconds = sum(m["labeller_seconds"] for m in metas.values())
-    discarded: Counter = Counter()
-    for m in metas.values():
-        discarded.update(m["discarded"])
-    summary.update(
-        fingerprint=fingerprint,
-        seed=int(seed),
-        size=size_name,
-        spec=spec.to_dict(),
-        generator_version=GENERATOR_VERSION,
-        ase_version=__import__("ase").__version__,
-        python=platform.python_version(),
-        workers=int(workers),
-        test_ood_combos=[list(c) for c in ood],
-        labeller=resolved.name,
-        labeller_version=resolved.version,
-        lattice_constants=dict(lattice),
-        discarded_frames=dict(sorted(discarded.items())),
-        labeller_calls=int(sum(m["labeller_calls"] for m in metas.values())),
-        labeller_wall_seconds=round(labeller_seconds, 2),
-        task_seconds=round(sum(m["seconds"] for m in metas.values()), 2),
-        compute_wall_seconds=round(compute_seconds, 2),
-        wall_seconds=round(time.perf_counter() - wall_start, 2),
-    )
-    write_text_atomic(out / _SUMMARY, json.dumps(summary, indent=1, sort_keys=True))
-    shutil.rmtree(work, ignore_errors=True)
-    logger.info(
-        "datagen done in %.1f s (labeller %.1f s over %d calls): %s frames; %d relaxation references; discarded %s",
-        summary["wall_seconds"],
-        labeller_seconds,
-        summary["labeller_calls"],
-        summary["frames_per_split"],
-        summary["relax_tasks"],
-        dict(discarded) or "none",
-    )
-    return summary
+    return metas, workers
 
 
 def _write_outputs(out: Path, shard_dir: Path, tasks: list[Task], compress: bool = False) -> dict[str, Any]:
@@ -433,7 +455,7 @@ def _write_outputs(out: Path, shard_dir: Path, tasks: list[Task], compress: bool
         os.replace(out / f"{name}.tmp", out / name)
     write_text_atomic(out / "relax_tasks.json", json.dumps(records, indent=1))
     for name in [f"{s}{ext}" for s in SPLITS] + [*relax_names, "relax_tasks.json"]:
-        files[name] = {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
+        files[name] = {"bytes": (out / name).stat().st_size, "sha256": file_sha256(out / name)}
     return {
         "files": files,
         "frames_total": int(sum(counts["split"].values())),

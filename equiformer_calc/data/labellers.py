@@ -99,22 +99,6 @@ def _emt() -> Calculator:
     return EMT()
 
 
-def _sevennet_factory(model: str) -> Callable[[], Calculator]:
-    def build() -> Calculator:
-        import warnings
-
-        from ..runtime import set_threads
-
-        set_threads(max(1, int(os.environ.get("EQUIFORMER_CALC_LABELLER_THREADS", "1"))))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from sevenn.calculator import SevenNetCalculator
-
-            return SevenNetCalculator(model, device="cpu")
-
-    return build
-
-
 def resolve_labeller(spec: str) -> Labeller:
     """Turn ``emt`` | ``sevennet[:MODEL]`` | ``module:factory`` into a :class:`Labeller`.
 
@@ -126,7 +110,9 @@ def resolve_labeller(spec: str) -> Labeller:
     if spec == "emt":
         return Labeller("emt", f"ase {_package_version('ase')} EMT", _emt, EMT_ELEMENTS)
     if spec == "sevennet" or spec.startswith("sevennet:"):
-        model = spec.partition(":")[2] or "7net-0"
+        from ..integrations import sevennet
+
+        model = spec.partition(":")[2] or sevennet.DEFAULT_MODEL
         try:
             importlib.import_module("sevenn")
         except ImportError as exc:
@@ -134,7 +120,7 @@ def resolve_labeller(spec: str) -> Labeller:
                 "labeller 'sevennet' needs the teacher extra: pip install -e \".[teacher]\" "
                 f"({exc.__class__.__name__}: {exc})"
             ) from exc
-        return Labeller(f"sevennet:{model}", f"sevenn {_package_version('sevenn')} {model}", _sevennet_factory(model))
+        return Labeller(f"sevennet:{model}", f"sevenn {_package_version('sevenn')} {model}", sevennet.factory(model))
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise LabellerError(

@@ -6,13 +6,14 @@ picks one. See :mod:`equiformer_calc.distributed` for the design.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
+
+from ..calculators.base import model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +54,18 @@ def error_text(exc: BaseException) -> str:
 
 
 def model_key(calculator: Any) -> str:
-    """A short content hash of a calculator's model (config, weights, dtype, device): the name a
-    registered model has on the workers, so registering the same model twice is a no-op."""
-    model = calculator.model
-    h = hashlib.sha256()
-    h.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    h.update(f"{calculator.parameters.get('dtype', '')}|{calculator.parameters.get('device', '')}".encode())
-    return h.hexdigest()[:16]
+    """The name a registered model has on the workers: the model's fingerprint
+    (:func:`~equiformer_calc.calculators.base.model_fingerprint`: config, weights, dtype, D3 term)
+    and the device, so registering the same model twice is a no-op."""
+    digest = model_fingerprint(calculator)["model_hash"]
+    device = calculator.parameters.get("device", "")
+    return hashlib.sha256(f"{digest}|{device}".encode()).hexdigest()[:16]
 
 
 def as_calculator(model: Any, device: str = "cpu", dtype: str = "float32") -> Any:
     """An EquiformerCalculator for ``model`` (a calculator is returned as is; the calculator's
     predictor works on its own copy of an Equiformer)."""
-    from ..calculator import EquiformerCalculator
+    from ..calculators.local import EquiformerCalculator
     from ..model import Equiformer
 
     if isinstance(model, Equiformer):

@@ -221,7 +221,7 @@ def create_app(
         predictor = IsolatedPredictor(predictor, timeout_s=max(float(request_timeout_s), 1.0) * 2)
     # D3 wraps the (isolated) model predictor: the worker recreates only the model, so the term is added here
     if dispersion is not None and dispersion.lower() != "none":
-        from ..calculators.dispersion import D3, DispersionPredictor
+        from ..integrations.d3 import D3, DispersionPredictor
 
         predictor = DispersionPredictor(predictor, D3(dispersion, xc=xc))
     metrics = ServiceMetrics(queue_depth=lambda: batcher.queue_depth)

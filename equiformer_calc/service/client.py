@@ -161,7 +161,7 @@ _OTHER_FAILURES = (httpcore.NetworkError, httpcore.ProtocolError, httpcore.Unsup
 
 
 class RemoteEquiformerCalculator(EquiformerCalculatorBase):
-    """The :class:`~equiformer_calc.calculator.EquiformerCalculator` interface, evaluated by a server.
+    """The :class:`~equiformer_calc.calculators.local.EquiformerCalculator` interface, evaluated by a server.
 
     ``url`` is the server's base address (``http://host:port``); ``token`` its bearer token
     (default ``$EQUIFORMER_CALC_TOKEN``). ``timeout`` is the seconds to wait for an answer once a

@@ -15,6 +15,7 @@ from ase import Atoms
 
 from ..data.readers import LabelKeys, read_frames
 from ..graph import AtomicGraph, Structure, batch_graphs, build_graph, structure_from_atoms
+from ..integrations.pyg import from_pyg, to_pyg
 from ..surfaces import held_mask
 
 __all__ = ["Sample", "SampleDataset", "read_samples", "samples_from_atoms", "collate", "batch_from_pyg", "Batch"]
@@ -43,9 +44,9 @@ class Sample:
 
     def to_pyg(self) -> Any:
         """This sample as a PyTorch Geometric ``Data``: the graph's fields (see
-        :meth:`~equiformer_calc.graph.AtomicGraph.to_pyg`) plus the labels ``energy`` (1,),
+        :func:`~equiformer_calc.integrations.pyg.to_pyg`) plus the labels ``energy`` (1,),
         ``forces`` (N, 3), ``free`` (N,), ``stress`` (1, 6) and ``has_stress`` (1,)."""
-        data = self.graph.to_pyg()
+        data = to_pyg(self.graph)
         data.energy = torch.tensor([self.energy], dtype=torch.float64)
         data.forces = torch.from_numpy(np.asarray(self.forces, dtype=np.float64))
         data.free = torch.from_numpy(np.asarray(self.free, dtype=bool))
@@ -70,7 +71,7 @@ class SampleDataset(torch.utils.data.Dataset):
 
 def samples_from_atoms(frames: Iterable[Atoms], cutoff: float, progress: bool = False) -> list[Sample]:
     """Labelled ``Atoms`` (energy and forces from their calculator) -> samples with graphs."""
-    from tqdm.auto import tqdm
+    from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
     samples = []
     frames = list(frames)
@@ -132,7 +133,7 @@ class Batch:
 def batch_from_pyg(data: Any, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> "Batch":
     """A PyG ``Batch`` of :meth:`Sample.to_pyg` objects -> the :class:`Batch` the loss takes (the
     same tensors :func:`collate` builds from the samples)."""
-    graph = AtomicGraph.from_pyg(data).to(device, dtype)
+    graph = from_pyg(data).to(device, dtype)
     return Batch(
         graph=graph,
         energy=data.energy.to(device, torch.float64),

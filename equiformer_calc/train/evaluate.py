@@ -169,7 +169,7 @@ def predict_samples(
     :class:`~equiformer_calc.distributed.Executor`, tasks of ``batches_per_task`` batches fan
     out to its workers (each has its own copy of the model); the batches, hence the numbers
     (with the same torch threads per process), are the same as in-process."""
-    from tqdm.auto import tqdm
+    from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
     configure_runtime()
     if batch_size < 1:

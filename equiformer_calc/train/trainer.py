@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -273,9 +273,19 @@ def _sort_for_val(samples: list[Sample]) -> list[Sample]:
 
 
 # ----------------------------------------------------------------------------- the run
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) training; returns the summary written to ``OUT/summary.json``."""
-    configure_runtime()
+@dataclasses.dataclass
+class _Process:
+    """Where this process trains: its rank among ``world`` processes (DDP when ``distributed``)
+    and its device."""
+
+    distributed: bool
+    rank: int
+    world: int
+    device: torch.device
+
+
+def _start_process(cfg: TrainConfig) -> _Process:
+    """Set-up: the process group (under torchrun), threads and device of this process."""
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank, world = 0, 1
     if distributed:
@@ -286,6 +296,100 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # one GPU per process of this node: LOCAL_RANK (torchrun sets it), not the global rank, with --nnodes > 1
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     device = torch.device(cfg.device if not cfg.device.startswith("cuda") or not distributed else f"cuda:{local_rank}")
+    return _Process(distributed, rank, world, device)
+
+
+def _initial_model(cfg: TrainConfig, train_samples: list[Sample], dtype: torch.dtype) -> Equiformer:
+    """Set-up: the model to train, from ``init_from`` (fine-tuning) or a preset with energy
+    references fitted to the training frames."""
+    if cfg.init_from:
+        from .finetune import data_elements, init_from_checkpoint, refit_energy_references
+
+        model = init_from_checkpoint(cfg.init_from, data_elements(train_samples), cfg.init_new_elements)
+        if model.config.cutoff != cfg.cutoff:
+            raise ValueError(f"init_from {cfg.init_from!r} has cutoff {model.config.cutoff}, the config {cfg.cutoff}")
+        model = model.to(dtype=dtype)
+        refit_energy_references(model, train_samples)
+        log.info("initialised from %s", cfg.init_from)
+        return model
+    model = Equiformer.from_preset(cfg.preset, elements=cfg.elements, cutoff=cfg.cutoff, **cfg.model)
+    refs, scale, shift = fit_energy_references(train_samples, cfg.elements, model)
+    with torch.no_grad():
+        model.atomic_energies.copy_(torch.from_numpy(refs))
+        model.scale.fill_(scale)
+        model.shift.fill_(shift)
+    return model
+
+
+@dataclasses.dataclass
+class _Progress:
+    """The resumable state of a run besides the weights: position in the epoch order, best
+    validation loss, history rows, and the generator of the epoch orders."""
+
+    order: torch.Tensor
+    order_gen: torch.Generator
+    step: int = 0
+    epoch: int = 0
+    best: float = float("inf")
+    cursor: int = 0
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def _restore(state_path: Path, out: Path, model: Equiformer, optimizer: torch.optim.Optimizer, ema: "_EMA",
+             progress: _Progress, device: torch.device) -> None:
+    """Resume: weights, optimiser, EMA, position and RNG states from ``state.pt``."""
+    state = torch.load(state_path, weights_only=True, map_location=device)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    ema.shadow = state["ema"]
+    progress.step, progress.epoch = int(state["step"]), int(state["epoch"])
+    progress.best, progress.cursor = float(state["best"]), int(state["cursor"])
+    # RNG states must be CPU byte tensors whatever map_location did to them
+    progress.order = state["order"].cpu()
+    progress.order_gen.set_state(state["order_gen"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if "cuda_rng" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+    # the history saved with the state (one atomic file), not a possibly newer/older history.json
+    if "history" in state:
+        progress.history = json.loads(state["history"])
+    elif (out / "history.json").exists():
+        progress.history = json.loads((out / "history.json").read_text())
+    log.info("resumed from step %d (best validation loss %.4g)", progress.step, progress.best)
+
+
+def _save_state(state_path: Path, out: Path, model: Equiformer, optimizer: torch.optim.Optimizer, ema: "_EMA",
+                progress: _Progress, device: torch.device) -> None:
+    """Checkpoint of the whole run (one atomic file), and its history."""
+    p = progress
+    _atomic_torch_save(
+        {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.shadow,
+            "step": p.step, "epoch": p.epoch, "best": p.best, "cursor": p.cursor, "order": p.order,
+            "order_gen": p.order_gen.get_state(), "torch_rng": torch.get_rng_state(),
+            "history": json.dumps(p.history),
+            **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+        },
+        state_path,
+    )
+    write_text_atomic(out / "history.json", json.dumps(p.history))
+
+
+def _time_is_up(cfg: TrainConfig, start: float, proc: _Process) -> bool:
+    """``time_limit_s`` reached (every rank follows rank 0's clock, or the others would wait forever)."""
+    stop = time.perf_counter() - start > cfg.time_limit_s
+    if proc.distributed:
+        flag = torch.tensor([float(stop)], device=proc.device)
+        dist.broadcast(flag, src=0)
+        stop = bool(flag.item())
+    return stop
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) training; returns the summary written to ``OUT/summary.json``."""
+    configure_runtime()
+    proc = _start_process(cfg)
+    rank, world, device = proc.rank, proc.world, proc.device
     dtype = getattr(torch, cfg.dtype)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
@@ -299,151 +403,107 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if rank == 0:  # the inputs are valid: only now is anything written
         out.mkdir(parents=True, exist_ok=True)
 
-    if cfg.init_from:
-        from .finetune import data_elements, init_from_checkpoint, refit_energy_references
-
-        model = init_from_checkpoint(cfg.init_from, data_elements(train_samples), cfg.init_new_elements)
-        if model.config.cutoff != cfg.cutoff:
-            raise ValueError(f"init_from {cfg.init_from!r} has cutoff {model.config.cutoff}, the config {cfg.cutoff}")
-        model = model.to(dtype=dtype)
-        refit_energy_references(model, train_samples)
-        log.info("initialised from %s", cfg.init_from)
-    else:
-        model = Equiformer.from_preset(cfg.preset, elements=cfg.elements, cutoff=cfg.cutoff, **cfg.model)
-        refs, scale, shift = fit_energy_references(train_samples, cfg.elements, model)
-        with torch.no_grad():
-            model.atomic_energies.copy_(torch.from_numpy(refs))
-            model.scale.fill_(scale)
-            model.shift.fill_(shift)
+    model = _initial_model(cfg, train_samples, dtype)
     degrees = [s.graph.num_edges / s.num_atoms for s in train_samples[:2000]]
     model = model.to(device=device, dtype=dtype)
     log.info("model: %s; %d train / %d val frames; mean degree %.1f", model.extra_repr(), len(train_samples),
              len(val_samples), float(np.mean(degrees)))
     net: torch.nn.Module = model
-    if distributed:
+    if proc.distributed:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=None if device.type == "cpu" else [device])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = _EMA(model, cfg.ema_decay)
     order_gen = torch.Generator().manual_seed(cfg.seed)
-    step, epoch, best, history = 0, 0, float("inf"), []
     # frames whose stress the loss uses, batched only with each other (None: stress not trained)
     stress_frames = (
         np.array([s.stress is not None and bool(s.graph.pbc.all()) for s in train_samples])
         if cfg.stress_weight > 0 else None
     )
-    order = _epoch_order(len(train_samples), stress_frames, cfg.batch_size * world, order_gen)
-    cursor = 0
-
+    run = _Progress(_epoch_order(len(train_samples), stress_frames, cfg.batch_size * world, order_gen), order_gen)
     state_path = out / "state.pt"
     if state_path.exists():
-        state = torch.load(state_path, weights_only=True, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        ema.shadow = state["ema"]
-        step, epoch, best, cursor = int(state["step"]), int(state["epoch"]), float(state["best"]), int(state["cursor"])
-        # RNG states must be CPU byte tensors whatever map_location did to them
-        order = state["order"].cpu()
-        order_gen.set_state(state["order_gen"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if "cuda_rng" in state and device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
-        # the history saved with the state (one atomic file), not a possibly newer/older history.json
-        if "history" in state:
-            history = json.loads(state["history"])
-        elif (out / "history.json").exists():
-            history = json.loads((out / "history.json").read_text())
-        log.info("resumed from step %d (best validation loss %.4g)", step, best)
+        _restore(state_path, out, model, optimizer, ema, run, device)
 
-    def save_state() -> None:
-        if rank != 0:
-            return
-        _atomic_torch_save(
-            {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.shadow,
-                "step": step, "epoch": epoch, "best": best, "cursor": cursor, "order": order,
-                "order_gen": order_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "history": json.dumps(history),
-                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-            },
-            state_path,
-        )
-        write_text_atomic(out / "history.json", json.dumps(history))
-
-    from tqdm.auto import tqdm
+    from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
     # in a log file (not a terminal) the bar is redrawn every 30 s instead of every step
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", disable=rank != 0, dynamic_ncols=True,
+    bar = tqdm(total=cfg.max_steps, initial=run.step, desc="train", disable=rank != 0, dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)
     start = time.perf_counter()
     # wall time of the earlier sessions of this run (the clock restarts at every resume)
-    wall_before = history[-1]["wall_s"] if history else 0.0
+    wall_before = run.history[-1]["wall_s"] if run.history else 0.0
     running: dict[str, list[float]] = {}
     stop_reason = "max_steps"
-    while step < cfg.max_steps:
+    while run.step < cfg.max_steps:
         # next global batch; each rank takes its share
-        if cursor + cfg.batch_size * world > len(order):
-            order = _epoch_order(len(train_samples), stress_frames, cfg.batch_size * world, order_gen)
-            cursor, epoch = 0, epoch + 1
-        idx = order[cursor + rank * cfg.batch_size : cursor + (rank + 1) * cfg.batch_size].tolist()
-        cursor += cfg.batch_size * world
+        if run.cursor + cfg.batch_size * world > len(run.order):
+            run.order = _epoch_order(len(train_samples), stress_frames, cfg.batch_size * world, order_gen)
+            run.cursor, run.epoch = 0, run.epoch + 1
+        idx = run.order[run.cursor + rank * cfg.batch_size : run.cursor + (rank + 1) * cfg.batch_size].tolist()
+        run.cursor += cfg.batch_size * world
         batch = collate([train_samples[i] for i in idx], device, dtype)
         for g in optimizer.param_groups:
-            g["lr"] = cfg.lr * _lr_factor(step, cfg)
+            g["lr"] = cfg.lr * _lr_factor(run.step, cfg)
         model.train()
         loss, metrics = _losses(net, batch, cfg, create_graph=True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         optimizer.step()
-        ema.update(model, step)
-        step += 1
+        ema.update(model, run.step)
+        run.step += 1
         for k, v in metrics.items():
             running.setdefault(k, []).append(v)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.3g}", f_mae=f"{metrics['f_mae']:.3f}", refresh=False)
 
-        if step % cfg.val_every == 0 or step == cfg.max_steps:
-            model.eval()
-            backup = ema.swap_into(model)
-            val = evaluate_samples(model, val_samples, 16, device, dtype)
-            # model selection: errors in units of the targets (3 meV/atom, 0.03 eV/A)
-            val_loss = val["e_mae_atom"] / 0.003 + val["f_mae"] / 0.03
-            row = {
-                "step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-                "wall_s": time.perf_counter() - start + wall_before,
-                **{f"train_{k}": float(np.mean(v)) for k, v in running.items()},
-                **{f"val_{k}": v for k, v in val.items()},
-            }
+        if run.step % cfg.val_every == 0 or run.step == cfg.max_steps:
+            row = {"lr": optimizer.param_groups[0]["lr"], "grad_norm": grad_norm}
+            means = {f"train_{k}": float(np.mean(v)) for k, v in running.items()}
             running = {}
-            history.append(row)
+            _validate(cfg, model, ema, val_samples, run, row, means, lambda: time.perf_counter() - start + wall_before,
+                      len(train_samples), rank == 0, device, dtype)
             if rank == 0:
-                log.info("step %d: val E MAE %.2f meV/atom, F MAE %.4f eV/A%s", step, 1000 * val["e_mae_atom"],
-                         val["f_mae"], f", S MAE {val['s_mae']:.2e} eV/A^3" if "s_mae" in val else "")
-                if val_loss < best:
-                    best = val_loss
-                    save_checkpoint(model, out / "best.safetensors", _provenance(cfg, row, len(train_samples)))
-                save_checkpoint(model, out / "last.safetensors", _provenance(cfg, row, len(train_samples)))
-                _write_history(out, history)
-            model.load_state_dict(backup)
-            save_state()
-            if cfg.time_limit_s:
-                stop = time.perf_counter() - start > cfg.time_limit_s
-                if distributed:  # every rank follows rank 0's clock, or the others would wait forever
-                    flag = torch.tensor([float(stop)], device=device)
-                    dist.broadcast(flag, src=0)
-                    stop = bool(flag.item())
-                if stop:
-                    stop_reason = "time_limit"
-                    break
+                _save_state(state_path, out, model, optimizer, ema, run, device)
+            if cfg.time_limit_s and _time_is_up(cfg, start, proc):
+                stop_reason = "time_limit"
+                break
     bar.close()
-    summary = {"steps": step, "epochs": epoch, "best_val_loss": best, "stop_reason": stop_reason,
-               "last": history[-1] if history else None}
+    summary = {"steps": run.step, "epochs": run.epoch, "best_val_loss": run.best, "stop_reason": stop_reason,
+               "last": run.history[-1] if run.history else None}
     if rank == 0:
         write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
-    if distributed:
+    if proc.distributed:
         dist.barrier()
         dist.destroy_process_group()
     return summary
+
+
+def _validate(cfg: TrainConfig, model: Equiformer, ema: "_EMA", val_samples: list[Sample], run: _Progress,
+              step_row: dict[str, Any], train_means: dict[str, float], wall_s: Callable[[], float], n_train: int,
+              writer: bool, device: torch.device, dtype: torch.dtype) -> None:
+    """Validation with the EMA weights: one history row (``step_row``: lr and gradient norm of the
+    last step; ``train_means`` since the last row; ``wall_s()``: the run's wall time, read after the
+    validation), and (``writer``: rank 0) the log line and the best / last checkpoints; the training
+    weights are back in ``model`` afterwards."""
+    out = Path(cfg.out)
+    model.eval()
+    backup = ema.swap_into(model)
+    val = evaluate_samples(model, val_samples, 16, device, dtype)
+    # model selection: errors in units of the targets (3 meV/atom, 0.03 eV/A)
+    val_loss = val["e_mae_atom"] / 0.003 + val["f_mae"] / 0.03
+    row = {"step": run.step, "epoch": run.epoch, **step_row, "wall_s": wall_s(), **train_means,
+           **{f"val_{k}": v for k, v in val.items()}}
+    run.history.append(row)
+    if writer:
+        log.info("step %d: val E MAE %.2f meV/atom, F MAE %.4f eV/A%s", run.step, 1000 * val["e_mae_atom"],
+                 val["f_mae"], f", S MAE {val['s_mae']:.2e} eV/A^3" if "s_mae" in val else "")
+        if val_loss < run.best:
+            run.best = val_loss
+            save_checkpoint(model, out / "best.safetensors", _provenance(cfg, row, n_train))
+        save_checkpoint(model, out / "last.safetensors", _provenance(cfg, row, n_train))
+        _write_history(out, run.history)
+    model.load_state_dict(backup)
 
 
 def _provenance(cfg: TrainConfig, row: dict[str, Any], n_train: int) -> dict[str, Any]:

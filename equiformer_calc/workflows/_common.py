@@ -25,9 +25,41 @@ __all__ = [
     "write_csv",
     "plot_lines",
     "LazyTrajectory",
+    "check_number",
+    "check_not_all_fixed",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def check_number(name: str, value: Any, *, gt: float | None = None, ge: float | None = None,
+                 integer: bool = False) -> None:
+    """Raise a ValueError naming ``name`` and ``value`` unless ``value`` is a finite number (an
+    integer with ``integer``) that is ``> gt`` / ``>= ge``: the workflows' argument checks, so
+    that ``fmax=-1`` or ``temperature=-10`` is refused instead of run."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok:
+        ok = bool(np.isfinite(value)) and (gt is None or value > gt) and (ge is None or value >= ge)
+    if not ok:
+        bound = f" > {gt:g}" if gt is not None else f" >= {ge:g}" if ge is not None else ""
+        kind = "an integer" if integer else "a finite number"
+        raise ValueError(f"{name} must be {kind}{bound}, got {value!r}")
+
+
+def check_not_all_fixed(atoms: Atoms, fix_bottom: int | None, fix_below: float | None, what: str) -> None:
+    """Refuse settings that would hold every atom fixed (``what`` then does nothing): a
+    ``fix_bottom`` of at least the structure's number of atomic layers (see
+    :func:`layer_indices`), or constraints plus ``fix_below`` that cover all atoms."""
+    if fix_bottom is not None and len(atoms):
+        layers = int(layer_indices(atoms.positions[:, 2]).max()) + 1
+        if not isinstance(fix_bottom, bool) and isinstance(fix_bottom, (int, np.integer)) and fix_bottom >= layers:
+            raise ValueError(f"fix_bottom={fix_bottom} would fix every atom: the structure has {layers} atomic "
+                             f"layer(s), so give fewer than {layers}")
+    if len(atoms) and (bottom_fixed_mask(atoms, fix_bottom, fix_below) | fixed_mask(atoms)).all():
+        raise ValueError(f"every atom is fixed (fix_bottom={fix_bottom}, fix_below={fix_below} and the "
+                         f"structure's own constraints): {what} would not move anything")
 
 
 def resolve_calculator(
@@ -47,7 +79,7 @@ def resolve_calculator(
         if checkpoint is not None:
             raise ValueError("give either calculator or checkpoint, not both")
         return calculator
-    from ..calculator import EquiformerCalculator
+    from ..calculators.local import EquiformerCalculator
 
     return EquiformerCalculator(
         checkpoint=None if checkpoint is None else str(checkpoint), device=device, dtype=dtype, skin=skin,

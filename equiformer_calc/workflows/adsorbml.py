@@ -112,9 +112,9 @@ def _relax_all(
     (:func:`~equiformer_calc.workflows.batch.relax_batch`); any other ASE calculator relaxes them one
     after the other with the same optimizer (:func:`~equiformer_calc.workflows.relax.relax`), a
     failing one recorded in its result's ``error``."""
-    from tqdm.auto import tqdm
+    from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
-    from ..calculator import EquiformerCalculator
+    from ..calculators.local import EquiformerCalculator
 
     if not structures:
         return []
@@ -230,29 +230,12 @@ def relax_benchmark(
     :func:`select_tasks`) restrict the run. Returns ``{"summary", "groups", "tasks"}``; with
     ``out`` also writes ``out/relax_benchmark.json`` and ``out/relax_parity.png``. ``labeller``
     names the labeller of the references (default: the ``labeller`` recorded in the frames, else EMT)."""
-    from ase.io import read
-
-    from ..calculator import EquiformerCalculator
+    from ..calculators.local import EquiformerCalculator
 
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
     data_dir = Path(data_dir)
-    files = _benchmark_files(data_dir)
-    records: list[dict[str, Any]] = json.loads(files[0].read_text())
-    initial: list[Atoms] = read(str(files[1]), ":")
-    reference: list[Atoms] = read(str(files[2]), ":")
-    if not (len(records) == len(initial) == len(reference)):
-        raise ValueError(
-            f"{data_dir}: {len(records)} tasks but {len(initial)} initial / {len(reference)} relaxed frames"
-        )
-    if task_ids is not None:
-        wanted = set(task_ids)
-        indices = [k for k, r in enumerate(records) if r["task_id"] in wanted]
-        missing = wanted - {records[k]["task_id"] for k in indices}
-        if missing:
-            raise ValueError(f"unknown task ids {sorted(missing)}")
-    else:
-        indices = select_tasks(records, max_tasks)
+    records, initial, reference, indices = _load_benchmark(data_dir, task_ids, max_tasks)
     if labeller is None:
         labeller = str(initial[0].info.get("labeller", "emt")) if initial else "emt"
 
@@ -267,16 +250,7 @@ def relax_benchmark(
     start = time.perf_counter()
     starts = [constrain_held(initial[k]) for k in indices]
     relaxed = _relax_all(starts, calc, optimizer, fmax, steps, progress)
-    # the model's clean-slab energies: its own relaxation of each distinct clean slab
-    slabs: dict[bytes, Atoms] = {}
-    slab_of: list[bytes] = []
-    for atoms in starts:
-        slab = atoms[~_adsorbate_mask(atoms)]
-        key = _slab_key(slab)
-        slabs.setdefault(key, slab)
-        slab_of.append(key)
-    slab_results = dict(zip(slabs, _relax_all(list(slabs.values()), calc, optimizer, fmax, steps, progress),
-                            strict=True))
+    slab_of, slab_results = _clean_slabs(starts, calc, optimizer, fmax, steps, progress)
 
     # element references from gas molecules relaxed by the model and by the reference labeller
     def model_relax(mols: list[Atoms]) -> list[float]:
@@ -288,68 +262,17 @@ def relax_benchmark(
         ref_calc = JournaledCalculator(resolve_labeller(labeller), LabelStats())
         return [r.final_energy for r in _relax_all(mols, ref_calc, optimizer, fmax, steps, False)]
 
-    mu_model, mu_ref = _gas_potentials(model_relax), _gas_potentials(reference_relax)
-
-    tasks: list[dict[str, Any]] = []
-    for k, res, key in zip(indices, relaxed, slab_of, strict=True):
-        rec, ref = records[k], reference[k]
-        e_ref = float(rec["relaxed_energy"])
-        e_slab_ref = float(rec["clean_slab_energy"])
-        task: dict[str, Any] = {
-            "index": int(k),
-            "task_id": rec["task_id"],
-            "metal": rec["metal"],
-            "facet": rec["facet"],
-            "adsorbate": rec["adsorbate"],
-            "site": rec["site"],
-            "cell_size": rec.get("cell_size"),
-            "split": rec.get("split"),
-            "n_atoms": len(starts[len(tasks)]),
-            "steps": res.nsteps,
-            "converged": res.converged,
-            "fmax": float(res.fmax[-1]) if res.fmax and res.error is None else None,
-            "e_ref": e_ref,
-            "e_ads_ref": e_ref - e_slab_ref,
-            "error": res.error,
-        }
-        slab = slab_results[key]
-        if res.error is None and slab.error is not None:
-            task["error"] = f"clean slab: {slab.error}"
-        if task["error"] is not None:
-            log.warning("task %s failed: %s", rec["task_id"], task["error"])
-            task.update(within_threshold=False, anomalies=["failed"])
-            tasks.append(task)
-            continue
-        e_model, e_slab_model = float(res.final_energy), float(slab.final_energy)
-        e_ref_sp = _reference_energy(res.atoms, labeller)
-        ref_flags = set(check_relaxation(ref)["anomalies"])
-        task.update(
-            e_model=e_model,
-            e_ref_sp=e_ref_sp,
-            error_model=e_model - e_ref,
-            error_ref_sp=e_ref_sp - e_ref,
-            model_vs_ref_at_model_minimum=e_model - e_ref_sp,
-            e_ads_model=e_model - e_slab_model,
-            e_ads_ref_sp=e_ref_sp - e_slab_ref,
-            e_ads_gas_model=e_model - e_slab_model - _gas_correction(res.atoms, mu_model),
-            e_ads_gas_ref=e_ref - e_slab_ref - _gas_correction(ref, mu_ref),
-            slab_model_steps=slab.nsteps,
-            adsorbate_rmsd=_adsorbate_rmsd(res.atoms, ref),
-            anomalies=sorted(set(check_relaxation(res.atoms)["anomalies"]) - ref_flags),
-            reference_anomalies=sorted(ref_flags),
-            within_threshold=bool(e_ref_sp - e_ref <= SUCCESS_THRESHOLD),
-        )
-        tasks.append(task)
-
+    mu = {"model": _gas_potentials(model_relax), "reference": _gas_potentials(reference_relax)}
+    tasks = [
+        _task_row(int(k), records[k], reference[k], starts[n], res, slab_results[key], labeller, mu)
+        for n, (k, res, key) in enumerate(zip(indices, relaxed, slab_of, strict=True))
+    ]
     groups = _adsorbml_groups(tasks)
-    multi = [g for g in groups if g["n_sites"] > 1]
-    ok = [t for t in tasks if t["error"] is None]
-    ads_err = [t["e_ads_model"] - t["e_ads_ref"] for t in ok]
-    summary: dict[str, Any] = {
+    summary = {
         "checkpoint": ckpt,
         "reference": labeller,
-        "gas_potentials_model": mu_model,
-        "gas_potentials_reference": mu_ref,
+        "gas_potentials_model": mu["model"],
+        "gas_potentials_reference": mu["reference"],
         "data_dir": str(data_dir),
         "optimizer": optimizer,
         "fmax": fmax,
@@ -357,6 +280,113 @@ def relax_benchmark(
         "dtype": dtype,
         "n_tasks": len(tasks),
         "n_tasks_available": len(records),
+        **_metrics(tasks, groups),
+        "wall_s": time.perf_counter() - start,
+    }
+    result = {"summary": summary, "groups": groups, "tasks": tasks}
+    if out is not None:
+        out = Path(out)
+        write_json(result, out / "relax_benchmark.json")
+        _plot(tasks, out / "relax_parity.png")
+    return result
+
+
+def _load_benchmark(data_dir: Path, task_ids: Sequence[str] | None,
+                    max_tasks: int | None) -> tuple[list[dict[str, Any]], list[Atoms], list[Atoms], list[int]]:
+    """Set-up: the task records, initial and reference-relaxed frames of a datagen folder, and the
+    indices of the tasks to run (``task_ids``, else :func:`select_tasks` with ``max_tasks``)."""
+    from ase.io import read
+
+    files = _benchmark_files(data_dir)
+    records: list[dict[str, Any]] = json.loads(files[0].read_text())
+    initial: list[Atoms] = read(str(files[1]), ":")
+    reference: list[Atoms] = read(str(files[2]), ":")
+    if not (len(records) == len(initial) == len(reference)):
+        raise ValueError(
+            f"{data_dir}: {len(records)} tasks but {len(initial)} initial / {len(reference)} relaxed frames"
+        )
+    if task_ids is None:
+        return records, initial, reference, select_tasks(records, max_tasks)
+    wanted = set(task_ids)
+    indices = [k for k, r in enumerate(records) if r["task_id"] in wanted]
+    missing = wanted - {records[k]["task_id"] for k in indices}
+    if missing:
+        raise ValueError(f"unknown task ids {sorted(missing)}")
+    return records, initial, reference, indices
+
+
+def _clean_slabs(starts: list[Atoms], calc: Any, optimizer: str, fmax: float, steps: int,
+                 progress: bool) -> tuple[list[bytes], dict[bytes, RelaxResult]]:
+    """The model's clean-slab energies: its own relaxation of each distinct clean slab of the
+    starting structures; returns each start's slab key and the relaxation of every slab."""
+    slabs: dict[bytes, Atoms] = {}
+    slab_of: list[bytes] = []
+    for atoms in starts:
+        slab = atoms[~_adsorbate_mask(atoms)]
+        key = _slab_key(slab)
+        slabs.setdefault(key, slab)
+        slab_of.append(key)
+    results = dict(zip(slabs, _relax_all(list(slabs.values()), calc, optimizer, fmax, steps, progress), strict=True))
+    return slab_of, results
+
+
+def _task_row(k: int, rec: dict[str, Any], ref: Atoms, start: Atoms, res: RelaxResult, slab: RelaxResult,
+              labeller: str, mu: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """One task's row: the model's relaxation against the reference (energies, adsorption
+    energies slab- and gas-referenced, the reference labeller at the model's minimum, anomalies)."""
+    e_ref = float(rec["relaxed_energy"])
+    e_slab_ref = float(rec["clean_slab_energy"])
+    task: dict[str, Any] = {
+        "index": k,
+        "task_id": rec["task_id"],
+        "metal": rec["metal"],
+        "facet": rec["facet"],
+        "adsorbate": rec["adsorbate"],
+        "site": rec["site"],
+        "cell_size": rec.get("cell_size"),
+        "split": rec.get("split"),
+        "n_atoms": len(start),
+        "steps": res.nsteps,
+        "converged": res.converged,
+        "fmax": float(res.fmax[-1]) if res.fmax and res.error is None else None,
+        "e_ref": e_ref,
+        "e_ads_ref": e_ref - e_slab_ref,
+        "error": res.error,
+    }
+    if res.error is None and slab.error is not None:
+        task["error"] = f"clean slab: {slab.error}"
+    if task["error"] is not None:
+        log.warning("task %s failed: %s", rec["task_id"], task["error"])
+        task.update(within_threshold=False, anomalies=["failed"])
+        return task
+    e_model, e_slab_model = float(res.final_energy), float(slab.final_energy)
+    e_ref_sp = _reference_energy(res.atoms, labeller)
+    ref_flags = set(check_relaxation(ref)["anomalies"])
+    task.update(
+        e_model=e_model,
+        e_ref_sp=e_ref_sp,
+        error_model=e_model - e_ref,
+        error_ref_sp=e_ref_sp - e_ref,
+        model_vs_ref_at_model_minimum=e_model - e_ref_sp,
+        e_ads_model=e_model - e_slab_model,
+        e_ads_ref_sp=e_ref_sp - e_slab_ref,
+        e_ads_gas_model=e_model - e_slab_model - _gas_correction(res.atoms, mu["model"]),
+        e_ads_gas_ref=e_ref - e_slab_ref - _gas_correction(ref, mu["reference"]),
+        slab_model_steps=slab.nsteps,
+        adsorbate_rmsd=_adsorbate_rmsd(res.atoms, ref),
+        anomalies=sorted(set(check_relaxation(res.atoms)["anomalies"]) - ref_flags),
+        reference_anomalies=sorted(ref_flags),
+        within_threshold=bool(e_ref_sp - e_ref <= SUCCESS_THRESHOLD),
+    )
+    return task
+
+
+def _metrics(tasks: list[dict[str, Any]], groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """Reporting: the summary's error metrics over the tasks and the AdsorbML group success rates."""
+    multi = [g for g in groups if g["n_sites"] > 1]
+    ok = [t for t in tasks if t["error"] is None]
+    ads_err = [t["e_ads_model"] - t["e_ads_ref"] for t in ok]
+    return {
         "n_failed": len(tasks) - len(ok),
         "converged_fraction": _mean([float(t["converged"]) for t in tasks]),
         "mean_steps": _mean([float(t["steps"]) for t in ok]),
@@ -383,14 +413,7 @@ def relax_benchmark(
                    "undefined and the all-groups rate is the per-task criterion")
             ),
         },
-        "wall_s": time.perf_counter() - start,
     }
-    result = {"summary": summary, "groups": groups, "tasks": tasks}
-    if out is not None:
-        out = Path(out)
-        write_json(result, out / "relax_benchmark.json")
-        _plot(tasks, out / "relax_parity.png")
-    return result
 
 
 def _adsorbml_groups(tasks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -21,11 +21,11 @@ from typing import Any, Callable, Sequence
 
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
-from tqdm.auto import tqdm
+from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
 from ..graph import NeighborListCache
 from ..predictor import Predictor
-from ._common import resolve_calculator
+from ._common import check_number, resolve_calculator
 from .relax import RelaxResult, _Relaxation, prepare_relaxation
 
 __all__ = ["relax_batch", "RelaxChunk", "relax_chunk"]
@@ -126,7 +126,7 @@ def _predictor_of(calculator: Any) -> Predictor:
     if isinstance(predictor, Predictor):
         d3 = getattr(calculator, "dispersion_term", None)
         if d3 is not None:  # the calculator adds D3: so must the batched calls
-            from ..calculators.dispersion import DispersionPredictor
+            from ..integrations.d3 import DispersionPredictor
 
             return DispersionPredictor(predictor, d3)  # type: ignore[return-value]
         return predictor
@@ -174,6 +174,10 @@ def relax_batch(
     gives that structure a result with ``error`` set (no step taken; ``callback`` is called for
     it first) and relaxes the others exactly as if it were absent.
     """
+    check_number("fmax", fmax, gt=0)
+    check_number("steps", steps, ge=0, integer=True)
+    check_number("max_concurrent", max_concurrent, ge=1, integer=True)
+    check_number("skin", skin, ge=0)
     structures = list(structures)
     if not structures:
         return []
@@ -181,8 +185,25 @@ def relax_batch(
     predictor = _predictor_of(calc)
     if invalid not in ("raise", "record"):
         raise ValueError(f"invalid must be 'raise' or 'record', got {invalid!r}")
+    rejected = _rejected_inputs(predictor, structures, cell, invalid)
+    run = _BatchRun(
+        predictor, structures, dict(optimizer=optimizer, fix_bottom=fix_bottom, fix_below=fix_below, cell=cell,
+                                    optimizer_kwargs=optimizer_kwargs),
+        fmax, steps, [NeighborListCache(skin) if skin > 0 else None for _ in structures], callback,
+    )
+    for k, error in rejected.items():
+        run.record_rejected(k, error)
+    run.queue = [k for k in range(len(structures)) if k not in rejected][::-1]
+    if run.queue:
+        run.loop(max_concurrent, progress)
+    return [run.results[k] for k in range(len(structures))]
+
+
+def _rejected_inputs(predictor: Predictor, structures: list[Atoms], cell: bool, invalid: str) -> dict[int, str]:
+    """Set-up phase: every input the model cannot take, by index (``invalid="raise"``: the first one
+    raises, naming its index), checked before anything runs."""
     rejected: dict[int, str] = {}
-    for k, atoms in enumerate(structures):  # fail early, with the structure's index
+    for k, atoms in enumerate(structures):
         try:
             predictor.to_structure(atoms)
             if cell and not atoms.pbc.all():
@@ -192,95 +213,120 @@ def relax_batch(
                 raise type(exc)(f"structure {k}: {exc}") from None
             rejected[k] = f"{type(exc).__name__}: {exc}"
             log.warning("structure %d not relaxed: %s", k, rejected[k])
-    properties = ("energy", "forces", "energies") + (("stress",) if cell else ())
-    caches = [NeighborListCache(skin) if skin > 0 else None for _ in structures]
+    return rejected
 
-    exchange = _Exchange()
-    jobs: dict[int, _Relaxation] = {}
-    results: dict[int, RelaxResult] = {}
-    threads: dict[int, threading.Thread] = {}
-    queue = [k for k in range(len(structures)) if k not in rejected][::-1]
-    for k, error in rejected.items():
-        atoms = structures[k].copy()
+
+class _BatchRun:
+    """The state of one :func:`relax_batch` call: one optimizer thread per structure in flight,
+    each asking :class:`_Exchange` for its energies and forces; the loop answers all pending
+    requests with one batched model call (:meth:`evaluate`), starts the next structure as one
+    finishes and hands finished results to ``callback``."""
+
+    def __init__(self, predictor: Predictor, structures: list[Atoms], settings: dict[str, Any], fmax: float,
+                 steps: int, caches: list[NeighborListCache | None],
+                 callback: Callable[[int, RelaxResult], None] | None) -> None:
+        self.predictor = predictor
+        self.structures = structures
+        self.settings = settings
+        self.fmax, self.steps = fmax, steps
+        self.caches = caches
+        self.callback = callback
+        self.properties = ("energy", "forces", "energies") + (("stress",) if settings["cell"] else ())
+        self.exchange = _Exchange()
+        self.jobs: dict[int, _Relaxation] = {}
+        self.results: dict[int, RelaxResult] = {}
+        self.threads: dict[int, threading.Thread] = {}
+        self.queue: list[int] = []
+
+    def record_rejected(self, index: int, error: str) -> None:
+        atoms = self.structures[index].copy()
         atoms.calc = None
-        results[k] = RelaxResult(atoms, error=error)
-        if callback is not None:
-            callback(k, results[k])
+        self.results[index] = RelaxResult(atoms, error=error)
+        if self.callback is not None:
+            self.callback(index, self.results[index])
 
-    def work(index: int, job: _Relaxation) -> None:
+    def _work(self, index: int, job: _Relaxation) -> None:
+        """One structure's optimizer, in its own thread."""
         try:
-            converged = job.optimizer.run(fmax=fmax, steps=steps)
-            results[index] = job.result(bool(converged))
+            converged = job.optimizer.run(fmax=self.fmax, steps=self.steps)
+            self.results[index] = job.result(bool(converged))
         except _Aborted:
             pass
         except Exception as exc:  # noqa: BLE001 - recorded on the structure's result
             log.warning("structure %d stopped: %s: %s", index, type(exc).__name__, exc)
-            results[index] = job.result(False, error=f"{type(exc).__name__}: {exc}")
+            self.results[index] = job.result(False, error=f"{type(exc).__name__}: {exc}")
         finally:
-            exchange.done(index)
+            self.exchange.done(index)
 
-    def start_next() -> None:
-        index = queue.pop()
+    def start_next(self) -> None:
+        index = self.queue.pop()
+        s = self.settings
         job = prepare_relaxation(
-            structures[index], _ServedCalculator(exchange, index), optimizer, fix_bottom, fix_below, cell,
-            optimizer_kwargs=optimizer_kwargs,
+            self.structures[index], _ServedCalculator(self.exchange, index), s["optimizer"], s["fix_bottom"],
+            s["fix_below"], s["cell"], optimizer_kwargs=s["optimizer_kwargs"],
         )
-        jobs[index] = job
-        exchange.started()
-        thread = threading.Thread(target=work, args=(index, job), name=f"relax_batch-{index}", daemon=True)
-        threads[index] = thread
+        self.jobs[index] = job
+        self.exchange.started()
+        thread = threading.Thread(target=self._work, args=(index, job), name=f"relax_batch-{index}", daemon=True)
+        self.threads[index] = thread
         thread.start()
 
-    def evaluate(batch: dict[int, Atoms]) -> dict[int, dict[str, Any] | BaseException]:
+    def evaluate(self, batch: dict[int, Atoms]) -> dict[int, dict[str, Any] | BaseException]:
+        """One batched model call for all pending requests; when it fails, one call per structure
+        finds the culprit(s) and serves the others."""
         order = sorted(batch)
+        predict = self.predictor.predict
         try:
-            out = predictor.predict(
-                [batch[k] for k in order], properties=properties, neighbor_caches=[caches[k] for k in order]
-            )
+            out = predict([batch[k] for k in order], properties=self.properties,
+                          neighbor_caches=[self.caches[k] for k in order])
             return dict(zip(order, out))
         except Exception:  # noqa: BLE001 - find the culprit(s), serve the others
             answers: dict[int, dict[str, Any] | BaseException] = {}
             for k in order:
                 try:
-                    answers[k] = predictor.predict([batch[k]], properties=properties, neighbor_caches=[caches[k]])[0]
+                    answers[k] = predict([batch[k]], properties=self.properties, neighbor_caches=[self.caches[k]])[0]
                 except Exception as exc:  # noqa: BLE001
                     answers[k] = exc
             return answers
 
-    if not queue:
-        return [results[k] for k in range(len(structures))]
-    bar = tqdm(total=len(queue), desc="relax_batch", unit="structure", disable=not progress, leave=False)
-    rounds = 0
-    try:
-        while queue and exchange.running < max_concurrent:
-            start_next()
-        while True:
-            batch, finished, idle = exchange.wait_for_requests()
-            started = False
-            for index in finished:
-                threads.pop(index).join()
-                jobs.pop(index).close()
-                bar.update(1)
-                if callback is not None and index in results:
-                    callback(index, results[index])
-                if queue:
-                    start_next()
-                    started = True
-            if batch:
-                exchange.answer(evaluate(batch))
-                rounds += 1
-                bar.set_postfix(step=rounds, active=len(batch), refresh=False)
-            elif idle and not started and not queue:  # nobody ran when `finished` was read, nobody started since
-                break
-    finally:
-        exchange.abort()
-        for thread in threads.values():
-            thread.join()
-        for job in jobs.values():
-            job.close()
-        bar.close()
-    log.debug("relax_batch: %d structures, %d batched model calls", len(structures), rounds)
-    return [results[k] for k in range(len(structures))]
+    def _finish(self, index: int, bar: Any) -> bool:
+        """Book-keeping of a finished structure; True when another one was started in its place."""
+        self.threads.pop(index).join()
+        self.jobs.pop(index).close()
+        bar.update(1)
+        if self.callback is not None and index in self.results:
+            self.callback(index, self.results[index])
+        if self.queue:
+            self.start_next()
+            return True
+        return False
+
+    def loop(self, max_concurrent: int, progress: bool) -> None:
+        """Run until every queued structure is done (threads joined and closed even on an error)."""
+        bar = tqdm(total=len(self.queue), desc="relax_batch", unit="structure", disable=not progress, leave=False)
+        rounds = 0
+        try:
+            while self.queue and self.exchange.running < max_concurrent:
+                self.start_next()
+            while True:
+                batch, finished, idle = self.exchange.wait_for_requests()
+                started = False
+                for index in finished:
+                    started = self._finish(index, bar) or started
+                if batch:
+                    self.exchange.answer(self.evaluate(batch))
+                    rounds += 1
+                    bar.set_postfix(step=rounds, active=len(batch), refresh=False)
+                elif idle and not started and not self.queue:  # nobody ran when `finished` was read, nobody started since
+                    break
+        finally:
+            self.exchange.abort()
+            for thread in self.threads.values():
+                thread.join()
+            for job in self.jobs.values():
+                job.close()
+            bar.close()
+        log.debug("relax_batch: %d structures, %d batched model calls", len(self.structures), rounds)
 
 
 @dataclass

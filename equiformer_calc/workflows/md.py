@@ -30,17 +30,19 @@ from ase.calculators.calculator import Calculator
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
-from tqdm.auto import tqdm
+from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 
 from ._common import (
     LazyTrajectory,
     add_fix_bottom,
+    check_not_all_fixed,
+    check_number,
     plot_lines,
     resolve_calculator,
     write_csv,
 )
 
-__all__ = ["MDResult", "run_md", "energy_drift"]
+__all__ = ["MDResult", "run_md", "energy_drift", "md_output_paths", "write_md_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +119,13 @@ def run_md(
     ensemble = ensemble.lower()
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
-    if steps < 0 or timestep <= 0 or log_interval < 1:
-        raise ValueError("steps must be >= 0, timestep > 0 and log_interval >= 1")
+    check_number("steps", steps, ge=0, integer=True)
+    check_number("timestep", timestep, gt=0)
+    check_number("log_interval", log_interval, ge=1, integer=True)
+    check_number("temperature", temperature, ge=0)
+    check_number("friction", friction, ge=0)
+    check_number("skin", skin, ge=0)
+    check_not_all_fixed(atoms, fix_bottom, fix_below, "the dynamics")
     calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype, skin=skin, memory=memory)
     work = atoms.copy()
     add_fix_bottom(work, fix_bottom, fix_below)
@@ -188,9 +195,14 @@ def run_md(
     )
 
 
+def md_output_paths(stem: Path) -> dict[str, Path]:
+    """The files :func:`write_md_outputs` writes for ``stem``."""
+    return {"csv": stem.with_name(stem.name + "_log.csv"), "png": stem.with_name(stem.name + "_energy.png")}
+
+
 def write_md_outputs(result: MDResult, stem: Path, log_interval: int) -> dict[str, Path]:
     """``<stem>_log.csv`` (every ``log_interval`` steps) and ``<stem>_energy.png`` (every step)."""
-    paths = {"csv": stem.with_name(stem.name + "_log.csv"), "png": stem.with_name(stem.name + "_energy.png")}
+    paths = md_output_paths(stem)
     n = len(result.time_fs)
     rows = [
         (k, result.time_fs[k], result.potential[k], result.kinetic[k], result.total[k], result.temperature[k])

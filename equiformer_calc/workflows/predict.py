@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -87,7 +88,9 @@ def predict_chunk(chunk: PredictChunk) -> list[dict[str, Any] | str]:
                 try:
                     results.append(predictor.predict([chunk.structures[k]], properties=props)[0])
                 except ValueError as exc:
-                    results.append(f"{type(exc).__name__}: {exc}")
+                    # the predictor names the structure's place in its call ("structure 0: "), which
+                    # here is always 0: the caller names the structure by its index in the input
+                    results.append(f"{type(exc).__name__}: {re.sub(r'^structure 0: ', '', str(exc))}")
         for k, r in zip(idx, results):
             out[k] = r
     return out
@@ -176,7 +179,7 @@ def predict_file(
         labelled.append(atoms)
     files = [_write(labelled, results, Path(out))] if out is not None else []
     if out is not None and suffix == ".csv":
-        files.append(_write_forces_csv(labelled, results, Path(out)))
+        files.append(_write_forces_csv(labelled, results, forces_csv_path(Path(out))))
     log.info("predicted %d of %d structures (%s)", len(frames) - len(errors), len(frames), executor.description)
     return PredictResult(labelled, errors, files)
 
@@ -210,4 +213,9 @@ def _write_forces_csv(frames: list[Atoms], results: list[Any], out: Path) -> Pat
         if isinstance(r, dict) and "forces" in r:
             for i, (symbol, f) in enumerate(zip(atoms.get_chemical_symbols(), np.asarray(r["forces"]))):
                 rows.append([k, i, symbol, float(f[0]), float(f[1]), float(f[2])])
-    return write_csv(out.with_name(f"{out.stem}_forces.csv"), ["index", "atom", "symbol", "fx", "fy", "fz"], rows)
+    return write_csv(out, ["index", "atom", "symbol", "fx", "fy", "fz"], rows)
+
+
+def forces_csv_path(out: Path) -> Path:
+    """The per-atom forces table written beside a ``.csv`` output: ``<stem>_forces.csv``."""
+    return out.with_name(f"{out.stem}_forces.csv")

@@ -35,12 +35,14 @@ from ase.optimize.optimize import Optimizer
 from ._common import (
     LazyTrajectory,
     add_fix_bottom,
+    check_not_all_fixed,
+    check_number,
     plot_lines,
     resolve_calculator,
     write_csv,
 )
 
-__all__ = ["OPTIMIZERS", "RelaxResult", "relax", "prepare_relaxation"]
+__all__ = ["OPTIMIZERS", "RelaxResult", "relax", "prepare_relaxation", "relax_output_paths", "write_relax_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +198,10 @@ def relax(
     trajectory: ASE .traj file of every step; logfile: the optimizer's log (``"-"``: stdout).
     memory: memory mode of the default calculator ("auto", "fast", "low").
     """
+    check_number("fmax", fmax, gt=0)
+    check_number("steps", steps, ge=0, integer=True)
+    if not cell:  # a cell relaxation of fixed atoms still changes the cell
+        check_not_all_fixed(atoms, fix_bottom, fix_below, "the relaxation")
     calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype, memory=memory)
     job = prepare_relaxation(atoms, calc, optimizer, fix_bottom, fix_below, cell, trajectory, logfile, optimizer_kwargs)
     try:
@@ -210,15 +216,20 @@ def relax(
     return result
 
 
-def write_relax_outputs(result: RelaxResult, stem: Path) -> dict[str, Path]:
-    """``<stem>_final.extxyz``, ``<stem>_energies.csv`` and ``<stem>_energies.png``."""
-    from ase.io import write
-
-    paths = {
+def relax_output_paths(stem: Path) -> dict[str, Path]:
+    """The files :func:`write_relax_outputs` writes for ``stem``."""
+    return {
         "final": stem.with_name(stem.name + "_final.extxyz"),
         "csv": stem.with_name(stem.name + "_energies.csv"),
         "png": stem.with_name(stem.name + "_energies.png"),
     }
+
+
+def write_relax_outputs(result: RelaxResult, stem: Path) -> dict[str, Path]:
+    """``<stem>_final.extxyz``, ``<stem>_energies.csv`` and ``<stem>_energies.png``."""
+    from ase.io import write
+
+    paths = relax_output_paths(stem)
     with warnings.catch_warnings():  # ASE skips dict-valued info (e.g. adsorbate_info) with a warning
         warnings.filterwarnings("ignore", message="Skipping unhashable information")
         write(paths["final"], result.atoms, format="extxyz")

@@ -12,7 +12,7 @@ import inspect
 
 import pytest
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.calculators.base import ASE_BASE_KEYWORDS
 from equiformer_calc.service import RemoteEquiformerCalculator
 

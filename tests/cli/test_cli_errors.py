@@ -20,21 +20,9 @@ from ase import Atoms
 from ase.build import bulk, fcc111, molecule
 from ase.io import write
 
-from equiformer_calc.checkpoint import save_checkpoint
 from equiformer_calc.cli import main
 
 from ..helpers import make_model
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return str(save_checkpoint(make_model(0), tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"))
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str]:
@@ -125,6 +113,7 @@ def test_memory_option_reaches_the_model_and_over_memory_is_one_line(capsys, wor
     cell needs in 'low' and in 'fast' mode, ``--memory fast`` stops with one line naming the estimate
     and nothing written; the default 'auto' runs the same input in 'low' mode."""
     import equiformer_calc.predictor as predictor_mod
+    import equiformer_calc.runtime as runtime_mod
     from equiformer_calc.predictor import MEMORY_HEADROOM, Predictor
 
     cu = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)  # 32 atoms
@@ -132,7 +121,7 @@ def test_memory_option_reaches_the_model_and_over_memory_is_one_line(capsys, wor
     probe = Predictor(make_model(0))
     edges = probe.graph(probe.to_structure(cu)).num_edges
     low, fast = (probe.estimate_bytes(edges, ("energy", "forces"), m) for m in ("low", "fast"))
-    monkeypatch.setattr(predictor_mod, "available_memory", lambda device="cpu": int((low + fast) / 2 / MEMORY_HEADROOM))
+    monkeypatch.setattr(runtime_mod, "available_memory", lambda device="cpu": int((low + fast) / 2 / MEMORY_HEADROOM))
     modes: list[str] = []
     original = predictor_mod.compute
     monkeypatch.setattr(predictor_mod, "compute", lambda *a, memory, **k: modes.append(memory) or original(*a, memory=memory, **k))

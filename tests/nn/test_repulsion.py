@@ -1,16 +1,15 @@
-"""Short-range repulsion (ZBL pair term) and the physical distance floor.
+"""Short-range repulsion (ZBL pair term).
 
 Issue 11, failure 4: the learned model had no repulsion (Cu2 at 1.0 A pulled together, 0.3 A cost
 1.35 eV). A model built with the default config now carries the switched ZBL term; these tests
 check its values against the closed formula, that it is exactly absent beyond its switch distance
 and for configs written before it existed, that dimer scans are repulsive with forces pushing
-apart, that forces and stress include it (finite differences, float64), that the trainer fits the
-network to the labels minus it, and the element-aware distance floor.
+apart, that forces and stress include it (finite differences, float64), and that the trainer fits the
+network to the labels minus it. The element-aware distance floor: tests/graph/test_distance_floor.py.
 """
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import pytest
@@ -21,9 +20,9 @@ from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_s
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.data import atomic_numbers, covalent_radii
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.checkpoint import load_checkpoint, save_checkpoint
-from equiformer_calc.graph import StructureError, build_graph, structure_from_atoms
+from equiformer_calc.graph import build_graph, structure_from_atoms
 from equiformer_calc.model import Equiformer, EquiformerConfig
 from equiformer_calc.predictor import Predictor
 from equiformer_calc.train.data import samples_from_atoms
@@ -203,25 +202,3 @@ def _label(atoms: Atoms, energy: float) -> Atoms:
 
 
 # ------------------------------------------------------------------------------- distance floor
-def test_distance_floor_refuses_overlaps_and_warns_above(model, caplog):
-    calc = EquiformerCalculator(model=model)  # default floor: 0.25 x covalent-radii sum
-    floor = 0.25 * 2 * covalent_radii[29]  # 0.66 A for Cu-Cu
-    with pytest.raises(StructureError, match=r"atoms 0 \(Cu\) and 1 \(Cu\) overlap.*floor of 0.66 A"):
-        calc.get_potential_energy(dimer("Cu", 0.95 * floor))
-    with caplog.at_level(logging.WARNING, logger="equiformer_calc.graph"):
-        calc.get_potential_energy(dimer("Cu", 1.5 * floor))
-    assert any("very close" in r.getMessage() for r in caplog.records)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="equiformer_calc.graph"):
-        calc.get_potential_energy(dimer("Cu", 2.3))  # a normal Cu-Cu bond: silent
-        calc.get_potential_energy(dimer("H", 0.74))  # H2 at its bond length: silent
-    assert not caplog.records
-    # the floor is element-aware: H-H at 0.3 A is above its own floor (0.155 A) but Cu-Cu is not
-    assert np.isfinite(calc.get_potential_energy(dimer("H", 0.3)))
-    # lowering it evaluates deliberate compressions (scans); the 0.1 A overlap check stays
-    low = EquiformerCalculator(model=model, min_distance_ratio=0.0)
-    assert low.get_potential_energy(dimer("Cu", 0.2)) > 1e3
-    with pytest.raises(StructureError, match="overlap"):
-        low.get_potential_energy(dimer("Cu", 0.05))
-    with pytest.raises(ValueError, match="min_distance_ratio"):
-        Predictor(model, min_distance_ratio=-1)

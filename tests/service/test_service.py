@@ -34,7 +34,7 @@ from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 from prometheus_client.parser import text_string_to_metric_families
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.checkpoint import save_checkpoint
 from equiformer_calc.graph import Structure, StructureError
 from equiformer_calc.service import (
@@ -697,6 +697,7 @@ def test_call_that_does_not_fit_the_memory_now_gives_507_and_the_server_keeps_se
     import re
 
     import equiformer_calc.predictor as predictor_mod
+    import equiformer_calc.runtime as runtime_mod
     from equiformer_calc.checkpoint import load_checkpoint
     from equiformer_calc.predictor import MEMORY_HEADROOM, Predictor, total_memory
     from equiformer_calc.service.app import create_app
@@ -711,7 +712,7 @@ def test_call_that_does_not_fit_the_memory_now_gives_507_and_the_server_keeps_se
     calls = []
     original = predictor_mod.compute
     monkeypatch.setattr(predictor_mod, "compute", lambda *a, **k: calls.append(1) or original(*a, **k))
-    monkeypatch.setattr(predictor_mod, "available_memory", lambda device="cpu": available)
+    monkeypatch.setattr(runtime_mod, "available_memory", lambda device="cpu": available)
     with serve_in_thread(app) as url:
         limits = http(url + "/v1/models", token=None)[1]["models"][0]["limits"]
         assert limits["memory_budget_bytes"] == int(MEMORY_HEADROOM * total_memory()) and limits["memory_mode"] == "auto"

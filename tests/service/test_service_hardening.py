@@ -23,7 +23,7 @@ from ase.build import bulk, molecule
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.service.worker import ABORT_MARKER_ENV
 
 from .test_service import ServerProcess, as_json, checkpoint, http  # noqa: F401 - checkpoint is a fixture

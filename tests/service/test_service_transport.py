@@ -25,7 +25,7 @@ from ase.build import bulk, molecule
 from ase.optimize import BFGS
 from prometheus_client.parser import text_string_to_metric_families
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.checkpoint import save_checkpoint
 from equiformer_calc.service import (
     AuthenticationError,

@@ -19,7 +19,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.checkpoint import load_checkpoint, save_checkpoint
 from equiformer_calc.cli import main as cli_main
 from equiformer_calc.train.data import samples_from_atoms

@@ -1,5 +1,5 @@
-"""Tests of the training pipeline (``equiformer_calc.train``): trainer, evaluation, relaxation
-benchmark.
+"""Tests of the training pipeline (``equiformer_calc.train``): trainer and evaluation (the
+relaxation benchmark that uses the same trained checkpoint: tests/workflows/test_adsorbml.py).
 
 One tiny EMT dataset (explicit datagen counts, a few seconds) is generated once per session and
 one short ``tiny``-preset training run is shared by the tests that need a trained checkpoint.
@@ -7,9 +7,8 @@ Covered: per-element energy references recovered from synthetic data; the loss g
 resuming after a kill (and after a stop at a smaller ``max_steps``) giving bitwise the same
 weights, optimiser / EMA state and metrics as an uninterrupted run; atomic checkpoint writes;
 the CSV / JSON / PNG outputs; DDP with two CPU processes (torchrun, gloo); the ``evaluate`` CLI
-(metrics JSON + parity PNGs whose numbers equal a direct calculator computation); the
-relaxation benchmark on the dataset's two tasks (with the model, and with EMT itself, which
-must reproduce its references).
+(metrics JSON + parity PNGs whose numbers equal a direct calculator computation). The dataset
+and the training run are session fixtures of tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -32,46 +31,18 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from equiformer_calc.cli import main as cli_main
 from equiformer_calc.model import Equiformer
 from equiformer_calc.train import trainer
 from equiformer_calc.train.data import read_samples, samples_from_atoms
-from equiformer_calc.data.generate import generate_dataset
 from equiformer_calc.train.evaluate import compute_metrics, evaluate, predict_samples
-from equiformer_calc.workflows.adsorbml import _adsorbml_groups, relax_benchmark, select_tasks
 from equiformer_calc.train.trainer import TrainConfig, fit_energy_references, train
 
-from ..helpers import TINY_DATASET  # (importing helpers also pins torch to one thread)
+from ..helpers import tiny_train_config as tiny_config  # (importing helpers also pins torch to one thread)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("train-data") / "emt"
-    generate_dataset(out, seed=3, size=TINY_DATASET, workers=1, progress=False)
-    return out
-
-
-def tiny_config(data: Path, out: Path, **overrides: Any) -> TrainConfig:
-    """A few-second run of the tiny preset on the tiny dataset."""
-    settings: dict[str, Any] = dict(
-        train=str(data / "train.extxyz"), val=str(data / "val.extxyz"), out=str(out), preset="tiny", batch_size=2,
-        max_steps=4, val_every=2, warmup_steps=1, threads=1, max_val=4, seed=0,
-    )
-    settings.update(overrides)
-    return TrainConfig(**settings)
-
-
-@pytest.fixture(scope="session")
-def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    """One short training run (24 steps) shared by several tests: (out dir, summary)."""
-    out = tmp_path_factory.mktemp("train-run") / "run"
-    summary = train(tiny_config(data_dir, out, max_steps=24, val_every=8, batch_size=4, lr=5e-3, warmup_steps=2,
-                                max_val=8))
-    return out, summary
 
 
 @pytest.fixture
@@ -437,88 +408,6 @@ def test_evaluate_excludes_fixed_atoms_from_force_metrics(tiny_model) -> None:
     assert metrics["n_free"] == int((~fixed).sum())
     assert metrics["f_mae"] == pytest.approx(np.mean(np.abs(pred.forces[~fixed] - forces[~fixed])))
     assert "s_mae" not in metrics  # not 3D-periodic
-
-
-# ----------------------------------------------------------------------------- relaxation benchmark
-@pytest.mark.slow
-def test_relax_benchmark_runs_on_two_tasks(
-    trained: tuple[Path, dict[str, Any]], data_dir: Path, tmp_path: Path
-) -> None:
-    """Through its one entry point, ``equiformer-calc adsorbml``."""
-    from equiformer_calc.cli import main
-
-    status = main(["adsorbml", str(trained[0] / "best.safetensors"), str(data_dir), "--steps", "25",
-                   "--out", str(tmp_path / "rb"), "--no-progress"])
-    assert status == 0 and (tmp_path / "rb" / "relax_parity.png").is_file()
-    result = json.loads((tmp_path / "rb" / "relax_benchmark.json").read_text())
-    summary = result["summary"]
-    assert summary["max_steps"] == 25
-    assert summary["n_tasks"] == 2 == len(result["tasks"])
-    assert summary["adsorbml"]["n_groups"] == len(result["groups"])
-    if summary["adsorbml"]["n_multi_site_groups"] == 0:
-        assert summary["adsorbml"]["success_rate_multi_site"] is None
-        assert "no group has more than one site" in summary["adsorbml"]["note"]
-    for task in result["tasks"]:
-        if task["error"] is None:
-            assert np.isfinite(task["e_model"]) and np.isfinite(task["e_ref_sp"])
-            assert task["e_ads_ref_sp"] - task["e_ads_ref"] == pytest.approx(task["error_ref_sp"])
-        else:
-            assert task["anomalies"] == ["failed"]
-
-
-def _formula_elements(formula: str) -> list[str]:
-    from ase.symbols import string2symbols
-
-    return string2symbols(formula)
-
-
-@pytest.mark.slow
-def test_relax_benchmark_with_emt_reproduces_its_references(data_dir: Path) -> None:
-    result = relax_benchmark(EMT(), data_dir)
-    summary = result["summary"]
-    assert summary["n_failed"] == 0 and summary["converged_fraction"] == 1.0
-    assert summary["relaxed_energy_mae"] < 1e-4 and summary["ref_sp_mae"] < 1e-4
-    assert summary["adsorption_energy_mae"] < 1e-4
-    assert summary["within_0.1eV"] == 1.0 and summary["adsorbml"]["success_rate_all_groups"] == 1.0
-    # gas references relaxed by the same calculator on both sides: the same numbers
-    assert summary["reference"] == "emt" and summary["adsorption_energy_gas_mae"] < 1e-4
-    assert summary["best_site_within_0.1eV"] == 1.0
-    mu = summary["gas_potentials_reference"]
-    assert set(mu) == {"H", "O", "C", "N"} and summary["gas_potentials_model"] == pytest.approx(mu, abs=1e-6)
-    for task in result["tasks"]:  # gas-referenced = slab-referenced minus the adsorbate's element references
-        atoms_mu = task["e_ads_ref"] - task["e_ads_gas_ref"]
-        assert atoms_mu == pytest.approx(sum(mu[el] for el in _formula_elements(task["adsorbate"])), abs=1e-9)
-
-
-def test_select_tasks_keeps_site_groups_together() -> None:
-    records = [
-        {"metal": "Cu", "facet": "fcc111", "adsorbate": "H"},
-        {"metal": "Pt", "facet": "fcc100", "adsorbate": "O"},
-        {"metal": "Cu", "facet": "fcc111", "adsorbate": "H"},
-        {"metal": "Ag", "facet": "fcc110", "adsorbate": "N"},
-        {"metal": "Pt", "facet": "fcc100", "adsorbate": "O"},
-        {"metal": "Cu", "facet": "fcc111", "adsorbate": "H"},
-    ]
-    assert select_tasks(records) == list(range(6))
-    assert select_tasks(records, 3) == [0, 2, 5]
-    assert select_tasks(records, 5) == [0, 1, 2, 4, 5]
-    assert select_tasks(records, 4) == [0, 1, 2, 5]
-
-
-def test_adsorbml_group_success() -> None:
-    def task(site: str, model: float, emt_sp: float, emt_ref: float, flags: list[str] | None = None) -> dict[str, Any]:
-        return {"metal": "Cu", "facet": "fcc111", "adsorbate": "O", "site": site, "e_ads_model": model,
-                "e_ads_ref_sp": emt_sp, "e_ads_ref": emt_ref, "anomalies": flags or []}
-
-    # the model ranks 'fcc' lowest and EMT confirms it is within 0.1 eV of EMT's best site
-    good = _adsorbml_groups([task("ontop", -1.0, -1.0, -1.0), task("fcc", -2.0, -1.95, -2.0)])[0]
-    assert good["success"] and good["model_choice"] == "fcc" and good["ref_best_site"] == "fcc"
-    # the model prefers 'ontop', which EMT puts 1 eV above its minimum
-    bad = _adsorbml_groups([task("ontop", -3.0, -1.0, -1.0), task("fcc", -2.0, -2.0, -2.0)])[0]
-    assert not bad["success"] and bad["model_choice"] == "ontop"
-    # anomalous relaxations are not chosen
-    skip = _adsorbml_groups([task("ontop", -3.0, -1.0, -1.0, ["desorbed"]), task("fcc", -2.0, -2.0, -2.0)])[0]
-    assert skip["success"] and skip["model_choice"] == "fcc"
 
 
 def test_yaml_lists_of_train_and_val_files_are_concatenated(data_dir: Path, tmp_path: Path) -> None:

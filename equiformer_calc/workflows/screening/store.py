@@ -8,8 +8,6 @@ task is pending when it has no row (or, with ``retry_failed``, only a failed one
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -18,30 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from ...calculators.base import model_fingerprint
 from ...surfaces import REFERENCE_MOLECULES, REFERENCE_SCHEME, reference_potentials
 from .plan import ScreenTask
 
 __all__ = ["model_fingerprint", "ScreenStore"]
 
 log = logging.getLogger(__name__)
-
-
-def model_fingerprint(calc: Any) -> dict[str, str]:
-    """Identity of the model (weights + config + precision, and a D3 term), to refuse mixing models
-    in one database: ``{"model": name, "model_hash": 16 hex digits}``."""
-    model = getattr(calc, "model", None)
-    if model is None:
-        return {"model": type(calc).__name__, "model_hash": type(calc).__name__}
-    h = hashlib.sha256()
-    h.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().double().numpy().tobytes())
-    h.update(str(calc.parameters.get("dtype", "")).encode())
-    if getattr(calc, "dispersion_term", None) is not None:
-        h.update(repr(calc.dispersion_term).encode())
-    name = model.checkpoint.name if model.checkpoint is not None else None
-    return {"model": name or "in-memory model", "model_hash": h.hexdigest()[:16]}
 
 
 def _kv(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from ase.build import bulk
 from ase.io import write
 from ase.md.verlet import VelocityVerlet
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.checkpoint import save_checkpoint
 
 from ..helpers import make_model
@@ -115,7 +115,7 @@ def test_lammps_nve_matches_ase_velocity_verlet(tmp_path):
 
 def test_input_without_the_fix_is_refused(tmp_path):
     code = (
-        "from equiformer_calc.calculators.lammps import run_input\n"
+        "from equiformer_calc.integrations.lammps import run_input\n"
         "try:\n"
         "    run_input(['units metal', 'region b block 0 1 0 1 0 1', 'create_box 1 b', 'run 1'], calculator=None)\n"
         "except ValueError as e:\n"

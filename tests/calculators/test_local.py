@@ -16,12 +16,12 @@ from ase.md.langevin import Langevin
 from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS, FIRE, LBFGS
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.graph import StructureError
 from equiformer_calc.model import UnknownElementError
 
-from .equivariance import assert_equivariant
-from .helpers import SYSTEMS, bulk_cell, make_model, slab_with_adsorbate
+from ..equivariance import assert_equivariant
+from ..helpers import SYSTEMS, bulk_cell, make_model, slab_with_adsorbate
 
 
 @pytest.fixture(scope="module")

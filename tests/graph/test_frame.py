@@ -24,14 +24,14 @@ from equiformer_calc.graph import (
     MAX_EXTENT,
     Structure,
     StructureError,
-    _complete_cell,
     local_frame,
     neighbor_list,
+    search_box,
     structure_from_atoms,
 )
 from equiformer_calc.predictor import Predictor
 
-from .helpers import SYSTEMS, make_model
+from ..helpers import SYSTEMS, make_model
 
 TRANSLATIONS = [1e3, 1e6, 1e8]
 DIRECTION = np.array([1.0, -0.7, 0.3])
@@ -157,8 +157,9 @@ def test_search_grid_check_refuses_exactly_what_the_compiled_search_cannot_do():
     """
     for (kind, L), ok in accepted.items():
         s = Structure.from_arrays(*SHAPES[kind](L))
-        box = np.zeros((3, 3)) if not s.pbc.any() else _complete_cell(s.cell, s.pbc, s.positions, 5.0)
-        arg = json.dumps([s.positions.tolist(), box.tolist(), s.pbc.tolist()])
+        frame = local_frame(s)
+        box = search_box(frame, s.cell, s.pbc, 5.0)
+        arg = json.dumps([frame.positions.tolist(), box.tolist(), s.pbc.tolist()])
         proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code), arg], capture_output=True, text=True,
                               timeout=120)
         survived = proc.returncode == 0 and proc.stdout.strip() == "ok"

@@ -10,8 +10,8 @@ from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_s
 pytest.importorskip("dftd3", reason="the [d3] extra (simple-dftd3) is not installed")
 from dftd3.ase import DFTD3  # noqa: E402
 
-from equiformer_calc.calculator import EquiformerCalculator  # noqa: E402
-from equiformer_calc.calculators.dispersion import D3, DispersionPredictor, parse_dispersion  # noqa: E402
+from equiformer_calc.calculators.local import EquiformerCalculator  # noqa: E402
+from equiformer_calc.integrations.d3 import D3, DispersionPredictor, parse_dispersion  # noqa: E402
 
 from ..helpers import bulk_cell, make_model, slab_with_adsorbate  # noqa: E402
 
@@ -160,12 +160,11 @@ def test_three_body_term_is_optional():
     assert three - two > 1e-3  # ATM is repulsive in a close-packed metal
 
 
-def test_cli_relax_and_screening_fingerprint_take_dispersion(model, tmp_path):
+def test_cli_relax_takes_dispersion(model, tmp_path):
     from ase.io import read, write
 
     from equiformer_calc.checkpoint import save_checkpoint
     from equiformer_calc.cli import main as cli_main
-    from equiformer_calc.workflows.screening.store import model_fingerprint
 
     ckpt = str(save_checkpoint(model, tmp_path / "tiny.safetensors"))
     src = tmp_path / "slab.extxyz"
@@ -176,6 +175,3 @@ def test_cli_relax_and_screening_fingerprint_take_dispersion(model, tmp_path):
     e_plain = read(tmp_path / "plain.traj", 0).get_potential_energy()
     e_d3 = read(tmp_path / "d3.traj", 0).get_potential_energy()
     assert e_d3 - e_plain == pytest.approx(D3("d3bj").compute(slab_with_adsorbate())["energy"], abs=1e-5)
-    # a screening database never mixes rows with and without D3
-    plain = EquiformerCalculator(model=model)
-    assert model_fingerprint(plain) != model_fingerprint(EquiformerCalculator(model=model, dispersion="d3bj"))

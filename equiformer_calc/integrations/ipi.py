@@ -4,7 +4,7 @@ i-PI (``pip install ipi``) runs the dynamics -- path-integral MD, replica exchan
 barostats -- and asks a *client* for energies and forces of each configuration (each bead) over
 a UNIX or TCP socket. ``equiformer-calc ipi STRUCTURE --unix NAME`` (or ``--host H --port P``)
 is such a client: it connects to the socket that i-PI's ``<ffsocket>`` opened, and answers with
-:class:`~equiformer_calc.calculator.EquiformerCalculator` through ASE's implementation of the
+:class:`~equiformer_calc.calculators.local.EquiformerCalculator` through ASE's implementation of the
 i-PI protocol (:class:`ase.calculators.socketio.SocketClient`).
 
 i-PI sends positions and the cell but not the elements, so the client reads them (and which
@@ -26,9 +26,14 @@ from typing import Any
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-__all__ = ["run_client", "connect"]
+__all__ = ["run_client", "connect", "IPIConnectionError"]
 
 log = logging.getLogger(__name__)
+
+
+class IPIConnectionError(ConnectionError):
+    """No i-PI server answered at the given socket within the wait: i-PI is not running there
+    (a wrong --unix name or --port, or i-PI not started)."""
 
 
 def connect(unix: str | None = None, host: str = "localhost", port: int | None = None, wait_s: float = 60.0) -> Any:
@@ -47,7 +52,9 @@ def connect(unix: str | None = None, host: str = "localhost", port: int | None =
             return client
         except (ConnectionRefusedError, FileNotFoundError, socket.timeout) as exc:
             if time.monotonic() > deadline:
-                raise ConnectionError(f"no i-PI server at {where} after {wait_s:g} s ({exc}); start i-pi first") from None
+                raise IPIConnectionError(
+                    f"no i-PI server at {where} after waiting {wait_s:g} s ({exc.__class__.__name__}): start i-pi "
+                    f"first, with an <ffsocket> of the same address") from None
             time.sleep(0.2)
 
 

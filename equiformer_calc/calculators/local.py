@@ -8,11 +8,12 @@ from typing import Any, Sequence
 from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 
-from .calculators.base import EquiformerCalculatorBase, reject_unknown_keywords
-from .checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
-from .graph import DEFAULT_MIN_DISTANCE_RATIO, NeighborListCache
-from .model import Equiformer
-from .predictor import Predictor, model_task, not_a_potential_message, resolve_dtype, resolve_memory_mode
+from .base import EquiformerCalculatorBase, reject_unknown_keywords
+from ..checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
+from ..graph import DEFAULT_MIN_DISTANCE_RATIO, NeighborListCache
+from ..integrations.d3 import D3, DispersionPredictor, parse_dispersion
+from ..model import Equiformer
+from ..predictor import Predictor, model_task, not_a_potential_message, resolve_dtype, resolve_memory_mode
 
 __all__ = ["EquiformerCalculator"]
 
@@ -42,7 +43,7 @@ class EquiformerCalculator(EquiformerCalculatorBase):
     ``dispersion="d3bj"`` (or ``"d3zero"``, ``"d3bjm"``, ``"d3zerom"``, each with an optional
     ``"-atm"`` three-body term) adds Grimme's D3 for the functional ``xc`` (default ``"pbe"``) to
     energy, forces and stress (``pip install 'equiformer-calc[d3]'``); per-atom ``energies`` stay
-    model-only. See :mod:`equiformer_calc.calculators.dispersion`.
+    model-only. See :mod:`equiformer_calc.integrations.d3`.
 
     Every setting is an ASE parameter (``calc.parameters``, ``calc.todict()``, recorded by
     ``ase db`` and trajectories): ``checkpoint`` (the name or path it was loaded from; for
@@ -158,7 +159,7 @@ class EquiformerCalculator(EquiformerCalculatorBase):
 
     @property
     def dispersion_term(self) -> Any:
-        """The :class:`~equiformer_calc.calculators.dispersion.D3` term of the current
+        """The :class:`~equiformer_calc.integrations.d3.D3` term of the current
         ``dispersion`` / ``xc`` parameters, or None when dispersion is off."""
         name, xc = self.parameters.get("dispersion"), self.parameters.get("xc", "pbe")
         if self._d3 is None or (self._d3.name, self._d3.xc) != (str(name).lower(), str(xc).lower()):
@@ -183,9 +184,9 @@ class EquiformerCalculator(EquiformerCalculatorBase):
         structures = list(structures)
         attached = len(structures) == 1 and structures[0] is self.atoms
         caches = [self.neighbor_cache] if attached and self.neighbor_cache is not None else None
-        results = self.predictor.predict(structures, properties=properties, neighbor_caches=caches)
         d3 = self.dispersion_term
-        return results if d3 is None else [d3.add_to(r, s) for r, s in zip(results, structures)]
+        predictor = self.predictor if d3 is None else DispersionPredictor(self.predictor, d3)
+        return predictor.predict(structures, properties=properties, neighbor_caches=caches)
 
     # pickling: keep the settings and the weights, not torch modules with generated code
     def __getstate__(self) -> dict[str, Any]:
@@ -226,15 +227,11 @@ def _skin(skin: float) -> float:
 
 def _make_d3(name: str | None, xc: str) -> Any:
     """The D3 term of a ``dispersion`` name and functional (None when off); raises on a bad name."""
-    from .calculators.dispersion import D3, parse_dispersion
-
     return None if parse_dispersion(name) is None else D3(name, xc=xc)
 
 
 def _check_dispersion_task(model: Equiformer, dispersion: str | None) -> None:
     """D3 corrects a potential energy; a model whose energy is something else refuses it."""
-    from .calculators.dispersion import parse_dispersion
-
     task = model_task(model)
     if task != "potential" and parse_dispersion(dispersion) is not None:
         raise ValueError(f"dispersion={dispersion!r} adds D3 to a potential energy; this model's energy is "

@@ -17,7 +17,7 @@ from ase import units
 from ase.geometry import cellpar_to_cell
 from ase.io import write
 
-from equiformer_calc.calculator import EquiformerCalculator
+from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.checkpoint import save_checkpoint
 from equiformer_calc.cli import main as cli_main
 

@@ -12,12 +12,13 @@ from torch_geometric.data import Batch as PygBatch  # noqa: E402
 from torch_geometric.data import Data  # noqa: E402
 from torch_geometric.loader import DataLoader  # noqa: E402
 
+from equiformer_calc.integrations.pyg import from_pyg, to_pyg  # noqa: E402
 from equiformer_calc.graph import AtomicGraph, batch_graphs, build_graph, structure_from_atoms  # noqa: E402
 from equiformer_calc.predictor import compute  # noqa: E402
 from equiformer_calc.train.data import SampleDataset, batch_from_pyg, collate, samples_from_atoms  # noqa: E402
 from equiformer_calc.train.trainer import TrainConfig, _losses  # noqa: E402
 
-from .helpers import SYSTEMS, make_model  # noqa: E402
+from ..helpers import SYSTEMS, make_model  # noqa: E402
 
 
 def graphs(cutoff: float) -> list[AtomicGraph]:
@@ -36,33 +37,33 @@ def assert_same_graph(a: AtomicGraph, b: AtomicGraph) -> None:
 def test_round_trip_of_one_graph_and_a_batch():
     model = make_model(0)
     gs = graphs(model.cutoff)
-    one = gs[0].to_pyg()
+    one = to_pyg(gs[0])
     assert isinstance(one, Data) and one.cell.shape == (1, 3, 3) and torch.equal(one.z, one.atomic_numbers)
-    assert_same_graph(AtomicGraph.from_pyg(one), gs[0])
+    assert_same_graph(from_pyg(one), gs[0])
     batched = batch_graphs(gs)
-    pyg = batched.to_pyg()
+    pyg = to_pyg(batched)
     assert isinstance(pyg, PygBatch) and pyg.num_graphs == 3
-    assert_same_graph(AtomicGraph.from_pyg(pyg), batched)
+    assert_same_graph(from_pyg(pyg), batched)
     # PyG's own collation of the one-structure Data objects gives the same graph
-    assert_same_graph(AtomicGraph.from_pyg(PygBatch.from_data_list([g.to_pyg() for g in gs])), batched)
+    assert_same_graph(from_pyg(PygBatch.from_data_list([to_pyg(g) for g in gs])), batched)
 
 
 def test_model_on_a_pyg_batch_gives_the_same_energies_and_forces():
     model = make_model(0).double()
     batched = batch_graphs(graphs(model.cutoff))
-    pyg = batched.to_pyg()
+    pyg = to_pyg(batched)
     direct = model(batched.numbers, batched.positions, batched.edge_index, batched.shifts, batched.cell, batched.batch,
                    batched.num_graphs)
     via_pyg = model(pyg)
     assert torch.equal(direct["energy"], via_pyg["energy"]) and torch.equal(direct["energies"], via_pyg["energies"])
     f_direct = compute(model, batched)["forces"]
-    f_pyg = compute(model, AtomicGraph.from_pyg(pyg))["forces"]
+    f_pyg = compute(model, from_pyg(pyg))["forces"]
     assert torch.equal(f_direct, f_pyg) and float(f_direct.abs().max()) > 1e-3
 
 
 def test_from_pyg_names_missing_fields_and_takes_non_periodic_data():
     with pytest.raises(ValueError, match="lacks z/atomic_numbers"):
-        AtomicGraph.from_pyg(Data(pos=torch.zeros(2, 3), edge_index=torch.zeros(2, 0, dtype=torch.long)))
+        from_pyg(Data(pos=torch.zeros(2, 3), edge_index=torch.zeros(2, 0, dtype=torch.long)))
     with pytest.raises(TypeError, match="or one PyG Data/Batch"):
         make_model(0)(torch.tensor([1]))
     # a plain molecular Data (no cell, pbc or offsets), as other PyG datasets have it

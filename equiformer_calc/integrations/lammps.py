@@ -14,7 +14,7 @@ A LAMMPS input (``units metal``) declares where the model's forces go::
 and :func:`run_input` runs the script, registering the model as that fix's callback right after
 the ``fix`` line (``equiformer-calc lammps in.lmp --elements Cu,O``; LAMMPS atom type k is the
 k-th element, or elements are guessed from the ``mass`` of each type). Each callback evaluates
-all atoms with :class:`~equiformer_calc.calculator.EquiformerCalculator` (neighbour-list skin
+all atoms with :class:`~equiformer_calc.calculators.local.EquiformerCalculator` (neighbour-list skin
 cache on), sets the forces, the global energy and, for 3D-periodic boxes, the global virial
 (``-V * stress``), so ``fix npt`` works.
 
