@@ -4,12 +4,13 @@
 # from the repository root. Round 0 (checkpoints/pbe-distilled-al/round0.yaml, a plain `train` run) must have
 # written round0/best.safetensors. Round 1: exploration + teacher labels + selection, then training until
 # STOP_AT (UTC), resumably. Next session: rerun this script with a later STOP_AT: every phase that finished
-# is skipped and the training continues from round1/state.pt.
+# is skipped and the training continues from roundN/state.pt (ROUNDS=2: round 2 after round 1).
 set -euo pipefail
 STOP_AT=${STOP_AT:-22:40}
+ROUNDS=${ROUNDS:-1}  # rounds from round 1 (finished rounds are skipped)
 export OMP_NUM_THREADS=1
 OUT=checkpoints/pbe-distilled-al
-ARGS=(--out "$OUT" --init "$OUT/round0/best.safetensors" --teacher sevennet --first-round 1 --rounds 1
+ARGS=(--out "$OUT" --init "$OUT/round0/best.safetensors" --teacher sevennet --first-round 1 --rounds "$ROUNDS"
       --explore-systems 100 --clean-fraction 0.15 --md-systems 25 --teacher-calls 550 --teacher-relax-systems 25
       --max-new-frames 1500 --train-steps 4000 --train-option val_every=250 --lr 5e-4 --warmup-steps 100 --threads 1 --seed 1 --no-progress)
 test -f "$OUT/round0/best.safetensors" || { echo "round 0 has not written $OUT/round0/best.safetensors"; exit 2; }
