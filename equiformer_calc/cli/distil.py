@@ -104,9 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _base_dir(name: str) -> Path | None:
     if name.lower() == "none":
         return None
-    path = Path(name)
-    if path.is_dir():
-        return path
+    for path in (Path(name), Path("checkpoints") / name):  # relative paths stay relative (campaign files move)
+        if path.is_dir():
+            return path
     from ..checkpoint import checkpoint_dirs
 
     for d in checkpoint_dirs():
