@@ -1,7 +1,7 @@
 #!/bin/bash
 # Active-learning distillation campaign (issue 23), as run in the background of a session:
 #   nohup nice -n 5 bash checkpoints/pbe-distilled-al/run_campaign.sh > /tmp/distil_campaign.log 2>&1 &
-# from the repository root. Round 0 (checkpoints/pbe-distilled-al/round0.yaml, a plain `train` run) must have
+# from the repository root, with the package's environment active (the [teacher] extra installed). Round 0 (checkpoints/pbe-distilled-al/round0.yaml, a plain `train` run) must have
 # written round0/best.safetensors. Round 1: exploration + teacher labels + selection, then training until
 # STOP_AT (UTC), resumably. Next session: rerun this script with a later STOP_AT: every phase that finished
 # is skipped and the training continues from roundN/state.pt (ROUNDS=2: round 2 after round 1).

@@ -902,6 +902,9 @@ def run_active_learning(
         previous_minima = [c for c in read_frames(previous) if c.info.get("frame_kind") == "minimum"
                            and c.info.get("anomalies", "none") == "none"] if previous.is_file() else []
         log.info("round %d (student %s): %s", number, init, ", ".join(rd.record["phases"]) or "starting")
+        if rd.done("train") and (rd.done("evaluate") or not (evaluate and pool.heldout)):
+            campaign["rounds"][str(number)] = rd.record  # a finished round: ``stop_after`` is about the next one
+            continue
         if not rd.done("explore"):
             starts = _starting_structures(cfg, pool, number, previous_minima)
             write_frames(starts, rd.path("starts.extxyz.xz"))

@@ -154,6 +154,16 @@ def test_one_round_end_to_end(tmp_path: Path, tiny_ckpt: Path) -> None:
     assert campaign["final_checkpoint"] == str(rd / "best.safetensors")
     assert read_metadata(rd / "best.safetensors")["training"]["config"]["init_from"] == str(tiny_ckpt)
 
+    # a second round: a finished round is skipped (``stop_after`` is about the next one), the new round starts
+    # from the previous round's best weights and some of its starts are the previous student minima
+    import dataclasses
+
+    run_active_learning(dataclasses.replace(cfg, rounds=2), pool, _train, progress=False, stop_after="explore")
+    assert list(json.loads((rd / "round.json").read_text())["phases"]) == ["explore", "label", "select", "train"]
+    assert list(json.loads((tmp_path / "al" / "round2" / "round.json").read_text())["phases"]) == ["explore"]
+    starts = read_frames(tmp_path / "al" / "round2" / "starts.extxyz.xz")
+    assert any(a.info["perturbation"] == "student_minimum" for a in starts)
+
 
 def _distil(out: Path, init: Path, log: Path, *extra: str, kill_at: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "EQC_TEST_CALL_LOG": str(log), "EQC_TEST_KILL_AT": str(kill_at), "OMP_NUM_THREADS": "1",
