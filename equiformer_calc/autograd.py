@@ -30,6 +30,7 @@ def compute(
     stress: bool = False,
     create_graph: bool = False,
     memory: str = "fast",
+    retain_graph: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Energies, and forces = -dE/dpos and stress = (1/V) dE/d(strain) from one autograd pass.
 
@@ -41,7 +42,8 @@ def compute(
     ``graph`` must already be on the model's device; its positions, cell and shifts may stay
     float64 (the model forms edge vectors in float64 and casts them to its own dtype). ``stress``
     requires every graph of the batch to be periodic in 3D. With ``create_graph`` the results can be differentiated
-    again (training on forces). Returns ``energy`` (B,) float64, ``energies`` (N,) float64,
+    again (training on forces); with ``retain_graph`` the graph survives the backward pass (the
+    committee's per-member forces, :mod:`equiformer_calc.committee`). Returns ``energy`` (B,) float64, ``energies`` (N,) float64,
     ``forces`` (N, 3) and ``stress`` (B, 3, 3) in the graph's positions' dtype.
     """
     positions = graph.positions
@@ -68,7 +70,8 @@ def compute(
     results = dict(out)
     if inputs:
         grads = torch.autograd.grad(
-            out["energy"].sum(), inputs, create_graph=create_graph, allow_unused=True
+            out["energy"].sum(), inputs, create_graph=create_graph, retain_graph=retain_graph or create_graph,
+            allow_unused=True,
         )
         grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs)]
         if forces:

@@ -64,7 +64,8 @@ def available_checkpoints() -> dict[str, Path]:
     for d in checkpoint_dirs():
         if d.is_dir():
             for f in sorted(d.glob("*.safetensors")):
-                found.setdefault(f.stem, f)
+                if not f.name.endswith(".committee.safetensors"):  # a checkpoint's committee, not a model
+                    found.setdefault(f.stem, f)
     return found
 
 

@@ -146,6 +146,18 @@ class Predictor:
         self.max_atoms_per_batch = int(max_atoms_per_batch)
         #: the memory rules of every call (:class:`~equiformer_calc.memory.MemoryBudget`)
         self.budget = MemoryBudget(MemoryModel(self.model.config, self.dtype), **budget)
+        #: a :class:`~equiformer_calc.committee.HeadCommittee` (set by :meth:`set_committee`): adds
+        #: ``energy_uncertainty`` / ``energy_committee`` (and ``forces_uncertainty``) to every result
+        self.committee: Any = None
+        self.uncertainty = "off"
+
+    def set_committee(self, committee: Any, uncertainty: str = "energy") -> None:
+        """Attach a :class:`~equiformer_calc.committee.HeadCommittee` (None detaches it);
+        ``uncertainty`` "energy", "forces" or "off" (see :data:`~equiformer_calc.committee.UNCERTAINTY_MODES`)."""
+        if uncertainty not in ("off", "energy", "forces"):
+            raise ValueError(f"uncertainty must be 'off', 'energy' or 'forces', got {uncertainty!r}")
+        self.committee = None if committee is None or uncertainty == "off" else committee.to(self.device, self.dtype)
+        self.uncertainty = uncertainty if self.committee is not None else "off"
 
     @property
     def cutoff(self) -> float:
@@ -278,7 +290,11 @@ class Predictor:
             batch = batch_graphs(graphs)
             mode = self.memory_mode(batch.num_edges, properties, len(chunk))
             with torch.set_grad_enabled(want_forces or want_stress), self._threads_for(batch):
-                out = compute(self.model, batch, forces=want_forces, stress=want_stress, memory=mode)
+                if self.committee is None:
+                    out = compute(self.model, batch, forces=want_forces, stress=want_stress, memory=mode)
+                else:
+                    out = self.committee.compute(self.model, batch, want_forces, want_stress, mode,
+                                                 force_uncertainty=self.uncertainty == "forces")
             ptr = batch.ptr.tolist()
             energy = out["energy"].detach().cpu().numpy()
             energies = out["energies"].detach().cpu().numpy()
@@ -293,6 +309,11 @@ class Predictor:
                     r["forces"] = f[ptr[b] : ptr[b + 1]].copy()
                 if s is not None:
                     r["stress"] = s[b].copy()
+                if "energy_uncertainty" in out:
+                    r["energy_uncertainty"] = float(out["energy_uncertainty"][b])
+                    r["energy_committee"] = out["energy_committee"][b].detach().cpu().numpy().copy()
+                if "forces_uncertainty" in out:
+                    r["forces_uncertainty"] = out["forces_uncertainty"][ptr[b] : ptr[b + 1]].detach().cpu().double().numpy()
         return results
 
     def _located_graph(self, it: _Item) -> AtomicGraph:

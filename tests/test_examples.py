@@ -38,6 +38,15 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "ipi_pimd_h_pt.py": (["--beads", "2", "--steps", "4"], ["ipi_pimd_h_pt/pimd.out", "ipi_pimd_h_pt/input.xml"]),
     "phonons.py": (["--supercell", "2", "--mesh", "6", "--points", "5"], ["phonons/phonons_cu.png"]),
     "elastic_constants.py": (["--metals", "Cu"], ["elastic/elastic_constants.csv"]),
+    "screen_verified.py": (
+        ["--metals", "Cu", "--adsorbates", "O", "--steps", "3", "--reference-steps", "3", "--top-k", "1"],
+        ["screen_verified/screen.db", "screen_verified/screen_summary.csv", "screen_verified/screen_heatmap.png"],
+    ),
+    "vibrations_co_cu111.py": (["--size", "2x2x3", "--steps", "5"], ["co_cu111_vibrations.csv"]),
+    "neb_o_cu111.py": (["--size", "2x2x3", "--images", "3", "--steps", "5"],
+                       ["neb_o_cu111/neb_profile.csv", "neb_o_cu111/neb_profile.png", "neb_o_cu111/neb_result.json"]),
+    "volcano.py": (["--metals", "Cu,Pt", "--adsorbates", "O,OH,H", "--size", "2x2x3", "--steps", "3"],
+                   ["volcano/che_volcano.png", "volcano/che_summary.csv", "volcano/che_diagram_Pt-111.png"]),
 }
 
 #: script -> the module of the optional extra it needs (the test skips only when that is missing)

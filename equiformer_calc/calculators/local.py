@@ -10,6 +10,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 
 from .base import EquiformerCalculatorBase, reject_unknown_keywords
 from ..checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
+from ..committee import attach_committee
 from ..graph import DEFAULT_MIN_DISTANCE_RATIO, NeighborListCache
 from ..integrations.d3 import D3, DispersionPredictor, parse_dispersion
 from ..model import Equiformer
@@ -50,7 +51,11 @@ class EquiformerCalculator(EquiformerCalculatorBase):
     ``model=`` the name of the checkpoint the model came from, ``None`` for a model built in
     memory) and ``checkpoint_sha256`` (the digest of that file; give it to the constructor to
     insist on exactly that file), ``device``, ``dtype``, ``max_atoms_per_batch``, ``skin``,
-    ``min_distance_ratio``, ``dispersion``, ``xc`` and ``memory``. ``calc.set(...)`` changes the
+    ``min_distance_ratio``, ``dispersion``, ``xc``, ``memory`` and ``uncertainty`` (fixed once built:
+    "auto" gives ``results["energy_uncertainty"]`` (eV) and ``results["energy_committee"]`` (the members'
+    energies) when the checkpoint ships a committee of its weights, "forces" (or True) also
+    ``results["forces_uncertainty"]`` (eV/A per atom; one extra backward pass per member), "off" (or
+    False) none; see :mod:`equiformer_calc.committee`). ``calc.set(...)`` changes the
     ``settable`` ones; the model, device and dtype are fixed once built. The predictor works on its
     own copy of a ``model`` passed in (the caller's module is never converted or frozen).
     """
@@ -60,7 +65,7 @@ class EquiformerCalculator(EquiformerCalculatorBase):
     #: is a setting, to ``default_parameters``.
     keywords = (
         "checkpoint", "model", "device", "dtype", "max_atoms_per_batch", "skin", "min_distance_ratio", "dispersion", "xc",
-        "memory", "checkpoint_sha256",
+        "memory", "checkpoint_sha256", "uncertainty",
     )
     default_parameters: dict[str, Any] = {
         "checkpoint": None,
@@ -73,6 +78,7 @@ class EquiformerCalculator(EquiformerCalculatorBase):
         "dispersion": None,
         "xc": "pbe",
         "memory": "auto",
+        "uncertainty": "auto",
     }
     settable = ("max_atoms_per_batch", "skin", "min_distance_ratio", "dispersion", "xc", "memory")
 
@@ -89,6 +95,7 @@ class EquiformerCalculator(EquiformerCalculatorBase):
         xc: str = "pbe",
         memory: str = "auto",
         checkpoint_sha256: str | None = None,
+        uncertainty: Any = "auto",
         **kwargs: Any,
     ) -> None:
         reject_unknown_keywords(type(self).__name__, kwargs, self.keywords)
@@ -122,6 +129,8 @@ class EquiformerCalculator(EquiformerCalculatorBase):
             model, device=p["device"], dtype=p["dtype"], max_atoms_per_batch=p["max_atoms_per_batch"],
             min_distance_ratio=p["min_distance_ratio"], memory=p["memory"], copy_model=not owned,
         )
+        self.parameters["uncertainty"] = uncertainty
+        attach_committee(self.predictor, uncertainty)
 
     @property
     def model(self) -> Equiformer:
@@ -217,6 +226,7 @@ class EquiformerCalculator(EquiformerCalculatorBase):
             model, device=p["device"], dtype=p["dtype"], max_atoms_per_batch=p["max_atoms_per_batch"],
             min_distance_ratio=p["min_distance_ratio"], memory=p["memory"], copy_model=False,
         )
+        attach_committee(self.predictor, p.get("uncertainty", "auto"))
 
 
 def _skin(skin: float) -> float:

@@ -26,7 +26,7 @@ from typing import Sequence
 COMMANDS: dict[str, str] = {
     name: f"{__name__}.{name.replace('-', '_')}"
     for name in ("datagen", "train", "evaluate", "adsorbml", "relax", "md", "screen", "predict", "serve",
-                 "convert-reference", "ipi", "lammps", "distil", "specialize")
+                 "convert-reference", "ipi", "lammps", "neb", "vibrations", "free-energy", "distil", "specialize")
 }
 
 _HELP: dict[str, str] = {
@@ -44,6 +44,9 @@ _HELP: dict[str, str] = {
     "distil": "active-learning distillation: student exploration, teacher labels where it is wrong, continued training",
     "specialize": "fine-tune a checkpoint on your slabs/adsorbates against your reference calculator (active learning)",
     "lammps": "run a LAMMPS input with the model as its force field (fix external pf/callback)",
+    "neb": "reaction barrier between two relaxed structures by a climbing-image NEB (all images batched; resumable)",
+    "vibrations": "vibrational frequencies, ZPE and harmonic free energy of an adsorbate (displacements batched)",
+    "free-energy": "free energies, limiting potentials and volcano plots (CHE) from a screen's summary CSV and database",
 }
 
 
@@ -113,25 +116,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _classify(exc: BaseException) -> tuple[int, str | None]:
-    """(exit status, hint) of an error: 2 for wrong inputs, 1 for the unexpected."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if "MemoryBudgetError" in names:
-        return 2, "use a smaller structure, --memory low where the command has it, or free memory"
-    if "BudgetError" in names:
-        return 2, "use a smaller structure, or raise the memory budget where the command has one"
-    if "UnknownElementError" in names:
-        return 2, "use a checkpoint trained on these elements (--checkpoint)"
-    if "StructureError" in names:
-        return 2, "check the input structure (positions, cell, pbc)"
-    if "CheckpointError" in names:
-        return 2, "give a shipped checkpoint name (e.g. emt-small) or an existing .safetensors file"
-    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
-        return 2, "check the path"
-    if isinstance(exc, (ValueError, KeyError, IndexError, TypeError)):
-        return 2, "see --help for the expected values"
-    if isinstance(exc, MemoryError):
-        return 2, "use a smaller input"
-    return 1, "this looks like a bug; run with -v for the traceback and report it"
+    """(exit status, hint) of an error, from the package's one error table
+    (:mod:`equiformer_calc.errors`): 2 for wrong inputs, 1 for the unexpected."""
+    from ..errors import classify
+
+    kind = classify(exc)
+    return kind.exit_code, kind.hint
 
 
 def _report(command: str, message: str, hint: str | None, status: int, verbose: bool) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ._common import NONNEGATIVE_FLOAT, add_dispersion_arguments, device_type, error_line, number, read_structure
+from ._common import NONNEGATIVE_FLOAT, add_dispersion_arguments, device_type, number, read_structure
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -35,14 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc ipi``: read the structure, load the model, answer i-PI until it stops."""
     from ..calculators.local import EquiformerCalculator
-    from ..integrations.ipi import IPIConnectionError, run_client
+    from ..integrations.ipi import run_client
 
     atoms = read_structure(args.structure)
     calc = EquiformerCalculator(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, skin=args.skin,
                                 dispersion=args.dispersion, xc=args.xc)
-    try:
-        run_client(atoms, calc, unix=args.unix, host=args.host, port=args.port, wait_s=args.wait)
-    except IPIConnectionError as exc:  # what the user did (no server there), not a bug
-        error_line("ipi", f"{exc} (hint: check --unix/--port against i-PI's input, or raise --wait)")
-        return 2
+    # no server there (IPIConnectionError) is the user's doing: errors.py gives it exit 2 and a hint
+    run_client(atoms, calc, unix=args.unix, host=args.host, port=args.port, wait_s=args.wait)
     return 0

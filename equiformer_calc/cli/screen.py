@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
-    NONNEGATIVE_INT, OPTIMIZER_NAMES, POSITIVE_FLOAT, POSITIVE_INT, add_executor_arguments, add_model_arguments,
-    check_outputs, executor_from_args, read_structure,
+    NONNEGATIVE_FLOAT, NONNEGATIVE_INT, OPTIMIZER_NAMES, POSITIVE_FLOAT, POSITIVE_INT, add_executor_arguments,
+    add_model_arguments, check_outputs, executor_from_args, read_structure,
 )
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -55,6 +55,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--direct", action="store_true",
                         help="no relaxation: rank initial structures by a direct IS2RE model's predicted relaxed "
                              "adsorption energy (a converted OC20 IS2RE checkpoint); writes screen_direct_*.csv")
+    ref = parser.add_argument_group("top-k verification by a reference calculator (AdsorbML's ML+SP / ML+RX)")
+    ref.add_argument("--refine", metavar="CALC", default=None,
+                     help="verify the best ML sites of every group with this reference: a labeller name (emt, "
+                          "sevennet[:MODEL]) or module:factory returning any ASE calculator (your DFT set-up)")
+    ref.add_argument("--top-k", type=POSITIVE_INT, default=3, metavar="K", help="ML minima per group to verify (default 3)")
+    ref.add_argument("--refine-mode", choices=("sp", "relax"), default="sp",
+                     help="sp: the reference's single point at each ML minimum; relax: its relaxation from it")
+    ref.add_argument("--rank-by", choices=("energy", "lcb"), default="energy",
+                     help="pick the K lowest by ML E_ads, or by E_ads - KAPPA x its committee spread (lcb)")
+    ref.add_argument("--kappa", type=NONNEGATIVE_FLOAT, default=1.0, help="the spread's multiple for --rank-by lcb (default 1)")
+    ref.add_argument("--refine-fmax", type=POSITIVE_FLOAT, default=None, help="reference relaxations' fmax (default --fmax)")
+    ref.add_argument("--refine-steps", type=NONNEGATIVE_INT, default=300, help="reference relaxations' step limit (default 300)")
+    ref.add_argument("--journal-dir", default=None,
+                     help="folder of the reference calls' journals (default: DB.refine next to the database)")
+    parser.add_argument("--uncertainty-threshold", type=NONNEGATIVE_FLOAT, default=0.1, metavar="EV",
+                        help="committee spread of E_ads above which a best site is marked uncertain (default 0.1)")
+    parser.add_argument("--free-energy", action="store_true",
+                        help="add zpe, ts, g_corr, g_ads, free_energy columns to screen_summary.csv for each best site "
+                             "(batched vibrations; see `equiformer-calc free-energy`)")
+    parser.add_argument("--temperature", type=POSITIVE_FLOAT, default=298.15, help="K, with --free-energy (default 298.15)")
+    parser.add_argument("--pressure", type=POSITIVE_FLOAT, default=101325.0, help="Pa, gas references with --free-energy")
     add_model_arguments(parser)
     add_executor_arguments(parser)
     parser.add_argument("--chunk-size", type=POSITIVE_INT, default=16, metavar="K",
@@ -116,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
             optimizer=args.optimizer, fix_bottom=args.fix_bottom, site_kinds=args.site_kinds, out_dir=args.out_dir,
             batch_size=args.batch_size, device=args.device, dtype=args.dtype, retry_failed=args.retry_failed,
             executor=executor if fan_out else None, chunk_size=args.chunk_size,
+            refine=args.refine, top_k=args.top_k, refine_mode=args.refine_mode, rank_by=args.rank_by,
+            kappa=args.kappa, refine_fmax=args.refine_fmax, refine_steps=args.refine_steps,
+            journal_dir=args.journal_dir, uncertainty_threshold=args.uncertainty_threshold,
         )
     for r in result.summary:
         log.info(
@@ -123,8 +147,29 @@ def run(args: argparse.Namespace) -> int:
             r["surface"], r["adsorbate"], "  n/a " if not np.isfinite(r["e_ads_min"]) else f"{r['e_ads_min']:+.3f}",
             r["site"] or "-", f" -> {r['final_site']}" if r["moved"] else "", r["n_valid"], r["n_sites"],
         )
+        if args.refine is not None:
+            e_ref = r.get("e_ads_ref", float("nan"))
+            log.info("%-14s %-4s reference (%s) E_ads,min = %s eV at %s (%d reference calls)", r["surface"],
+                     r["adsorbate"], args.refine_mode, "  n/a " if not np.isfinite(e_ref) else f"{e_ref:+.3f}",
+                     r.get("ref_site") or "-", r.get("ref_calls", 0))
+    if result.refine is not None:
+        ref = result.refine
+        log.info("reference %s (%s, top %d): %d reference calls (%d for gas + slabs), %d paid by this run in %.1f s",
+                 ref.labeller, ref.mode, args.top_k, ref.calls, ref.reference_calls, ref.paid_calls, ref.seconds)
+        for key, error in ref.errors.items():
+            log.error("reference %s: %s", key, error)
+    if args.free_energy:  # the computation lives in workflows.thermo
+        from ..workflows.thermo import screen_free_energies, write_summary_csv
+
+        calc = calculator or resolve_calculator(None, args.checkpoint, args.device, args.dtype)
+        result.summary = screen_free_energies(result.summary, result.db, calc, args.temperature, args.pressure,
+                                              journal=Path(args.out_dir) / "vibrations_journal.jsonl")
+        result.files["summary"] = write_summary_csv(result.summary, Path(args.out_dir) / "screen_summary.csv")
+        for r in result.summary:
+            log.info("%-14s %-4s G_ads = %+.3f eV (ZPE %.3f, TS %.3f eV at %g K)", r["surface"], r["adsorbate"],
+                     r["g_ads"], r["zpe"], r["ts"], args.temperature)
     log.info("database %s; wrote %s", result.db, ", ".join(str(p) for p in result.files.values()))
-    if result.errors:
+    if result.errors or (result.refine is not None and result.refine.errors):
         log.error("%d task(s) failed (listed above and in screen_sites.csv); rerun to retry tasks that did not run, "
                   "add --retry-failed to redo failed structures", len(result.errors))
         return 1

@@ -55,10 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (default 16)")
     parser.add_argument("--request-timeout", type=float, default=120.0,
                         help="seconds (queueing included) before a request gets 504 (default 120)")
+    parser.add_argument("--parse-timeout", type=float, default=60.0,
+                        help="seconds one request body may take to read and check (in a parser process, off the "
+                             "event loop); 413 above (default 60)")
     parser.add_argument("--max-queued-requests", type=int, default=1024,
                         help="503 beyond this many waiting requests (default 1024)")
     parser.add_argument("--graceful-timeout", type=float, default=60.0,
-                        help="on SIGTERM/SIGINT, seconds to let in-flight requests finish (default 60)")
+                        help="on SIGTERM/SIGINT, seconds to let in-flight requests finish (default 60); the process "
+                             "is gone within this + 15 s in every case")
     parser.add_argument("--keep-alive", type=float, default=30.0,
                         help="seconds an idle client connection stays open; clients reconnect transparently "
                              "(default 30)")
@@ -86,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             isolate=not args.no_isolation,
             max_body_bytes=int(args.max_body_mb * (1 << 20)),
             request_timeout_s=args.request_timeout,
+            parse_timeout_s=args.parse_timeout,
             max_batch_atoms=args.max_batch_atoms,
             max_wait_ms=args.max_wait_ms,
             batching=not args.no_batching,

@@ -25,8 +25,9 @@ import numpy as np
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..graph import Structure, structure_from_atoms
+from ..protocols import PredictorLike
 
-__all__ = ["D3", "DispersionPredictor", "DAMPINGS", "parse_dispersion"]
+__all__ = ["D3", "DispersionPredictor", "DAMPINGS", "D3_MAX_Z", "D3ElementError", "check_d3_elements", "parse_dispersion"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,30 @@ DAMPINGS = {
     "d3bjm": "ModifiedRationalDampingParam",
     "d3zerom": "ModifiedZeroDampingParam",
 }
+
+#: simple-dftd3 has D3 reference data for H to Lr (Z 1-103). Probed on dftd3 1.7.0 with a dimer of
+#: each element at 3 A: Z 1-103 give finite non-zero energies; Rf-Nh (104-113) and Ts (117) give
+#: 0.0 or garbage (Db ~1e-117; Sg NaN in one process, -1.7e-10 in another), and Fl, Mc, Lv and Og
+#: (114-116, 118) crash or hang the library.
+D3_MAX_Z = 103
+
+
+class D3ElementError(ValueError):
+    """A structure has elements outside D3's parameter table (see :data:`D3_MAX_Z`)."""
+
+
+def check_d3_elements(numbers: Any) -> None:
+    """Raise :class:`D3ElementError` naming the elements D3 has no parameters for (before the
+    library is called: it crashes on some of them and silently returns 0 for others)."""
+    from ase.data import chemical_symbols
+
+    z = np.unique(np.asarray(numbers, dtype=np.int64))
+    bad = z[(z < 1) | (z > D3_MAX_Z)]
+    if bad.size:
+        names = ", ".join(chemical_symbols[int(b)] if 0 < b < len(chemical_symbols) else f"Z={int(b)}" for b in bad)
+        raise D3ElementError(f"D3 dispersion has no parameters for {names}: simple-dftd3 covers H to Lr "
+                             f"(Z 1-{D3_MAX_Z})")
+
 
 _INSTALL_HINT = "D3 dispersion needs simple-dftd3's Python package: pip install 'equiformer-calc[d3]' (or pip install dftd3)"
 
@@ -132,6 +157,7 @@ class D3:
         from ase.units import Bohr, Hartree
 
         s = structure if isinstance(structure, Structure) else structure_from_atoms(structure)
+        check_d3_elements(s.numbers)
         periodic = bool(np.all(s.pbc))
         want_stress = periodic if stress is None else bool(stress)
         if want_stress and not periodic:
@@ -172,7 +198,7 @@ class DispersionPredictor:
     batched workflows take it in place of a plain predictor.
     """
 
-    def __init__(self, predictor: Any, d3: D3) -> None:
+    def __init__(self, predictor: PredictorLike, d3: D3) -> None:
         self.predictor = predictor
         self.d3 = d3
 

@@ -27,9 +27,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 from ..graph import Structure, StructureError
+from ..protocols import PredictorLike
 
 __all__ = ["Batcher", "BatchStats", "Job", "BatcherClosedError", "RequestTimeoutError", "QueueFullError"]
 
@@ -46,14 +47,6 @@ class QueueFullError(RuntimeError):
 
 class RequestTimeoutError(TimeoutError):
     """A request was not answered within its timeout."""
-
-
-class PredictorLike(Protocol):
-    """What the batcher needs from :class:`~equiformer_calc.predictor.Predictor`."""
-
-    def predict(self, structures: Sequence[Any], properties: Sequence[str] = ...) -> list[dict[str, Any]]: ...
-
-    def graph(self, structure: Structure) -> Any: ...
 
 
 @dataclass
@@ -356,8 +349,10 @@ class Batcher:
 
 
 def _select(result: dict[str, Any], properties: Sequence[str]) -> dict[str, Any]:
-    """Keep the energy and the asked-for properties of one structure's result."""
-    return {k: v for k, v in result.items() if k == "energy" or k in properties}
+    """Keep the energy, the asked-for properties and their committee spreads (``energy_uncertainty``, and
+    ``forces_uncertainty`` with forces, when the model has a committee) of one structure's result."""
+    keep = {"energy", "energy_uncertainty", *properties, *(["forces_uncertainty"] if "forces" in properties else [])}
+    return {k: v for k, v in result.items() if k in keep}
 
 
 def _set_exception(job: Job, exc: Exception) -> None:

@@ -101,7 +101,7 @@ def atoms_to_json(atoms: Atoms) -> dict[str, Any]:
 def _result_from_json(result: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in result.items():
-        if key in ("energy", "free_energy"):
+        if key in ("energy", "free_energy", "energy_uncertainty"):
             out[key] = float(value)
         elif key == "forces":
             out[key] = np.asarray(value, dtype=np.float64).reshape(-1, 3)

@@ -1,25 +1,20 @@
 """The service's wire format: request and response schemas (pydantic; the OpenAPI document is
-built from them), the error type and how a request's structures are read and checked against the
-server's limits before anything is queued (no FastAPI app here: :mod:`.app` builds it)."""
+built from them), the error type and the server's limits (how a request is read and checked is
+:mod:`.parsing`; no FastAPI app here: :mod:`.app` builds it)."""
 
 from __future__ import annotations
 
-import io
-from typing import Annotated, Any, Literal, Sequence
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..graph import Structure, StructureError, estimate_edges
-from ..model import UnknownElementError
-from ..predictor import ALL_PROPERTIES
 
 __all__ = [
     "Property", "StructureIn", "PredictRequest", "PredictionOut", "ModelRef", "PredictResponse", "ModelInfo",
     "ModelsResponse", "HealthResponse", "ErrorDetail", "ErrorResponse", "Limits", "ApiError", "STATUS_TYPES",
-    "format_validation_error", "structure_numbers", "read_extxyz", "check_sizes", "check_edges",
-    "validate_structures", "parse_properties", "result_json",
+    "format_validation_error", "result_json",
 ]
 
 Property = Literal["energy", "free_energy", "energies", "forces", "stress"]
@@ -72,6 +67,9 @@ class PredictionOut(BaseModel):
     forces: list[list[float]] | None = Field(None, description="eV/Angstrom, shape (N, 3)")
     stress: list[float] | None = Field(None, description="eV/Angstrom^3, Voigt order xx yy zz yz xz xy")
     energies: list[float] | None = Field(None, description="per-atom energies in eV, summing to energy")
+    energy_uncertainty: float | None = Field(
+        None, description="eV: the spread of the checkpoint's committee (when it ships one)")
+    forces_uncertainty: list[float] | None = Field(None, description="eV/Angstrom per atom (committee spread)")
 
 
 class ModelRef(BaseModel):
@@ -136,6 +134,9 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers
 
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses the parser process boundary intact
+        return (type(self), (self.status, self.type, self.message, self.headers))
+
 
 STATUS_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                  413: "too_large", 415: "unsupported_media_type", 422: "invalid_request", 500: "internal", 503: "unavailable",
@@ -173,40 +174,6 @@ def format_validation_error(exc: ValidationError | RequestValidationError) -> st
     return shown
 
 
-# ---------------------------------------------------------------------------------- parsing
-def structure_numbers(k: int, s: StructureIn) -> list[int]:
-    if s.numbers is not None and s.symbols is not None:
-        raise ApiError(422, "invalid_request", f"structure {k}: give either 'numbers' or 'symbols', not both")
-    if s.numbers is not None:
-        return s.numbers
-    if s.symbols is None:
-        raise ApiError(422, "invalid_request", f"structure {k}: 'numbers' (atomic numbers) or 'symbols' is required")
-    from ase.data import atomic_numbers
-
-    bad = [sym for sym in s.symbols if sym not in atomic_numbers or sym == "X"]
-    if bad:
-        raise ApiError(422, "invalid_structure", f"structure {k}: unknown chemical symbol(s) {sorted(set(bad))}")
-    return [atomic_numbers[sym] for sym in s.symbols]
-
-
-def read_extxyz(text: str) -> list[tuple[Any, Any, Any, Any]]:
-    """extxyz text -> (numbers, positions, cell, pbc) per frame."""
-    from ase.io import read
-
-    if not text.strip():
-        raise ApiError(400, "invalid_extxyz", "the extxyz input is empty")
-    try:
-        images = read(io.StringIO(text), index=":", format="extxyz")
-    except Exception as exc:  # noqa: BLE001 - ase raises many types for malformed files
-        message = f"could not parse the extxyz input: {type(exc).__name__}: {exc}"
-        raise ApiError(400, "invalid_extxyz", message) from None
-    if not isinstance(images, list):
-        images = [images]
-    if not images:
-        raise ApiError(400, "invalid_extxyz", "the extxyz input holds no structure")
-    return [(a.get_atomic_numbers(), a.get_positions(), a.cell.array, a.pbc) for a in images]
-
-
 class Limits(BaseModel):
     """Request limits of one server."""
 
@@ -223,69 +190,9 @@ class Limits(BaseModel):
     request_timeout_s: float
 
 
-def check_sizes(sizes: Sequence[int], limits: Limits) -> None:
-    if not sizes:
-        raise ApiError(422, "invalid_request", "no structures given: 'structures' is empty")
-    for k, n in enumerate(sizes):
-        if n > limits.max_atoms_per_structure:
-            raise ApiError(413, "too_large", f"structure {k} has {n} atoms; this server accepts at most "
-                                             f"{limits.max_atoms_per_structure} atoms per structure")
-    total = sum(sizes)
-    if total > limits.max_atoms_per_request:
-        raise ApiError(413, "too_large", f"the request has {total} atoms in {len(sizes)} structures; this server "
-                                         f"accepts at most {limits.max_atoms_per_request} atoms per request")
-
-
-def check_edges(structures: Sequence[Structure], cutoff: float, limits: Limits, bytes_per_edge: float,
-                 mode: str = "fast") -> None:
-    """413 for a structure or a request whose estimated edge count is over its limit (the estimate
-    is cheap: no neighbour search; see :func:`~equiformer_calc.graph.estimate_edges`)."""
-    budget = "" if limits.memory_budget_bytes is None else (
-        f" (the server's memory budget of {limits.memory_budget_bytes / 2**30:.3g} GiB at about "
-        f"{bytes_per_edge / 1024:.1f} KiB per edge in memory='{mode}' mode)")
-    total = 0
-    for k, structure in enumerate(structures):
-        try:
-            edges = estimate_edges(structure, cutoff)
-        except StructureError as exc:
-            raise StructureError(f"structure {k}: {exc}") from None
-        if edges > limits.max_edges_per_structure:
-            raise ApiError(413, "too_large", f"structure {k} ({len(structure)} atoms) makes about {edges:,} edges "
-                                             f"with the {cutoff:g} A cutoff; this server accepts at most "
-                                             f"{limits.max_edges_per_structure:,} edges per structure{budget}")
-        total += edges
-    if total > limits.max_edges_per_request:
-        raise ApiError(413, "too_large", f"the request's {len(structures)} structures make about {total:,} edges; "
-                                         f"this server accepts at most {limits.max_edges_per_request:,} edges per "
-                                         f"request{budget}")
-
-
-def validate_structures(predictor: Any, raw: Sequence[tuple[Any, Any, Any, Any]]) -> list[Structure]:
-    """Arrays -> validated structures with supported elements, or a 422 naming the structure."""
-    out: list[Structure] = []
-    for k, (numbers, positions, cell, pbc) in enumerate(raw):
-        try:
-            structure = Structure.from_arrays(numbers, positions, cell, pbc)
-            out.append(predictor.to_structure(structure))
-        except UnknownElementError as exc:
-            raise ApiError(422, "unknown_element", f"structure {k}: {exc}") from None
-        except StructureError as exc:
-            raise ApiError(422, "invalid_structure", f"structure {k}: {exc}") from None
-    return out
-
-
-def parse_properties(values: Sequence[str]) -> list[str]:
-    props: list[str] = []
-    for value in values:
-        props += [p.strip() for p in value.split(",") if p.strip()]
-    unknown = [p for p in props if p not in ALL_PROPERTIES]
-    if unknown:
-        raise ApiError(422, "invalid_request", f"unknown properties {unknown}; available: {list(ALL_PROPERTIES)}")
-    return props or ["energy", "forces"]
-
-
 def result_json(result: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in result.items():
-        out[key] = float(value) if key in ("energy", "free_energy") else np.asarray(value, dtype=np.float64).tolist()
+        scalar = key in ("energy", "free_energy", "energy_uncertainty")
+        out[key] = float(value) if scalar else np.asarray(value, dtype=np.float64).tolist()
     return out

@@ -3,7 +3,11 @@
 :class:`IsolatedPredictor` has the predictor interface the batcher needs. Validation, budgets and
 model information are answered in the server process by a local :class:`~equiformer_calc.predictor.Predictor`
 (cheap, no model call); ``predict`` sends the structures to a worker process that holds its own
-copy of the model (same weights, device, dtype and limits). When the worker dies (a signal, an
+copy of the model (same weights, device, dtype and limits) and, with ``dispersion``, its own D3
+term (:class:`~equiformer_calc.integrations.d3.DispersionPredictor`): D3 runs in the worker
+too, so a crash of the D3 library is a worker crash, not a server crash. Structures and results
+cross the pipe packed into a few arrays (:mod:`.packing`), so a large request does not hold the
+server's GIL while it is pickled. When the worker dies (a signal, an
 abort in compiled code, the kernel's OOM killer) the call raises :class:`WorkerCrashedError`
 naming how it died, and a fresh worker is started for the next call; when it runs longer than
 ``timeout_s`` it is killed and restarted, and the call raises :class:`WorkerTimeoutError`.
@@ -22,10 +26,11 @@ import signal
 import threading
 import time
 from multiprocessing.connection import Connection, wait
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..graph import Structure
 from ..predictor import Predictor
+from .packing import pack_results, pack_structures, unpack_results, unpack_structures
 
 __all__ = ["IsolatedPredictor", "WorkerCrashedError", "WorkerTimeoutError", "ABORT_MARKER_ENV"]
 
@@ -53,7 +58,7 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with status {code}"
 
 
-def _spec_of(predictor: Predictor) -> dict[str, Any]:
+def _spec_of(predictor: Predictor, dispersion: tuple[str, str] | None = None) -> dict[str, Any]:
     """What a worker needs to rebuild ``predictor``: config, weights (safetensors bytes), settings."""
     from safetensors.torch import save
     import torch
@@ -72,6 +77,7 @@ def _spec_of(predictor: Predictor) -> dict[str, Any]:
         "memory_budget": predictor.memory_budget,
         "max_edges": predictor.max_edges,
         "threads": torch.get_num_threads(),
+        "dispersion": dispersion,
     }
 
 
@@ -93,9 +99,31 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:  # pragma: no 
         min_distance_ratio=spec["min_distance_ratio"], memory=spec["memory"], memory_budget=spec["memory_budget"],
         max_edges=spec["max_edges"], threads=spec["call_threads"], copy_model=False,
     )
+    from ..committee import attach_committee
+
+    attach_committee(predictor, "auto")  # the isolated worker's model: its checkpoint's committee
+    if spec["dispersion"] is not None:  # D3 in this process: a crash of its library is a worker crash
+        from ..integrations.d3 import D3, DispersionPredictor
+
+        name, xc = spec["dispersion"]
+        predictor = DispersionPredictor(predictor, D3(name, xc=xc))  # type: ignore[assignment]
     marker = os.environ.get(ABORT_MARKER_ENV)
     abort_at = float(marker) if marker else None
     conn.send(("ready", os.getpid()))
+
+    def handle(message: Any) -> tuple[str, Any]:
+        packed, properties = message
+        structures = unpack_structures(packed)
+        if abort_at is not None and any(len(s) and s.positions[0, 0] == abort_at for s in structures):
+            os.abort()
+        return ("ok", pack_results(predictor.predict(structures, properties)))
+
+    serve_pipe(conn, handle)
+
+
+def serve_pipe(conn: Connection, handle: Callable[[Any], tuple[str, Any]]) -> None:  # pragma: no cover - children
+    """A child process's loop: answer each message from ``conn`` with ``handle(message)`` (an
+    exception is sent back as ``("error", exc)``) until the parent sends None or goes away."""
     while True:
         try:
             message = conn.recv()
@@ -103,11 +131,8 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:  # pragma: no 
             return
         if message is None:
             return
-        structures, properties = message
-        if abort_at is not None and any(len(s) and s.positions[0, 0] == abort_at for s in structures):
-            os.abort()
         try:
-            reply = ("ok", predictor.predict(structures, properties))
+            reply = handle(message)
         except Exception as exc:  # noqa: BLE001 - every error goes back to the request
             reply = ("error", exc)
         try:
@@ -120,27 +145,49 @@ class IsolatedPredictor:
     """A :class:`Predictor` whose model calls run in a worker process (see the module docstring).
 
     ``predictor`` is the local predictor (validation, estimates, model information; its model is
-    copied into the worker). ``timeout_s``: longest model call before the worker is killed
+    copied into the worker). ``dispersion``: (damping name, xc) of a D3 term the worker adds to
+    every result, or None. ``timeout_s``: longest model call before the worker is killed
     (``None``: no limit). ``start_timeout_s``: how long a worker may take to start.
     """
 
-    def __init__(self, predictor: Predictor, timeout_s: float | None = None, start_timeout_s: float = 300.0) -> None:
+    def __init__(self, predictor: Predictor, timeout_s: float | None = None, start_timeout_s: float = 300.0,
+                 dispersion: tuple[str, str] | None = None) -> None:
         self.local = predictor
+        self.dispersion = dispersion
         self.timeout_s = timeout_s
         self.start_timeout_s = float(start_timeout_s)
         self.restarts = 0
         self.crashes = 0
-        self._spec = _spec_of(predictor)
+        self._spec = _spec_of(predictor, dispersion)
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._conn: Connection | None = None
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ what the server reads
-    def __getattr__(self, name: str) -> Any:  # elements, cutoff, dtype, device, model, limits ...
-        if name.startswith("_") or name == "local":
-            raise AttributeError(name)
-        return getattr(self.local, name)
+    @property
+    def elements(self) -> list[str]:
+        return self.local.elements
+
+    @property
+    def cutoff(self) -> float:
+        return self.local.cutoff
+
+    @property
+    def dtype(self) -> Any:
+        return self.local.dtype
+
+    @property
+    def device(self) -> Any:
+        return self.local.device
+
+    @property
+    def model(self) -> Any:
+        return self.local.model
+
+    @property
+    def max_atoms_per_batch(self) -> int:
+        return self.local.max_atoms_per_batch
 
     def to_structure(self, item: Any) -> Structure:
         return self.local.to_structure(item)
@@ -218,7 +265,7 @@ class IsolatedPredictor:
             assert self._conn is not None and self._process is not None
             conn, process = self._conn, self._process
             start = time.monotonic()
-            conn.send((list(structures), list(properties)))
+            conn.send((pack_structures(list(structures)), list(properties)))
             ready = wait([conn, process.sentinel], timeout=self.timeout_s)
             reply = None
             if conn in ready:
@@ -245,4 +292,4 @@ class IsolatedPredictor:
         kind, payload = reply
         if kind == "error":
             raise payload
-        return payload
+        return unpack_results(payload)

@@ -21,7 +21,7 @@ from ase.build import molecule
 from ase.data import atomic_numbers, reference_states
 
 __all__ = [
-    "METALS", "TEACHER_METALS", "EMT_LATTICE_CONSTANTS", "ADSORBATES", "GAS_MOLECULES", "REFERENCE_MOLECULES",
+    "METALS", "TEACHER_METALS", "EMT_LATTICE_CONSTANTS", "ADSORBATES", "EXTRA_ADSORBATES", "GAS_MOLECULES", "REFERENCE_MOLECULES",
     "REFERENCE_SCHEME", "ase_lattice_constant", "lattice_constant", "build_adsorbate", "adsorbate_template",
     "gas_molecule", "reference_potentials", "gas_reference_energy",
 ]
@@ -64,6 +64,13 @@ ADSORBATES: dict[str, tuple[tuple[str, ...], tuple[tuple[float, float, float], .
     "H2O": (("O", "H", "H"), ((0.0, 0.0, 0.0), (0.76, 0.0, 0.59), (-0.76, 0.0, 0.59))),
 }
 
+#: Electrocatalysis intermediates (ORR/OER: OOH*; CO2 reduction: carbon-bound COOH*), templates of the same
+#: form; named adsorbates for screening, kept out of :data:`ADSORBATES` (the data-generation domain).
+EXTRA_ADSORBATES: dict[str, tuple[tuple[str, ...], tuple[tuple[float, float, float], ...]]] = {
+    "OOH": (("O", "O", "H"), ((0.0, 0.0, 0.0), (0.0, 0.0, 1.45), (0.93, 0.0, 1.75))),
+    "COOH": (("C", "O", "O", "H"), ((0.0, 0.0, 0.0), (-1.0, 0.0, 0.70), (1.10, 0.0, 0.80), (1.95, 0.0, 1.27))),
+}
+
 #: Gas-phase molecules (ASE's g2 names) of the teacher dataset: adsorption energies need them.
 GAS_MOLECULES: tuple[str, ...] = ("H2", "H2O", "CO", "N2", "CO2", "NH3", "CH4", "O2", "NO", "CH3OH")
 #: The gas-phase molecules of OC20's element references (see :func:`reference_potentials`).
@@ -92,8 +99,8 @@ def lattice_constant(metal: str) -> float:
 
 
 def build_adsorbate(name: str) -> Atoms:
-    """The adsorbate template of :data:`ADSORBATES`: binding atom (index 0) at the origin, molecule along +z."""
-    symbols, positions = ADSORBATES[name]
+    """The adsorbate template of :data:`ADSORBATES` or :data:`EXTRA_ADSORBATES`: binding atom (index 0) at the origin, molecule along +z."""
+    symbols, positions = ADSORBATES[name] if name in ADSORBATES else EXTRA_ADSORBATES[name]
     return Atoms(symbols=list(symbols), positions=np.array(positions, dtype=float))
 
 
@@ -109,8 +116,9 @@ def adsorbate_template(adsorbate: str | Atoms) -> tuple[str, Atoms]:
         template.translate(-template.positions[0])
         name = str(template.info.get("name") or template.get_chemical_formula(mode="hill"))
         return name, template
-    if adsorbate not in ADSORBATES:
-        raise ValueError(f"unknown adsorbate {adsorbate!r}; named ones: {', '.join(ADSORBATES)} (or pass ase.Atoms)")
+    if adsorbate not in ADSORBATES and adsorbate not in EXTRA_ADSORBATES:
+        raise ValueError(f"unknown adsorbate {adsorbate!r}; named ones: {', '.join([*ADSORBATES, *EXTRA_ADSORBATES])} "
+                         "(or pass ase.Atoms)")
     return str(adsorbate), build_adsorbate(adsorbate)
 
 

@@ -141,6 +141,23 @@ def test_screen_on_dask_equals_in_process(model, dask_executor, serial_reference
 
 
 @pytest.mark.slow
+def test_refinement_on_dask_equals_in_process(model, dask_executor, tmp_path):
+    """Top-k verification (issue 28): the reference's relaxations run as tasks on the Dask workers; the
+    reference rows are those of the in-process run, number for number."""
+    calc = EquiformerCalculator(model=model)
+    kw = dict(refine="emt", top_k=2, refine_mode="relax", site_kinds=["ontop", "fcc"])
+    here = screen(calc, tmp_path / "serial.db", SerialExecutor(), chunk_size=2, **kw)
+    there = screen(calc, tmp_path / "dask.db", dask_executor, chunk_size=2, **kw)
+    assert there.refine.errors == {} and there.refine.calls == here.refine.calls > 0
+    a, b = rows_by_key(tmp_path / "serial.db"), rows_by_key(tmp_path / "dask.db")
+    refs = [k for k in a if k.startswith("ref-")]
+    assert refs and sorted(refs) == sorted(k for k in b if k.startswith("ref-"))
+    for key in refs:
+        assert a[key].get("ref_energy") == b[key].get("ref_energy") and a[key].get("e_ads_ref") == b[key].get("e_ads_ref")
+        assert np.array_equal(a[key].positions, b[key].positions), key
+
+
+@pytest.mark.slow
 def test_screen_survives_sigkill_of_a_worker(model, client, dask_executor, serial_reference, tmp_path):
     client.wait_for_workers(2)
     killed: list[int] = []

@@ -175,3 +175,64 @@ def test_cli_relax_takes_dispersion(model, tmp_path):
     e_plain = read(tmp_path / "plain.traj", 0).get_potential_energy()
     e_d3 = read(tmp_path / "d3.traj", 0).get_potential_energy()
     assert e_d3 - e_plain == pytest.approx(D3("d3bj").compute(slab_with_adsorbate())["energy"], abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------ D3's element table
+def _dimer(symbol: str) -> "Atoms":
+    from ase import Atoms
+
+    return Atoms(symbol + "2", positions=[[0, 0, 0], [3.0, 0, 0]])
+
+
+def test_d3_table_bound_matches_the_library():
+    """D3_MAX_Z is where simple-dftd3's parameters end: a dimer of every element up to Lr (103)
+    gets a finite attractive term (over 1e-5 Hartree at 3 A); Rf and Bh (104, 107) get 0: no
+    parameters. Sg (106) gave NaN in one process and -1.7e-10 in another (memory the library never
+    set), and Fl-Og crash or hang it: never called here."""
+    from dftd3.interface import DispersionModel, RationalDampingParam
+
+    from equiformer_calc.integrations.d3 import D3_MAX_Z
+
+    def raw_energy(z: int) -> float:
+        model = DispersionModel(np.array([z, z]), np.array([[0.0, 0, 0], [0, 0, 5.67]]))
+        return float(model.get_dispersion(RationalDampingParam(method="pbe"), grad=False)["energy"])
+
+    assert D3_MAX_Z == 103
+    assert all(np.isfinite(e) and e < -1e-5 for e in map(raw_energy, range(1, D3_MAX_Z + 1)))
+    for z in (104, 107):
+        e = raw_energy(z)
+        assert not np.isfinite(e) or abs(e) < 1e-8, (z, e)
+
+
+def test_d3_refuses_elements_outside_its_table_by_name():
+    """The issue's reproduction: a model with H, O and Og under d3bj. The D3 library segfaults on
+    Og and returns 0.0 for Rf; the calculator refuses both by name before calling it."""
+    from equiformer_calc.integrations.d3 import D3ElementError, check_d3_elements
+    from equiformer_calc.model import Equiformer
+
+    model = Equiformer.from_preset("tiny", elements=["H", "O", "Og"])
+    atoms = _dimer("Og")
+    atoms.calc = EquiformerCalculator(model=model, dispersion="d3bj")
+    with pytest.raises(D3ElementError, match=r"no parameters for Og: simple-dftd3 covers H to Lr \(Z 1-103\)"):
+        atoms.get_potential_energy()
+    with pytest.raises(D3ElementError, match="Rf, Ts"):
+        D3("d3bj").compute(_dimer("Rf") + _dimer("Ts"))
+    check_d3_elements([1, 8, 103])  # the last element with parameters passes
+    assert D3("d3bj").compute(_dimer("Lr"))["energy"] < 0
+
+
+def test_cli_names_the_element_d3_cannot_handle(tmp_path, capsys):
+    from ase.io import write
+
+    from equiformer_calc.checkpoint import save_checkpoint
+    from equiformer_calc.cli import main as cli_main
+    from equiformer_calc.model import Equiformer
+
+    ckpt = save_checkpoint(Equiformer.from_preset("tiny", elements=["H", "O", "Og"]), tmp_path / "og.safetensors")
+    src = tmp_path / "og.extxyz"
+    write(src, _dimer("Og"))
+    status = cli_main(["relax", str(src), "--checkpoint", str(ckpt), "--steps", "0", "-o", str(tmp_path / "o.traj"),
+                       "--dispersion", "d3bj"])
+    err = capsys.readouterr().err
+    assert status == 2 and "error: D3 dispersion has no parameters for Og" in err, err
+    assert "hint: D3 has parameters for H to Lr" in err, err

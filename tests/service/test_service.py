@@ -430,7 +430,9 @@ BAD_INPUTS = {
     "stress_non_periodic": ({"structures": [as_json(bulk_cell()), _h2o()], "properties": ["energy", "stress"]},
                             422, "stress_unavailable", "structure 1, which is not periodic"),
     "unknown_property": ({"structures": [_h2o()], "properties": ["hessian"]}, 422, "invalid_request", "properties[0]"),
-    "bad_extxyz": ({"extxyz": "3\nx\nCu 0 0\n"}, 400, "invalid_extxyz", "could not parse the extxyz"),
+    "bad_extxyz": ({"extxyz": "2\nx\nCu 0 0\nCu 0 0\n"}, 400, "invalid_extxyz", "could not parse the extxyz"),
+    "truncated_extxyz": ({"extxyz": "3\nx\nCu 0 0 0\n"}, 422, "invalid_extxyz",
+                         "frame 0 declares 3 atoms but only 1 line(s) follow its header"),
     "empty_body": ("", 400, "invalid_json", "empty"),
 }
 
@@ -514,12 +516,14 @@ def test_client_timeout_is_a_clear_error(aux):
     with pytest.raises(RemoteTimeoutError, match="within 0.2 s"):
         calc.predict(many, properties=["energy"])
     # a read timeout is not sent again: the server finishes the one request it got
+    # (it is parsed off the event loop before it is queued: wait for its answer, not for the queue)
+    key = 'equiformer_http_requests_total{path="/v1/predict",status="200"}'
     deadline = time.monotonic() + 60
-    while http(aux.url + "/health", token=None)[1]["queue_depth"] > 0:
+    while metric_values(http(aux.url + "/metrics")[1]).get(key, 0) == before.get(key, 0):
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    time.sleep(0.5)  # a re-sent request would have been answered by now
     after = metric_values(http(aux.url + "/metrics")[1])
-    key = 'equiformer_http_requests_total{path="/v1/predict",status="200"}'
     assert after[key] - before.get(key, 0) == 1
 
 

@@ -238,3 +238,74 @@ def test_fuzzed_requests_get_no_5xx_and_do_not_crash_the_server(server, request_
     assert server.proc.poll() is None
     assert http(server.url + "/health", token=None)[0] == 200
     assert 200 in statuses and 422 in statuses  # the fuzz reached the model and the validators
+
+
+# ------------------------------------------------------------------------------------ fuzzing extxyz
+_SYMBOLS = ["H", "O", "Cu", "C", "Og", "Xx", ""]
+#: valid inputs among the fuzzed ones, so that the fuzz also reaches the model
+_GOOD_EXTXYZ = [
+    "3\nProperties=species:S:1:pos:R:3\nO 0 0 0.12\nH 0 0.76 -0.48\nH 0 -0.76 -0.48\n",
+    '1\nLattice="2.5 0 0 0 2.5 0 0 0 2.5" Properties=species:S:1:pos:R:3 pbc="T T T"\nCu 0 0 0\n',
+    "2\nProperties=species:S:1:pos:R:3\nH 0 0 0\nH 0.74 0 0\n",
+]
+
+
+@st.composite
+def _extxyz_texts(draw) -> str:
+    """extxyz-like text: frames whose declared count is true, a small lie, or huge (up to 10^14),
+    with well-formed or junk comment and atom lines, sometimes cut off or with trailing garbage."""
+    frames = []
+    for _ in range(draw(st.integers(1, 3))):
+        n = draw(st.integers(0, 6))
+        declared = draw(st.one_of(st.just(n), st.integers(-3, 12), st.integers(10**6, 10**14),
+                                  st.sampled_from(["x", "", " 2 ", "1e3", "2.0", "9" * 50])))
+        comment = draw(st.one_of(
+            st.just('Lattice="12 0 0 0 12 0 0 0 12" Properties=species:S:1:pos:R:3 pbc="T T T"'),
+            st.just("Properties=species:S:1:pos:R:3"), st.text(max_size=40)))
+        atoms = []
+        for _ in range(n):
+            symbol = draw(st.sampled_from(_SYMBOLS))
+            coords = draw(st.lists(st.one_of(st.floats(-6, 6), st.floats(allow_nan=True, allow_infinity=True),
+                                             st.text(max_size=4)), min_size=0, max_size=4))
+            atoms.append(" ".join([symbol, *map(str, coords)]))
+        frames.append("\n".join([str(declared), comment, *atoms]))
+    text = "\n".join(frames) + draw(st.sampled_from(["\n", "", "\n\n", "\njunk\n"]))
+    if draw(st.booleans()):
+        text = text[: draw(st.integers(0, len(text)))]
+    return text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["body", "field"])
+def test_fuzzed_extxyz_gets_no_5xx_in_bounded_time_and_health_answers(server, how):
+    """extxyz bodies and the JSON ``extxyz`` field, fuzzed (lying counts up to 10^14 included):
+    every answer is 200 or a 4xx naming the problem within a few seconds, and /health answers
+    right after each."""
+    import time
+
+    worst: list[float] = []
+    statuses: list[int] = []
+
+    @settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")), deadline=None,
+              suppress_health_check=list(HealthCheck), database=None)
+    @given(text=st.one_of(_extxyz_texts(), st.sampled_from(_GOOD_EXTXYZ)))
+    def fuzz(text: str) -> None:
+        start = time.perf_counter()
+        if how == "body":
+            status, answer, _ = http(server.url + "/v1/predict?properties=energy", text.encode(), token=None,
+                                     content_type="chemical/x-extxyz")
+        else:
+            status, answer = predict(server, {"extxyz": text, "properties": ["energy"]})
+        elapsed = time.perf_counter() - start
+        health_start = time.perf_counter()
+        assert http(server.url + "/health", token=None)[0] == 200
+        worst.append(max(elapsed, time.perf_counter() - health_start))
+        statuses.append(status)
+        assert status < 500, (status, answer, text[:300])
+        assert status == 200 or answer["error"]["message"], answer
+        assert elapsed < 10, (elapsed, text[:300])
+
+    fuzz()
+    assert server.proc.poll() is None
+    assert max(worst) < 10
+    assert 200 in statuses and 413 in statuses and {400, 422} & set(statuses), sorted(set(statuses))

@@ -14,7 +14,7 @@ from ase.build import fcc100, fcc111
 
 from equiformer_calc import EquiformerCalculator, relax, relax_batch, run_md, screen_adsorbates
 from equiformer_calc.cli import main as cli_main
-from equiformer_calc.surfaces import build_surface, reference_potentials
+from equiformer_calc.surfaces import ANOMALIES, build_surface, reference_potentials
 
 from ..helpers import make_model
 from .shared import SEED, CountingPredict
@@ -44,10 +44,12 @@ def test_screen_end_to_end(model, tmp_path):
         assert r.status == "done" and r.model_hash == db.metadata["model_hash"]
         assert len(r.data["step_energies"]) == r.nsteps + 1
     assert len(res.summary) == 2
-    for s in res.summary:  # the minimum over sites that kept the adsorbate intact and bound
+    for s in res.summary:  # the minimum over sites without any of AdsorbML's four anomalies
         site_rows = [r for r in rows if r.kind == "adsorbate" and r.adsorbate == s["adsorbate"]]
-        valid = [r.e_ads for r in site_rows if not r.desorbed and not r.dissociated]
-        assert s["n_sites"] == 4 and s["n_valid"] == len(valid)
+        valid = [r.e_ads for r in site_rows
+                 if not (r.desorbed or r.dissociated or r.surface_changed or r.intercalated)]
+        assert s["n_sites"] == 4 and s["n_valid"] == len(valid) and s["n_anomalous"] == 4 - len(valid)
+        assert all(r.anomalies == ",".join(k for k in ANOMALIES if r.get(k)) for r in site_rows)
         if valid:
             assert s["e_ads_min"] == pytest.approx(min(valid))
         else:  # (a random model may well break OH apart)

@@ -12,7 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from ...surfaces import Site, check_relaxation, gas_reference_energy
+from ...surfaces import (
+    REFERENCE_MOLECULES, Site, bottom_fixed_mask, check_relaxation, fixed_mask, gas_reference_energy,
+    reference_potentials,
+)
 from .._common import resolve_calculator
 from ..batch import RelaxChunk, relax_batch, relax_chunk
 from ..relax import OPTIMIZERS, RelaxResult
@@ -42,6 +45,9 @@ class ScreenResult:
     #: broke (written as a ``failed`` row), or a task the executor could not run (not written:
     #: a rerun tries it again)
     errors: dict[str, str] = field(default_factory=dict)
+    #: the top-k verification (``refine=``): a :class:`~.refine.RefineResult` with the reference's
+    #: best per group and the reference calls it cost; None without ``refine``
+    refine: Any = None
 
 
 @dataclass
@@ -109,26 +115,76 @@ class _Relaxer:
 
 
 def _adsorption_checks(
-    store: ScreenStore, all_sites: dict[str, list[Site]], mu: dict[str, float] | None, move_tolerance: float
+    store: ScreenStore, all_sites: dict[str, list[Site]], mu: dict[str, float] | None, move_tolerance: float,
+    fix_bottom: int | None = None, calc: Any = None,
 ) -> Extra:
-    """The key-value pairs of a relaxed adsorbate system: the anomaly flags against its initial site,
-    the clean slab's energy and, with gas references, the adsorption energy ``e_ads``."""
+    """The key-value pairs of a relaxed adsorbate system: the anomaly flags (AdsorbML's four, against its
+    initial site and the relaxed clean slab; ``anomalies`` is their comma-joined names, empty when none),
+    the clean slab's energy and, with gas references, the adsorption energy ``e_ads`` and (a model with a
+    committee) its spread ``e_ads_uncertainty``."""
+    members = _CommitteeEnergies(calc, store)
 
     def extra(task: ScreenTask, result: RelaxResult) -> dict[str, Any]:
         assert task.site is not None
         slab_row = store.rows.get(f"slab/{task.info['surface']}")
         e_slab = slab_row.get("relaxed_energy") if slab_row is not None else None
+        relaxed_slab = slab_row.toatoms() if slab_row is not None and slab_row.get("status") == "done" else None
+        if relaxed_slab is not None and len(relaxed_slab) != task.n_slab:
+            relaxed_slab = None
         mask = np.arange(len(result.atoms)) >= task.n_slab
+        # the atoms that may not relax: the slab's own constraints and the fix_bottom layers
+        frozen = np.zeros(len(mask), dtype=bool)
+        frozen[: task.n_slab] = fixed_mask(task.atoms)[: task.n_slab] | bottom_fixed_mask(
+            task.atoms[: task.n_slab], fix_bottom)
         offered = [(x.kind, x.position) for x in all_sites[task.info["surface"]]]
-        checks = check_relaxation(result.atoms, mask, task.atoms, task.site.position, offered, move_tolerance)
-        out: dict[str, Any] = {**{k: v for k, v in checks.items() if k != "anomalies"}, "slab_energy": e_slab}
+        checks = check_relaxation(result.atoms, mask, task.atoms, task.site.position, offered, move_tolerance,
+                                  relaxed_slab=relaxed_slab, frozen=frozen)
+        out: dict[str, Any] = {**{k: v for k, v in checks.items() if k != "anomalies"}, "slab_energy": e_slab,
+                               "anomalies": ",".join(checks["anomalies"])}
         if e_slab is not None and mu is not None:
             symbols = result.atoms.get_chemical_symbols()[task.n_slab :]
             out["e_ads"] = result.final_energy - e_slab - gas_reference_energy(symbols, mu)
             out["reference"] = "OC20"
+            spread = members.e_ads_spread(result.atoms, f"slab/{task.info['surface']}", symbols)
+            if spread is not None:
+                out["e_ads_uncertainty"] = spread
         return out
 
     return extra
+
+
+class _CommitteeEnergies:
+    """The committee's energies (``energy_committee``, one per member) of final structures, for the
+    spread of adsorption energies: a member's E_ads is its own system minus its own slab and gas
+    references, so the members' shared errors cancel. One energy-only model call per structure (the
+    references' once, cached). Inactive (None everywhere) when the model has no committee."""
+
+    def __init__(self, calc: Any, store: ScreenStore) -> None:
+        predictor = getattr(calc, "predictor", None)
+        self.calc = calc if predictor is not None and getattr(predictor, "committee", None) is not None else None
+        self.store = store
+        self.cache: dict[str, np.ndarray | None] = {}
+
+    def energies(self, atoms: Any) -> np.ndarray:
+        return np.asarray(self.calc.predict([atoms], ["energy"])[0]["energy_committee"], dtype=float)
+
+    def of_row(self, key: str) -> np.ndarray | None:
+        if key not in self.cache:
+            row = self.store.rows.get(key)
+            self.cache[key] = self.energies(row.toatoms()) if row is not None and row.get("status") == "done" else None
+        return self.cache[key]
+
+    def e_ads_spread(self, atoms: Any, slab_key: str, symbols: Sequence[str]) -> float | None:
+        if self.calc is None:
+            return None
+        slab = self.of_row(slab_key)
+        gas = {m: self.of_row(f"gas/{m}") for m in REFERENCE_MOLECULES}
+        if slab is None or any(v is None for v in gas.values()):
+            return None
+        system = self.energies(atoms)
+        e_ads = [system[m] - slab[m] - gas_reference_energy(symbols, reference_potentials({k: v[m] for k, v in gas.items()}))
+                 for m in range(len(system))]
+        return float(np.std(e_ads))
 
 
 def screen_adsorbates(
@@ -152,6 +208,15 @@ def screen_adsorbates(
     progress: bool = True,
     executor: Any = None,
     chunk_size: int = 16,
+    refine: str | None = None,
+    top_k: int = 3,
+    refine_mode: str = "sp",
+    rank_by: str = "energy",
+    kappa: float = 1.0,
+    refine_fmax: float | None = None,
+    refine_steps: int = 300,
+    journal_dir: str | os.PathLike | None = None,
+    uncertainty_threshold: float = 0.1,
 ) -> ScreenResult:
     """Screen ``adsorbates`` over ``slabs``; see :mod:`equiformer_calc.workflows.screening` for the method.
 
@@ -178,7 +243,25 @@ def screen_adsorbates(
     call) and on torch's threads per process (float32 sums differ in the last bits), not on the
     executor or the number of workers.
     Without an executor everything runs here, in batches of ``batch_size``, as before.
+    refine: a reference calculator (labeller name ``emt`` / ``sevennet`` / ``module:factory``) that then
+    verifies the ``top_k`` lowest valid ML minima of every group, by single points (``refine_mode="sp"``)
+    or relaxations (``"relax"``, BFGS to ``refine_fmax``, default ``fmax``, at most ``refine_steps``),
+    ranked by ``rank_by`` ("energy" or "lcb": ``e_ads - kappa * e_ads_uncertainty``); journals in
+    ``journal_dir`` (default ``<db>.refine``); see :mod:`.refine`. The summary gains ``e_ads_ref``,
+    ``ref_site``, ``ref_calls`` ...; :attr:`ScreenResult.refine` and ``screen_refine.json`` have the call
+    accounting (all reference calls, gas and slabs included).
+    uncertainty_threshold: an ``e_ads_uncertainty`` (eV) above which a group's best is ``uncertain``
+    (marked on the heat map).
     """
+    if refine is not None:
+        from .refine import RANK_BY, REFINE_MODES
+
+        if refine_mode not in REFINE_MODES:
+            raise ValueError(f"refine_mode must be one of {REFINE_MODES}, got {refine_mode!r}")
+        if rank_by not in RANK_BY:
+            raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
     if optimizer.upper() not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
     surfaces = normalise_surfaces(slabs)
@@ -196,14 +279,31 @@ def screen_adsorbates(
     # phase 1: references (gas molecules, clean slabs); phase 2: adsorbate systems
     relaxer.run(plan.gas, None, "gas-phase reference molecules")
     relaxer.run(plan.slabs, None, "clean slabs")
-    checks = _adsorption_checks(store, plan.all_sites, store.reference_potentials(), move_tolerance)
+    checks = _adsorption_checks(store, plan.all_sites, store.reference_potentials(), move_tolerance, fix_bottom, calc)
     relaxer.run(plan.adsorbates, checks, "adsorbate systems")
 
     sites = site_rows(plan.adsorbates, store, relaxer.errors)
-    summary = summarise(surfaces, [n for n, _ in templates], sites)
+    summary = summarise(surfaces, [n for n, _ in templates], sites, uncertainty_threshold)
+    refined = None
+    if refine is not None:
+        from .refine import merge_refinement, refine_screen
+
+        refined = refine_screen(store, plan, sites, refine, top_k, refine_mode, rank_by, kappa,
+                                fmax if refine_fmax is None else refine_fmax, refine_steps, fix_bottom, executor,
+                                journal_dir, move_tolerance)
+        merge_refinement(refined, plan, sites, summary)
     files = write_screen_outputs(summary, sites, Path(out_dir)) if out_dir is not None else {}
+    if refined is not None and out_dir is not None:
+        from ...io import write_json
+
+        files["refine"] = write_json({
+            "reference": refined.labeller, "mode": refined.mode, "top_k": top_k, "rank_by": rank_by,
+            "reference_calls": refined.calls, "gas_and_slab_calls": refined.reference_calls,
+            "paid_calls_this_run": refined.paid_calls, "paid_seconds_this_run": refined.seconds,
+            "groups": len(refined.groups), "errors": refined.errors,
+        }, Path(out_dir) / "screen_refine.json")
     log.info("screening: %d relaxations run, %d found in %s; %d surface x adsorbate pairs",
              store.computed, store.skipped, store.name, len(summary))
     for key, error in relaxer.errors.items():
         log.error("%s: %s", key, error)
-    return ScreenResult(summary, sites, store.name, files, store.computed, store.skipped, relaxer.errors)
+    return ScreenResult(summary, sites, store.name, files, store.computed, store.skipped, relaxer.errors, refined)

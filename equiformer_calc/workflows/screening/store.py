@@ -141,6 +141,15 @@ class ScreenStore:
         self.computed += 1
         return row_id
 
+    def write_row(self, key: str, atoms: Any, kv: dict[str, Any], data: dict[str, Any] | None = None) -> int | None:
+        """Write a row that is not a relaxation of this model (the reference's evaluations,
+        :mod:`.refine`) under ``key``; a key that already has a row is not written again (None)."""
+        if key in self.rows:
+            return None
+        row_id = self.database.write(atoms, key_value_pairs=_kv({**self.common, **kv, "task_key": key}), data=data or {})
+        self.rows[key] = self.database.get(id=row_id)
+        return row_id
+
     def row_error(self, row: Any) -> str:
         """Why a failed row failed (the ``error`` its data recorded)."""
         return str(self.database.get(id=row.id).data.get("error", ""))

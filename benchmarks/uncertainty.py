@@ -1,0 +1,252 @@
+"""Does the committee's spread rank the real errors, and what does it cost? (issue 28)
+
+Two committees of one checkpoint (default ``pbe-distilled-small``), measured on held-out frames of its
+data (``test_id``, ``test_ood``; sub-sampled with ``--eval-frames`` each, seed 0):
+
+* **heads**: readout heads on the frozen trunk (:func:`equiformer_calc.committee.fit_head_committee`),
+  fitted in closed form on ``--fit-frames`` training frames; the first-layer perturbation is chosen
+  among ``--perturb`` by the energy Spearman on validation frames (never on the test frames). With
+  ``--write`` the chosen committee is saved next to the checkpoint (the shipped committee).
+* **full**: the fine-tuned full models of ``benchmarks/committee_members.py``
+  (``checkpoints/<name>-committee/member*.safetensors``), when they exist.
+
+For each: Spearman between the spread and the absolute error, for energy per atom (per frame) and for
+forces (per atom: |F - F_ref| against ``forces_uncertainty``), on all frames and on adsorbate frames; and
+the fraction of the top-10 % largest errors whose spread is above the threshold (the 90th percentile of
+the spread on the validation frames, i.e. flagging ~10 % of in-distribution frames). Cost: one structure
+(Cu(111) 3x3x4 + CO, 38 atoms) per call, median of ``--repeats`` calls, base model vs heads (energy
+spread only / energy and forces spread) vs the full committee (M model calls).
+
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/uncertainty.py --write --out benchmarks/uncertainty.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's package, whatever the environment has installed
+CKPT = ROOT / "equiformer_calc" / "checkpoints"
+
+log = logging.getLogger("uncertainty")
+
+
+def _subsample(path: Path, n: int, seed: int = 0) -> list:
+    """``n`` frames of ``path`` drawn without replacement with ``seed`` (all when n <= 0)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from committee_members import read_frames
+
+    return read_frames(path, n=n, seed=seed)
+
+
+def _errors(frames: list, preds: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per-frame |dE|/N and per-atom |dF| of the model's own prediction."""
+    n = np.array([len(f) for f in frames], dtype=float)
+    e = np.abs(np.array([p["energy"] for p in preds]) - np.array([f.get_potential_energy() for f in frames])) / n
+    f = np.concatenate([np.linalg.norm(p["forces"] - fr.get_forces(), axis=1) for p, fr in zip(preds, frames)])
+    return {"e": e, "f": f}
+
+
+def _metrics(err: np.ndarray, spread: np.ndarray, threshold: float) -> dict[str, float]:
+    from scipy.stats import spearmanr
+
+    top = err >= np.quantile(err, 0.9)
+    return {
+        "spearman": float(spearmanr(spread, err).statistic),
+        "top10_caught": float(np.mean(spread[top] > threshold)),
+        "flagged": float(np.mean(spread > threshold)),
+        "n": int(len(err)),
+    }
+
+
+def _evaluate(frames: list, preds: list[dict], spread_e: np.ndarray, spread_f: np.ndarray | None,
+              thresholds: dict[str, float]) -> dict[str, Any]:
+    err = _errors(frames, preds)
+    out: dict[str, Any] = {"energy": _metrics(err["e"], spread_e, thresholds["e"])}
+    if spread_f is not None:
+        out["forces"] = _metrics(err["f"], spread_f, thresholds["f"])
+    ads = np.array([f.info.get("config_type") == "adsorbate" for f in frames])
+    if ads.any():
+        out["adsorbate_energy"] = _metrics(err["e"][ads], spread_e[ads], thresholds["e"])
+        if spread_f is not None:
+            atom_ads = np.concatenate([[a] * len(f) for a, f in zip(ads, frames)])
+            out["adsorbate_forces"] = _metrics(err["f"][atom_ads], spread_f[atom_ads], thresholds["f"])
+    if spread_f is not None:  # the force spread averaged per frame, as a proxy of the energy's uncertainty
+        owner = np.concatenate([[k] * len(f) for k, f in enumerate(frames)])
+        mean_f = np.bincount(owner, weights=spread_f) / np.bincount(owner)
+        out["energy_by_mean_force_spread"] = _metrics(err["e"], mean_f, thresholds.get("fmean", np.inf))
+        if ads.any():
+            out["adsorbate_energy_by_mean_force_spread"] = _metrics(err["e"][ads], mean_f[ads],
+                                                                    thresholds.get("fmean", np.inf))
+    out["mae_e_per_atom"] = float(err["e"].mean())
+    out["mae_f"] = float(err["f"].mean())
+    return out
+
+
+def _head_spreads(preds: list[dict], frames: list) -> tuple[np.ndarray, np.ndarray | None]:
+    n = np.array([len(f) for f in frames], dtype=float)
+    e = np.array([p["energy_uncertainty"] for p in preds]) / n
+    f = np.concatenate([p["forces_uncertainty"] for p in preds]) if "forces_uncertainty" in preds[0] else None
+    return e, f
+
+
+def _full_predictions(members: list, frames: list) -> tuple[np.ndarray, np.ndarray]:
+    """Spread (population std) of energy per atom and per-atom force vectors over full models."""
+    es, fs = [], []
+    for p in members:
+        out = p.predict(frames)
+        es.append([o["energy"] for o in out])
+        fs.append(np.concatenate([o["forces"] for o in out]))
+    es_a, fs_a = np.array(es), np.array(fs)
+    n = np.array([len(f) for f in frames], dtype=float)
+    e = es_a.std(axis=0) / n
+    f = np.sqrt(((fs_a - fs_a.mean(axis=0)) ** 2).sum(-1).mean(0))
+    return e, f
+
+
+def _full(report: dict[str, Any], args: Any, base: Any, val: list, tests: dict[str, list]) -> list[Path]:
+    """The full-model committee of ``benchmarks/committee_members.py`` (when its members exist)."""
+    from equiformer_calc.checkpoint import load_checkpoint
+    from equiformer_calc.predictor import Predictor
+
+    member_files = sorted((CKPT / f"{args.checkpoint}-committee").glob("member*.safetensors"))
+    if not member_files:
+        return member_files
+    full = [Predictor(load_checkpoint(p)) for p in member_files]
+    ve, vf = _full_predictions(full, val)
+    owner = np.concatenate([[k] * len(f) for k, f in enumerate(val)])
+    th_full = {"e": float(np.quantile(ve, 0.9)), "f": float(np.quantile(vf, 0.9)),
+               "fmean": float(np.quantile(np.bincount(owner, weights=vf) / np.bincount(owner), 0.9))}
+    report["full"] = {"members": len(full), "thresholds": th_full}
+    for name, frames in tests.items():
+        preds = base.predict(frames)
+        e, f = _full_predictions(full, frames)
+        report["full"][name] = _evaluate(frames, preds, e, f, th_full)
+        log.info("full %s: %s", name, json.dumps(report["full"][name]))
+    return member_files
+
+
+def _time_calls(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default="pbe-distilled-small")
+    ap.add_argument("--fit-frames", type=int, default=3000)
+    ap.add_argument("--fit-file", default="train.extxyz.xz", help="frames to fit the heads on (in the data folder)")
+    ap.add_argument("--val-frames", type=int, default=200)
+    ap.add_argument("--eval-frames", type=int, default=300)
+    ap.add_argument("--members", type=int, default=8)
+    ap.add_argument("--perturb", default="0,0.5,1.0", help="comma-separated first-layer perturbations to choose from")
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--write", action="store_true", help="save the chosen head committee next to the checkpoint")
+    ap.add_argument("--full-only", action="store_true", help="only the full-model committee (and its cost)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "uncertainty.json"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    import torch
+    from ase.build import fcc111, molecule, add_adsorbate
+
+    from equiformer_calc.checkpoint import load_checkpoint, resolve_checkpoint
+    from equiformer_calc.committee import committee_path, fit_head_committee, trunk_features
+    from equiformer_calc.predictor import Predictor
+
+    torch.set_num_threads(1)
+    data = CKPT / f"{args.checkpoint}-data"
+    model = load_checkpoint(args.checkpoint)
+    t0 = time.perf_counter()
+    train = [] if args.full_only else _subsample(data / args.fit_file, args.fit_frames, seed=0)
+    val = _subsample(data / "val.extxyz.xz", args.val_frames, seed=0)
+    tests = {name: _subsample(data / f"{name}.extxyz.xz", args.eval_frames, seed=0)
+             for name in ("test_id", "test_ood")}
+    log.info("read %d fit / %d val / %s test frames in %.0f s", len(train), len(val),
+             {k: len(v) for k, v in tests.items()}, time.perf_counter() - t0)
+    base = Predictor(model)
+    report: dict[str, Any] = {"checkpoint": args.checkpoint, "fit_frames": len(train), "val_frames": len(val),
+                              "eval_frames": {k: len(v) for k, v in tests.items()}, "members": args.members}
+    if args.full_only:
+        _full(report, args, base, val, tests)
+        Path(args.out).write_text(json.dumps(report, indent=1))
+        print(json.dumps(report, indent=1))
+        return
+    t0 = time.perf_counter()
+    feats = trunk_features(model, train, progress=True)
+    energies = [f.get_potential_energy() for f in train]
+    fit_s = time.perf_counter() - t0
+    val_base = base.predict(val)
+    val_err = _errors(val, val_base)
+    choice: dict[float, float] = {}
+    committees = {}
+    from scipy.stats import spearmanr
+
+    for perturb in [float(x) for x in args.perturb.split(",")]:
+        t0 = time.perf_counter()
+        committee = fit_head_committee(model, None, energies, members=args.members, perturb=perturb, features=feats)
+        fit_s_p = time.perf_counter() - t0
+        p = Predictor(model)
+        p.set_committee(committee, "energy")
+        spread, _ = _head_spreads(p.predict(val), val)
+        choice[perturb] = float(spearmanr(spread, val_err["e"]).statistic)
+        committees[perturb] = committee
+        log.info("perturb %.2f: val energy Spearman %.3f (ridge fit %.1f s)", perturb, choice[perturb], fit_s_p)
+    best = max(choice, key=choice.get)
+    committee = committees[best]
+    heads = Predictor(model)
+    heads.set_committee(committee, "forces")
+    val_heads = heads.predict(val)
+    se, sf = _head_spreads(val_heads, val)
+    owner = np.concatenate([[k] * len(f) for k, f in enumerate(val)])
+    thresholds = {"e": float(np.quantile(se, 0.9)), "f": float(np.quantile(sf, 0.9)),
+                  "fmean": float(np.quantile(np.bincount(owner, weights=sf) / np.bincount(owner), 0.9))}
+    committee.metadata.update(threshold_energy_per_atom=thresholds["e"], threshold_forces=thresholds["f"],
+                              val_spearman_by_perturb=choice)
+    report["heads"] = {"perturb": best, "val_spearman_by_perturb": choice, "thresholds": thresholds,
+                       "trunk_features_s": fit_s}
+    for name, frames in tests.items():
+        preds = heads.predict(frames)
+        e, f = _head_spreads(preds, frames)
+        report["heads"][name] = _evaluate(frames, preds, e, f, thresholds)
+        log.info("heads %s: %s", name, json.dumps(report["heads"][name]))
+
+    member_files = _full(report, args, base, val, tests)
+
+    # cost of one call on an adsorbate + slab
+    slab = fcc111("Cu", (3, 3, 4), vacuum=7.0)
+    add_adsorbate(slab, molecule("CO"), 1.9, "fcc")
+    e_only = Predictor(model)
+    e_only.set_committee(committee, "energy")
+    cost = {
+        "atoms": len(slab),
+        "base_s": _time_calls(lambda: base.predict([slab]), args.repeats),
+        "heads_energy_s": _time_calls(lambda: e_only.predict([slab]), args.repeats),
+        "heads_forces_s": _time_calls(lambda: heads.predict([slab]), args.repeats),
+    }
+    cost["full_s"] = cost["base_s"] * max(len(member_files), 1)  # M independent model calls
+    report["cost"] = cost
+    log.info("cost: %s", cost)
+    if args.write:
+        path = committee.save(committee_path(resolve_checkpoint(args.checkpoint)))
+        report["written"] = str(path.relative_to(ROOT / "equiformer_calc"))
+        log.info("wrote %s", path)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
