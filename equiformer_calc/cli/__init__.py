@@ -26,7 +26,7 @@ from typing import Sequence
 COMMANDS: dict[str, str] = {
     name: f"{__name__}.{name.replace('-', '_')}"
     for name in ("datagen", "train", "evaluate", "adsorbml", "relax", "md", "screen", "predict", "serve",
-                 "convert-reference", "ipi", "lammps", "neb", "vibrations", "free-energy")
+                 "convert-reference", "ipi", "lammps", "neb", "vibrations", "free-energy", "distil", "specialize")
 }
 
 _HELP: dict[str, str] = {
@@ -41,6 +41,8 @@ _HELP: dict[str, str] = {
     "serve": "serve a checkpoint over HTTP with dynamic batching",
     "convert-reference": "convert a checkpoint of the reference Equiformer code to ours",
     "ipi": "serve a checkpoint as an i-PI force-field client (path-integral MD, NPT, ...)",
+    "distil": "active-learning distillation: student exploration, teacher labels where it is wrong, continued training",
+    "specialize": "fine-tune a checkpoint on your slabs/adsorbates against your reference calculator (active learning)",
     "lammps": "run a LAMMPS input with the model as its force field (fix external pf/callback)",
     "neb": "reaction barrier between two relaxed structures by a climbing-image NEB (all images batched; resumable)",
     "vibrations": "vibrational frequencies, ZPE and harmonic free energy of an adsorbate (displacements batched)",
