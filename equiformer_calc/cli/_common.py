@@ -43,6 +43,8 @@ __all__ = [
     "ENSEMBLE_NAMES",
     "add_model_arguments",
     "add_memory_argument",
+    "add_fix_arguments",
+    "calculator_from_args",
     "add_dispersion_arguments",
     "add_executor_arguments",
     "executor_from_args",
@@ -196,6 +198,23 @@ def add_memory_argument(parser: Any) -> None:
         help="memory mode: 'low' evaluates large systems in a fraction of the memory (same numbers, ~1.3x the "
         "time); 'auto' (default) switches to it when 'fast' would not fit in the available memory",
     )
+
+
+def add_fix_arguments(parser: Any) -> None:
+    """``--fix-bottom K`` and ``--fix-below Z`` (constraints of relax and md)."""
+    parser.add_argument("--fix-bottom", type=NONNEGATIVE_INT, default=None, metavar="K",
+                        help="fix the K lowest atomic layers (fewer than the structure has)")
+    parser.add_argument("--fix-below", type=FINITE_FLOAT, default=None, metavar="Z", help="fix atoms with z < Z (A)")
+
+
+def calculator_from_args(args: argparse.Namespace, **settings: Any) -> Any:
+    """The calculator of :func:`add_model_arguments`' options (checkpoint, device, dtype, D3 dispersion
+    and xc), built by :func:`~equiformer_calc.workflows._common.resolve_calculator`; ``settings``: its
+    other keywords (``skin``, ``memory``)."""
+    from ..workflows._common import resolve_calculator
+
+    return resolve_calculator(None, args.checkpoint, device=args.device, dtype=args.dtype,
+                              dispersion=args.dispersion, xc=args.xc, **settings)
 
 
 def read_structure(path: str | os.PathLike, index: str | int = -1, format: str | None = None) -> Atoms:
