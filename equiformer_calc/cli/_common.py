@@ -30,6 +30,7 @@ __all__ = [
     "check_outputs",
     "output_stem",
     "trajectory_output",
+    "start_trajectory_run",
     "error_line",
     "number",
     "POSITIVE_FLOAT",
@@ -179,6 +180,22 @@ def trajectory_output(input: str, output: str | None, tag: str) -> tuple[str, Pa
     stem = Path(output).with_suffix("") if Path(output).suffix else Path(output)
     traj = Path(output) if Path(output).suffix == ".traj" else stem.with_name(stem.name + ".traj")
     return output, stem, traj
+
+
+def start_trajectory_run(args: argparse.Namespace, tag: str, side_files: Callable[[Path], dict[str, Path]],
+                         **settings: Any) -> tuple[Path, Path, Atoms, Any]:
+    """The common start of relax and md: outputs named (:func:`trajectory_output`, ``side_files(stem)``:
+    the CSV/PNG next to the trajectory) and checked, the input read, the calculator built
+    (:func:`calculator_from_args` with ``settings``) and the structure checked against it, then the
+    output folder made: every input error surfaces before anything is written. Returns (side-file
+    stem, trajectory, atoms, calculator)."""
+    output, stem, traj = trajectory_output(args.input, args.output, tag)
+    check_outputs([traj, *side_files(stem).values()], [args.input, args.checkpoint])
+    atoms = read_structure(args.input, args.index, args.format)
+    calc = calculator_from_args(args, **settings)
+    check_structure(atoms, calc)
+    output_stem(output)  # creates the folder
+    return stem, traj, atoms, calc
 
 
 def add_model_arguments(parser: Any) -> None:

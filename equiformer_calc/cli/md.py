@@ -8,8 +8,7 @@ import logging
 
 from ._common import (
     ENSEMBLE_NAMES, NONNEGATIVE_FLOAT, NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, add_fix_arguments,
-    add_memory_argument, add_model_arguments, calculator_from_args, check_outputs, check_structure, output_stem,
-    read_structure, trajectory_output,
+    add_memory_argument, add_model_arguments, start_trajectory_run,
 )
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -48,12 +47,7 @@ def run(args: argparse.Namespace) -> int:
     """``equiformer-calc md``: read, integrate, write trajectory + CSV + PNG, report the drift."""
     from ..workflows.md import md_output_paths, run_md, write_md_outputs
 
-    output, stem, traj = trajectory_output(args.input, args.output, "md")
-    check_outputs([traj, *md_output_paths(stem).values()], [args.input, args.checkpoint])
-    atoms = read_structure(args.input, args.index, args.format)
-    calc = calculator_from_args(args, skin=args.skin, memory=args.memory)
-    check_structure(atoms, calc)  # every input error surfaces before anything is written
-    output_stem(output)  # creates the folder
+    stem, traj, atoms, calc = start_trajectory_run(args, "md", md_output_paths, skin=args.skin, memory=args.memory)
     log.info(
         "%s MD of %s (%d atoms): %d steps of %g fs at %g K",
         args.ensemble.upper(), atoms.get_chemical_formula(), len(atoms), args.steps, args.timestep, args.temperature,

@@ -8,7 +8,7 @@ import logging
 
 from ._common import (
     NONNEGATIVE_INT, OPTIMIZER_NAMES, POSITIVE_FLOAT, add_fix_arguments, add_memory_argument, add_model_arguments,
-    calculator_from_args, check_outputs, check_structure, output_stem, read_structure, trajectory_output,
+    start_trajectory_run,
 )
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -41,12 +41,7 @@ def run(args: argparse.Namespace) -> int:
     """``equiformer-calc relax``: read, relax, write trajectory + final structure + CSV + PNG."""
     from ..workflows.relax import relax, relax_output_paths, write_relax_outputs
 
-    output, stem, traj = trajectory_output(args.input, args.output, "relaxed")
-    check_outputs([traj, *relax_output_paths(stem).values()], [args.input, args.checkpoint])
-    atoms = read_structure(args.input, args.index, args.format)
-    calc = calculator_from_args(args, memory=args.memory)
-    check_structure(atoms, calc)  # every input error surfaces before anything is written
-    output_stem(output)  # creates the folder
+    stem, traj, atoms, calc = start_trajectory_run(args, "relaxed", relax_output_paths, memory=args.memory)
     log.info("relaxing %s (%d atoms) from %s", atoms.get_chemical_formula(), len(atoms), args.input)
     result = relax(
         atoms, calculator=calc, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
