@@ -60,6 +60,8 @@ ERRORS: tuple[ErrorKind, ...] = (
               "use a checkpoint trained on these elements (--checkpoint)"),
     ErrorKind("equiformer_calc.graph:StructureError", 422, "invalid_structure", 2,
               "check the input structure (positions, cell, pbc)"),
+    ErrorKind("equiformer_calc.runtime:DeviceUnavailableError", 422, "device_unavailable", 2,
+              "use device cpu, or a machine and torch build with that device"),
     ErrorKind("equiformer_calc.io:OutputIsInputError", 422, "invalid_request", 2,
               "choose an output path that is not one of the inputs"),
     ErrorKind("equiformer_calc.integrations.ipi:IPIConnectionError", 503, "no_ipi_server", 2,

@@ -45,7 +45,7 @@ from .memory import (
     resolve_memory_mode,
 )
 from .model import Equiformer, NotAPotentialError, UnknownElementError, model_task, not_a_potential_message, resolve_dtype
-from .runtime import available_memory, call_threads, configure_runtime, total_memory
+from .runtime import available_memory, call_threads, check_device, configure_runtime, total_memory
 
 # re-exported names (their homes: autograd, model, memory, runtime) keep `from equiformer_calc.predictor import X` working
 __all__ = [
@@ -141,7 +141,7 @@ class Predictor:
         if not min_distance_ratio >= 0:
             raise ValueError(f"min_distance_ratio must be >= 0, got {min_distance_ratio}")
         self.min_distance_ratio = float(min_distance_ratio)
-        self.device = torch.device(device)
+        self.device = check_device(device)  # a device this machine lacks: a clear error now, not in the first call
         self.dtype = resolve_dtype(dtype)
         if not isinstance(model, Equiformer):
             raise TypeError(f"Predictor needs an Equiformer model, got {type(model).__name__}")

@@ -34,12 +34,47 @@ import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
-__all__ = ["configure_runtime", "heap_free_bytes", "release_memory", "available_memory", "total_memory", "set_threads", "set_blas_threads", "single_threaded_blas", "thread_policy",
+__all__ = ["DeviceUnavailableError", "check_device", "configure_runtime", "heap_free_bytes", "release_memory", "available_memory", "total_memory", "set_threads", "set_blas_threads", "single_threaded_blas", "thread_policy",
            "call_threads", "competition", "CompetitionMeter", "default_openmp_env", "runnable_others", "available_cores",
            "SMALL_CALL_EDGES", "SPIN_COUNT", "BUSY_CORE_THRESHOLD"]
 
 log = logging.getLogger(__name__)
 _done = False
+
+
+class DeviceUnavailableError(ValueError):
+    """A torch device this build of torch or this machine does not have (the message says which and why)."""
+
+
+def check_device(name: Any) -> Any:
+    """``torch.device(name)`` if this torch build and machine can run on it, else
+    :class:`DeviceUnavailableError` naming the device and the reason (a CPU-only build, no GPU
+    visible, an index past the last GPU, no MPS), so a wrong ``device=`` is an error at set-up,
+    not a crash inside the first model call."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise DeviceUnavailableError(f"{name!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise DeviceUnavailableError(
+                f"{str(name)!r} is not available: this torch ({torch.__version__}) is a CPU-only build; use cpu "
+                f"or install a CUDA build of torch")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise DeviceUnavailableError(f"{str(name)!r} is not available: torch sees no CUDA GPU on this machine "
+                                         f"(check the driver and CUDA_VISIBLE_DEVICES); use cpu")
+        if device.index is not None and device.index >= count:
+            raise DeviceUnavailableError(f"{str(name)!r} is not available: this machine has {count} CUDA GPU(s), "
+                                         f"cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceUnavailableError(f"{str(name)!r} is not available on this machine; use cpu")
+    elif device.type != "cpu":
+        raise DeviceUnavailableError(f"device {str(name)!r} is not supported: use cpu, cuda[:N] or mps")
+    return device
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3

@@ -15,6 +15,7 @@ from ..graph import DEFAULT_MIN_DISTANCE_RATIO, NeighborListCache
 from ..integrations.d3 import D3, DispersionPredictor, parse_dispersion
 from ..model import Equiformer
 from ..predictor import Predictor, model_task, not_a_potential_message, resolve_dtype, resolve_memory_mode
+from ..runtime import check_device
 
 __all__ = ["EquiformerCalculator"]
 
@@ -102,6 +103,7 @@ class EquiformerCalculator(EquiformerCalculatorBase):
         super().__init__(**kwargs)
         if model is not None and checkpoint is not None:
             raise ValueError("give either checkpoint or model, not both")
+        check_device(device)  # before any weights move there: a clear error for a device this machine lacks
         self.parameters.update(
             dtype=str(resolve_dtype(dtype)).replace("torch.", ""), device=str(device), memory=resolve_memory_mode(memory),
             max_atoms_per_batch=int(max_atoms_per_batch), skin=_skin(skin), min_distance_ratio=float(min_distance_ratio),

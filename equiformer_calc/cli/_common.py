@@ -101,29 +101,12 @@ def device_type(text: str) -> str:
     name = text.strip()
     if name == "cpu":
         return name
-    import torch
+    from ..runtime import DeviceUnavailableError, check_device
 
     try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{name!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda":
-        if not torch.backends.cuda.is_built():
-            raise argparse.ArgumentTypeError(
-                f"{name!r} is not available: this torch ({torch.__version__}) is a CPU-only build; use --device cpu "
-                f"or install a CUDA build of torch")
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise argparse.ArgumentTypeError(f"{name!r} is not available: torch sees no CUDA GPU on this machine "
-                                             f"(check the driver and CUDA_VISIBLE_DEVICES); use --device cpu")
-        if device.index is not None and device.index >= count:
-            raise argparse.ArgumentTypeError(f"{name!r} is not available: this machine has {count} CUDA GPU(s), "
-                                             f"cuda:0 to cuda:{count - 1}")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise argparse.ArgumentTypeError(f"{name!r} is not available on this machine; use --device cpu")
-    elif device.type != "cpu":
-        raise argparse.ArgumentTypeError(f"device {name!r} is not supported: use cpu, cuda[:N] or mps")
+        check_device(name)
+    except DeviceUnavailableError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("; use cpu", "; use --device cpu")) from None
     return name
 
 

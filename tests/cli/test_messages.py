@@ -128,3 +128,23 @@ def test_predict_wrong_inputs_are_one_line_errors(capsys, workdir, checkpoint):
     line = one_error_line(capsys.readouterr().err, "predict")
     assert status == 2 and "output out.txt: write .extxyz, .xyz or .csv" in line
     assert sorted(os.listdir(workdir)) == ["in.extxyz"]
+
+
+def test_a_device_this_machine_lacks_is_refused_at_set_up_in_the_python_api_too():
+    """``EquiformerCalculator(device=...)`` and ``Predictor`` check the device when built (the
+    CLI's ``--device`` check and this one are one function, ``runtime.check_device``)."""
+    import torch
+
+    from equiformer_calc import EquiformerCalculator
+    from equiformer_calc.runtime import DeviceUnavailableError, check_device
+
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(DeviceUnavailableError, match="not a torch device"):
+        check_device("gpu0")
+    if torch.cuda.is_available():
+        bad = f"cuda:{torch.cuda.device_count()}"
+        with pytest.raises(DeviceUnavailableError, match="CUDA GPU"):
+            EquiformerCalculator(checkpoint="emt-small", device=bad)
+    else:
+        with pytest.raises(DeviceUnavailableError, match="cuda.* is not available"):
+            EquiformerCalculator(checkpoint="emt-small", device="cuda")
