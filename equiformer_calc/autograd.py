@@ -7,13 +7,16 @@ differentiable Voigt form of a stress (:func:`voigt`). :class:`~equiformer_calc.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from . import memory as memory_mod
 from .graph import AtomicGraph, StructureError
 from .model import Equiformer
 
-__all__ = ["compute", "voigt"]
+__all__ = ["compute", "unbatch", "voigt"]
 
 
 def voigt(stress: torch.Tensor) -> torch.Tensor:
@@ -79,4 +82,23 @@ def compute(
         if stress:
             volume = torch.linalg.det(graph.cell).abs()
             results["stress"] = grads[-1] / volume.view(-1, 1, 1)
+    return results
+
+
+def unbatch(out: dict[str, torch.Tensor], ptr: list[int], forces: bool, stress: bool) -> list[dict[str, Any]]:
+    """One dict of numpy results (ASE names: energy, free_energy, energies, forces and stress in Voigt
+    order) per structure of a batched :func:`compute` output (``ptr``: the batch's atom offsets)."""
+    energy = out["energy"].detach().cpu().numpy()
+    energies = out["energies"].detach().cpu().numpy()
+    f = out["forces"].detach().cpu().double().numpy() if forces else None
+    s = full_3x3_to_voigt_6_stress(out["stress"].detach().cpu().double().numpy()) if stress else None
+    results = []
+    for b in range(len(ptr) - 1):
+        r: dict[str, Any] = {"energy": float(energy[b]), "free_energy": float(energy[b]),
+                             "energies": energies[ptr[b] : ptr[b + 1]].copy()}
+        if f is not None:
+            r["forces"] = f[ptr[b] : ptr[b + 1]].copy()
+        if s is not None:
+            r["stress"] = s[b].copy()
+        results.append(r)
     return results

@@ -116,6 +116,17 @@ class HeadCommittee:
         """:func:`compute_with_uncertainty` with this committee (the predictor's hook)."""
         return compute_with_uncertainty(model, self, graph, forces, stress, memory, force_uncertainty)
 
+    def unbatch(self, out: dict[str, torch.Tensor], b: int, lo: int, hi: int) -> dict[str, Any]:
+        """The committee's entries of structure ``b`` (atoms ``lo:hi``) of a batched :meth:`compute`
+        output, as the predictor's numpy results (the predictor's other hook)."""
+        r: dict[str, Any] = {}
+        if "energy_uncertainty" in out:
+            r["energy_uncertainty"] = float(out["energy_uncertainty"][b])
+            r["energy_committee"] = out["energy_committee"][b].detach().cpu().numpy().copy()
+        if "forces_uncertainty" in out:
+            r["forces_uncertainty"] = out["forces_uncertainty"][lo:hi].detach().cpu().double().numpy()
+        return r
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the committee (atomically) as safetensors with JSON metadata."""
         from safetensors.torch import save_file

@@ -14,7 +14,7 @@ checks that the estimate stays within :data:`ESTIMATE_BAND` of the measured peak
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -24,7 +24,7 @@ from .model import EquiformerConfig, resolve_dtype
 
 __all__ = [
     "MEMORY_MODES", "LOW_MEMORY_EDGE_CHUNK", "MEMORY_HEADROOM", "ESTIMATE_BAND", "MemoryBudgetError",
-    "resolve_memory_mode", "MemoryModel", "MemoryBudget", "bytes_per_edge", "call_bytes",
+    "resolve_memory_mode", "MemoryModel", "MemoryBudget", "bytes_per_edge", "call_bytes", "cut_batches",
 ]
 
 #: How a model call uses memory. "fast": every per-edge tensor of every block is kept for the
@@ -263,3 +263,22 @@ class MemoryBudget:
             what = f"{structures} structures" if structures > 1 else "a structure"
             raise self.error(what, edges, True, properties, mode, need, limit, cutoff)
         return mode
+
+
+def cut_batches(atoms: Sequence[int], edges: Sequence[int], max_atoms: int,
+                edge_limit: int | None) -> Iterator[list[int]]:
+    """Indices of consecutive structures (``atoms[k]`` atoms, ``edges[k]`` edges each), cut before a
+    batch would pass ``max_atoms`` atoms or ``edge_limit`` edges (``None``: no edge limit); a structure
+    over either limit alone is a batch of its own (the predictor's batching)."""
+    chunk: list[int] = []
+    n_atoms = n_edges = 0
+    for k, (n, e) in enumerate(zip(atoms, edges)):
+        over_edges = edge_limit is not None and n_edges + e > edge_limit
+        if chunk and (n_atoms + n > max_atoms or over_edges):
+            yield chunk
+            chunk, n_atoms, n_edges = [], 0, 0
+        chunk.append(k)
+        n_atoms += n
+        n_edges += e
+    if chunk:
+        yield chunk

@@ -12,13 +12,12 @@ import copy
 import logging
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from ase.stress import full_3x3_to_voigt_6_stress
 
-from .autograd import compute, voigt
+from .autograd import compute, unbatch, voigt
 from .graph import (
     DEFAULT_MIN_DISTANCE_RATIO,
     AtomicGraph,
@@ -42,6 +41,7 @@ from .memory import (
     MemoryModel,
     bytes_per_edge,
     call_bytes,
+    cut_batches,
     resolve_memory_mode,
 )
 from .model import Equiformer, NotAPotentialError, UnknownElementError, model_task, not_a_potential_message, resolve_dtype
@@ -62,6 +62,17 @@ ALL_PROPERTIES = ("energy", "free_energy", "energies", "forces", "stress")
 
 #: models that belong to a predictor (converted in place by it): a second owner is refused
 _HANDED_OVER: "weakref.WeakSet[Equiformer]" = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def _naming(index: int) -> Iterator[None]:
+    """Re-raise a :class:`~equiformer_calc.graph.BudgetError` or :class:`StructureError` naming structure ``index``."""
+    try:
+        yield
+    except BudgetError as exc:
+        raise type(exc)(f"structure {index}: {exc}", exc.estimate, exc.limit, exc.unit) from None
+    except StructureError as exc:
+        raise StructureError(f"structure {index}: {exc}") from None
 
 
 @dataclass
@@ -296,44 +307,23 @@ class Predictor:
                     out = self.committee.compute(self.model, batch, want_forces, want_stress, mode,
                                                  force_uncertainty=self.uncertainty == "forces")
             ptr = batch.ptr.tolist()
-            energy = out["energy"].detach().cpu().numpy()
-            energies = out["energies"].detach().cpu().numpy()
-            f = out["forces"].detach().cpu().double().numpy() if want_forces else None
-            s = full_3x3_to_voigt_6_stress(out["stress"].detach().cpu().double().numpy()) if want_stress else None
-            for b, it in enumerate(chunk):
-                r = results[it.index]
-                r["energy"] = float(energy[b])
-                r["free_energy"] = float(energy[b])
-                r["energies"] = energies[ptr[b] : ptr[b + 1]].copy()
-                if f is not None:
-                    r["forces"] = f[ptr[b] : ptr[b + 1]].copy()
-                if s is not None:
-                    r["stress"] = s[b].copy()
-                if "energy_uncertainty" in out:
-                    r["energy_uncertainty"] = float(out["energy_uncertainty"][b])
-                    r["energy_committee"] = out["energy_committee"][b].detach().cpu().numpy().copy()
-                if "forces_uncertainty" in out:
-                    r["forces_uncertainty"] = out["forces_uncertainty"][ptr[b] : ptr[b + 1]].detach().cpu().double().numpy()
+            for b, (it, r) in enumerate(zip(chunk, unbatch(out, ptr, want_forces, want_stress))):
+                if self.committee is not None:
+                    r.update(self.committee.unbatch(out, b, ptr[b], ptr[b + 1]))
+                results[it.index] = r
         return results
 
     def _located_graph(self, it: _Item) -> AtomicGraph:
         """The graph of one item; a StructureError names the structure's index in the call."""
-        try:
+        with _naming(it.index):
             return self.graph(it.structure, it.neighbors, it.frame)
-        except BudgetError as exc:
-            raise type(exc)(f"structure {it.index}: {exc}", exc.estimate, exc.limit, exc.unit) from None
-        except StructureError as exc:
-            raise StructureError(f"structure {it.index}: {exc}") from None
 
     def _locate_budget(self, it: _Item, properties: Sequence[str], edges: int | None, limit: int | None) -> int:
-        try:
+        """The budget check of one item (:meth:`check_budget`); its errors name the structure's index."""
+        with _naming(it.index):  # BudgetError (MemoryBudgetError too), and the estimate's own checks (extent)
             if it.frame is None:  # framed once: the estimate, the search and the graph share it
                 it.frame = local_frame(it.structure)
             return self.check_budget(it.structure, properties, edges, limit, it.frame)
-        except BudgetError as exc:  # MemoryBudgetError too
-            raise type(exc)(f"structure {it.index}: {exc}", exc.estimate, exc.limit, exc.unit) from None
-        except StructureError as exc:  # the estimate's own checks (extent)
-            raise StructureError(f"structure {it.index}: {exc}") from None
 
     @contextlib.contextmanager
     def _threads_for(self, batch: AtomicGraph):
@@ -349,17 +339,6 @@ class Predictor:
                 limit: int | None = None) -> Iterable[list[_Item]]:
         """Consecutive items, cut at ``max_atoms_per_batch`` atoms and at the edge limit (see
         :meth:`edge_limit`; ``limit``: the memory limit in bytes, ``None`` for none)."""
-        edge_limit = self.edge_limit(properties, limit)
-        chunk: list[_Item] = []
-        atoms = edges = 0
-        for it in items:
-            n = len(it.structure)
-            over_edges = edge_limit is not None and edges + it.edges > edge_limit
-            if chunk and (atoms + n > self.max_atoms_per_batch or over_edges):
-                yield chunk
-                chunk, atoms, edges = [], 0, 0
-            chunk.append(it)
-            atoms += n
-            edges += it.edges
-        if chunk:
-            yield chunk
+        cuts = cut_batches([len(it.structure) for it in items], [it.edges for it in items],
+                           self.max_atoms_per_batch, self.edge_limit(properties, limit))
+        return ([items[k] for k in ks] for ks in cuts)

@@ -30,6 +30,7 @@ __all__ = [
     "check_outputs",
     "output_stem",
     "trajectory_output",
+    "start_trajectory_run",
     "error_line",
     "number",
     "POSITIVE_FLOAT",
@@ -43,6 +44,8 @@ __all__ = [
     "ENSEMBLE_NAMES",
     "add_model_arguments",
     "add_memory_argument",
+    "add_fix_arguments",
+    "calculator_from_args",
     "add_dispersion_arguments",
     "add_executor_arguments",
     "executor_from_args",
@@ -162,6 +165,22 @@ def trajectory_output(input: str, output: str | None, tag: str) -> tuple[str, Pa
     return output, stem, traj
 
 
+def start_trajectory_run(args: argparse.Namespace, tag: str, side_files: Callable[[Path], dict[str, Path]],
+                         **settings: Any) -> tuple[Path, Path, Atoms, Any]:
+    """The common start of relax and md: outputs named (:func:`trajectory_output`, ``side_files(stem)``:
+    the CSV/PNG next to the trajectory) and checked, the input read, the calculator built
+    (:func:`calculator_from_args` with ``settings``) and the structure checked against it, then the
+    output folder made: every input error surfaces before anything is written. Returns (side-file
+    stem, trajectory, atoms, calculator)."""
+    output, stem, traj = trajectory_output(args.input, args.output, tag)
+    check_outputs([traj, *side_files(stem).values()], [args.input, args.checkpoint])
+    atoms = read_structure(args.input, args.index, args.format)
+    calc = calculator_from_args(args, **settings)
+    check_structure(atoms, calc)
+    output_stem(output)  # creates the folder
+    return stem, traj, atoms, calc
+
+
 def add_model_arguments(parser: Any) -> None:
     """``--checkpoint``, ``--device``, ``--dtype`` for the workflow subcommands."""
     parser.add_argument(
@@ -179,6 +198,23 @@ def add_memory_argument(parser: Any) -> None:
         help="memory mode: 'low' evaluates large systems in a fraction of the memory (same numbers, ~1.3x the "
         "time); 'auto' (default) switches to it when 'fast' would not fit in the available memory",
     )
+
+
+def add_fix_arguments(parser: Any) -> None:
+    """``--fix-bottom K`` and ``--fix-below Z`` (constraints of relax and md)."""
+    parser.add_argument("--fix-bottom", type=NONNEGATIVE_INT, default=None, metavar="K",
+                        help="fix the K lowest atomic layers (fewer than the structure has)")
+    parser.add_argument("--fix-below", type=FINITE_FLOAT, default=None, metavar="Z", help="fix atoms with z < Z (A)")
+
+
+def calculator_from_args(args: argparse.Namespace, **settings: Any) -> Any:
+    """The calculator of :func:`add_model_arguments`' options (checkpoint, device, dtype, D3 dispersion
+    and xc), built by :func:`~equiformer_calc.workflows._common.resolve_calculator`; ``settings``: its
+    other keywords (``skin``, ``memory``)."""
+    from ..workflows._common import resolve_calculator
+
+    return resolve_calculator(None, args.checkpoint, device=args.device, dtype=args.dtype,
+                              dispersion=args.dispersion, xc=args.xc, **settings)
 
 
 def read_structure(path: str | os.PathLike, index: str | int = -1, format: str | None = None) -> Atoms:

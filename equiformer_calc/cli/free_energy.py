@@ -9,7 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ._common import POSITIVE_FLOAT, add_model_arguments, check_outputs
+from ._common import POSITIVE_FLOAT, add_model_arguments, calculator_from_args, check_outputs
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -65,10 +65,7 @@ def run(args: argparse.Namespace) -> int:
         if args.db is None:
             raise ValueError(f"{args.summary} has no g_ads column: give the screen's --db to compute the free "
                              "energies, or --electronic to use the electronic energies")
-        from ..workflows._common import resolve_calculator
-
-        calc = resolve_calculator(None, args.checkpoint, device=args.device, dtype=args.dtype,
-                                  dispersion=args.dispersion, xc=args.xc)
+        calc = calculator_from_args(args)
         rows = thermo.screen_free_energies(rows, args.db, calc, args.temperature, args.pressure, data,
                                            journal=out / "vibrations_journal.jsonl")
         path = thermo.write_summary_csv(rows, out / "free_energy_summary.csv")

@@ -7,8 +7,8 @@ import argparse
 import logging
 
 from ._common import (
-    ENSEMBLE_NAMES, FINITE_FLOAT, NONNEGATIVE_FLOAT, NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT,
-    add_memory_argument, add_model_arguments, check_outputs, check_structure, output_stem, read_structure, trajectory_output,
+    ENSEMBLE_NAMES, NONNEGATIVE_FLOAT, NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, add_fix_arguments,
+    add_memory_argument, add_model_arguments, start_trajectory_run,
 )
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -34,9 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-interval", type=POSITIVE_INT, default=10, help="steps between trajectory frames / CSV rows")
     parser.add_argument("--seed", type=NONNEGATIVE_INT, default=0, help="velocities and Langevin noise")
     parser.add_argument("--skin", type=NONNEGATIVE_FLOAT, default=1.0, help="neighbour-list skin, A (0: rebuild every step)")
-    parser.add_argument("--fix-bottom", type=NONNEGATIVE_INT, default=None, metavar="K",
-                        help="fix the K lowest atomic layers (fewer than the structure has)")
-    parser.add_argument("--fix-below", type=FINITE_FLOAT, default=None, metavar="Z", help="fix atoms with z < Z (A)")
+    add_fix_arguments(parser)
     parser.add_argument(
         "--keep-velocities", action="store_true",
         help="use the input's momenta (default: draw them at --temperature unless the input has some)",
@@ -47,18 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc md``: read, integrate, write trajectory + CSV + PNG, report the drift."""
-    from ..workflows._common import resolve_calculator
     from ..workflows.md import md_output_paths, run_md, write_md_outputs
 
-    output, stem, traj = trajectory_output(args.input, args.output, "md")
-    check_outputs([traj, *md_output_paths(stem).values()], [args.input, args.checkpoint])
-    atoms = read_structure(args.input, args.index, args.format)
-    calc = resolve_calculator(
-        None, args.checkpoint, device=args.device, dtype=args.dtype, skin=args.skin, dispersion=args.dispersion, xc=args.xc,
-        memory=args.memory,
-    )
-    check_structure(atoms, calc)  # every input error surfaces before anything is written
-    output_stem(output)  # creates the folder
+    stem, traj, atoms, calc = start_trajectory_run(args, "md", md_output_paths, skin=args.skin, memory=args.memory)
     log.info(
         "%s MD of %s (%d atoms): %d steps of %g fs at %g K",
         args.ensemble.upper(), atoms.get_chemical_formula(), len(atoms), args.steps, args.timestep, args.temperature,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ._common import NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, add_model_arguments, read_structure
+from ._common import NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, add_model_arguments, calculator_from_args, read_structure
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -37,13 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc neb``: run (or resume) the band, print the barrier, write the profile."""
-    from ..workflows._common import resolve_calculator
     from ..workflows.neb import run_neb
 
     initial = read_structure(args.initial)
     final = read_structure(args.final)
-    calc = resolve_calculator(None, args.checkpoint, device=args.device, dtype=args.dtype,
-                              dispersion=args.dispersion, xc=args.xc)
+    calc = calculator_from_args(args)
     result = run_neb(initial, final, images=args.images, calculator=calc, climb=args.climb, fmax=args.fmax,
                      steps=args.steps, optimizer=args.optimizer, interpolation=args.interpolation, mic=args.mic,
                      k=args.spring, out_dir=args.out_dir, saddle_vibrations=not args.no_vibrations,

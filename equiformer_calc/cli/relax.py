@@ -7,8 +7,8 @@ import argparse
 import logging
 
 from ._common import (
-    FINITE_FLOAT, NONNEGATIVE_INT, OPTIMIZER_NAMES, POSITIVE_FLOAT, add_memory_argument, add_model_arguments,
-    check_outputs, check_structure, output_stem, read_structure, trajectory_output,
+    NONNEGATIVE_INT, OPTIMIZER_NAMES, POSITIVE_FLOAT, add_fix_arguments, add_memory_argument, add_model_arguments,
+    start_trajectory_run,
 )
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -31,9 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fmax", type=POSITIVE_FLOAT, default=0.05, help="force criterion, eV/A (> 0; default 0.05)")
     parser.add_argument("--steps", type=NONNEGATIVE_INT, default=500, help="maximum optimizer steps (default 500)")
     parser.add_argument("--optimizer", default="BFGS", type=str.upper, choices=OPTIMIZER_NAMES)
-    parser.add_argument("--fix-bottom", type=NONNEGATIVE_INT, default=None, metavar="K",
-                        help="fix the K lowest atomic layers (fewer than the structure has)")
-    parser.add_argument("--fix-below", type=FINITE_FLOAT, default=None, metavar="Z", help="fix atoms with z < Z (A)")
+    add_fix_arguments(parser)
     parser.add_argument("--cell", action="store_true", help="relax the cell too (3D-periodic inputs)")
     add_model_arguments(parser)
     add_memory_argument(parser)
@@ -41,18 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc relax``: read, relax, write trajectory + final structure + CSV + PNG."""
-    from ..workflows._common import resolve_calculator
     from ..workflows.relax import relax, relax_output_paths, write_relax_outputs
 
-    output, stem, traj = trajectory_output(args.input, args.output, "relaxed")
-    check_outputs([traj, *relax_output_paths(stem).values()], [args.input, args.checkpoint])
-    atoms = read_structure(args.input, args.index, args.format)
-    calc = resolve_calculator(
-        None, args.checkpoint, device=args.device, dtype=args.dtype, dispersion=args.dispersion, xc=args.xc,
-        memory=args.memory,
-    )
-    check_structure(atoms, calc)  # every input error surfaces before anything is written
-    output_stem(output)  # creates the folder
+    stem, traj, atoms, calc = start_trajectory_run(args, "relaxed", relax_output_paths, memory=args.memory)
     log.info("relaxing %s (%d atoms) from %s", atoms.get_chemical_formula(), len(atoms), args.input)
     result = relax(
         atoms, calculator=calc, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,

@@ -8,7 +8,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ._common import POSITIVE_FLOAT, POSITIVE_INT, add_model_arguments, check_outputs, read_structure
+from ._common import POSITIVE_FLOAT, POSITIVE_INT, add_model_arguments, calculator_from_args, check_outputs, read_structure
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -40,14 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc vibrations``: print the modes and the free-energy correction, write the CSV."""
-    from ..workflows._common import resolve_calculator
     from ..workflows.thermo import adsorbate_free_energies
 
     output = args.output or f"{Path(args.input).stem}_vibrations.csv"
     check_outputs([output], [args.input])
     atoms = read_structure(args.input, args.index)
-    calc = resolve_calculator(None, args.checkpoint, device=args.device, dtype=args.dtype,
-                              dispersion=args.dispersion, xc=args.xc)
+    calc = calculator_from_args(args)
     (g,) = adsorbate_free_energies([atoms], calc, args.temperature, [args.indices], delta=args.delta,
                                    nfree=args.nfree, batch_size=args.batch_size)
     vib = g.vibrations

@@ -257,78 +257,114 @@ def run_neb(
     calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
 
     out = Path(out_dir) if out_dir is not None else None
-    journal = restart = None
-    resumed_from: int | None = None
-    done_steps = 0
-    extra_state: dict[str, Any] = {}
+    journal = restart = last = None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         settings = {"images": images, "climb": climb, "fmax": fmax, "optimizer": opt_name, "interpolation":
                     interpolation, "mic": mic, "k": k, "method": method, "relax_endpoints": relax_endpoints}
-        fp = _fingerprint(initial, final, settings)
-        journal, restart = out / JOURNAL, out / "neb_optimizer.json"
-        settings_path = out / SETTINGS
-        if settings_path.exists():
-            old = json.loads(settings_path.read_text())
-            if old.get("fingerprint") != fp:
-                raise ValueError(f"{out} holds an NEB of other inputs or settings ({old.get('settings')}); "
-                                 f"this run: {settings}. Use another --out-dir or delete it")
-        else:
-            write_json({"fingerprint": fp, "settings": settings}, settings_path)
-        last = _last_journal_line(journal)
-    else:
-        last = None
+        journal, restart, last = _open_journal(out, initial, final, settings)
     ends = (initial, final)
     if relax_endpoints and last is None:  # (a resumed band has its endpoints in the journal)
-        from .batch import relax_batch
-
-        log.info("relaxing the endpoints (one batched model call per step)")
-        relaxed = relax_batch([initial, final], calculator=calc, fmax=min(fmax, 0.02), steps=1000, progress=False)
-        for r, name in zip(relaxed, ("initial", "final")):
-            if r.error is not None or not r.converged:
-                raise ValueError(f"the {name} state did not relax ({r.error or 'not converged in 1000 steps'})")
-        ends = (relaxed[0].atoms, relaxed[1].atoms)
+        ends = _relax_endpoints(initial, final, calc, fmax)
     band, neb = interpolate_band(ends[0], ends[1], images, interpolation, mic, climb, k, method)
     batch = BatchedImages(calc, band)
-    if out is not None:
-        assert journal is not None and restart is not None
-        if last is not None:
-            for image, pos in zip(band, last["positions"]):
-                image.positions = np.asarray(pos, dtype=float)
-            if last.get("optimizer_state") is not None:
-                write_text_atomic(restart, last["optimizer_state"])
-            elif restart.exists():
-                restart.unlink()
-            extra_state = last.get("extra_state") or {}
-            resumed_from = done_steps = int(last["step"])
-            log.info("resuming the NEB in %s from step %d", out, done_steps)
-        elif restart.exists():
-            restart.unlink()
-
+    extra_state, resumed_from = _resume_band(band, last, restart, out)
+    done_steps = resumed_from or 0
     opt = NEB_OPTIMIZERS[opt_name](neb, restart=None if restart is None else str(restart), logfile=None)
     for name, value in extra_state.items():
         setattr(opt, name, value)
-    step = [done_steps]
+    opt.attach(_Recorder(band, neb, opt, opt_name, restart, journal, done_steps), interval=1)
+    converged = bool(opt.run(fmax=fmax, steps=max(steps - done_steps, 0)))
+    result = _band_result(band, neb, converged, done_steps + opt.nsteps, batch.calls, resumed_from)
+    if not converged:
+        log.warning("the band did not converge in %d steps (fmax %.3f > %.3f eV/A): the barrier is not final",
+                    result.nsteps, result.fmax, fmax)
+    if saddle_vibrations:
+        _saddle_vibrations(result, initial, final, vib_indices, calc)
+    if out is not None:
+        result.files = write_neb_outputs(result, out)
+    return result
 
-    def record() -> None:
-        energies = [float(im.get_potential_energy()) for im in band]
-        f = neb.get_forces()
-        line = {"step": step[0], "positions": [im.positions.tolist() for im in band], "energies": energies,
+
+def _open_journal(out: Path, initial: Atoms, final: Atoms,
+                  settings: dict[str, Any]) -> tuple[Path, Path, dict[str, Any] | None]:
+    """Set-up of a journalled run in ``out``: the journal, the optimizer's restart file and the last
+    journal line (None for a new run); a journal of other inputs or settings is an error."""
+    out.mkdir(parents=True, exist_ok=True)
+    fp = _fingerprint(initial, final, settings)
+    journal, restart = out / JOURNAL, out / "neb_optimizer.json"
+    settings_path = out / SETTINGS
+    if settings_path.exists():
+        old = json.loads(settings_path.read_text())
+        if old.get("fingerprint") != fp:
+            raise ValueError(f"{out} holds an NEB of other inputs or settings ({old.get('settings')}); "
+                             f"this run: {settings}. Use another --out-dir or delete it")
+    else:
+        write_json({"fingerprint": fp, "settings": settings}, settings_path)
+    return journal, restart, _last_journal_line(journal)
+
+
+def _relax_endpoints(initial: Atoms, final: Atoms, calc: Any, fmax: float) -> tuple[Atoms, Atoms]:
+    """Both endpoints relaxed together (batched) to ``min(fmax, 0.02)`` eV/A; an error if one does not relax."""
+    from .batch import relax_batch
+
+    log.info("relaxing the endpoints (one batched model call per step)")
+    relaxed = relax_batch([initial, final], calculator=calc, fmax=min(fmax, 0.02), steps=1000, progress=False)
+    for r, name in zip(relaxed, ("initial", "final")):
+        if r.error is not None or not r.converged:
+            raise ValueError(f"the {name} state did not relax ({r.error or 'not converged in 1000 steps'})")
+    return relaxed[0].atoms, relaxed[1].atoms
+
+
+def _resume_band(band: list[Atoms], last: dict[str, Any] | None, restart: Path | None,
+                 out: Path | None) -> tuple[dict[str, Any], int | None]:
+    """Put a stopped run's band and optimizer state back (from the journal's ``last`` line); returns the
+    optimizer's extra state and the step resumed from (None for a new run, whose stale restart file goes)."""
+    if last is None:
+        if restart is not None and restart.exists():
+            restart.unlink()
+        return {}, None
+    assert restart is not None
+    for image, pos in zip(band, last["positions"]):
+        image.positions = np.asarray(pos, dtype=float)
+    if last.get("optimizer_state") is not None:
+        write_text_atomic(restart, last["optimizer_state"])
+    elif restart.exists():
+        restart.unlink()
+    done_steps = int(last["step"])
+    log.info("resuming the NEB in %s from step %d", out, done_steps)
+    return last.get("extra_state") or {}, done_steps
+
+
+class _Recorder:
+    """The optimizer's observer: one journal line per step (band, energies, fmax, optimizer state), fsynced;
+    its first call re-records the resumed state."""
+
+    def __init__(self, band: list[Atoms], neb: Any, opt: Any, opt_name: str, restart: Path | None,
+                 journal: Path | None, step: int) -> None:
+        self.band, self.neb, self.opt, self.opt_name = band, neb, opt, opt_name
+        self.restart, self.journal, self.step = restart, journal, step
+
+    def __call__(self) -> None:
+        energies = [float(im.get_potential_energy()) for im in self.band]
+        f = self.neb.get_forces()
+        restart = self.restart
+        line = {"step": self.step, "positions": [im.positions.tolist() for im in self.band], "energies": energies,
                 "fmax": float(np.sqrt((f**2).sum(axis=1).max())),
                 "optimizer_state": restart.read_text() if restart is not None and restart.exists() else None,
-                "extra_state": {name: getattr(opt, name) for name in _EXTRA_STATE.get(opt_name, ())}}
-        if journal is not None:
-            with open(journal, "a") as fh:
+                "extra_state": {name: getattr(self.opt, name) for name in _EXTRA_STATE.get(self.opt_name, ())}}
+        if self.journal is not None:
+            with open(self.journal, "a") as fh:
                 fh.write(json.dumps(line) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
-        log.info("NEB step %d: max E - E0 = %.4f eV, fmax %.4f eV/A", step[0], max(energies) - energies[0], line["fmax"])
-        step[0] += 1
+        log.info("NEB step %d: max E - E0 = %.4f eV, fmax %.4f eV/A", self.step, max(energies) - energies[0],
+                 line["fmax"])
+        self.step += 1
 
-    opt.attach(record, interval=1)
-    step[0] = done_steps  # the observer's first call re-records the resumed state
-    converged = bool(opt.run(fmax=fmax, steps=max(steps - done_steps, 0)))
-    nsteps = done_steps + opt.nsteps
+
+def _band_result(band: list[Atoms], neb: Any, converged: bool, nsteps: int, calls: int,
+                 resumed_from: int | None) -> NEBResult:
+    """The :class:`NEBResult` of the final band (copies of its images without calculators)."""
     forces = neb.get_forces()
     fmax_now = float(np.sqrt((forces**2).sum(axis=1).max()))
     energies = np.array([im.get_potential_energy() for im in band], dtype=float)
@@ -339,27 +375,27 @@ def run_neb(
         a = im.copy()
         a.calc = None
         final_band.append(a)
-    result = NEBResult(final_band, energies, distance, float(energies[saddle] - energies[0]),
-                       float(energies[saddle] - energies[-1]), float(energies[-1] - energies[0]), saddle,
-                       converged, nsteps, fmax_now, calls=batch.calls, resumed_from=resumed_from)
-    if not converged:
-        log.warning("the band did not converge in %d steps (fmax %.3f > %.3f eV/A): the barrier is not final",
-                    nsteps, fmax_now, fmax)
-    if saddle_vibrations:
-        if 0 < saddle < len(band) - 1:
-            if vib_indices is None:
-                moved = np.linalg.norm(final.positions - initial.positions, axis=1) > 0.1
-                vib_indices = [int(i) for i in np.flatnonzero(moved)] or None
-            result.vibrations = vibrate(final_band[saddle], indices=vib_indices, calculator=calc, progress=False)
-            imag = result.vibrations.imaginary
-            result.imaginary_frequency = float(-imag.min()) if len(imag) else None
-            if len(imag) != 1:
-                log.warning("the saddle image has %d imaginary modes (a first-order saddle has 1)", len(imag))
-        else:
-            log.warning("the highest image is an endpoint: no barrier between the endpoints, no saddle vibrations")
-    if out is not None:
-        result.files = write_neb_outputs(result, out)
-    return result
+    return NEBResult(final_band, energies, distance, float(energies[saddle] - energies[0]),
+                     float(energies[saddle] - energies[-1]), float(energies[-1] - energies[0]), saddle,
+                     converged, nsteps, fmax_now, calls=calls, resumed_from=resumed_from)
+
+
+def _saddle_vibrations(result: NEBResult, initial: Atoms, final: Atoms, vib_indices: Sequence[int] | None,
+                       calc: Any) -> None:
+    """Vibrations of the highest image into ``result`` (displacing ``vib_indices``, default: the atoms
+    that move more than 0.1 A between the endpoints); a warning when it is an endpoint."""
+    saddle = result.saddle
+    if not 0 < saddle < len(result.images) - 1:
+        log.warning("the highest image is an endpoint: no barrier between the endpoints, no saddle vibrations")
+        return
+    if vib_indices is None:
+        moved = np.linalg.norm(final.positions - initial.positions, axis=1) > 0.1
+        vib_indices = [int(i) for i in np.flatnonzero(moved)] or None
+    result.vibrations = vibrate(result.images[saddle], indices=vib_indices, calculator=calc, progress=False)
+    imag = result.vibrations.imaginary
+    result.imaginary_frequency = float(-imag.min()) if len(imag) else None
+    if len(imag) != 1:
+        log.warning("the saddle image has %d imaginary modes (a first-order saddle has 1)", len(imag))
 
 
 def write_neb_outputs(result: NEBResult, out: Path) -> dict[str, Path]:

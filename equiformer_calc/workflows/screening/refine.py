@@ -206,31 +206,69 @@ def refine_screen(
     folder = Path(journal_dir)
     folder.mkdir(parents=True, exist_ok=True)
     candidates = select_candidates(sites, top_k, rank_by, kappa)
-    result = RefineResult(mode, name)
-    executor = executor if executor is not None else SerialExecutor()
+    ref = _Refinement(store, RefineResult(mode, name), executor if executor is not None else SerialExecutor(),
+                      reference, mode, fmax, steps, fix_bottom, folder)
+    mu = _refine_references(ref, plan)  # 1. gas molecules and clean slabs
+    by_site = {(x.info["surface"], x.info["adsorbate"], x.info["site"]): x for x in plan.adsorbates}
+    _refine_adsorbates(ref, plan, candidates, by_site, mu, move_tolerance)  # 2. the top-k of every group
+    _best_per_group(ref, candidates, by_site)  # 3. the reference's best per group
+    result = ref.result
+    result.calls = result.reference_calls + sum(g["ref_calls"] for g in result.groups.values())
+    log.info("reference %s (%s, top %d by %s): %d reference calls in all (%d paid by this run, %.1f s), "
+             "%d for gas + slabs", name, mode, top_k, rank_by, result.calls, result.paid_calls, result.seconds,
+             result.reference_calls)
+    return result
 
-    def ml_atoms(key: str, n_slab: int | None) -> Atoms | None:
-        row = store.rows.get(key)
+
+@dataclass
+class _Refinement:
+    """What every phase of :func:`refine_screen` shares: the store, the result being filled, the executor
+    and the reference's settings; its methods make, run and record the reference tasks."""
+
+    store: ScreenStore
+    result: RefineResult
+    executor: Any
+    reference: str
+    mode: str
+    fmax: float
+    steps: int
+    fix_bottom: int | None
+    folder: Path
+
+    @property
+    def name(self) -> str:
+        return self.result.labeller
+
+    def ml_atoms(self, key: str, n_slab: int | None) -> Atoms | None:
+        """The model's finished structure of task ``key`` (bottom layers of its slab fixed), None if missing."""
+        row = self.store.rows.get(key)
         if row is None or row.get("status") != "done":
             return None
         atoms = row.toatoms()
         atoms.calc = None
-        if n_slab is not None and fix_bottom:
+        if n_slab is not None and self.fix_bottom:
             fixed = np.zeros(len(atoms), dtype=bool)
-            fixed[:n_slab] = bottom_fixed_mask(atoms[:n_slab], fix_bottom)
+            fixed[:n_slab] = bottom_fixed_mask(atoms[:n_slab], self.fix_bottom)
             atoms.set_constraint(FixAtoms(mask=fixed))
         return atoms
 
-    def run(tasks: list[tuple[ReferenceTask, dict[str, Any], Any]], what: str) -> None:
+    def task_for(self, key: str, atoms: Atoms, how: str | None = None) -> ReferenceTask:
+        """The reference task of ML task ``key`` (``how``: "sp" or "relax", default: the refine mode)."""
+        how = self.mode if how is None else how
+        rkey = _ref_key(how, self.name, key)
+        return ReferenceTask(rkey, atoms, self.reference, how, self.fmax, self.steps, _journal(self.folder, rkey))
+
+    def run(self, tasks: list[tuple[ReferenceTask, dict[str, Any], Any]], what: str) -> None:
         """Run the tasks without a row on the executor; write each row as it completes (``extra(outcome)``
         adds key-value pairs)."""
+        store, result, name = self.store, self.result, self.name
         todo = [(t, info, extra) for t, info, extra in tasks if t.key not in store.rows]
         result.skipped += len(tasks) - len(todo)
         if not todo:
             return
-        log.info("reference %s (%s): %d %s (%d already in %s)", name, mode, len(todo), what, len(tasks) - len(todo),
-                 store.name)
-        for outcome in executor.map(run_reference, [t for t, _, _ in todo], name=f"refine-{what.split()[0]}"):
+        log.info("reference %s (%s): %d %s (%d already in %s)", name, self.mode, len(todo), what,
+                 len(tasks) - len(todo), store.name)
+        for outcome in self.executor.map(run_reference, [t for t, _, _ in todo], name=f"refine-{what.split()[0]}"):
             task, info, extra = todo[outcome.index]
             if outcome.error is not None:
                 result.errors[task.key] = outcome.error
@@ -248,50 +286,58 @@ def refine_screen(
             result.paid_calls += out.calls
             result.seconds += out.seconds
 
-    def task_for(key: str, atoms: Atoms, how: str = mode) -> ReferenceTask:
-        rkey = _ref_key(how, name, key)
-        return ReferenceTask(rkey, atoms, reference, how, fmax, steps, _journal(folder, rkey))
 
-    # 1. gas molecules and clean slabs: relaxed by the reference from the model's relaxed ones (both modes)
+def _refine_references(ref: _Refinement, plan: ScreenPlan) -> dict[str, float]:
+    """Phase 1: gas molecules and clean slabs relaxed by the reference from the model's relaxed ones (both
+    modes); returns the reference's chemical potentials (an error when a gas-phase molecule failed)."""
+    store, result, name = ref.store, ref.result, ref.name
     refs: list[tuple[ReferenceTask, dict[str, Any], Any]] = []
     for t in plan.gas + plan.slabs:
-        atoms = ml_atoms(t.key, len(t.atoms) if t.kind == "slab" else None)
+        atoms = ref.ml_atoms(t.key, len(t.atoms) if t.kind == "slab" else None)
         if atoms is None:
             result.errors[t.key] = "the model's relaxation of this reference structure is missing or failed"
             continue
-        refs.append((task_for(t.key, atoms, "relax"), {"ml_task_key": t.key, **_plain(t.info)}, None))
-    run(refs, "reference structures")
+        refs.append((ref.task_for(t.key, atoms, "relax"), {"ml_task_key": t.key, **_plain(t.info)}, None))
+    ref.run(refs, "reference structures")
     gas = {m: store.rows.get(_ref_key("relax", name, f"gas/{m}")) for m in REFERENCE_MOLECULES}
     if any(r is None for r in gas.values()):
         raise RuntimeError(f"the reference {name} failed on a gas-phase molecule: {result.errors}")
     mu = reference_potentials({m: r.get("ref_energy") for m, r in gas.items()})
     result.reference_calls = sum(int(store.rows[t.key].get("ref_calls", 0)) for t, _, _ in refs if t.key in store.rows)
+    return mu
 
-    # 2. the top-k adsorbate systems of every group
-    by_site = {(x.info["surface"], x.info["adsorbate"], x.info["site"]): x for x in plan.adsorbates}
+
+def _refine_adsorbates(ref: _Refinement, plan: ScreenPlan, candidates: dict[tuple[str, str], list[dict[str, Any]]],
+                       by_site: dict[tuple[str, str, str], Any], mu: dict[str, float], move_tolerance: float) -> None:
+    """Phase 2: the reference on the top-k adsorbate systems of every group."""
     tasks: list[tuple[ReferenceTask, dict[str, Any], Any]] = []
     for rows in candidates.values():
         for r in rows:
             t = by_site.get((r["surface"], r["adsorbate"], r["site"]))
             if t is None:
                 continue
-            atoms = ml_atoms(t.key, t.n_slab)
+            atoms = ref.ml_atoms(t.key, t.n_slab)
             if atoms is None:
                 continue
-            slab_ref = store.rows.get(_ref_key("relax", name, f"slab/{t.info['surface']}"))
-            tasks.append((task_for(t.key, atoms), {"ml_task_key": t.key, **_plain(t.info), "e_ads_ml": r["e_ads"]},
-                          _adsorbate_extra(t, slab_ref, mu, mode, move_tolerance, fix_bottom,
+            slab_ref = ref.store.rows.get(_ref_key("relax", ref.name, f"slab/{t.info['surface']}"))
+            tasks.append((ref.task_for(t.key, atoms), {"ml_task_key": t.key, **_plain(t.info), "e_ads_ml": r["e_ads"]},
+                          _adsorbate_extra(t, slab_ref, mu, ref.mode, move_tolerance, ref.fix_bottom,
                                            [(x.kind, x.position) for x in plan.all_sites.get(t.info["surface"], [])])))
-    run(tasks, "adsorbate systems")
+    ref.run(tasks, "adsorbate systems")
 
-    # 3. the reference's best per group
+
+def _best_per_group(ref: _Refinement, candidates: dict[tuple[str, str], list[dict[str, Any]]],
+                    by_site: dict[tuple[str, str, str], Any]) -> None:
+    """Phase 3 (bookkeeping): per site and per group, the reference's numbers; a group's best is its lowest
+    finite adsorption energy among the sites without anomalies."""
+    result = ref.result
     for (surface, ads), rows in candidates.items():
         group = {"e_ads_ref": float("nan"), "ref_site": "", "ref_final_site": "", "ref_calls": 0, "n_ref": 0,
                  "ref_anomalous": 0}
         best = None
         for r in rows:
             t = by_site.get((surface, ads, r["site"]))
-            row = store.rows.get(_ref_key(mode, name, t.key)) if t is not None else None
+            row = ref.store.rows.get(_ref_key(ref.mode, ref.name, t.key)) if t is not None else None
             if row is None:
                 continue
             group["n_ref"] += 1
@@ -307,11 +353,6 @@ def refine_screen(
         if best is not None:
             group.update(e_ads_ref=best[0], ref_site=best[1], ref_final_site=best[2])
         result.groups[(surface, ads)] = group
-    result.calls = result.reference_calls + sum(g["ref_calls"] for g in result.groups.values())
-    log.info("reference %s (%s, top %d by %s): %d reference calls in all (%d paid by this run, %.1f s), "
-             "%d for gas + slabs", name, mode, top_k, rank_by, result.calls, result.paid_calls, result.seconds,
-             result.reference_calls)
-    return result
 
 
 def _plain(info: dict[str, Any]) -> dict[str, Any]:
