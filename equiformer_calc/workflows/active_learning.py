@@ -62,12 +62,12 @@ from ase.constraints import FixAtoms
 from ase.geometry import find_mic
 from ase.io import read as ase_read
 from ase.io import write as ase_write
-from tqdm.auto import tqdm
 
 from ..data.label import _pathology  # the one definition of a pathological label (data generation's)
 from ..data.labellers import JournaledCalculator, LabelJournal, LabelStats, resolve_labeller
 from ..data.plan import SLAB_CELLS
 from ..io import atomic_path, write_json
+from ..io import progress as tqdm  # live bar on a terminal, plain lines in a log
 from ..surfaces import (
     ADSORBATES,
     FACET_SITES,
