@@ -210,7 +210,9 @@ def _number(name: str, value: Any, kind: type, minimum: float, unit: str = "") -
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
     if ok and kind is int:
         ok = float(value).is_integer()
-    if not ok or not value >= minimum:
-        what = "an integer" if kind is int else "a number"
+    if not ok:
+        what = "an integer" if kind is int else "a finite number"
         raise ValueError(f"{name} must be {what} >= {minimum:g}{unit}, got {value!r}")
+    if not value >= minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}{unit}, got {value}")
     return kind(value)
