@@ -14,7 +14,7 @@ from ..graph import DEFAULT_MIN_DISTANCE_RATIO, NeighborListCache
 from ..integrations.d3 import DispersionPredictor, parse_dispersion
 from ..model import Equiformer
 from ..predictor import Predictor, model_task, not_a_potential_message
-from .settings import CALCULATOR_FIELDS, ModelSettings
+from .settings import CALCULATOR_FIELDS, PREDICTOR_FIELDS, ModelSettings
 
 __all__ = ["EquiformerCalculator", "ModelSettings", "resolve_calculator"]
 
@@ -126,6 +126,10 @@ class EquiformerCalculator(EquiformerCalculatorBase):
         """A calculator over an existing :class:`~equiformer_calc.predictor.Predictor` (shared,
         not copied), or over a :class:`~equiformer_calc.integrations.d3.DispersionPredictor` (its
         D3 becomes the calculator's ``dispersion``); ``changes``: calculator settings such as ``skin``."""
+        fixed = sorted(set(changes) & {*PREDICTOR_FIELDS, "checkpoint", "checkpoint_sha256", "uncertainty"})
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} belong to the predictor given: build it with the settings wanted "
+                             f"(ModelSettings(...).predictor()) instead")
         settings = ModelSettings.of(predictor, **changes)
         settings.dispersion_term()
         inner = predictor.predictor if isinstance(predictor, DispersionPredictor) else predictor
@@ -275,15 +279,16 @@ def resolve_calculator(calculator: Any = None, **defaults: Any) -> Calculator:
     * an :class:`~equiformer_calc.model.Equiformer`: a calculator over a copy of it.
 
     ``defaults``: settings the workflow prefers where it builds the settings itself (a name,
-    None, a model, a predictor's calculator-level ``skin`` / ``dispersion``), e.g. MD's ``skin=1.0``;
+    None, a model; for a predictor only the calculator-level ones such as ``skin``), e.g. MD's ``skin=1.0``;
     a calculator or a ModelSettings given by the caller is never changed. Anything else is a
     ``TypeError`` naming what was given and what is accepted."""
     if isinstance(calculator, Calculator):
         return calculator
     if isinstance(calculator, ModelSettings):
         return EquiformerCalculator.from_settings(calculator)
-    if isinstance(calculator, (Predictor, DispersionPredictor)):
-        return EquiformerCalculator.from_predictor(calculator, **defaults)
+    if isinstance(calculator, (Predictor, DispersionPredictor)):  # its own settings win over the defaults
+        own = {*PREDICTOR_FIELDS, "checkpoint", "checkpoint_sha256", "uncertainty"}
+        return EquiformerCalculator.from_predictor(calculator, **{k: v for k, v in defaults.items() if k not in own})
     if isinstance(calculator, Equiformer):
         return EquiformerCalculator.from_settings(ModelSettings(**defaults), model=calculator)
     if calculator is None or isinstance(calculator, (str, os.PathLike)):

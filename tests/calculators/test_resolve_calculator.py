@@ -60,6 +60,10 @@ def test_a_predictor_is_shared_not_copied(model):
     assert calc.predictor is predictor and calc.parameters["skin"] == 1.0 and calc.parameters["dtype"] == "float64"
     atoms = slab_with_adsorbate()
     assert calc.get_potential_energy(atoms) == predictor.predict([atoms], ["energy"])[0]["energy"]
+    # a predictor's own settings are its own: a workflow's dtype default does not relabel it
+    assert resolve_calculator(predictor, dtype="float32").parameters["dtype"] == "float64"
+    with pytest.raises(ValueError, match="dtype belong to the predictor given"):
+        EquiformerCalculator.from_predictor(predictor, dtype="float32")
 
 
 def test_a_dispersion_predictor_becomes_the_calculators_dispersion(model):
