@@ -20,6 +20,9 @@ __all__ = ["EquiformerCalculator", "ModelSettings", "resolve_calculator"]
 
 log = logging.getLogger(__name__)
 
+#: the settings a built predictor fixes (a calculator over it cannot change them)
+_PREDICTORS_OWN = frozenset({*PREDICTOR_FIELDS, "checkpoint", "checkpoint_sha256", "uncertainty"})
+
 class EquiformerCalculator(EquiformerCalculatorBase):
     """Energy, forces, stress and per-atom energies of an Equiformer model, for any ASE workflow.
 
@@ -102,7 +105,7 @@ class EquiformerCalculator(EquiformerCalculatorBase):
         super().__init__(**kwargs)
         if model is not None and checkpoint is not None:
             raise ValueError("give either checkpoint or model, not both")
-        # the keywords are a ModelSettings (validated there, the one place); the predictor is its
+        # the keywords make a ModelSettings (validated there, the one place), and it builds the predictor
         settings = ModelSettings(
             checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256, device=device, dtype=dtype,
             max_atoms_per_batch=max_atoms_per_batch, skin=skin, min_distance_ratio=min_distance_ratio,
@@ -126,7 +129,7 @@ class EquiformerCalculator(EquiformerCalculatorBase):
         """A calculator over an existing :class:`~equiformer_calc.predictor.Predictor` (shared,
         not copied), or over a :class:`~equiformer_calc.integrations.d3.DispersionPredictor` (its
         D3 becomes the calculator's ``dispersion``); ``changes``: calculator settings such as ``skin``."""
-        fixed = sorted(set(changes) & {*PREDICTOR_FIELDS, "checkpoint", "checkpoint_sha256", "uncertainty"})
+        fixed = sorted(set(changes) & _PREDICTORS_OWN)
         if fixed:
             raise ValueError(f"{', '.join(fixed)} belong to the predictor given: build it with the settings wanted "
                              f"(ModelSettings(...).predictor()) instead")
@@ -287,8 +290,8 @@ def resolve_calculator(calculator: Any = None, **defaults: Any) -> Calculator:
     if isinstance(calculator, ModelSettings):
         return EquiformerCalculator.from_settings(calculator)
     if isinstance(calculator, (Predictor, DispersionPredictor)):  # its own settings win over the defaults
-        own = {*PREDICTOR_FIELDS, "checkpoint", "checkpoint_sha256", "uncertainty"}
-        return EquiformerCalculator.from_predictor(calculator, **{k: v for k, v in defaults.items() if k not in own})
+        calc_level = {k: v for k, v in defaults.items() if k not in _PREDICTORS_OWN}
+        return EquiformerCalculator.from_predictor(calculator, **calc_level)
     if isinstance(calculator, Equiformer):
         return EquiformerCalculator.from_settings(ModelSettings(**defaults), model=calculator)
     if calculator is None or isinstance(calculator, (str, os.PathLike)):
