@@ -68,6 +68,7 @@ def test_query_settings_and_extxyz_body(url, calc):
     atoms = co_slab()
     mask = np.zeros(len(atoms), bool)
     mask[[7, 9]] = True  # a surface Cu atom and O
+    atoms.info.pop("adsorbate_info", None)  # a dict: extxyz would skip it with a warning
     text = io.StringIO()
     write(text, atoms, format="extxyz")
     query = "?mask=" + ",".join("1" if m else "0" for m in mask) + "&nfree=4&delta=0.02"
