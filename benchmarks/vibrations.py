@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 import tempfile
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         f = np.asarray(vib.get_frequencies())
         return np.sort(np.where(np.abs(f.imag) > np.abs(f.real), -np.abs(f.imag), f.real))
 
+    load_start = os.getloadavg()[0]
     ours()  # warm-up (both share the calculator)
     t_ours, t_ase, c_ours, c_ase, diff = [], [], [], [], 0.0
     for _ in range(args.rounds):
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     convergence = {(d, nf): float(np.abs(vibrate(atoms, indices=indices, calculator=calc64, delta=d, nfree=nf,
                                                  progress=False).frequencies - f64).max())
                    for nf in (2, 4) for d in (0.02, 0.01, 0.005)}
+    load_end = os.getloadavg()[0]
     m_ours, m_ase = float(np.median(t_ours)), float(np.median(t_ase))
     b_ours, b_ase = min(t_ours), min(t_ase)
     cm_ours, cm_ase = float(np.median(c_ours)), float(np.median(c_ase))
@@ -215,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         SECTION, "",
         f"`python benchmarks/vibrations.py {shlex.join(argv if argv is not None else sys.argv[1:])}`. "
-        + _common.machine_line() + " The machine was shared with other jobs (loaded) during the run.",
+        + _common.machine_line() + " The machine was shared with other jobs (loaded) during the run: load average "
+        f"(1 min) {load_start:.1f} at the start and {load_end:.1f} at the end of the timed part, on 2 cores. CPU "
+        "times are process times (all threads).",
         "",
         f"CO on top of a 3x3x4 Cu(111) slab (38 atoms; relaxed, slab fixed), checkpoint `{ckpt}`, {args.dtype}, "
         "delta 0.01 A, nfree 2: 12 displaced structures. Median of "
