@@ -218,9 +218,20 @@ _BODY = {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
     "chemical/x-extxyz": {"schema": {"type": "string"}},
     "text/plain": {"schema": {"type": "string", "description": "extxyz text (one frame)"}}}}
+_PARAMETERS = [
+    {"name": name, "in": "query", "required": False, "schema": {"type": kind}, "description": text}
+    for name, kind, text in (
+        ("indices", "string", "atoms to displace, comma-separated (or repeated); default: the adsorbate (non-metals)"),
+        ("mask", "string", "instead of indices: one 0/1 per atom, comma-separated"),
+        ("delta", "number", f"displacement in Angstrom, in (0, {MAX_DELTA:g}]; default 0.01"),
+        ("nfree", "integer", "displacements per coordinate, 2 or 4; default 2"),
+        ("soft_threshold", "number", f"real modes below this (cm^-1) are 'soft'; default {SOFT_THRESHOLD_CM:g}"),
+    )
+]
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 415, 500, 503, 504, 507)}
 #: (path, handler, method, FastAPI route options), registered by :func:`~.routes.register`
 ROUTES: list[tuple[str, Callable[..., Any], str, dict[str, Any]]] = [
     ("/v1/vibrations", vibrations, "POST", {"dependencies": [Depends(authorize)], "tags": ["model"],
-                                            "openapi_extra": {"requestBody": _BODY}, "responses": _ERRORS}),
+                                            "openapi_extra": {"requestBody": _BODY, "parameters": _PARAMETERS},
+                                            "responses": _ERRORS}),
 ]

@@ -15,7 +15,7 @@ from ase.io import read, write
 from equiformer_calc import EquiformerCalculator
 from equiformer_calc.workflows.vibrations import vibrate
 
-from .test_service import as_json, http, serve_in_thread
+from .test_service import TOKEN, ServerProcess, as_json, http, serve_in_thread
 
 MAX_ATOMS_PER_REQUEST = 400
 
@@ -134,3 +134,33 @@ def test_bad_structures(url):
     assert status == 422 and body["error"]["type"] in ("invalid_request", "invalid_structure"), body
     status, body, _ = post(url, Atoms("CO", positions=[[0, 0, 0], [0, 0, 0.05]]))
     assert status == 422 and body["error"]["type"] == "invalid_structure", body
+
+
+def test_documented_in_openapi(url):
+    status, schema, _ = http(url.replace("/v1/vibrations", "/openapi.json"), token=None)
+    assert status == 200
+    op = schema["paths"]["/v1/vibrations"]["post"]
+    assert {p["name"] for p in op["parameters"]} == {"indices", "mask", "delta", "nfree", "soft_threshold"}
+    assert "chemical/x-extxyz" in op["requestBody"]["content"]
+
+
+@pytest.mark.slow
+def test_served_by_the_cli_with_its_model_worker(calc, tmp_path):
+    """``equiformer-calc serve`` (model in a worker process, bearer token): the same numbers; 401 without the token."""
+    server = ServerProcess("pbe-distilled-small", tmp_path / "serve.log", "--dtype", "float64", "--no-access-log",
+                           env={"EQUIFORMER_CALC_TOKEN": TOKEN})
+    try:
+        server.wait_ready()
+        assert "model calls in a worker process" in server.log()
+        url = server.url + "/v1/vibrations"
+        atoms = co_slab()
+        status, body, _ = http(url, {"structures": [as_json(atoms)]})
+        assert status == 200, body
+        ours = vibrate(atoms, calculator=calc, progress=False)
+        np.testing.assert_allclose(body["frequencies_cm-1"], ours.frequencies, atol=1e-6)
+        assert body["n_calls"] == 1
+        status, body, _ = http(url, {"structures": [as_json(atoms)]}, token=None)
+        assert status == 401 and body["error"]["type"] == "unauthorized"
+    finally:
+        server.stop()
+
