@@ -152,7 +152,8 @@ def _prepare(state: ServiceState, content_type: str, body: bytes, settings: dict
         raise ApiError(413, "too_large", f"displacing {len(indices)} atom(s) with nfree={settings['nfree']} needs "
                                          f"{evaluations} evaluations of {len(structure)} atoms ({total} atoms); this "
                                          f"server accepts at most {state.limits.max_atoms_per_request} atoms per "
-                                         "request: displace fewer atoms (indices) or use nfree=2")
+                                         "request: displace fewer atoms (indices)"
+                                         + (" or use nfree=2" if settings["nfree"] == 4 else ""))
     edges = evaluations * (estimate_edges(structure, cutoff) if len(structure) > 1 or structure.pbc.any() else 0)
     if edges > state.limits.max_edges_per_request:
         raise ApiError(413, "too_large", f"the {evaluations} displaced copies make about {edges:,} edges; this server "
