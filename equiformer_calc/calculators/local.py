@@ -266,14 +266,15 @@ class EquiformerCalculator(EquiformerCalculatorBase):
 
 
 #: what :func:`resolve_calculator` accepts, for its error message
-_ACCEPTED = ("an ASE calculator, a Predictor, a ModelSettings, an Equiformer model, a checkpoint name or path, "
+_ACCEPTED = ("an ASE calculator (or an object with its get_property, or a batched predict), a Predictor, a ModelSettings, an Equiformer model, a checkpoint name or path, "
              "or None (the default shipped checkpoint)")
 
 
 def resolve_calculator(calculator: Any = None, **defaults: Any) -> Calculator:
     """THE way a workflow gets its calculator from what the caller gave as ``calculator``:
 
-    * an ASE calculator (any: EMT, a remote one, an :class:`EquiformerCalculator`): used as is;
+    * an ASE calculator (any: EMT, a remote one, an :class:`EquiformerCalculator`), or an object with
+      a calculator's methods (a batched ``predict``, or ASE's ``get_property``): used as is;
     * a :class:`~equiformer_calc.calculators.settings.ModelSettings`: its calculator, exactly as set;
     * a :class:`~equiformer_calc.predictor.Predictor` (or a D3 ``DispersionPredictor`` over one):
       a calculator sharing it (no copy of the model);
@@ -292,6 +293,8 @@ def resolve_calculator(calculator: Any = None, **defaults: Any) -> Calculator:
     if isinstance(calculator, (Predictor, DispersionPredictor)):  # its own settings win over the defaults
         calc_level = {k: v for k, v in defaults.items() if k not in _PREDICTORS_OWN}
         return EquiformerCalculator.from_predictor(calculator, **calc_level)
+    if any(callable(getattr(calculator, name, None)) for name in ("predict", "get_property")):
+        return calculator  # a calculator by its methods (batched ``predict`` or ASE's interface)
     if isinstance(calculator, Equiformer):
         return EquiformerCalculator.from_settings(ModelSettings(**defaults), model=calculator)
     if calculator is None or isinstance(calculator, (str, os.PathLike)):

@@ -34,6 +34,15 @@ def test_an_ase_calculator_is_used_as_is_and_defaults_do_not_touch_it():
     assert resolve_calculator(calc, skin=1.0) is calc and calc.parameters["skin"] == 0.0
 
 
+def test_an_object_with_a_calculators_methods_is_used_as_is():
+    class Batched:  # e.g. the service's batcher-backed evaluator
+        def predict(self, structures, properties=("energy",)):
+            return [{"energy": 0.0} for _ in structures]
+
+    duck = Batched()
+    assert resolve_calculator(duck) is duck
+
+
 def test_a_name_or_path_loads_that_checkpoint_with_the_defaults(checkpoint):
     for given in (str(checkpoint), Path(checkpoint)):
         calc = resolve_calculator(given, skin=1.0, dtype="float64")
@@ -82,8 +91,9 @@ def test_a_model_is_copied_with_the_defaults(model):
 
 
 @pytest.mark.parametrize("given, message", [
-    (5, "calculator must be an ASE calculator, a Predictor, a ModelSettings, an Equiformer model, a checkpoint "
-        "name or path, or None (the default shipped checkpoint); got int 5"),
+    (5, "calculator must be an ASE calculator (or an object with its get_property, or a batched predict), a "
+        "Predictor, a ModelSettings, an Equiformer model, a checkpoint name or path, or None (the default shipped "
+        "checkpoint); got int 5"),
     ({"checkpoint": "emt-small"}, "got dict {'checkpoint': 'emt-small'}"),
 ])
 def test_anything_else_is_a_type_error_naming_it(given, message):
