@@ -70,19 +70,8 @@ class EquiformerCalculator(EquiformerCalculatorBase):
         "checkpoint", "model", "device", "dtype", "max_atoms_per_batch", "skin", "min_distance_ratio", "dispersion", "xc",
         "memory", "checkpoint_sha256", "uncertainty",
     )
-    default_parameters: dict[str, Any] = {
-        "checkpoint": None,
-        "checkpoint_sha256": None,
-        "device": "cpu",
-        "dtype": "float32",
-        "max_atoms_per_batch": 2048,
-        "skin": 0.0,
-        "min_distance_ratio": DEFAULT_MIN_DISTANCE_RATIO,
-        "dispersion": None,
-        "xc": "pbe",
-        "memory": "auto",
-        "uncertainty": "auto",
-    }
+    #: the defaults are ModelSettings' (tests/calculators/test_settings.py checks the signature's equal them)
+    default_parameters: dict[str, Any] = ModelSettings.defaults(CALCULATOR_FIELDS)
     settable = ("max_atoms_per_batch", "skin", "min_distance_ratio", "dispersion", "xc", "memory")
 
     def __init__(

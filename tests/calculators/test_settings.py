@@ -140,3 +140,15 @@ def test_checkpoint_sha256_and_missing_files_are_refused(checkpoint, tmp_path):
     missing = tmp_path / "nothing-here.safetensors"
     with pytest.raises(CheckpointError, match="nothing-here"):
         ModelSettings(checkpoint=str(missing)).predictor()
+
+
+def test_the_calculators_keyword_defaults_are_the_settings_defaults():
+    """EquiformerCalculator keeps ASE-style keywords; their defaults (and ``default_parameters``) are
+    ModelSettings', so the two cannot drift apart."""
+    import inspect
+
+    from equiformer_calc.calculators.settings import CALCULATOR_FIELDS
+
+    signature = inspect.signature(EquiformerCalculator.__init__).parameters
+    assert {name: signature[name].default for name in CALCULATOR_FIELDS} == ModelSettings.defaults(CALCULATOR_FIELDS)
+    assert EquiformerCalculator.default_parameters == ModelSettings.defaults(CALCULATOR_FIELDS)
