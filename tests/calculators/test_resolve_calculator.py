@@ -10,21 +10,12 @@ from ase.calculators.emt import EMT
 
 from equiformer_calc import EquiformerCalculator, ModelSettings
 from equiformer_calc.calculators.local import resolve_calculator
-from equiformer_calc.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, save_checkpoint
+from equiformer_calc.checkpoint import DEFAULT_CHECKPOINT, CheckpointError
 from equiformer_calc.integrations.d3 import D3, DispersionPredictor
 from equiformer_calc.predictor import Predictor
 
 from ..helpers import make_model, slab_with_adsorbate
 
-
-@pytest.fixture(scope="module")
-def model():
-    return make_model(6)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(model, tmp_path_factory):
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 def test_an_ase_calculator_is_used_as_is_and_defaults_do_not_touch_it():

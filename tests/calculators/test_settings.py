@@ -11,21 +11,12 @@ import numpy as np
 import pytest
 
 from equiformer_calc import EquiformerCalculator, ModelSettings
-from equiformer_calc.checkpoint import CheckpointError, save_checkpoint
+from equiformer_calc.checkpoint import CheckpointError
 from equiformer_calc.predictor import Predictor
 from equiformer_calc.runtime import DeviceUnavailableError
 
-from ..helpers import make_model, slab_with_adsorbate
+from ..helpers import slab_with_adsorbate
 
-
-@pytest.fixture(scope="module")
-def model():
-    return make_model(5)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(model, tmp_path_factory):
-    return str(save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"))
 
 
 @pytest.mark.parametrize("field, value, error, message", [
