@@ -17,9 +17,19 @@ own spread, with the members' correlated errors cancelling), and ``forces_uncert
 root-mean-square over members of ``|F_m - mean_m F_m|`` with ``F_m = -dE_m/dx`` (one extra backward
 pass per member, so forces' uncertainty is asked for separately: :data:`UNCERTAINTY_MODES`).
 
+The heads' energies barely spread where the model's energy errors are large (those errors are
+systematic: every member fitted to the same data shares them). So a committee may also carry an
+:class:`~equiformer_calc.energy_error.EnergyErrorModel` (:func:`add_error_model`): the error the model
+makes on the training frames whose adsorbate atoms look most alike to the readout (``p``, eV, signed),
+and a novelty term for features outside the training frames' distribution (``q``, eV). They enter every
+member as fixed-sign shifts, ``E_m += z_m p + y_m q`` (:func:`~equiformer_calc.energy_error.sign_patterns`),
+so that ``energy_uncertainty`` stays the members' spread (now about ``sqrt(heads' variance + p^2 + q^2)``)
+and an adsorption energy computed member by member gets the estimated error of the difference. The
+reported energy is still the model's own; forces' uncertainty is the heads' alone.
+
 Files: ``<checkpoint>.committee.safetensors`` next to the checkpoint (tensors ``A`` (M, F, F), ``a``
-(M, F), ``w`` (M, F), ``b`` (M, n_elements); JSON metadata with the sha256 of the checkpoint file it
-belongs to). A committee is tied to those weights: :func:`load_committee` refuses a mismatch
+(M, F), ``w`` (M, F), ``b`` (M, n_elements), and with an error model its ``err.*`` tensors; JSON metadata
+with the sha256 of the checkpoint file it belongs to). A committee is tied to those weights: :func:`load_committee` refuses a mismatch
 (:class:`CommitteeError`) when the uncertainty was asked for explicitly, and ignores the committee with
 a logged warning when it was only the default (a replaced default checkpoint keeps working, without
 uncertainty, until its own committee is fitted with :func:`fit_head_committee`).
