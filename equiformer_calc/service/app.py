@@ -7,6 +7,9 @@ Endpoints (all JSON except ``/metrics``; errors are ``{"error": {"type": ..., "m
   ``text/plain``; properties then come from the ``properties`` query parameter). Answers energy
   (eV), forces (eV/A), stress (6 Voigt components, eV/A^3, ASE sign convention) and per-atom
   energies, one result per structure, in input order.
+* ``POST /v1/vibrations`` -- harmonic vibrations of one structure (body as for ``/v1/predict``;
+  ``indices`` or ``mask``, ``delta``, ``nfree`` as query parameters; see :mod:`.vibrations`):
+  frequencies in cm^-1 (imaginary ones negative), zero-point energy, Hessian, batched-call count.
 * ``GET /health`` -- liveness (never needs the token).
 * ``GET /v1/models`` -- the served checkpoint: metadata, elements, cutoff, dtype, limits.
 * ``GET /metrics`` -- Prometheus text format.
@@ -38,12 +41,13 @@ from .parsing import EXTXYZ_TYPES
 from .routes import install_error_handlers, register
 from .schema import ErrorResponse, PredictRequest
 from .state import ServiceOptions, ServiceState, build_state, startup_log
+from .vibrations import ROUTES as VIBRATION_ROUTES
 
 __all__ = ["create_app", "EXTXYZ_TYPES", "ServiceOptions"]
 
 log = logging.getLogger(__name__)
 
-_PATHS = ("/health", "/v1/predict", "/v1/models", "/metrics", "/docs", "/redoc", "/openapi.json")
+_PATHS = ("/health", "/v1/predict", "/v1/vibrations", "/v1/models", "/metrics", "/docs", "/redoc", "/openapi.json")
 #: after the in-flight requests (uvicorn's graceful timeout), queued work still gets this long
 _STOP_TIMEOUT_S = 10.0
 
@@ -150,6 +154,7 @@ def create_app(predictor_or_checkpoint: Predictor | str | os.PathLike, **options
     app.add_middleware(_DocsPolicyMiddleware)  # type: ignore[arg-type]
     install_error_handlers(app)
     register(app)
+    register(app, VIBRATION_ROUTES)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -206,9 +206,11 @@ ROUTES: list[tuple[str, Callable[..., Any], str, dict[str, Any]]] = [
 ]
 
 
-def register(app: FastAPI) -> None:
-    """Add every route of :data:`ROUTES` to ``app``."""
-    for path, handler, method, options in ROUTES:
+def register(app: FastAPI, routes: list[tuple[str, Callable[..., Any], str, dict[str, Any]]] | None = None) -> None:
+    """Add every route of ``routes`` (default :data:`ROUTES`) to ``app``. Endpoints that live in a
+    module of their own (they use this module's helpers, so this module cannot import them; e.g.
+    :data:`.vibrations.ROUTES`) are registered by :func:`~.app.create_app` with a second call."""
+    for path, handler, method, options in ROUTES if routes is None else routes:
         app.add_api_route(path, handler, methods=[method], **options)
 
 

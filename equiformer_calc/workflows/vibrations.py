@@ -33,7 +33,8 @@ from ._common import resolve_calculator, write_csv
 if TYPE_CHECKING:  # ase.vibrations imports pyplot (via ase.utils.plotting): imported where used
     import ase.vibrations
 
-__all__ = ["VibrationResult", "VibrationJournal", "read_journal", "vibrate", "vibrate_many", "adsorbate_indices", "evaluate_forces", "NON_METALS"]
+__all__ = ["VibrationResult", "VibrationJournal", "read_journal", "vibrate", "vibrate_many", "adsorbate_indices", "select_atoms",
+           "count_evaluations", "evaluate_forces", "NON_METALS"]
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,16 @@ def _displacements(nfree: int) -> tuple[int, ...]:
     raise ValueError(f"nfree must be 2 or 4 (central differences with 2 or 4 displacements), got {nfree}")
 
 
-def _check_indices(atoms: Atoms, indices: Sequence[int] | np.ndarray | None) -> list[int]:
+def count_evaluations(n_atoms: int, nfree: int) -> int:
+    """Structures one analysis evaluates: the undisplaced one, and ``nfree`` displacements of each of
+    the ``3 * n_atoms`` coordinates (``ValueError`` for an ``nfree`` other than 2 or 4)."""
+    return 1 + 3 * n_atoms * len(_displacements(nfree))
+
+
+def select_atoms(atoms: Atoms, indices: Sequence[int] | np.ndarray | None) -> list[int]:
+    """The atoms to displace, as a list of distinct indices in ``0..len(atoms)-1``, from a list of
+    indices (negative ones count from the end), a boolean mask of ``len(atoms)`` entries, or
+    ``None`` (:func:`adsorbate_indices`); ``ValueError`` naming the problem otherwise."""
     if indices is None:
         return adsorbate_indices(atoms)
     idx = np.asarray(indices)
@@ -317,7 +327,7 @@ def vibrate_many(
     if len(per_structure) != len(structures):
         raise ValueError(f"{len(per_structure)} index lists for {len(structures)} structures")
     calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
-    chosen = [_check_indices(a, ix) for a, ix in zip(structures, per_structure)]
+    chosen = [select_atoms(a, ix) for a, ix in zip(structures, per_structure)]
     if journal is None:
         return _vibrate_chunk(structures, chosen, calc, delta, nfree, soft_threshold, batch_size, progress, warn)
     if keys is None or len(keys) != len(structures):
