@@ -1,23 +1,28 @@
-"""Does the committee's spread rank the real errors, and what does it cost? (issue 28)
+"""Does the committee's uncertainty rank the real errors, and what does it cost? (issue 28)
 
-Two committees of one checkpoint (default ``pbe-distilled-small``), measured on held-out frames of its
-data (``test_id``, ``test_ood``; sub-sampled with ``--eval-frames`` each, seed 0):
+Committees of one checkpoint (default ``pbe-distilled-small``), measured on held-out frames of its data
+(``test_id``, ``test_ood``; all of them, or ``--eval-frames`` each drawn with seed 0):
 
 * **heads**: readout heads on the frozen trunk (:func:`equiformer_calc.committee.fit_head_committee`),
-  fitted in closed form on ``--fit-frames`` training frames; the first-layer perturbation is chosen
-  among ``--perturb`` by the energy Spearman on validation frames (never on the test frames). With
-  ``--write`` the chosen committee is saved next to the checkpoint (the shipped committee).
+  fitted in closed form on ``--fit-frames`` training frames (0: all); the first-layer perturbation is
+  chosen among ``--perturb`` by the energy Spearman on validation frames (never on the test frames).
+* **heads+error**: the same heads with the energy-error model
+  (:func:`equiformer_calc.committee.add_error_model`, ``--k`` neighbours) fitted to the same frames; with
+  ``--write`` this committee is saved next to the checkpoint (the shipped one).
+* **heads+error_without_novelty**: the same with the novelty term off (energies only).
 * **full**: the fine-tuned full models of ``benchmarks/committee_members.py``
-  (``checkpoints/<name>-committee/member*.safetensors``), when they exist.
+  (``checkpoints/<name>-committee/member*.safetensors``), when they exist and without ``--skip-full``
+  (with it, the earlier run's numbers are kept in the output, marked).
 
-For each: Spearman between the spread and the absolute error, for energy per atom (per frame) and for
-forces (per atom: |F - F_ref| against ``forces_uncertainty``), on all frames and on adsorbate frames; and
-the fraction of the top-10 % largest errors whose spread is above the threshold (the 90th percentile of
-the spread on the validation frames, i.e. flagging ~10 % of in-distribution frames). Cost: one structure
-(Cu(111) 3x3x4 + CO, 38 atoms) per call, median of ``--repeats`` calls, base model vs heads (energy
-spread only / energy and forces spread) vs the full committee (M model calls).
+For each: Spearman between the uncertainty and the absolute error, for energy per frame (eV, on
+adsorbate frames: what an adsorption energy needs) and per atom, and for forces (per atom: |F - F_ref|
+against ``forces_uncertainty``), on all frames and on adsorbate frames; and the fraction of the 10 %
+largest errors whose uncertainty is above the threshold (the 90th percentile of the uncertainty on the
+validation frames, i.e. flagging ~10 % of them). Cost: one structure (Cu(111) 3x3x4 + CO, 38 atoms) per
+call, median of ``--repeats`` calls, the model alone vs heads (energy / energy and forces) vs heads with
+the error model vs the full committee (M model calls).
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/uncertainty.py --write --out benchmarks/uncertainty.json
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/uncertainty.py --skip-full --write
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from ase.build import add_adsorbate, fcc111, molecule
-from ase.calculators.emt import EMT
+from ase.build import fcc111
 
 from equiformer_calc import EquiformerCalculator
 from equiformer_calc.checkpoint import load_checkpoint, save_checkpoint
@@ -18,20 +17,12 @@ from equiformer_calc.committee import (CommitteeError, HeadCommittee, add_error_
 from equiformer_calc.energy_error import fit_energy_error_model, sign_patterns
 
 from .helpers import make_model
+from .test_committee import _frames as committee_frames
 
 
 def _frames(n: int = 16):
-    """Cu(111) with O, OH or CO at shifted heights and sites, rattled, labelled by EMT."""
-    out = []
-    for k in range(n):
-        atoms = fcc111("Cu", (2, 2, 2), vacuum=5.0)
-        ads = ("O", "OH", "CO")[k % 3]
-        add_adsorbate(atoms, ads if ads == "O" else molecule(ads), 1.6 + 0.05 * (k % 4), "fcc" if k % 2 else "hcp")
-        atoms.rattle(0.05, seed=k)
-        atoms.calc = EMT()
-        atoms.get_potential_energy()
-        out.append(atoms)
-    return out
+    """Cu(111) with O, OH or CO, labelled by EMT (tracked atoms in every frame)."""
+    return committee_frames(n, adsorbates=("O", "OH", "CO"), height=1.6)
 
 
 @pytest.fixture(scope="module")
