@@ -1,28 +1,34 @@
-"""Does the committee's spread rank the real errors, and what does it cost? (issue 28)
+"""Does the committee's uncertainty rank the real errors, and what does it cost? (issue 28)
 
-Two committees of one checkpoint (default ``pbe-distilled-small``), measured on held-out frames of its
-data (``test_id``, ``test_ood``; sub-sampled with ``--eval-frames`` each, seed 0):
+Committees of one checkpoint (default ``pbe-distilled-small``), measured on held-out frames of its data
+(``test_id``, ``test_ood``; all of them, or ``--eval-frames`` each drawn with seed 0):
 
 * **heads**: readout heads on the frozen trunk (:func:`equiformer_calc.committee.fit_head_committee`),
-  fitted in closed form on ``--fit-frames`` training frames; the first-layer perturbation is chosen
-  among ``--perturb`` by the energy Spearman on validation frames (never on the test frames). With
-  ``--write`` the chosen committee is saved next to the checkpoint (the shipped committee).
+  fitted in closed form on ``--fit-frames`` training frames (0: all); the first-layer perturbation is
+  chosen among ``--perturb`` by the energy Spearman on validation frames (never on the test frames).
+* **heads+error**: the same heads with the energy-error model
+  (:func:`equiformer_calc.committee.add_error_model`, ``--k`` neighbours) fitted to the same frames; with
+  ``--write`` this committee is saved next to the checkpoint (the shipped one).
+* **heads+error_without_novelty**: the same with the novelty term off (energies only).
 * **full**: the fine-tuned full models of ``benchmarks/committee_members.py``
-  (``checkpoints/<name>-committee/member*.safetensors``), when they exist.
+  (``checkpoints/<name>-committee/member*.safetensors``), when they exist and without ``--skip-full``
+  (with it, the earlier run's numbers are kept in the output, marked).
 
-For each: Spearman between the spread and the absolute error, for energy per atom (per frame) and for
-forces (per atom: |F - F_ref| against ``forces_uncertainty``), on all frames and on adsorbate frames; and
-the fraction of the top-10 % largest errors whose spread is above the threshold (the 90th percentile of
-the spread on the validation frames, i.e. flagging ~10 % of in-distribution frames). Cost: one structure
-(Cu(111) 3x3x4 + CO, 38 atoms) per call, median of ``--repeats`` calls, base model vs heads (energy
-spread only / energy and forces spread) vs the full committee (M model calls).
+For each: Spearman between the uncertainty and the absolute error, for energy per frame (eV, on
+adsorbate frames: what an adsorption energy needs) and per atom, and for forces (per atom: |F - F_ref|
+against ``forces_uncertainty``), on all frames and on adsorbate frames; and the fraction of the 10 %
+largest errors whose uncertainty is above the threshold (the 90th percentile of the uncertainty on the
+validation frames, i.e. flagging ~10 % of them). Cost: one structure (Cu(111) 3x3x4 + CO, 38 atoms) per
+call, median of ``--repeats`` calls, the model alone vs heads (energy / energy and forces) vs heads with
+the error model vs the full committee (M model calls).
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/uncertainty.py --write --out benchmarks/uncertainty.json
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/uncertainty.py --skip-full --write
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -48,11 +54,11 @@ def _subsample(path: Path, n: int, seed: int = 0) -> list:
 
 
 def _errors(frames: list, preds: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Per-frame |dE|/N and per-atom |dF| of the model's own prediction."""
+    """Per-frame |dE| (eV), |dE|/N and per-atom |dF| of the model's own prediction."""
     n = np.array([len(f) for f in frames], dtype=float)
-    e = np.abs(np.array([p["energy"] for p in preds]) - np.array([f.get_potential_energy() for f in frames])) / n
+    e = np.abs(np.array([p["energy"] for p in preds]) - np.array([f.get_potential_energy() for f in frames]))
     f = np.concatenate([np.linalg.norm(p["forces"] - fr.get_forces(), axis=1) for p, fr in zip(preds, frames)])
-    return {"e": e, "f": f}
+    return {"e": e / n, "e_frame": e, "f": f}
 
 
 def _metrics(err: np.ndarray, spread: np.ndarray, threshold: float) -> dict[str, float]:
@@ -70,12 +76,16 @@ def _metrics(err: np.ndarray, spread: np.ndarray, threshold: float) -> dict[str,
 def _evaluate(frames: list, preds: list[dict], spread_e: np.ndarray, spread_f: np.ndarray | None,
               thresholds: dict[str, float]) -> dict[str, Any]:
     err = _errors(frames, preds)
+    n = np.array([len(f) for f in frames], dtype=float)
     out: dict[str, Any] = {"energy": _metrics(err["e"], spread_e, thresholds["e"])}
     if spread_f is not None:
         out["forces"] = _metrics(err["f"], spread_f, thresholds["f"])
     ads = np.array([f.info.get("config_type") == "adsorbate" for f in frames])
     if ads.any():
         out["adsorbate_energy"] = _metrics(err["e"][ads], spread_e[ads], thresholds["e"])
+        # per frame (eV): what an adsorption energy's error is
+        out["adsorbate_energy_frame"] = _metrics(err["e_frame"][ads], spread_e[ads] * n[ads],
+                                                 thresholds.get("e_frame", np.inf))
         if spread_f is not None:
             atom_ads = np.concatenate([[a] * len(f) for a, f in zip(ads, frames)])
             out["adsorbate_forces"] = _metrics(err["f"][atom_ads], spread_f[atom_ads], thresholds["f"])
@@ -87,6 +97,8 @@ def _evaluate(frames: list, preds: list[dict], spread_e: np.ndarray, spread_f: n
             out["adsorbate_energy_by_mean_force_spread"] = _metrics(err["e"][ads], mean_f[ads],
                                                                     thresholds.get("fmean", np.inf))
     out["mae_e_per_atom"] = float(err["e"].mean())
+    if ads.any():
+        out["mae_e_frame_adsorbate"] = float(err["e_frame"][ads].mean())
     out["mae_f"] = float(err["f"].mean())
     return out
 
@@ -147,15 +159,17 @@ def _time_calls(fn, repeats: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default="pbe-distilled-small")
-    ap.add_argument("--fit-frames", type=int, default=3000)
+    ap.add_argument("--fit-frames", type=int, default=0, help="training frames to fit on (0: all)")
     ap.add_argument("--fit-file", default="train.extxyz.xz", help="frames to fit the heads on (in the data folder)")
-    ap.add_argument("--val-frames", type=int, default=200)
-    ap.add_argument("--eval-frames", type=int, default=300)
+    ap.add_argument("--val-frames", type=int, default=0, help="0: all")
+    ap.add_argument("--eval-frames", type=int, default=0, help="per test set (0: all)")
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--perturb", default="0,0.5,1.0", help="comma-separated first-layer perturbations to choose from")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--write", action="store_true", help="save the chosen head committee next to the checkpoint")
     ap.add_argument("--full-only", action="store_true", help="only the full-model committee (and its cost)")
+    ap.add_argument("--skip-full", action="store_true", help="not the full-model committee (its numbers stand)")
+    ap.add_argument("--k", type=int, default=10, help="neighbours of the energy-error model")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "uncertainty.json"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -164,7 +178,7 @@ def main() -> None:
     from ase.build import fcc111, molecule, add_adsorbate
 
     from equiformer_calc.checkpoint import load_checkpoint, resolve_checkpoint
-    from equiformer_calc.committee import committee_path, fit_head_committee, trunk_features
+    from equiformer_calc.committee import add_error_model, committee_path, fit_head_committee, trunk_features
     from equiformer_calc.predictor import Predictor
 
     torch.set_num_threads(1)
@@ -206,38 +220,61 @@ def main() -> None:
         committees[perturb] = committee
         log.info("perturb %.2f: val energy Spearman %.3f (ridge fit %.1f s)", perturb, choice[perturb], fit_s_p)
     best = max(choice, key=choice.get)
-    committee = committees[best]
-    heads = Predictor(model)
-    heads.set_committee(committee, "forces")
-    val_heads = heads.predict(val)
-    se, sf = _head_spreads(val_heads, val)
+    heads_only = committees[best]
+    t0 = time.perf_counter()
+    committee = add_error_model(heads_only, model, feats, energies, k=args.k)
+    error_fit_s = time.perf_counter() - t0
+    val_ads = np.array([f.info.get("config_type") == "adsorbate" for f in val])
+    n_val = np.array([len(f) for f in val], dtype=float)
     owner = np.concatenate([[k] * len(f) for k, f in enumerate(val)])
-    thresholds = {"e": float(np.quantile(se, 0.9)), "f": float(np.quantile(sf, 0.9)),
-                  "fmean": float(np.quantile(np.bincount(owner, weights=sf) / np.bincount(owner), 0.9))}
-    committee.metadata.update(threshold_energy_per_atom=thresholds["e"], threshold_forces=thresholds["f"],
-                              val_spearman_by_perturb=choice)
-    report["heads"] = {"perturb": best, "val_spearman_by_perturb": choice, "thresholds": thresholds,
-                       "trunk_features_s": fit_s}
-    for name, frames in tests.items():
-        preds = heads.predict(frames)
-        e, f = _head_spreads(preds, frames)
-        report["heads"][name] = _evaluate(frames, preds, e, f, thresholds)
-        log.info("heads %s: %s", name, json.dumps(report["heads"][name]))
+    predictors = {}
+    no_novelty = dataclasses.replace(committee, error_model=dataclasses.replace(committee.error_model, scale=0.0))
+    variants = (("heads", heads_only, "forces"), ("heads+error", committee, "forces"),
+                ("heads+error_without_novelty", no_novelty, "energy"))
+    for name, com, mode in variants:
+        pred = Predictor(model)
+        pred.set_committee(com, mode)
+        predictors[name] = pred
+        se, sf = _head_spreads(pred.predict(val), val)
+        thresholds = {"e": float(np.quantile(se, 0.9)), "e_frame": float(np.quantile((se * n_val)[val_ads], 0.9))}
+        if sf is not None:
+            thresholds.update(f=float(np.quantile(sf, 0.9)),
+                              fmean=float(np.quantile(np.bincount(owner, weights=sf) / np.bincount(owner), 0.9)))
+        report[name] = {"perturb": best, "val_spearman_by_perturb": choice, "thresholds": thresholds,
+                        "trunk_features_s": fit_s}
+        if name == "heads+error":
+            report[name].update(error_fit_s=error_fit_s, k=args.k, reference_atoms=int(len(com.error_model.error)))
+            committee.metadata.update(threshold_energy_per_atom=thresholds["e"], threshold_forces=thresholds["f"],
+                                      threshold_adsorbate_energy=thresholds["e_frame"], val_spearman_by_perturb=choice)
+        for test, frames in tests.items():
+            preds = pred.predict(frames)
+            e, f = _head_spreads(preds, frames)
+            report[name][test] = _evaluate(frames, preds, e, f, thresholds)
+            log.info("%s %s: %s", name, test, json.dumps(report[name][test]))
+    heads = predictors["heads+error"]
 
-    member_files = _full(report, args, base, val, tests)
+    member_files = [] if args.skip_full else _full(report, args, base, val, tests)
+    if args.skip_full and Path(args.out).exists():  # the earlier run's full-committee numbers stand, marked
+        earlier = json.loads(Path(args.out).read_text()).get("full")
+        if earlier:
+            report["full"] = {**earlier, "note": "not rerun (--skip-full): from an earlier run of this script"}
 
     # cost of one call on an adsorbate + slab
     slab = fcc111("Cu", (3, 3, 4), vacuum=7.0)
     add_adsorbate(slab, molecule("CO"), 1.9, "fcc")
     e_only = Predictor(model)
-    e_only.set_committee(committee, "energy")
+    e_only.set_committee(heads_only, "energy")
+    e_err = Predictor(model)
+    e_err.set_committee(committee, "energy")
     cost = {
         "atoms": len(slab),
         "base_s": _time_calls(lambda: base.predict([slab]), args.repeats),
         "heads_energy_s": _time_calls(lambda: e_only.predict([slab]), args.repeats),
+        "heads_error_energy_s": _time_calls(lambda: e_err.predict([slab]), args.repeats),
         "heads_forces_s": _time_calls(lambda: heads.predict([slab]), args.repeats),
     }
-    cost["full_s"] = cost["base_s"] * max(len(member_files), 1)  # M independent model calls
+    if member_files:
+        cost["full_s"] = cost["base_s"] * len(member_files)  # M independent model calls
     report["cost"] = cost
     log.info("cost: %s", cost)
     if args.write:

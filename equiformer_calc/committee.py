@@ -17,9 +17,19 @@ own spread, with the members' correlated errors cancelling), and ``forces_uncert
 root-mean-square over members of ``|F_m - mean_m F_m|`` with ``F_m = -dE_m/dx`` (one extra backward
 pass per member, so forces' uncertainty is asked for separately: :data:`UNCERTAINTY_MODES`).
 
+The heads' energies barely spread where the model's energy errors are large (those errors are
+systematic: every member fitted to the same data shares them). So a committee may also carry an
+:class:`~equiformer_calc.energy_error.EnergyErrorModel` (:func:`add_error_model`): the error the model
+makes on the training frames whose adsorbate atoms look most alike to the readout (``p``, eV, signed),
+and a novelty term for features outside the training frames' distribution (``q``, eV). They enter every
+member as fixed-sign shifts, ``E_m += z_m p + y_m q`` (:func:`~equiformer_calc.energy_error.sign_patterns`),
+so that ``energy_uncertainty`` stays the members' spread (now about ``sqrt(heads' variance + p^2 + q^2)``)
+and an adsorption energy computed member by member gets the estimated error of the difference. The
+reported energy is still the model's own; forces' uncertainty is the heads' alone.
+
 Files: ``<checkpoint>.committee.safetensors`` next to the checkpoint (tensors ``A`` (M, F, F), ``a``
-(M, F), ``w`` (M, F), ``b`` (M, n_elements); JSON metadata with the sha256 of the checkpoint file it
-belongs to). A committee is tied to those weights: :func:`load_committee` refuses a mismatch
+(M, F), ``w`` (M, F), ``b`` (M, n_elements), and with an error model its ``err.*`` tensors; JSON metadata
+with the sha256 of the checkpoint file it belongs to). A committee is tied to those weights: :func:`load_committee` refuses a mismatch
 (:class:`CommitteeError`) when the uncertainty was asked for explicitly, and ignores the committee with
 a logged warning when it was only the default (a replaced default checkpoint keeps working, without
 uncertainty, until its own committee is fitted with :func:`fit_head_committee`).
@@ -29,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -44,9 +55,10 @@ import torch
 from .graph import AtomicGraph
 from .model import Equiformer
 from .autograd import compute
+from .energy_error import TENSORS as ERROR_TENSORS, TRACKED_ELEMENTS, EnergyErrorModel, fit_energy_error_model, sign_patterns
 
 __all__ = [
-    "attach_committee", "COMMITTEE_SUFFIX", "UNCERTAINTY_MODES", "CommitteeError", "HeadCommittee", "committee_path", "load_committee",
+    "add_error_model", "attach_committee", "COMMITTEE_SUFFIX", "UNCERTAINTY_MODES", "CommitteeError", "HeadCommittee", "committee_path", "load_committee",
     "compute_with_uncertainty", "fit_head_committee", "head_inputs", "resolve_uncertainty", "TrunkFeatures",
     "trunk_features",
 ]
@@ -96,6 +108,8 @@ class HeadCommittee:
     b: torch.Tensor
     base_sha256: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: the energy-error model that energies' uncertainty adds to the heads' spread (None: heads only)
+    error_model: EnergyErrorModel | None = None
 
     @property
     def members(self) -> int:
@@ -104,7 +118,8 @@ class HeadCommittee:
     def to(self, device: torch.device | str, dtype: torch.dtype) -> "HeadCommittee":
         """A copy on ``device`` in ``dtype`` (the predictor's)."""
         conv = {k: getattr(self, k).to(device=device, dtype=dtype) for k in ("A", "a", "w", "b")}
-        return HeadCommittee(**conv, base_sha256=self.base_sha256, metadata=dict(self.metadata))
+        error = self.error_model.to(device, dtype) if self.error_model is not None else None
+        return HeadCommittee(**conv, base_sha256=self.base_sha256, metadata=dict(self.metadata), error_model=error)
 
     def outputs(self, features: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """(M, N) per-atom head outputs of every member from (N, F) trunk features."""
@@ -137,6 +152,10 @@ class HeadCommittee:
         meta = {"format": "equiformer-calc-committee", "base_sha256": self.base_sha256 or "",
                 "metadata": json.dumps(self.metadata)}
         tensors = {k: getattr(self, k).detach().cpu().contiguous().float() for k in ("A", "a", "w", "b")}
+        if self.error_model is not None:
+            tensors.update({f"err.{k}": v for k, v in self.error_model.tensors().items()})
+            meta["error_model"] = json.dumps({"k": self.error_model.k, "scale": self.error_model.scale,
+                                              "metadata": self.error_model.metadata})
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         return path
@@ -152,10 +171,20 @@ class HeadCommittee:
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
             raise CommitteeError(f"{path} is not a readable committee file: {exc}") from None
-        if meta.get("format") != "equiformer-calc-committee" or set(tensors) != {"A", "a", "w", "b"}:
+        heads = {"A", "a", "w", "b"}
+        errors = {f"err.{k}" for k in ERROR_TENSORS}
+        names = set(tensors)
+        if meta.get("format") != "equiformer-calc-committee" or names not in (heads, heads | errors):
             raise CommitteeError(f"{path} is not an equiformer-calc committee file")
-        return cls(**tensors, base_sha256=meta.get("base_sha256") or None,
-                   metadata=json.loads(meta.get("metadata", "{}")))
+        error_model = None
+        if names == heads | errors:
+            info = json.loads(meta.get("error_model", "{}"))
+            error_model = EnergyErrorModel(**{k: tensors[f"err.{k}"] for k in ERROR_TENSORS}, k=int(info.get("k", 10)),
+                                           scale=float(info.get("scale", 0.0)), metadata=info.get("metadata", {}))
+            if tensors["A"].shape[0] % 4:
+                raise CommitteeError(f"{path}: an energy-error model needs a multiple of 4 heads")
+        return cls(**{k: tensors[k] for k in heads}, base_sha256=meta.get("base_sha256") or None,
+                   metadata=json.loads(meta.get("metadata", "{}")), error_model=error_model)
 
 
 def load_committee(model: Equiformer, path: str | os.PathLike | None = None, required: bool = False) -> HeadCommittee | None:
@@ -231,6 +260,12 @@ def compute_with_uncertainty(
     per_graph = torch.zeros(committee.members, graph.num_graphs, dtype=torch.float64, device=delta.device)
     per_graph.index_add_(1, graph.batch, delta)
     members = out["energy"].detach()[None, :] + per_graph.detach()
+    if committee.error_model is not None:  # the error model's estimates, as the members' fixed-sign shifts
+        p_atom, q_atom = committee.error_model.atom_terms(seen["features"], species)
+        p = torch.zeros(graph.num_graphs, dtype=torch.float64, device=p_atom.device).index_add_(0, graph.batch, p_atom)
+        q = torch.zeros(graph.num_graphs, dtype=torch.float64, device=q_atom.device).index_add_(0, graph.batch, q_atom)
+        z, y = (s.to(p.device) for s in sign_patterns(committee.members))
+        members = members + z[:, None] * p[None, :] + y[:, None] * q[None, :]
     out["energy_committee"] = members.T.contiguous()
     out["energy_uncertainty"] = members.std(dim=0, unbiased=False)
     if keep:
@@ -369,6 +404,20 @@ def fit_head_committee(
         metadata={"kind": "readout-heads", "members": members, "seed": seed, "perturb": perturb, "ridge": ridge,
                   "frames": n_frames, "base": info.name if info is not None else None, "frames_digest": features.digest},
     )
+
+
+def add_error_model(committee: HeadCommittee, model: Equiformer, features: TrunkFeatures, energies: Sequence[float],
+                    k: int = 10, tracked: Sequence[str] = TRACKED_ELEMENTS) -> HeadCommittee:
+    """``committee`` with an :class:`~equiformer_calc.energy_error.EnergyErrorModel` fitted to the
+    training frames of ``features`` (from :func:`trunk_features`) and their reference ``energies``: from
+    then on energies' uncertainty adds the model's estimated error and novelty to the heads' spread."""
+    if len(energies) != len(features.sizes):
+        raise ValueError(f"{len(features.sizes)} frames and {len(energies)} energies")
+    residuals = np.asarray(energies, dtype=float) - features.energy
+    error = fit_energy_error_model(features.features, features.owner, features.species, residuals, model.elements,
+                                   tracked=tracked, k=k)
+    error.metadata["frames_digest"] = features.digest
+    return dataclasses.replace(committee, error_model=error)
 
 
 def _frames_digest(structures: Sequence[Any]) -> str:

@@ -9,7 +9,7 @@ import pickle
 
 import numpy as np
 import pytest
-from ase.build import fcc111, add_adsorbate
+from ase.build import add_adsorbate, fcc111, molecule
 from ase.calculators.emt import EMT
 
 from equiformer_calc import EquiformerCalculator
@@ -19,11 +19,15 @@ from equiformer_calc.committee import CommitteeError, committee_path, fit_head_c
 from .helpers import make_model
 
 
-def _frames(n: int = 16):
+def _frames(n: int = 16, adsorbates: tuple[str, ...] = ("O",), height: float = 1.5):
+    """Cu(111) 2x2 with the ``adsorbates`` in turn (an atom or an ASE molecule name) at shifted heights and
+    alternating sites, rattled, labelled by EMT."""
     out = []
     for k in range(n):
         atoms = fcc111("Cu", (2, 2, 2), vacuum=5.0)
-        add_adsorbate(atoms, "O", 1.5 + 0.05 * (k % 4), "fcc" if k % 2 else "hcp")
+        name = adsorbates[k % len(adsorbates)]
+        add_adsorbate(atoms, name if len(name) == 1 else molecule(name), height + 0.05 * (k % 4),
+                      "fcc" if k % 2 else "hcp")
         atoms.rattle(0.05, seed=k)
         atoms.calc = EMT()
         atoms.get_potential_energy()
