@@ -93,9 +93,11 @@ def card_metrics(
                 },
             }
     if relax is not None:
+        from equiformer_calc import ModelSettings
         from equiformer_calc.workflows.adsorbml import relax_benchmark
 
-        bench = relax_benchmark(model, relax, max_tasks=relax_max_tasks, dtype=dtype, progress=True)
+        settings = ModelSettings(checkpoint=str(path), dtype=dtype)
+        bench = relax_benchmark(settings, relax, max_tasks=relax_max_tasks, progress=True)
         out["relax_benchmark"] = bench["summary"]
     return jsonable(out)
 

@@ -36,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "EquiformerConfig": ".model",
     "UnknownElementError": ".model",
     "MemoryBudgetError": ".memory",
+    "ModelSettings": ".calculators.settings",
     "Predictor": ".predictor",
     "relax": ".workflows",
     "relax_batch": ".workflows",
@@ -51,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .graph import BudgetError, Structure, StructureError
     from .model import Equiformer, EquiformerConfig, UnknownElementError
     from .memory import MemoryBudgetError
+    from .calculators.settings import ModelSettings
     from .predictor import Predictor
     from .workflows import relax, relax_batch, run_md, screen_adsorbates
 

@@ -13,6 +13,7 @@ checks that the estimate stays within :data:`ESTIMATE_BAND` of the measured peak
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -24,7 +25,7 @@ from .model import EquiformerConfig, resolve_dtype
 
 __all__ = [
     "MEMORY_MODES", "LOW_MEMORY_EDGE_CHUNK", "MEMORY_HEADROOM", "ESTIMATE_BAND", "MemoryBudgetError",
-    "resolve_memory_mode", "MemoryModel", "MemoryBudget", "bytes_per_edge", "call_bytes", "cut_batches",
+    "resolve_memory_mode", "resolve_limits", "MemoryModel", "MemoryBudget", "bytes_per_edge", "call_bytes", "cut_batches",
 ]
 
 #: How a model call uses memory. "fast": every per-edge tensor of every block is kept for the
@@ -83,6 +84,18 @@ def resolve_memory_mode(memory: str) -> str:
     if memory not in MEMORY_MODES:
         raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
     return memory
+
+
+def resolve_limits(budget: int | str | None, max_edges: int | None) -> tuple[int | str | None, int | None]:
+    """Validate a ``memory_budget`` ("auto", None or a positive number of bytes) and ``max_edges``
+    (None or positive); returns them normalised (numbers as int). Raises ValueError naming the bad one."""
+    bad_number = isinstance(budget, (str, bool)) or not isinstance(budget, numbers.Real) or not budget > 0
+    if budget not in ("auto", None) and bad_number:
+        raise ValueError(f"memory_budget must be 'auto', None or a positive number of bytes, got {budget!r}")
+    if max_edges is not None and (isinstance(max_edges, bool) or not isinstance(max_edges, numbers.Real)
+                                  or not max_edges > 0):
+        raise ValueError(f"max_edges must be positive or None, got {max_edges!r}")
+    return (budget if budget in ("auto", None) else int(budget)), (None if max_edges is None else int(max_edges))
 
 
 def _needs_grad(properties: Sequence[str]) -> bool:
@@ -162,13 +175,7 @@ class MemoryBudget:
 
     def __post_init__(self) -> None:
         resolve_memory_mode(self.mode)
-        budget = self.budget
-        if budget not in ("auto", None) and (isinstance(budget, str) or not budget > 0):
-            raise ValueError(f"memory_budget must be 'auto', None or a positive number of bytes, got {budget!r}")
-        if self.max_edges is not None and not self.max_edges > 0:
-            raise ValueError(f"max_edges must be positive or None, got {self.max_edges}")
-        self.budget = budget if budget in ("auto", None) else int(budget)  # type: ignore[arg-type]
-        self.max_edges = None if self.max_edges is None else int(self.max_edges)
+        self.budget, self.max_edges = resolve_limits(self.budget, self.max_edges)
         self.device = torch.device(self.device)
 
     def estimate_bytes(self, edges: int, properties: Sequence[str] = _DEFAULT_PROPERTIES, memory: str = "fast") -> float:

@@ -52,7 +52,7 @@ def main() -> None:
     same = EquiformerCalculator(checkpoint="my-model")
     log.info("energy by name: %.6f eV (same model)", same.predict([slab])[0]["energy"])
 
-    result = relax(slab, checkpoint=str(path), steps=args.steps, fix_bottom=1)
+    result = relax(slab, calculator=str(path), steps=args.steps, fix_bottom=1)
     log.info("relax with it: %d steps, %.4f -> %.4f eV", result.nsteps, result.initial_energy, result.final_energy)
     log.info("CLI: equiformer-calc relax slab.extxyz --checkpoint %s", path)
 

@@ -40,7 +40,7 @@ def main() -> None:
     slab = place_adsorbate_on_site(slab, "CO", ontop)  # carbon down, 1.9 A above the top Cu
 
     result = relax(
-        slab, checkpoint=args.checkpoint, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
+        slab, calculator=args.checkpoint, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
         fix_bottom=2, trajectory=args.out, logfile="-",
     )
     files = write_relax_outputs(result, Path(args.out).with_suffix(""))

@@ -44,7 +44,7 @@ def main() -> None:
     }
     out = Path(args.out_dir)
     result = screen_adsorbates(
-        slabs, args.adsorbates.split(","), db=out / "screen.db", checkpoint=args.checkpoint, fmax=args.fmax,
+        slabs, args.adsorbates.split(","), db=out / "screen.db", calculator=args.checkpoint, fmax=args.fmax,
         steps=args.steps, fix_bottom=1, out_dir=out,
     )
     for row in result.summary:

@@ -57,7 +57,7 @@ def main() -> int:
     out = Path(args.out_dir)
     start = time.perf_counter()
     result = screen_adsorbates(
-        slabs, adsorbates, db=out / "screen.db", checkpoint=args.checkpoint, steps=args.steps, fix_bottom=1,
+        slabs, adsorbates, db=out / "screen.db", calculator=args.checkpoint, steps=args.steps, fix_bottom=1,
         site_kinds=kinds, out_dir=out, refine=args.reference, top_k=args.top_k, refine_mode=args.refine_mode,
         refine_steps=args.reference_steps, uncertainty_threshold=args.uncertainty_threshold,
     )

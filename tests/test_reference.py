@@ -375,7 +375,7 @@ def test_screen_direct_end_to_end(tmp_path, is2re_checkpoint):
     from equiformer_calc.workflows.screening import screen_direct
 
     slab = build_surface("Cu", "111", size=(2, 2, 3))
-    out = screen_direct({"Cu-fcc111": slab}, ["O", "CO"], checkpoint=str(is2re_checkpoint), out_dir=tmp_path)
+    out = screen_direct({"Cu-fcc111": slab}, ["O", "CO"], calculator=str(is2re_checkpoint), out_dir=tmp_path)
     sites = find_sites(slab)
     assert len(out.sites) == 2 * len(sites) and len(out.summary) == 2
     pred = Predictor(load_checkpoint(is2re_checkpoint))

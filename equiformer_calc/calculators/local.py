@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Sequence
 
 from ase import Atoms
-from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError
 
 from .base import EquiformerCalculatorBase, reject_unknown_keywords
-from ..checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint
-from ..committee import attach_committee
 from ..graph import DEFAULT_MIN_DISTANCE_RATIO, NeighborListCache
-from ..integrations.d3 import D3, DispersionPredictor, parse_dispersion
+from ..integrations.d3 import DispersionPredictor, parse_dispersion
 from ..model import Equiformer
-from ..predictor import Predictor, model_task, not_a_potential_message, resolve_dtype, resolve_memory_mode
-from ..runtime import check_device
+from ..predictor import Predictor, model_task, not_a_potential_message
+from .settings import CALCULATOR_FIELDS, PREDICTOR_FIELDS, ModelSettings
 
-__all__ = ["EquiformerCalculator"]
+__all__ = ["EquiformerCalculator", "ModelSettings", "resolve_calculator"]
 
 log = logging.getLogger(__name__)
+
+#: the settings a built predictor fixes (a calculator over it cannot change them)
+_PREDICTORS_OWN = frozenset({*PREDICTOR_FIELDS, "checkpoint", "checkpoint_sha256", "uncertainty"})
 
 class EquiformerCalculator(EquiformerCalculatorBase):
     """Energy, forces, stress and per-atom energies of an Equiformer model, for any ASE workflow.
@@ -68,19 +70,8 @@ class EquiformerCalculator(EquiformerCalculatorBase):
         "checkpoint", "model", "device", "dtype", "max_atoms_per_batch", "skin", "min_distance_ratio", "dispersion", "xc",
         "memory", "checkpoint_sha256", "uncertainty",
     )
-    default_parameters: dict[str, Any] = {
-        "checkpoint": None,
-        "checkpoint_sha256": None,
-        "device": "cpu",
-        "dtype": "float32",
-        "max_atoms_per_batch": 2048,
-        "skin": 0.0,
-        "min_distance_ratio": DEFAULT_MIN_DISTANCE_RATIO,
-        "dispersion": None,
-        "xc": "pbe",
-        "memory": "auto",
-        "uncertainty": "auto",
-    }
+    #: the defaults are ModelSettings' (tests/calculators/test_settings.py checks the signature's equal them)
+    default_parameters: dict[str, Any] = ModelSettings.defaults(CALCULATOR_FIELDS)
     settable = ("max_atoms_per_batch", "skin", "min_distance_ratio", "dispersion", "xc", "memory")
 
     def __init__(
@@ -103,36 +94,68 @@ class EquiformerCalculator(EquiformerCalculatorBase):
         super().__init__(**kwargs)
         if model is not None and checkpoint is not None:
             raise ValueError("give either checkpoint or model, not both")
-        check_device(device)  # before any weights move there: a clear error for a device this machine lacks
-        self.parameters.update(
-            dtype=str(resolve_dtype(dtype)).replace("torch.", ""), device=str(device), memory=resolve_memory_mode(memory),
-            max_atoms_per_batch=int(max_atoms_per_batch), skin=_skin(skin), min_distance_ratio=float(min_distance_ratio),
-            dispersion=dispersion, xc=xc,
+        # the keywords make a ModelSettings (validated there, the one place), and it builds the predictor
+        settings = ModelSettings(
+            checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256, device=device, dtype=dtype,
+            max_atoms_per_batch=max_atoms_per_batch, skin=skin, min_distance_ratio=min_distance_ratio,
+            dispersion=dispersion, xc=xc, memory=memory, uncertainty=uncertainty,
         )
+        settings.dispersion_term()  # the names, the functional and the library, before any weights load
+        self._attach(settings, settings.predictor(model))
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings, model: Equiformer | None = None) -> "EquiformerCalculator":
+        """The calculator of a :class:`~equiformer_calc.calculators.settings.ModelSettings` (its
+        checkpoint, or ``model``: a copy of it), every field honoured (also the predictor's
+        ``memory_budget``, ``max_edges`` and ``threads``, which are not keyword parameters)."""
+        if not isinstance(settings, ModelSettings):
+            raise TypeError(f"from_settings needs a ModelSettings, got {type(settings).__name__}")
+        settings.dispersion_term()
+        return cls._around(settings, settings.predictor(model))
+
+    @classmethod
+    def from_predictor(cls, predictor: Any, **changes: Any) -> "EquiformerCalculator":
+        """A calculator over an existing :class:`~equiformer_calc.predictor.Predictor` (shared,
+        not copied), or over a :class:`~equiformer_calc.integrations.d3.DispersionPredictor` (its
+        D3 becomes the calculator's ``dispersion``); ``changes``: calculator settings such as ``skin``."""
+        fixed = sorted(set(changes) & _PREDICTORS_OWN)
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} belong to the predictor given: build it with the settings wanted "
+                             f"(ModelSettings(...).predictor()) instead")
+        settings = ModelSettings.of(predictor, **changes)
+        settings.dispersion_term()
+        inner = predictor.predictor if isinstance(predictor, DispersionPredictor) else predictor
+        return cls._around(settings, inner)
+
+    @classmethod
+    def _around(cls, settings: ModelSettings, predictor: Predictor) -> "EquiformerCalculator":
+        calc = cls.__new__(cls)
+        EquiformerCalculatorBase.__init__(calc)
+        calc._attach(settings, predictor)
+        return calc
+
+    def _attach(self, settings: ModelSettings, predictor: Predictor) -> None:
+        """Record ``settings`` as the ASE parameters and take ``predictor`` (built from them)."""
+        self.predictor = predictor
+        info = predictor.model.checkpoint
+        self.parameters.update({key: getattr(settings, key) for key in CALCULATOR_FIELDS})
+        self.parameters.update(checkpoint=settings.checkpoint or (info.name if info is not None else None),
+                               checkpoint_sha256=info.sha256 if info is not None else None)
         self._d3: Any = None
-        self.dispersion_term  # validate the names (and that the library is installed) now
-        owned = model is None
-        if model is None:
-            checkpoint = checkpoint or DEFAULT_CHECKPOINT
-            model = load_checkpoint(checkpoint, device=device)
-        info = model.checkpoint
-        sha256 = info.sha256 if info is not None else None
-        if checkpoint_sha256 is not None and checkpoint_sha256 != sha256:
-            raise CheckpointError(
-                f"checkpoint {checkpoint or (info.name if info else 'in-memory model')!r} has sha256 {sha256}, "
-                f"not the checkpoint_sha256={checkpoint_sha256!r} asked for"
-            )
-        self.parameters.update(checkpoint=checkpoint or (info.name if info else None), checkpoint_sha256=sha256)
-        _check_dispersion_task(model, dispersion)
         self.neighbor_cache: NeighborListCache | None = None
         self._set_skin(self.parameters["skin"])
-        p = self.parameters
-        self.predictor = Predictor(
-            model, device=p["device"], dtype=p["dtype"], max_atoms_per_batch=p["max_atoms_per_batch"],
-            min_distance_ratio=p["min_distance_ratio"], memory=p["memory"], copy_model=not owned,
-        )
-        self.parameters["uncertainty"] = uncertainty
-        attach_committee(self.predictor, uncertainty)
+
+    @property
+    def settings(self) -> ModelSettings:
+        """This calculator's :class:`~equiformer_calc.calculators.settings.ModelSettings` (the
+        current parameters and the predictor's memory rules): ``calc.settings.replace(...)`` is the
+        way to a similar calculator."""
+        return self._settings(**self._predictor_rules())
+
+    def _predictor_rules(self) -> dict[str, Any]:
+        """The predictor's settings that are not keyword parameters (kept through pickling)."""
+        return {"memory_budget": self.predictor.memory_budget, "max_edges": self.predictor.max_edges,
+                "threads": self.predictor.threads}
 
     @property
     def model(self) -> Equiformer:
@@ -140,18 +163,15 @@ class EquiformerCalculator(EquiformerCalculatorBase):
 
     def set(self, **kwargs: Any) -> dict[str, Any]:
         """Change settable parameters (``memory``, ``dispersion``, ``xc``, ``skin``,
-        ``min_distance_ratio``, ``max_atoms_per_batch``): each new value is validated before
-        anything changes, and a change of what the numbers depend on drops old results."""
-        if "memory" in kwargs:
-            resolve_memory_mode(kwargs["memory"])
-        if "skin" in kwargs:
-            _skin(kwargs["skin"])
-        if "min_distance_ratio" in kwargs and not kwargs["min_distance_ratio"] >= 0:
-            raise ValueError(f"min_distance_ratio must be >= 0, got {kwargs['min_distance_ratio']}")
-        if {"dispersion", "xc"} & set(kwargs):
-            name = kwargs.get("dispersion", self.parameters["dispersion"])
-            _make_d3(name, kwargs.get("xc", self.parameters["xc"]))  # raises on a bad name
-            _check_dispersion_task(self.model, name)
+        ``min_distance_ratio``, ``max_atoms_per_batch``): each new value is validated (by
+        :class:`~equiformer_calc.calculators.settings.ModelSettings`) before anything changes, and
+        a change of what the numbers depend on drops old results."""
+        trial = {k: v for k, v in kwargs.items() if k in self.settable}
+        if trial:
+            settings = self.settings.replace(**trial)  # raises on a bad value
+            if {"dispersion", "xc"} & set(trial):
+                settings.dispersion_term()
+                settings.check_model(self.model)
         changed = super().set(**kwargs)
         if "memory" in changed:
             self.predictor.memory = self.parameters["memory"]
@@ -173,8 +193,10 @@ class EquiformerCalculator(EquiformerCalculatorBase):
         """The :class:`~equiformer_calc.integrations.d3.D3` term of the current
         ``dispersion`` / ``xc`` parameters, or None when dispersion is off."""
         name, xc = self.parameters.get("dispersion"), self.parameters.get("xc", "pbe")
+        if parse_dispersion(name) is None:
+            return None
         if self._d3 is None or (self._d3.name, self._d3.xc) != (str(name).lower(), str(xc).lower()):
-            self._d3 = _make_d3(name, xc)
+            self._d3 = self._settings().dispersion_term()
         return self._d3
 
     def calculation_properties(self, properties: Sequence[str], periodic: bool) -> list[str]:
@@ -208,6 +230,7 @@ class EquiformerCalculator(EquiformerCalculatorBase):
         state["_config"] = model.config.to_dict()
         state["_weights"] = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
         state["_checkpoint"] = model.checkpoint
+        state["_predictor_rules"] = self._predictor_rules()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -216,6 +239,7 @@ class EquiformerCalculator(EquiformerCalculatorBase):
         config = state.pop("_config")
         weights = load(state.pop("_weights"))
         info = state.pop("_checkpoint")
+        limits = state.pop("_predictor_rules", {})
         self.__dict__.update(state)
         self.atoms = None
         self.results = {}
@@ -223,28 +247,46 @@ class EquiformerCalculator(EquiformerCalculatorBase):
         model = Equiformer.from_config(config)
         model.load_state_dict(weights)
         model.checkpoint = info
+        self.predictor = self._settings(**limits).predictor(model, copy_model=False)
+
+    def _settings(self, **predictor_rules: Any) -> ModelSettings:
         p = self.parameters
-        self.predictor = Predictor(
-            model, device=p["device"], dtype=p["dtype"], max_atoms_per_batch=p["max_atoms_per_batch"],
-            min_distance_ratio=p["min_distance_ratio"], memory=p["memory"], copy_model=False,
-        )
-        attach_committee(self.predictor, p.get("uncertainty", "auto"))
+        return ModelSettings(**{key: p[key] for key in CALCULATOR_FIELDS if key in p}, **predictor_rules)
 
 
-def _skin(skin: float) -> float:
-    if not skin >= 0:
-        raise ValueError(f"skin must be >= 0 Angstrom, got {skin}")
-    return float(skin)
+#: what :func:`resolve_calculator` accepts, for its error message
+_ACCEPTED = ("an ASE calculator (or an object with its get_property, or a batched predict), a Predictor, a ModelSettings, an Equiformer model, a checkpoint name or path, "
+             "or None (the default shipped checkpoint)")
 
 
-def _make_d3(name: str | None, xc: str) -> Any:
-    """The D3 term of a ``dispersion`` name and functional (None when off); raises on a bad name."""
-    return None if parse_dispersion(name) is None else D3(name, xc=xc)
+def resolve_calculator(calculator: Any = None, **defaults: Any) -> Calculator:
+    """THE way a workflow gets its calculator from what the caller gave as ``calculator``:
 
+    * an ASE calculator (any: EMT, a remote one, an :class:`EquiformerCalculator`), or an object with
+      a calculator's methods (a batched ``predict``, or ASE's ``get_property``): used as is;
+    * a :class:`~equiformer_calc.calculators.settings.ModelSettings`: its calculator, exactly as set;
+    * a :class:`~equiformer_calc.predictor.Predictor` (or a D3 ``DispersionPredictor`` over one):
+      a calculator sharing it (no copy of the model);
+    * a checkpoint name or path (str or ``os.PathLike``), or ``None`` for the default shipped checkpoint:
+      a calculator of ``ModelSettings(checkpoint=...)``;
+    * an :class:`~equiformer_calc.model.Equiformer`: a calculator over a copy of it.
 
-def _check_dispersion_task(model: Equiformer, dispersion: str | None) -> None:
-    """D3 corrects a potential energy; a model whose energy is something else refuses it."""
-    task = model_task(model)
-    if task != "potential" and parse_dispersion(dispersion) is not None:
-        raise ValueError(f"dispersion={dispersion!r} adds D3 to a potential energy; this model's energy is "
-                         f"{task!r} (see its checkpoint metadata)")
+    ``defaults``: settings the workflow prefers where it builds the settings itself (a name,
+    None, a model; for a predictor only the calculator-level ones such as ``skin``), e.g. MD's ``skin=1.0``;
+    a calculator or a ModelSettings given by the caller is never changed. Anything else is a
+    ``TypeError`` naming what was given and what is accepted."""
+    if isinstance(calculator, Calculator):
+        return calculator
+    if isinstance(calculator, ModelSettings):
+        return EquiformerCalculator.from_settings(calculator)
+    if isinstance(calculator, (Predictor, DispersionPredictor)):  # its own settings win over the defaults
+        calc_level = {k: v for k, v in defaults.items() if k not in _PREDICTORS_OWN}
+        return EquiformerCalculator.from_predictor(calculator, **calc_level)
+    if any(callable(getattr(calculator, name, None)) for name in ("predict", "get_property")):
+        return calculator  # a calculator by its methods (batched ``predict`` or ASE's interface)
+    if isinstance(calculator, Equiformer):
+        return EquiformerCalculator.from_settings(ModelSettings(**defaults), model=calculator)
+    if calculator is None or isinstance(calculator, (str, os.PathLike)):
+        checkpoint = None if calculator is None else os.fspath(calculator)
+        return EquiformerCalculator.from_settings(ModelSettings(checkpoint=checkpoint, **defaults))
+    raise TypeError(f"calculator must be {_ACCEPTED}; got {type(calculator).__name__} {calculator!r:.80}")

@@ -1,5 +1,6 @@
 """What the command-line modules share: THE structure-reading helper, the model / memory /
-dispersion / Dask options, the checks that run before a command writes anything (range-checked
+dispersion / Dask options (and the one :class:`~equiformer_calc.calculators.settings.ModelSettings`
+they make, :func:`settings_from_args`), the checks that run before a command writes anything (range-checked
 numbers, an available device, outputs that are not inputs), and the names the options offer.
 
 Library code never imports this package (the import contract in pyproject.toml checks it).
@@ -46,6 +47,7 @@ __all__ = [
     "add_memory_argument",
     "add_fix_arguments",
     "calculator_from_args",
+    "settings_from_args",
     "add_dispersion_arguments",
     "add_executor_arguments",
     "executor_from_args",
@@ -165,38 +167,40 @@ def trajectory_output(input: str, output: str | None, tag: str) -> tuple[str, Pa
     return output, stem, traj
 
 
-def start_trajectory_run(args: argparse.Namespace, tag: str, side_files: Callable[[Path], dict[str, Path]],
-                         **settings: Any) -> tuple[Path, Path, Atoms, Any]:
+def start_trajectory_run(args: argparse.Namespace, tag: str,
+                         side_files: Callable[[Path], dict[str, Path]]) -> tuple[Path, Path, Atoms, Any]:
     """The common start of relax and md: outputs named (:func:`trajectory_output`, ``side_files(stem)``:
     the CSV/PNG next to the trajectory) and checked, the input read, the calculator built
-    (:func:`calculator_from_args` with ``settings``) and the structure checked against it, then the
+    (:func:`calculator_from_args`) and the structure checked against it, then the
     output folder made: every input error surfaces before anything is written. Returns (side-file
     stem, trajectory, atoms, calculator)."""
     output, stem, traj = trajectory_output(args.input, args.output, tag)
     check_outputs([traj, *side_files(stem).values()], [args.input, args.checkpoint])
     atoms = read_structure(args.input, args.index, args.format)
-    calc = calculator_from_args(args, **settings)
+    calc = calculator_from_args(args)
     check_structure(atoms, calc)
     output_stem(output)  # creates the folder
     return stem, traj, atoms, calc
 
 
-def add_model_arguments(parser: Any) -> None:
-    """``--checkpoint``, ``--device``, ``--dtype`` for the workflow subcommands."""
+def add_model_arguments(parser: Any, dtype: str = "float32") -> None:
+    """``--checkpoint``, ``--device``, ``--dtype`` (default ``dtype``), ``--dispersion``, ``--xc``: the
+    model options of every subcommand that evaluates a model (:func:`settings_from_args` reads them)."""
     parser.add_argument(
         "--checkpoint", default=None, help="shipped checkpoint name or .safetensors path (default: pbe-distilled-small)"
     )
     parser.add_argument("--device", default="cpu", type=device_type, help="torch device (default: cpu)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="model precision")
+    parser.add_argument("--dtype", default=dtype, choices=["float32", "float64"],
+                        help="model precision" + ("" if dtype == "float32" else f" (default {dtype})"))
     add_dispersion_arguments(parser)
 
 
-def add_memory_argument(parser: Any) -> None:
-    """``--memory auto|fast|low`` for the subcommands that may see large systems (relax, md)."""
+def add_memory_argument(parser: Any, more_help: str = "") -> None:
+    """``--memory auto|fast|low`` for the subcommands that may see large systems (relax, md, serve)."""
     parser.add_argument(
         "--memory", default="auto", choices=["auto", "fast", "low"],
         help="memory mode: 'low' evaluates large systems in a fraction of the memory (same numbers, ~1.3x the "
-        "time); 'auto' (default) switches to it when 'fast' would not fit in the available memory",
+        "time); 'auto' (default) switches to it when 'fast' would not fit in the available memory" + more_help,
     )
 
 
@@ -207,14 +211,26 @@ def add_fix_arguments(parser: Any) -> None:
     parser.add_argument("--fix-below", type=FINITE_FLOAT, default=None, metavar="Z", help="fix atoms with z < Z (A)")
 
 
-def calculator_from_args(args: argparse.Namespace, **settings: Any) -> Any:
-    """The calculator of :func:`add_model_arguments`' options (checkpoint, device, dtype, D3 dispersion
-    and xc), built by :func:`~equiformer_calc.workflows._common.resolve_calculator`; ``settings``: its
-    other keywords (``skin``, ``memory``)."""
-    from ..workflows._common import resolve_calculator
+#: the parsed options that are fields of ModelSettings (read when the verb declared them)
+_MODEL_OPTIONS = ("checkpoint", "device", "dtype", "dispersion", "xc", "memory", "skin")
 
-    return resolve_calculator(None, args.checkpoint, device=args.device, dtype=args.dtype,
-                              dispersion=args.dispersion, xc=args.xc, **settings)
+
+def settings_from_args(args: argparse.Namespace, **fields: Any) -> Any:
+    """THE :class:`~equiformer_calc.calculators.settings.ModelSettings` of a command's model options:
+    :func:`add_model_arguments`' (checkpoint, device, dtype, D3 dispersion and xc), ``--memory`` and
+    ``--skin`` where the verb declares them, and ``fields`` (other settings, e.g. serve's
+    ``memory_budget``). Invalid values raise the settings' ValueError naming the field."""
+    from ..calculators.settings import ModelSettings
+
+    given = {name: getattr(args, name) for name in _MODEL_OPTIONS if hasattr(args, name)}
+    return ModelSettings(**{**given, **fields})
+
+
+def calculator_from_args(args: argparse.Namespace, **fields: Any) -> Any:
+    """The :class:`~equiformer_calc.EquiformerCalculator` of :func:`settings_from_args`."""
+    from ..calculators.local import EquiformerCalculator
+
+    return EquiformerCalculator.from_settings(settings_from_args(args, **fields))
 
 
 def read_structure(path: str | os.PathLike, index: str | int = -1, format: str | None = None) -> Atoms:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ._common import (
-    NONNEGATIVE_INT, OPTIMIZER_NAMES, POSITIVE_FLOAT, POSITIVE_INT, check_outputs, device_type,
+    NONNEGATIVE_INT, OPTIMIZER_NAMES, POSITIVE_FLOAT, POSITIVE_INT, check_outputs, device_type, settings_from_args,
 )
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
         check_outputs([args.out / name for name in OUTPUT_FILES],
                       [*(args.data_dir / name for name in INPUT_FILES), args.checkpoint])
     set_threads(args.threads)
-    result = relax_benchmark(args.checkpoint, args.data_dir, max_tasks=args.max_tasks, optimizer=args.optimizer,
-                             fmax=args.fmax, steps=args.steps, dtype=args.dtype, device=args.device, out=args.out,
+    result = relax_benchmark(settings_from_args(args), args.data_dir, max_tasks=args.max_tasks, optimizer=args.optimizer,
+                             fmax=args.fmax, steps=args.steps, out=args.out,
                              progress=not args.no_progress, labeller=args.labeller)
     log.info("relaxation benchmark:\n%s", format_summary(result))
     if args.out is None:

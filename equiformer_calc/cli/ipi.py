@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ._common import NONNEGATIVE_FLOAT, add_dispersion_arguments, device_type, number, read_structure
+from ._common import NONNEGATIVE_FLOAT, add_model_arguments, calculator_from_args, number, read_structure
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -25,21 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="localhost", help="host of the i-PI server for --port (default localhost)")
     parser.add_argument("--wait", type=NONNEGATIVE_FLOAT, default=60.0, help="seconds to keep trying to connect (default 60)")
     parser.add_argument("--skin", type=NONNEGATIVE_FLOAT, default=1.0, help="neighbour-list skin, A (0: rebuild every call)")
-    parser.add_argument("--checkpoint", default=None, help="shipped checkpoint name or .safetensors path (default: pbe-distilled-small)")
-    parser.add_argument("--device", default="cpu", type=device_type, help="torch device (default: cpu)")
-    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"],
-                        help="model precision (default float64: i-PI integrates long trajectories)")
-    add_dispersion_arguments(parser)
+    add_model_arguments(parser, dtype="float64")  # float64: i-PI integrates long trajectories
 
 
 def run(args: argparse.Namespace) -> int:
     """``equiformer-calc ipi``: read the structure, load the model, answer i-PI until it stops."""
-    from ..calculators.local import EquiformerCalculator
     from ..integrations.ipi import run_client
 
     atoms = read_structure(args.structure)
-    calc = EquiformerCalculator(checkpoint=args.checkpoint, device=args.device, dtype=args.dtype, skin=args.skin,
-                                dispersion=args.dispersion, xc=args.xc)
+    calc = calculator_from_args(args)
     # no server there (IPIConnectionError) is the user's doing: errors.py gives it exit 2 and a hint
     run_client(atoms, calc, unix=args.unix, host=args.host, port=args.port, wait_s=args.wait)
     return 0

@@ -47,16 +47,15 @@ def run(args: argparse.Namespace) -> int:
     """``equiformer-calc md``: read, integrate, write trajectory + CSV + PNG, report the drift."""
     from ..workflows.md import md_output_paths, run_md, write_md_outputs
 
-    stem, traj, atoms, calc = start_trajectory_run(args, "md", md_output_paths, skin=args.skin, memory=args.memory)
+    stem, traj, atoms, calc = start_trajectory_run(args, "md", md_output_paths)
     log.info(
         "%s MD of %s (%d atoms): %d steps of %g fs at %g K",
         args.ensemble.upper(), atoms.get_chemical_formula(), len(atoms), args.steps, args.timestep, args.temperature,
     )
     result = run_md(
         atoms, ensemble=args.ensemble, temperature=args.temperature, timestep=args.timestep, steps=args.steps,
-        friction=args.friction, trajectory=traj, log_interval=args.log_interval, seed=args.seed, skin=args.skin,
-        calculator=calc, fix_bottom=args.fix_bottom, fix_below=args.fix_below,
-        init_velocities=None if not args.keep_velocities else False, device=args.device, dtype=args.dtype,
+        friction=args.friction, trajectory=traj, log_interval=args.log_interval, seed=args.seed, calculator=calc, fix_bottom=args.fix_bottom, fix_below=args.fix_below,
+        init_velocities=None if not args.keep_velocities else False,
     )
     paths = write_md_outputs(result, stem, args.log_interval)
     log.info(

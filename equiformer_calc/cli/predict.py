@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ._common import (
     POSITIVE_INT, add_executor_arguments, add_model_arguments, check_outputs, error_line, executor_from_args,
+    settings_from_args,
 )
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -38,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_outputs([out, forces_csv_path(out) if out.suffix.lower() == ".csv" else None], [args.input, args.checkpoint])
     with executor_from_args(args) as executor:
-        result = predict_file(args.input, args.out, checkpoint=args.checkpoint, device=args.device,
-                              dtype=args.dtype, executor=executor, chunk_size=args.chunk_size)
+        result = predict_file(args.input, args.out, calculator=settings_from_args(args), executor=executor,
+                              chunk_size=args.chunk_size)
     log.info("wrote %s", ", ".join(str(p) for p in result.files))
     if result.errors:
         first = min(result.errors)

@@ -41,12 +41,11 @@ def run(args: argparse.Namespace) -> int:
     """``equiformer-calc relax``: read, relax, write trajectory + final structure + CSV + PNG."""
     from ..workflows.relax import relax, relax_output_paths, write_relax_outputs
 
-    stem, traj, atoms, calc = start_trajectory_run(args, "relaxed", relax_output_paths, memory=args.memory)
+    stem, traj, atoms, calc = start_trajectory_run(args, "relaxed", relax_output_paths)
     log.info("relaxing %s (%d atoms) from %s", atoms.get_chemical_formula(), len(atoms), args.input)
     result = relax(
         atoms, calculator=calc, fmax=args.fmax, steps=args.steps, optimizer=args.optimizer,
         fix_bottom=args.fix_bottom, fix_below=args.fix_below, cell=args.cell, trajectory=traj, logfile="-",
-        device=args.device, dtype=args.dtype,
     )
     paths = write_relax_outputs(result, stem)
     log.info(

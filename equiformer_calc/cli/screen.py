@@ -10,7 +10,7 @@ from typing import Any
 
 from ._common import (
     NONNEGATIVE_FLOAT, NONNEGATIVE_INT, OPTIMIZER_NAMES, POSITIVE_FLOAT, POSITIVE_INT, add_executor_arguments,
-    add_model_arguments, check_outputs, executor_from_args, read_structure,
+    add_model_arguments, calculator_from_args, check_outputs, executor_from_args, read_structure, settings_from_args,
 )
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -88,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..surfaces import build_surface, layer_indices
-    from ..workflows._common import resolve_calculator
     from ..workflows.screening import screen_adsorbates, screen_direct
 
     db = None if "://" in args.db else args.db
@@ -112,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if args.direct:
         try:
             direct = screen_direct(
-                slabs, args.adsorbates, checkpoint=args.checkpoint, fix_bottom=args.fix_bottom,
-                site_kinds=args.site_kinds, out_dir=args.out_dir, device=args.device, dtype=args.dtype,
+                slabs, args.adsorbates, calculator=settings_from_args(args), fix_bottom=args.fix_bottom,
+                site_kinds=args.site_kinds, out_dir=args.out_dir,
             )
         except ValueError as exc:
             log.error("%s", exc)
@@ -127,15 +126,12 @@ def run(args: argparse.Namespace) -> int:
     if fan_out and args.dispersion:
         raise ValueError("--dispersion is not available with --scheduler/--workers yet (workers run the bare "
                          "model): screen without fan-out, or add D3 afterwards")
-    calculator = None if fan_out else resolve_calculator(
-        None, args.checkpoint, args.device, args.dtype, dispersion=args.dispersion, xc=args.xc
-    )
+    calculator = calculator_from_args(args)
     with executor_from_args(args) as executor:
         result = screen_adsorbates(
-            slabs, args.adsorbates, db=args.db, checkpoint=args.checkpoint if fan_out else None,
-            calculator=calculator, fmax=args.fmax, steps=args.steps,
+            slabs, args.adsorbates, db=args.db, calculator=calculator, fmax=args.fmax, steps=args.steps,
             optimizer=args.optimizer, fix_bottom=args.fix_bottom, site_kinds=args.site_kinds, out_dir=args.out_dir,
-            batch_size=args.batch_size, device=args.device, dtype=args.dtype, retry_failed=args.retry_failed,
+            batch_size=args.batch_size, retry_failed=args.retry_failed,
             executor=executor if fan_out else None, chunk_size=args.chunk_size,
             refine=args.refine, top_k=args.top_k, refine_mode=args.refine_mode, rank_by=args.rank_by,
             kappa=args.kappa, refine_fmax=args.refine_fmax, refine_steps=args.refine_steps,
@@ -161,8 +157,7 @@ def run(args: argparse.Namespace) -> int:
     if args.free_energy:  # the computation lives in workflows.thermo
         from ..workflows.thermo import screen_free_energies, write_summary_csv
 
-        calc = calculator or resolve_calculator(None, args.checkpoint, args.device, args.dtype)
-        result.summary = screen_free_energies(result.summary, result.db, calc, args.temperature, args.pressure,
+        result.summary = screen_free_energies(result.summary, result.db, calculator, args.temperature, args.pressure,
                                               journal=Path(args.out_dir) / "vibrations_journal.jsonl")
         result.files["summary"] = write_summary_csv(result.summary, Path(args.out_dir) / "screen_summary.csv")
         for r in result.summary:

@@ -7,8 +7,7 @@ import argparse
 import logging
 import os
 
-from ._common import DEFAULT_CHECKPOINT  # not ..checkpoint: --help must not import torch
-from ._common import add_dispersion_arguments
+from ._common import add_memory_argument, add_model_arguments, settings_from_args
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -19,20 +18,14 @@ HELP = "serve a checkpoint over HTTP (POST /v1/predict) with dynamic batching"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``equiformer-calc serve``."""
-    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                        help=f"shipped name or path (default {DEFAULT_CHECKPOINT})")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     parser.add_argument("--token", default=os.environ.get("EQUIFORMER_CALC_TOKEN"),
                         help="require 'Authorization: Bearer TOKEN' (default: $EQUIFORMER_CALC_TOKEN; prefer the "
                              "environment variable, command lines are visible to other users)")
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="model precision")
+    add_model_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--memory", default="auto", choices=["auto", "fast", "low"],
-                        help="memory mode of model calls: 'low' evaluates large structures in a fraction of the "
-                             "memory (~1.3x the time), 'auto' (default) uses it when 'fast' would not fit; calls "
-                             "that fit in neither are answered 507")
+    add_memory_argument(parser, "; calls that fit in neither are answered 507")
     parser.add_argument("--max-batch-atoms", type=int, default=1024,
                         help="atom budget of one model call (default 1024)")
     parser.add_argument("--max-wait-ms", type=float, default=5.0,
@@ -67,7 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds an idle client connection stays open; clients reconnect transparently "
                              "(default 30)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
-    add_dispersion_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,14 +71,14 @@ def run(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     try:
+        budget = "auto" if args.memory_budget_gb is None else int(args.memory_budget_gb * (1 << 30))
         app = create_app(
-            args.checkpoint,
+            settings_from_args(args, memory_budget=budget),
             token=args.token or None,
             max_atoms_per_structure=args.max_atoms_per_structure,
             max_atoms_per_request=args.max_atoms_per_request,
             max_edges_per_structure=args.max_edges_per_structure,
             max_edges_per_request=args.max_edges_per_request,
-            memory_budget="auto" if args.memory_budget_gb is None else int(args.memory_budget_gb * (1 << 30)),
             isolate=not args.no_isolation,
             max_body_bytes=int(args.max_body_mb * (1 << 20)),
             request_timeout_s=args.request_timeout,
@@ -95,11 +87,6 @@ def run(args: argparse.Namespace) -> int:
             max_wait_ms=args.max_wait_ms,
             batching=not args.no_batching,
             max_queued_requests=args.max_queued_requests,
-            device=args.device,
-            dtype=args.dtype,
-            dispersion=args.dispersion,
-            xc=args.xc,
-            memory=args.memory,
         )
     except (CheckpointError, ValueError, ImportError) as exc:
         log.error("%s", exc)

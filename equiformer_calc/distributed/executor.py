@@ -63,16 +63,17 @@ def model_key(calculator: Any) -> str:
 
 
 def as_calculator(model: Any, device: str = "cpu", dtype: str = "float32") -> Any:
-    """An EquiformerCalculator for ``model`` (a calculator is returned as is; the calculator's
-    predictor works on its own copy of an Equiformer)."""
-    from ..calculators.local import EquiformerCalculator
-    from ..model import Equiformer
+    """An EquiformerCalculator for ``model`` (a calculator is returned as is; an Equiformer, a
+    Predictor, a ModelSettings or a checkpoint name is resolved by
+    :func:`~equiformer_calc.calculators.local.resolve_calculator`, ``device`` / ``dtype`` applying
+    where it builds the settings itself; the calculator's predictor works on its own copy of an
+    Equiformer)."""
+    from ..calculators.local import resolve_calculator
 
-    if isinstance(model, Equiformer):
-        return EquiformerCalculator(model=model, device=device, dtype=dtype)
-    if not hasattr(model, "predictor"):
+    calc = resolve_calculator(model, device=device, dtype=dtype)
+    if not hasattr(calc, "predictor"):
         raise TypeError(f"register an EquiformerCalculator or an Equiformer model, got {type(model).__name__}")
-    return model
+    return calc
 
 
 def set_worker_model(key: str, calculator: Any) -> None:

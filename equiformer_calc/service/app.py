@@ -25,7 +25,6 @@ off the event loop), :mod:`.schema` (the wire format), :func:`equiformer_calc.se
 from __future__ import annotations
 
 import logging
-import os
 import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -40,7 +39,7 @@ from .metrics import ServiceMetrics
 from .parsing import EXTXYZ_TYPES
 from .routes import install_error_handlers, register
 from .schema import ErrorResponse, PredictRequest
-from .state import ServiceOptions, ServiceState, build_state, startup_log
+from .state import ModelSource, ServiceOptions, ServiceState, build_state, startup_log
 from .vibrations import ROUTES as VIBRATION_ROUTES
 
 __all__ = ["create_app", "EXTXYZ_TYPES", "ServiceOptions"]
@@ -133,15 +132,17 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
-def create_app(predictor_or_checkpoint: Predictor | str | os.PathLike, **options: Any) -> FastAPI:
-    """The FastAPI app serving one model: a :class:`Predictor` (used as is, in this process unless
-    ``isolate=True``) or a checkpoint name/path (loaded, and run in a worker process unless
-    ``isolate=False``). ``options`` are the fields of :class:`~.state.ServiceOptions`: ``token``
-    (bearer auth on all but ``/health`` and the docs), atom/edge/body limits (413 above),
-    ``memory_budget``/``memory`` (507 for a call that does not fit the memory now),
-    ``request_timeout_s`` (504), ``parse_timeout_s`` (reading one body; 413 above), batching,
-    ``dispersion``/``xc`` (D3 added to energy, forces and stress, in the model's process)."""
-    state = build_state(predictor_or_checkpoint, ServiceOptions(**options))
+def create_app(model: ModelSource, **options: Any) -> FastAPI:
+    """The FastAPI app serving one model: a
+    :class:`~equiformer_calc.calculators.settings.ModelSettings` or a checkpoint name/path (loaded,
+    and run in a worker process unless ``isolate=False``; the settings carry device, dtype,
+    ``memory``/``memory_budget`` (507 for a call that does not fit the memory now) and D3
+    ``dispersion``/``xc``, added in the model's process), or a :class:`Predictor` (or a D3
+    ``DispersionPredictor`` over one; used as is, in this process unless ``isolate=True``).
+    ``options`` are the fields of :class:`~.state.ServiceOptions`: ``token`` (bearer auth on all but
+    ``/health`` and the docs), atom/edge/body limits (413 above), ``request_timeout_s`` (504),
+    ``parse_timeout_s`` (reading one body; 413 above), batching."""
+    state = build_state(model, ServiceOptions(**options))
     app = FastAPIOffline(
         title="equiformer-calc inference service", version=_version(), lifespan=_lifespan,
         description="Energies, forces and stress of an Equiformer interatomic potential (eV, Angstrom).",

@@ -17,10 +17,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from ase.data import atomic_numbers
 
+from ..calculators.settings import ModelSettings
+from ..integrations.d3 import DispersionPredictor
 from ..predictor import ALL_PROPERTIES, MEMORY_HEADROOM, Predictor
 from ..protocols import PredictorLike
 from .batcher import Batcher
@@ -36,14 +38,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ServiceOptions:
-    """Settings of one server (``create_app``'s keyword arguments; see :func:`~.app.create_app`)."""
+    """Settings of one server (``create_app``'s keyword arguments; see :func:`~.app.create_app`). The
+    model's own settings (device, dtype, memory mode and budget, D3) are not here: they are the
+    :class:`~equiformer_calc.calculators.settings.ModelSettings` (or the predictor) the server is given."""
 
     token: str | None = None
     max_atoms_per_structure: int = 10_000
     max_atoms_per_request: int = 50_000
     max_edges_per_structure: int | None = None
     max_edges_per_request: int | None = None
-    memory_budget: int | str | None = "auto"
     isolate: bool | None = None
     max_body_bytes: int = 16 << 20
     request_timeout_s: float = 120.0
@@ -53,12 +56,7 @@ class ServiceOptions:
     max_wait_ms: float = 5.0
     batching: bool = True
     max_queued_requests: int = 1024
-    device: str = "cpu"
-    dtype: str = "float32"
     model_id: str | None = None
-    dispersion: str | None = None
-    xc: str = "pbe"
-    memory: str = "auto"
 
 
 class _Counter:
@@ -124,23 +122,31 @@ class ServiceState:
             self.predictor.stop()
 
 
-def _load(source: Any, o: ServiceOptions) -> tuple[Predictor, str | None, str, bool]:
-    """(predictor, checkpoint path, model id, isolate) of a checkpoint name/path or a Predictor."""
+#: what a server can be given as its model
+ModelSource = Union[Predictor, DispersionPredictor, ModelSettings, str, os.PathLike]
+
+
+def _load(source: ModelSource, o: ServiceOptions) -> tuple[ModelSettings, Predictor, str | None, str, bool]:
+    """(settings, the local predictor, checkpoint path, model id, isolate) of the model given to a
+    server: a :class:`~equiformer_calc.calculators.settings.ModelSettings` or a checkpoint name/path
+    (loaded here; its predictor splits batches at the batcher's ``max_batch_atoms``), or a
+    Predictor (a D3 ``DispersionPredictor`` over one) used as is."""
     if isinstance(source, (str, os.PathLike)):
-        from ..checkpoint import load_checkpoint
-
-        model = load_checkpoint(source, device=o.device)
-        predictor = Predictor(model, device=o.device, dtype=o.dtype, max_atoms_per_batch=o.max_batch_atoms,
-                              memory_budget=o.memory_budget, memory=o.memory, copy_model=False)
-        from ..committee import attach_committee
-
-        attach_committee(predictor, "auto")  # energy_uncertainty when the checkpoint ships a committee
-        checkpoint = model.checkpoint.path if model.checkpoint is not None else str(source)
-        return predictor, checkpoint, o.model_id or Path(str(source)).stem, True if o.isolate is None else o.isolate
-    info = getattr(getattr(source, "model", None), "checkpoint", None)
+        source = ModelSettings(checkpoint=os.fspath(source))
+    if isinstance(source, ModelSettings):
+        settings = source.replace(max_atoms_per_batch=o.max_batch_atoms)
+        settings.dispersion_term()  # the D3 names, functional and library, before the weights load
+        local = settings.predictor()
+        info = local.model.checkpoint
+        checkpoint = info.path if info is not None else settings.checkpoint_name
+        model_id = o.model_id or Path(settings.checkpoint_name).stem
+        return settings, local, checkpoint, model_id, True if o.isolate is None else o.isolate
+    settings = ModelSettings.of(source)  # a TypeError naming anything else
+    local = source.predictor if isinstance(source, DispersionPredictor) else source
+    info = local.model.checkpoint
     checkpoint = info.path if info is not None else None
     model_id = o.model_id or (Path(checkpoint).stem if checkpoint else "in-memory")
-    return source, checkpoint, model_id, bool(o.isolate)
+    return settings, local, checkpoint, model_id, bool(o.isolate)
 
 
 def _limits(predictor: Predictor, o: ServiceOptions) -> tuple[Limits, float, str]:
@@ -160,23 +166,20 @@ def _limits(predictor: Predictor, o: ServiceOptions) -> tuple[Limits, float, str
     return limits, per_edge, mode
 
 
-def _stack(local: Predictor, o: ServiceOptions, isolate: bool) -> tuple[PredictorLike, Callable | None, str]:
-    """The predictor wrappers: isolation (with D3 in the worker) or D3 in this process.
-    Returns (predictor, the D3 element check or None, the dispersion's name)."""
-    from ..integrations.d3 import D3, check_d3_elements, parse_dispersion
+def _stack(source: ModelSource, local: Predictor, settings: ModelSettings,
+           o: ServiceOptions, isolate: bool) -> tuple[PredictorLike, Callable | None, str]:
+    """The predictor wrappers: isolation (the worker rebuilds ``settings``, D3 included) or D3 in
+    this process. Returns (predictor, the D3 element check or None, the dispersion's name)."""
+    from ..integrations.d3 import check_d3_elements
 
-    parsed = parse_dispersion(o.dispersion)  # ValueError naming the accepted values
-    d3 = D3(o.dispersion or "", xc=o.xc) if parsed is not None else None  # checks xc; computes nothing
+    d3 = settings.dispersion_term()  # checks xc; computes nothing
     if isolate:
         timeout = max(float(o.request_timeout_s), 1.0) * 2
-        spec = (d3.name, d3.xc) if d3 is not None else None
-        predictor: PredictorLike = IsolatedPredictor(local, timeout_s=timeout, dispersion=spec)
-    elif d3 is not None:
-        from ..integrations.d3 import DispersionPredictor
-
-        predictor = DispersionPredictor(local, d3)
+        predictor: PredictorLike = IsolatedPredictor(local, timeout_s=timeout, settings=settings)
+    elif isinstance(source, DispersionPredictor):
+        predictor = source  # the caller's D3 term, as given
     else:
-        predictor = local
+        predictor = settings.with_dispersion(local)
     if d3 is None:
         return predictor, None, "none"
     return predictor, check_d3_elements, f"{d3.name} (xc={d3.xc})"
@@ -200,11 +203,14 @@ def _model_info(local: Predictor, model_id: str, checkpoint: str | None, limits:
     }
 
 
-def build_state(source: Predictor | str | os.PathLike, options: ServiceOptions) -> ServiceState:
-    """Load (or take) the predictor, derive the limits, stack the wrappers, make the batcher."""
-    local, checkpoint, model_id, isolate = _load(source, options)
+def build_state(source: ModelSource, options: ServiceOptions) -> ServiceState:
+    """Load (or take) the predictor, derive the limits, stack the wrappers, make the batcher.
+    ``source``: a :class:`~equiformer_calc.calculators.settings.ModelSettings` (the model's
+    settings: checkpoint, device, dtype, memory rules, D3), a checkpoint name or path, or a
+    Predictor (or a D3 ``DispersionPredictor`` over one) to serve as is."""
+    settings, local, checkpoint, model_id, isolate = _load(source, options)
     limits, per_edge, mode = _limits(local, options)
-    predictor, check_elements, dispersion = _stack(local, options, isolate)
+    predictor, check_elements, dispersion = _stack(source, local, settings, options, isolate)
     arriving = _Counter()
     metrics = ServiceMetrics(queue_depth=lambda: batcher.queue_depth)
     batcher = Batcher(

@@ -3,7 +3,8 @@
 :class:`IsolatedPredictor` has the predictor interface the batcher needs. Validation, budgets and
 model information are answered in the server process by a local :class:`~equiformer_calc.predictor.Predictor`
 (cheap, no model call); ``predict`` sends the structures to a worker process that holds its own
-copy of the model (same weights, device, dtype and limits) and, with ``dispersion``, its own D3
+copy of the model, built from the same :class:`~equiformer_calc.calculators.settings.ModelSettings`
+(sent as JSON: weights, device, dtype, limits, committee) and, with D3 ``dispersion``, its own D3
 term (:class:`~equiformer_calc.integrations.d3.DispersionPredictor`): D3 runs in the worker
 too, so a crash of the D3 library is a worker crash, not a server crash. Structures and results
 cross the pipe packed into a few arrays (:mod:`.packing`), so a large request does not hold the
@@ -19,6 +20,7 @@ asked to evaluate a structure whose first atom has the x coordinate ``<x>`` call
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -28,7 +30,9 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Sequence
 
+from ..calculators.settings import ModelSettings
 from ..graph import Structure
+from ..integrations.d3 import DispersionPredictor
 from ..predictor import Predictor
 from .packing import pack_results, pack_structures, unpack_results, unpack_structures
 
@@ -58,8 +62,10 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with status {code}"
 
 
-def _spec_of(predictor: Predictor, dispersion: tuple[str, str] | None = None) -> dict[str, Any]:
-    """What a worker needs to rebuild ``predictor``: config, weights (safetensors bytes), settings."""
+def _spec_of(predictor: Predictor, settings: ModelSettings) -> dict[str, Any]:
+    """What a worker needs to rebuild the evaluator: the model (config, weights as safetensors bytes,
+    checkpoint information), torch's thread count, and the settings as JSON
+    (:meth:`~equiformer_calc.calculators.settings.ModelSettings.to_dict`)."""
     from safetensors.torch import save
     import torch
 
@@ -68,22 +74,13 @@ def _spec_of(predictor: Predictor, dispersion: tuple[str, str] | None = None) ->
         "config": model.config.to_dict(),
         "weights": save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}),
         "checkpoint": model.checkpoint,
-        "device": str(predictor.device),
-        "dtype": str(predictor.dtype).replace("torch.", ""),
-        "max_atoms_per_batch": predictor.max_atoms_per_batch,
-        "min_distance_ratio": predictor.min_distance_ratio,
-        "memory": predictor.memory,
-        "call_threads": predictor.threads,
-        "memory_budget": predictor.memory_budget,
-        "max_edges": predictor.max_edges,
         "threads": torch.get_num_threads(),
-        "dispersion": dispersion,
+        "settings": json.dumps(settings.to_dict()),
     }
 
 
 def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:  # pragma: no cover - runs in the child
     """The worker loop: build the predictor, then answer (structures, properties) messages."""
-    import torch
     from safetensors.torch import load
 
     from ..model import Equiformer
@@ -94,19 +91,10 @@ def _worker_main(conn: Connection, spec: dict[str, Any]) -> None:  # pragma: no 
     model = Equiformer.from_config(spec["config"])
     model.load_state_dict(load(spec["weights"]))
     model.checkpoint = spec["checkpoint"]
-    predictor = Predictor(
-        model, device=spec["device"], dtype=spec["dtype"], max_atoms_per_batch=spec["max_atoms_per_batch"],
-        min_distance_ratio=spec["min_distance_ratio"], memory=spec["memory"], memory_budget=spec["memory_budget"],
-        max_edges=spec["max_edges"], threads=spec["call_threads"], copy_model=False,
-    )
-    from ..committee import attach_committee
-
-    attach_committee(predictor, "auto")  # the isolated worker's model: its checkpoint's committee
-    if spec["dispersion"] is not None:  # D3 in this process: a crash of its library is a worker crash
-        from ..integrations.d3 import D3, DispersionPredictor
-
-        name, xc = spec["dispersion"]
-        predictor = DispersionPredictor(predictor, D3(name, xc=xc))  # type: ignore[assignment]
+    settings = ModelSettings.from_dict(json.loads(spec["settings"]))
+    # the same settings as the server's predictor (its committee too); D3 in this process, so a
+    # crash of its library is a worker crash
+    predictor = settings.with_dispersion(settings.predictor(model, copy_model=False))
     marker = os.environ.get(ABORT_MARKER_ENV)
     abort_at = float(marker) if marker else None
     conn.send(("ready", os.getpid()))
@@ -145,20 +133,22 @@ class IsolatedPredictor:
     """A :class:`Predictor` whose model calls run in a worker process (see the module docstring).
 
     ``predictor`` is the local predictor (validation, estimates, model information; its model is
-    copied into the worker). ``dispersion``: (damping name, xc) of a D3 term the worker adds to
-    every result, or None. ``timeout_s``: longest model call before the worker is killed
+    copied into the worker), or a D3 ``DispersionPredictor`` over one. ``settings``: the
+    :class:`~equiformer_calc.calculators.settings.ModelSettings` the worker builds its predictor with
+    (its D3 term included; default: those of ``predictor``,
+    :meth:`~equiformer_calc.calculators.settings.ModelSettings.of`). ``timeout_s``: longest model call before the worker is killed
     (``None``: no limit). ``start_timeout_s``: how long a worker may take to start.
     """
 
-    def __init__(self, predictor: Predictor, timeout_s: float | None = None, start_timeout_s: float = 300.0,
-                 dispersion: tuple[str, str] | None = None) -> None:
-        self.local = predictor
-        self.dispersion = dispersion
+    def __init__(self, predictor: Any, timeout_s: float | None = None, start_timeout_s: float = 300.0,
+                 settings: ModelSettings | None = None) -> None:
+        self.settings = settings if settings is not None else ModelSettings.of(predictor)
+        self.local: Predictor = predictor.predictor if isinstance(predictor, DispersionPredictor) else predictor
         self.timeout_s = timeout_s
         self.start_timeout_s = float(start_timeout_s)
         self.restarts = 0
         self.crashes = 0
-        self._spec = _spec_of(predictor, dispersion)
+        self._spec = _spec_of(self.local, self.settings)
         self._context = multiprocessing.get_context("spawn")
         self._process: Any = None
         self._conn: Connection | None = None

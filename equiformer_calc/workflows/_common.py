@@ -1,5 +1,6 @@
-"""Helpers shared by the workflows: the calculator to use, line plots, a lazily created
-trajectory. Bottom-layer constraints live in :mod:`equiformer_calc.surfaces.slabs`, file writing in
+"""Helpers shared by the workflows: the calculator to use (every workflow's ``calculator=`` goes
+through :func:`~equiformer_calc.calculators.local.resolve_calculator`, re-exported here), line
+plots, a lazily created trajectory. Bottom-layer constraints live in :mod:`equiformer_calc.surfaces.slabs`, file writing in
 :mod:`equiformer_calc.io` (both imported here for the workflows); reading structures from files
 and command-line options are :mod:`equiformer_calc.cli`'s."""
 
@@ -12,12 +13,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator
+from ..calculators.local import resolve_calculator
+from ..calculators.settings import ModelSettings
 from ..io import new_figure, save_figure, write_csv
 from ..surfaces.slabs import add_fix_bottom, bottom_fixed_mask, fixed_mask, layer_indices
 
 __all__ = [
     "resolve_calculator",
+    "ModelSettings",
     "layer_indices",
     "bottom_fixed_mask",
     "add_fix_bottom",
@@ -60,31 +63,6 @@ def check_not_all_fixed(atoms: Atoms, fix_bottom: int | None, fix_below: float |
     if len(atoms) and (bottom_fixed_mask(atoms, fix_bottom, fix_below) | fixed_mask(atoms)).all():
         raise ValueError(f"every atom is fixed (fix_bottom={fix_bottom}, fix_below={fix_below} and the "
                          f"structure's own constraints): {what} would not move anything")
-
-
-def resolve_calculator(
-    calculator: Calculator | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    skin: float = 0.0,
-    dispersion: str | None = None,
-    xc: str = "pbe",
-    memory: str = "auto",
-) -> Calculator:
-    """``calculator`` if given, else an :class:`~equiformer_calc.EquiformerCalculator` for
-    ``checkpoint`` (a shipped name or a path; ``None``: the default shipped checkpoint), with D3
-    ``dispersion`` for ``xc`` when given and memory mode ``memory``."""
-    if calculator is not None:
-        if checkpoint is not None:
-            raise ValueError("give either calculator or checkpoint, not both")
-        return calculator
-    from ..calculators.local import EquiformerCalculator
-
-    return EquiformerCalculator(
-        checkpoint=None if checkpoint is None else str(checkpoint), device=device, dtype=dtype, skin=skin,
-        dispersion=dispersion, xc=xc, memory=memory,
-    )
 
 
 def plot_lines(

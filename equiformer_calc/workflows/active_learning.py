@@ -481,9 +481,10 @@ class _Round:
 
 
 def _student(checkpoint: str | Path) -> Any:
-    from equiformer_calc import EquiformerCalculator  # noqa: PLC0415 - the calculator package may move
+    """The student's calculator (float32, the default settings) for a checkpoint path."""
+    from ._common import resolve_calculator
 
-    return EquiformerCalculator(checkpoint=str(checkpoint), dtype="float32")
+    return resolve_calculator(str(checkpoint))
 
 
 def _starting_structures(cfg: ALConfig, pool: SystemPool, rnd: int, previous_minima: list[Atoms]) -> list[Atoms]:

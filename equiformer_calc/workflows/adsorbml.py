@@ -55,10 +55,9 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.geometry import get_distances
 
-from ..checkpoint import load_model
+from ..calculators.local import resolve_calculator
 from ..graph import StructureError
 from ..io import new_figure, save_figure, write_json
-from ..model import Equiformer
 from ..surfaces import REFERENCE_MOLECULES, check_relaxation, constrain_held, gas_molecule, gas_reference_energy
 from ..surfaces import reference_potentials
 from .batch import relax_batch
@@ -211,27 +210,25 @@ def _mean(values: Sequence[float]) -> float | None:
 
 
 def relax_benchmark(
-    checkpoint_or_model: Equiformer | Calculator | str | os.PathLike,
+    calculator: Any,
     data_dir: str | os.PathLike,
     max_tasks: int | None = None,
     task_ids: Sequence[str] | None = None,
     optimizer: str = "BFGS",
     fmax: float = FMAX,
     steps: int = MAX_STEPS,
-    dtype: str = "float32",
-    device: str = "cpu",
     out: str | os.PathLike | None = None,
     progress: bool = False,
     labeller: str | None = None,
 ) -> dict[str, Any]:
-    """Relax the benchmark's initial structures with the model (an :class:`Equiformer`, a
-    checkpoint path / shipped name, or any ASE calculator) and compare with EMT (see the module
+    """Relax the benchmark's initial structures with ``calculator`` (the model: an
+    :class:`~equiformer_calc.model.Equiformer`, a checkpoint path / shipped name, a Predictor, a
+    :class:`~equiformer_calc.calculators.settings.ModelSettings` such as ``ModelSettings(dtype="float64")``,
+    or any ASE calculator; see :func:`~equiformer_calc.calculators.local.resolve_calculator`) and compare with EMT (see the module
     docstring). ``task_ids`` (datagen ``task_id`` strings) or ``max_tasks`` (see
     :func:`select_tasks`) restrict the run. Returns ``{"summary", "groups", "tasks"}``; with
     ``out`` also writes ``out/relax_benchmark.json`` and ``out/relax_parity.png``. ``labeller``
     names the labeller of the references (default: the ``labeller`` recorded in the frames, else EMT)."""
-    from ..calculators.local import EquiformerCalculator
-
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
     data_dir = Path(data_dir)
@@ -239,11 +236,13 @@ def relax_benchmark(
     if labeller is None:
         labeller = str(initial[0].info.get("labeller", "emt")) if initial else "emt"
 
-    if isinstance(checkpoint_or_model, Calculator):  # any ASE calculator (EMT: a sanity check)
-        calc, ckpt = checkpoint_or_model, type(checkpoint_or_model).__name__
+    calc = resolve_calculator(calculator)
+    if isinstance(calculator, Calculator):  # any ASE calculator (EMT: a sanity check)
+        ckpt = type(calculator).__name__
     else:
-        model, ckpt = load_model(checkpoint_or_model)
-        calc = EquiformerCalculator(model=model, device=device, dtype=dtype)
+        info = calc.model.checkpoint
+        ckpt = info.path if info is not None else None
+    dtype = getattr(calc, "parameters", {}).get("dtype")
     log.info("relaxation benchmark: %d of %d tasks from %s, %s fmax=%.3g", len(indices), len(records), data_dir,
              optimizer, fmax)
 

@@ -120,8 +120,6 @@ class _ServedCalculator(Calculator):
 
 
 def _predictor_of(calculator: Any) -> Predictor:
-    if isinstance(calculator, Predictor):
-        return calculator
     predictor = getattr(calculator, "predictor", None)
     if isinstance(predictor, Predictor):
         d3 = getattr(calculator, "dispersion_term", None)
@@ -142,13 +140,9 @@ def relax_batch(
     steps: int = 500,
     optimizer: str = "FIRE",
     calculator: Any = None,
-    checkpoint: str | os.PathLike | None = None,
     fix_bottom: int | None = None,
     fix_below: float | None = None,
     cell: bool = False,
-    device: str = "cpu",
-    dtype: str = "float32",
-    skin: float = 0.0,
     max_concurrent: int = 512,
     callback: Callable[[int, RelaxResult], None] | None = None,
     progress: bool = True,
@@ -161,9 +155,11 @@ def relax_batch(
 
     The arguments mean what they mean for :func:`~equiformer_calc.workflows.relax.relax`
     (``optimizer`` "FIRE", "BFGS" or "LBFGS"; constraints already on the structures are kept and
-    ``fix_bottom`` / ``fix_below`` add to them). ``calculator`` must be an EquiformerCalculator
-    (or a Predictor); by default one is loaded from ``checkpoint``. ``skin > 0`` keeps one
-    neighbour-list cache per structure (same results, fewer neighbour searches).
+    ``fix_bottom`` / ``fix_below`` add to them). ``calculator``: the model as in
+    :func:`~equiformer_calc.workflows.relax.relax`, but it must batch model calls (an
+    EquiformerCalculator, a Predictor, a ModelSettings or a checkpoint name; None: the default
+    checkpoint). A calculator ``skin`` > 0 (``ModelSettings(skin=...)``) keeps one neighbour-list
+    cache per structure (same results, fewer neighbour searches).
     ``max_concurrent`` bounds the number of structures in flight (and of threads); the next
     structure starts as one finishes. ``callback(index, result)`` runs in the calling thread as
     soon as a structure is done (to save results incrementally); an exception it raises stops
@@ -177,12 +173,12 @@ def relax_batch(
     check_number("fmax", fmax, gt=0)
     check_number("steps", steps, ge=0, integer=True)
     check_number("max_concurrent", max_concurrent, ge=1, integer=True)
-    check_number("skin", skin, ge=0)
     structures = list(structures)
     if not structures:
         return []
-    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
+    calc = resolve_calculator(calculator)
     predictor = _predictor_of(calc)
+    skin = float(getattr(calc, "parameters", {}).get("skin", 0.0))
     if invalid not in ("raise", "record"):
         raise ValueError(f"invalid must be 'raise' or 'record', got {invalid!r}")
     rejected = _rejected_inputs(predictor, structures, cell, invalid)

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator
 
 from ..surfaces import constrain_held
+from ._common import resolve_calculator
 from .active_learning import max_displacement, read_frames
 
 __all__ = ["hole_check", "MAX_MOVE", "MAX_DROP", "DEFINITION", "explain"]
@@ -79,7 +79,7 @@ def explain(task: dict[str, Any]) -> str:
 
 
 def hole_check(
-    model: str | os.PathLike | Calculator,
+    model: Any,
     data_dir: str | os.PathLike,
     labeller: str | None = None,
     max_move: float = MAX_MOVE,
@@ -88,7 +88,8 @@ def hole_check(
     steps: int = 500,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Run the hole check of ``model`` (checkpoint path / shipped name, or any ASE calculator) on the
+    """Run the hole check of ``model`` (checkpoint path / shipped name, any ASE calculator, or what
+    else :func:`~equiformer_calc.calculators.local.resolve_calculator` takes) on the
     relaxation references of ``data_dir``; ``labeller``: the teacher (default: the one recorded in the
     frames). Returns ``{"summary", "tasks"}`` (per task: displacement, energies, ``drop``, ``fails``)."""
     from ..data.labellers import JournaledCalculator, LabelStats, resolve_labeller
@@ -102,13 +103,11 @@ def hole_check(
         raise ValueError(f"{data_dir}: {len(records)} tasks but {len(reference)} relaxed frames")
     labeller = labeller or str(reference[0].info.get("labeller", "emt"))
     teacher = resolve_labeller(labeller)
-    if isinstance(model, Calculator):
-        calc, name = model, type(model).__name__
-    else:
-        from equiformer_calc import EquiformerCalculator  # noqa: PLC0415 - the calculator package may move
-
-        calc = EquiformerCalculator(checkpoint=str(model), dtype="float32")
+    calc = resolve_calculator(model)
+    if isinstance(model, (str, os.PathLike)):
         name = str(model)
+    else:  # a calculator (EMT: its class), a predictor or settings (the checkpoint)
+        name = getattr(calc, "parameters", {}).get("checkpoint") or type(calc).__name__
     t0 = time.perf_counter()
     starts = [constrain_held(a) for a in reference]
     results = _relax_all(starts, calc, "BFGS", fmax, steps, progress)

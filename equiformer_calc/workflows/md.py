@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms, units
-from ase.calculators.calculator import Calculator
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
@@ -42,12 +41,14 @@ from ._common import (
     write_csv,
 )
 
-__all__ = ["MDResult", "run_md", "energy_drift", "md_output_paths", "write_md_outputs"]
+__all__ = ["MDResult", "MD_SKIN", "run_md", "energy_drift", "md_output_paths", "write_md_outputs"]
 
 log = logging.getLogger(__name__)
 
 
 ENSEMBLES = ("nve", "nvt")
+#: the neighbour-list skin (A) of a calculator that :func:`run_md` builds itself
+MD_SKIN = 1.0
 
 
 @dataclass
@@ -92,16 +93,11 @@ def run_md(
     trajectory: str | os.PathLike | None = None,
     log_interval: int = 10,
     seed: int | None = 0,
-    skin: float = 1.0,
-    calculator: Calculator | None = None,
-    checkpoint: str | os.PathLike | None = None,
+    calculator: Any = None,
     fix_bottom: int | None = None,
     fix_below: float | None = None,
     init_velocities: bool | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
     progress: bool = True,
-    memory: str = "auto",
 ) -> MDResult:
     """Run ``steps`` MD steps of ``timestep`` fs on a copy of ``atoms``.
 
@@ -111,10 +107,12 @@ def run_md(
     the initial temperature is exactly ``temperature``) -- by default only when ``atoms`` has
     no momenta. The Langevin noise is seeded by ``seed`` too, so runs are reproducible.
     trajectory: ASE .traj written every ``log_interval`` steps (and at the end).
-    skin: neighbour-list skin (A) of the default calculator; 0 rebuilds every step. With a
-    ``calculator`` of your own it is used as given. fix_bottom / fix_below: as in
-    :func:`~equiformer_calc.workflows.relax.relax`. memory: memory mode of the default
-    calculator ("auto", "fast", "low").
+    calculator: the model, as in :func:`~equiformer_calc.workflows.relax.relax` (a calculator,
+    predictor, :class:`~equiformer_calc.calculators.settings.ModelSettings`, checkpoint name or
+    None). Where the calculator is built here (a name, None, a predictor) it reuses its neighbour
+    list with a skin of :data:`MD_SKIN` A (identical numbers, fewer searches); a calculator or a
+    ModelSettings is used as given (``settings.replace(skin=...)`` sets it; 0 rebuilds every step).
+    fix_bottom / fix_below: as in :func:`~equiformer_calc.workflows.relax.relax`.
     """
     ensemble = ensemble.lower()
     if ensemble not in ENSEMBLES:
@@ -124,9 +122,8 @@ def run_md(
     check_number("log_interval", log_interval, ge=1, integer=True)
     check_number("temperature", temperature, ge=0)
     check_number("friction", friction, ge=0)
-    check_number("skin", skin, ge=0)
     check_not_all_fixed(atoms, fix_bottom, fix_below, "the dynamics")
-    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype, skin=skin, memory=memory)
+    calc = resolve_calculator(calculator, skin=MD_SKIN)
     work = atoms.copy()
     add_fix_bottom(work, fix_bottom, fix_below)
     work.calc = calc

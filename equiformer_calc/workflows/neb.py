@@ -220,7 +220,6 @@ def run_neb(
     final: Atoms,
     images: int = 5,
     calculator: Any = None,
-    checkpoint: str | os.PathLike | None = None,
     climb: bool = True,
     fmax: float = 0.05,
     steps: int = 500,
@@ -233,8 +232,6 @@ def run_neb(
     saddle_vibrations: bool = True,
     relax_endpoints: bool = False,
     vib_indices: Sequence[int] | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
 ) -> NEBResult:
     """Nudged-elastic-band barrier between two relaxed structures (same atoms, same order).
 
@@ -246,15 +243,16 @@ def run_neb(
     other inputs or settings is an error). saddle_vibrations: batched finite-difference
     vibrations of the highest image, displacing ``vib_indices`` (default: the atoms that move more
     than 0.1 A between initial and final). relax_endpoints: relax both endpoints first (together,
-    batched; to ``min(fmax, 0.02)`` eV/A) with their constraints. calculator / checkpoint / device /
-    dtype: the model."""
+    batched; to ``min(fmax, 0.02)`` eV/A) with their constraints. calculator: the model (a calculator,
+    a Predictor, a :class:`~equiformer_calc.calculators.settings.ModelSettings`, a checkpoint name or
+    path; None: the default checkpoint; see :func:`~equiformer_calc.calculators.local.resolve_calculator`)."""
     opt_name = optimizer.upper()
     if opt_name not in NEB_OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(NEB_OPTIMIZERS)}")
     if fmax <= 0 or steps < 0:
         raise ValueError(f"fmax must be > 0 and steps >= 0, got fmax={fmax}, steps={steps}")
     _check_endpoints(initial, final, images, interpolation)
-    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
+    calc = resolve_calculator(calculator)
 
     out = Path(out_dir) if out_dir is not None else None
     journal = restart = last = None

@@ -132,15 +132,14 @@ def predict_file(
     structures: str | os.PathLike | Sequence[Atoms],
     out: str | os.PathLike | None = None,
     calculator: Any = None,
-    checkpoint: str | os.PathLike | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
     executor: Any = None,
     chunk_size: int = 64,
 ) -> PredictResult:
     """Predict every structure (a file, see :func:`read_structures`, or a list of Atoms) in tasks
     of ``chunk_size`` on ``executor`` (default: in this process); write ``out`` (.extxyz / .xyz
-    or .csv) when given."""
+    or .csv) when given. ``calculator``: the model (an EquiformerCalculator, a Predictor, a
+    :class:`~equiformer_calc.calculators.settings.ModelSettings`, a checkpoint name or path; None:
+    the default checkpoint)."""
     from ..distributed import SerialExecutor
     from ..predictor import model_task
 
@@ -150,7 +149,7 @@ def predict_file(
     if out is not None and suffix not in (".extxyz", ".xyz", ".csv"):
         raise ValueError(f"output {out}: write .extxyz, .xyz or .csv")
     frames = read_structures(structures) if isinstance(structures, (str, os.PathLike)) else list(structures)
-    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
+    calc = resolve_calculator(calculator)
     forces = model_task(calc.model) == "potential"
     executor = executor if executor is not None else SerialExecutor()
     key = executor.register_model(calc)

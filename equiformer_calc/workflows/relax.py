@@ -170,8 +170,7 @@ def prepare_relaxation(
 
 def relax(
     atoms: Atoms,
-    calculator: Calculator | None = None,
-    checkpoint: str | os.PathLike | None = None,
+    calculator: Any = None,
     fmax: float = 0.05,
     steps: int = 500,
     optimizer: str = "BFGS",
@@ -180,29 +179,27 @@ def relax(
     trajectory: str | os.PathLike | None = None,
     logfile: str | os.PathLike | None = None,
     fix_below: float | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
     optimizer_kwargs: dict[str, Any] | None = None,
-    memory: str = "auto",
 ) -> RelaxResult:
     """Relax ``atoms`` (a copy: the input is not modified) until every force is below ``fmax``
     (eV/A) or ``steps`` optimizer steps were taken.
 
-    calculator: any ASE calculator; default an EquiformerCalculator for ``checkpoint`` (a shipped
-    name or a path; ``None``: the default shipped checkpoint) on ``device`` / ``dtype``.
+    calculator: the model (see :func:`~equiformer_calc.calculators.local.resolve_calculator`): any
+    ASE calculator, a :class:`~equiformer_calc.predictor.Predictor`, a
+    :class:`~equiformer_calc.calculators.settings.ModelSettings` (device, dtype, memory mode, ...),
+    a checkpoint name or path, or ``None`` for the default shipped checkpoint.
     optimizer: ``"BFGS"``, ``"FIRE"`` or ``"LBFGS"`` (ASE's, with ``optimizer_kwargs``).
     fix_bottom: fix the ``K`` lowest atomic layers (layers = atoms whose Cartesian z differ by
     less than 0.3 A; count from the bottom); fix_below: fix every atom with z below this height
     (A). Both add a FixAtoms constraint; constraints already on ``atoms`` are kept.
     cell: relax the cell too (ASE's FrechetCellFilter; needs 3D periodicity and stress).
     trajectory: ASE .traj file of every step; logfile: the optimizer's log (``"-"``: stdout).
-    memory: memory mode of the default calculator ("auto", "fast", "low").
     """
     check_number("fmax", fmax, gt=0)
     check_number("steps", steps, ge=0, integer=True)
     if not cell:  # a cell relaxation of fixed atoms still changes the cell
         check_not_all_fixed(atoms, fix_bottom, fix_below, "the relaxation")
-    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype, memory=memory)
+    calc = resolve_calculator(calculator)
     job = prepare_relaxation(atoms, calc, optimizer, fix_bottom, fix_below, cell, trajectory, logfile, optimizer_kwargs)
     try:
         converged = job.optimizer.run(fmax=fmax, steps=steps)

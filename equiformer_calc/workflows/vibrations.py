@@ -298,13 +298,10 @@ def vibrate_many(
     structures: Sequence[Atoms],
     indices: Sequence[Sequence[int] | np.ndarray | None] | None = None,
     calculator: Any = None,
-    checkpoint: str | os.PathLike | None = None,
     delta: float = 0.01,
     nfree: int = 2,
     soft_threshold: float = SOFT_THRESHOLD_CM,
     batch_size: int = 128,
-    device: str = "cpu",
-    dtype: str = "float32",
     progress: bool = True,
     warn: bool = True,
     journal: VibrationJournal | str | os.PathLike | None = None,
@@ -326,7 +323,7 @@ def vibrate_many(
     per_structure = list(indices) if indices is not None else [None] * len(structures)
     if len(per_structure) != len(structures):
         raise ValueError(f"{len(per_structure)} index lists for {len(structures)} structures")
-    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
+    calc = resolve_calculator(calculator)
     chosen = [select_atoms(a, ix) for a, ix in zip(structures, per_structure)]
     if journal is None:
         return _vibrate_chunk(structures, chosen, calc, delta, nfree, soft_threshold, batch_size, progress, warn)
@@ -374,13 +371,10 @@ def vibrate(
     atoms: Atoms,
     indices: Sequence[int] | np.ndarray | None = None,
     calculator: Any = None,
-    checkpoint: str | os.PathLike | None = None,
     delta: float = 0.01,
     nfree: int = 2,
     soft_threshold: float = SOFT_THRESHOLD_CM,
     batch_size: int = 128,
-    device: str = "cpu",
-    dtype: str = "float32",
     progress: bool = True,
 ) -> VibrationResult:
     """Harmonic vibrations of ``atoms`` by finite differences, the displaced copies evaluated in
@@ -388,11 +382,11 @@ def vibrate(
 
     indices: atoms to displace (a list or a boolean mask; default: the adsorbate, see
     :func:`adsorbate_indices`; the other atoms stay fixed, as in ASE's ``Vibrations(indices=...)``).
-    delta (A) and nfree (2 or 4): ASE's displacement and stencil. calculator / checkpoint / device /
-    dtype: the model (default: the shipped checkpoint; use ``dtype="float64"`` for the most
+    delta (A) and nfree (2 or 4): ASE's displacement and stencil. calculator: the model (a calculator, a
+    Predictor, a :class:`~equiformer_calc.calculators.settings.ModelSettings`, a checkpoint name or
+    path; default: the shipped checkpoint; ``ModelSettings(dtype="float64")`` gives the most
     precise Hessian). batch_size: displaced structures per model call. Use a relaxed structure: at
     a non-stationary point the harmonic modes are not meaningful, and imaginary modes are
     reported (``result.imaginary``, ``result.notes``)."""
-    return vibrate_many([atoms], [indices], calculator=calculator, checkpoint=checkpoint, delta=delta, nfree=nfree,
-                        soft_threshold=soft_threshold, batch_size=batch_size, device=device, dtype=dtype,
-                        progress=progress)[0]
+    return vibrate_many([atoms], [indices], calculator=calculator, delta=delta, nfree=nfree,
+                        soft_threshold=soft_threshold, batch_size=batch_size, progress=progress)[0]

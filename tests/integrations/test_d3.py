@@ -120,8 +120,8 @@ def test_dispersion_predictor_for_the_service(plain, model):
     model_only = plain.predictor.predict([atoms], properties=("energy", "stress"))[0]
     assert result["energy"] == pytest.approx(model_only["energy"] + reference["energy"], abs=1e-9)
     np.testing.assert_allclose(result["stress"], model_only["stress"] + reference["stress"], atol=1e-10)
-    app = create_app(plain.predictor, dispersion="d3bj", xc="pbe")
-    assert isinstance(app.state.predictor, DispersionPredictor)
+    app = create_app(wrapped)  # served as given, in this process
+    assert app.state.predictor is wrapped and app.state.service.info["dispersion"] == "d3bj (xc=pbe)"
 
 
 def test_xc_and_damping_change_the_term():

@@ -82,7 +82,8 @@ def test_the_predictor_wrappers_share_one_protocol():
     from equiformer_calc.service.worker import IsolatedPredictor
 
     local = Predictor(Equiformer.from_preset("tiny", elements=["H", "O"]))
-    isolated = IsolatedPredictor(local, dispersion=("d3bj", "pbe"))  # not started: no process
+    isolated = IsolatedPredictor(DispersionPredictor(local, D3("d3bj")))  # not started: no process
+    assert isolated.local is local and isolated.settings.dispersion == "d3bj"
     for predictor in (local, isolated, DispersionPredictor(local, D3("d3bj"))):
         assert isinstance(predictor, PredictorLike), type(predictor)
         assert predictor.elements == ["H", "O"] and predictor.cutoff == local.cutoff

@@ -22,9 +22,11 @@ MAX_ATOMS_PER_REQUEST = 400
 
 @pytest.fixture(scope="module")
 def url():
+    from equiformer_calc import ModelSettings
     from equiformer_calc.service.app import create_app
 
-    app = create_app("pbe-distilled-small", dtype="float64", isolate=False, max_atoms_per_request=MAX_ATOMS_PER_REQUEST)
+    settings = ModelSettings(checkpoint="pbe-distilled-small", dtype="float64")
+    app = create_app(settings, isolate=False, max_atoms_per_request=MAX_ATOMS_PER_REQUEST)
     with serve_in_thread(app) as address:
         yield address + "/v1/vibrations"
 

@@ -43,18 +43,16 @@ def screen_direct(
     slabs: Any,
     adsorbates: Sequence[Any],
     calculator: Any = None,
-    checkpoint: str | os.PathLike | None = None,
     fix_bottom: int | None = 2,
     site_kinds: Sequence[str] | None = None,
     out_dir: str | os.PathLike | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
 ) -> DirectScreenResult:
     """Rank (surface, adsorbate, site) initial structures by the relaxed adsorption energy a direct
     IS2RE model predicts for them, without relaxing anything.
 
     slabs / adsorbates / site_kinds: as :func:`~equiformer_calc.workflows.screening.screen_adsorbates`.
-    calculator / checkpoint: the model, whose checkpoint task must be ``"is2re-direct"`` (an OC20
+    calculator: the model (a calculator, a Predictor, a ModelSettings, a checkpoint name or
+    path: see :func:`~equiformer_calc.calculators.local.resolve_calculator`), whose checkpoint task must be ``"is2re-direct"`` (an OC20
     IS2RE checkpoint of the reference code, converted with ``convert-reference --variant
     oc20-is2re``). fix_bottom: the subsurface layers (OC20 tag 0; 1: the other slab atoms, 2:
     adsorbate). out_dir: write ``screen_direct_sites.csv``, ``screen_direct_summary.csv`` and
@@ -62,7 +60,7 @@ def screen_direct(
     """
     from ...predictor import model_task
 
-    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
+    calc = resolve_calculator(calculator)
     model = getattr(calc, "model", None)
     task = model_task(model) if model is not None else "unknown"
     if task != "is2re-direct":

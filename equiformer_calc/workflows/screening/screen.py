@@ -192,7 +192,6 @@ def screen_adsorbates(
     adsorbates: Sequence[Any],
     db: str | os.PathLike = "screen.db",
     calculator: Any = None,
-    checkpoint: str | os.PathLike | None = None,
     fmax: float = 0.05,
     steps: int = 300,
     optimizer: str = "FIRE",
@@ -201,8 +200,6 @@ def screen_adsorbates(
     move_tolerance: float = 0.5,
     out_dir: str | os.PathLike | None = None,
     batch_size: int = 64,
-    device: str = "cpu",
-    dtype: str = "float32",
     retry_failed: bool = False,
     callback: Callable[[str, int], None] | None = None,
     progress: bool = True,
@@ -227,8 +224,9 @@ def screen_adsorbates(
     C, NO, CH, CH2, CH3, NH, NH2, H2O) or ase.Atoms templates (binding atom first, pointing up;
     named by ``info['name']`` or their formula). Elements other than H, C, N, O have no
     gas-phase reference. db: path (SQLite) or database URL for ``ase.db.connect``.
-    calculator / checkpoint / device / dtype: the model (an EquiformerCalculator; default: the
-    shipped checkpoint). fmax / steps / optimizer / fix_bottom: relaxation settings (all
+    calculator: the model (an EquiformerCalculator, a Predictor, a
+    :class:`~equiformer_calc.calculators.settings.ModelSettings` or a checkpoint name or path;
+    default: the shipped checkpoint). fmax / steps / optimizer / fix_bottom: relaxation settings (all
     structures). site_kinds: only these site kinds (e.g. ``["ontop", "fcc"]``).
     move_tolerance: lateral shift (A) beyond which an adsorbate ``moved``.
     out_dir: write ``screen_summary.csv``, ``screen_sites.csv`` and ``screen_heatmap.png`` there.
@@ -266,7 +264,7 @@ def screen_adsorbates(
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
     surfaces = normalise_surfaces(slabs)
     templates = adsorbate_templates(adsorbates, gas_referenced=True)
-    calc = resolve_calculator(calculator, checkpoint, device=device, dtype=dtype)
+    calc = resolve_calculator(calculator)
     check_supported(calc, surfaces, templates)  # before the database or any relaxation
     fingerprint = model_fingerprint(calc)
     settings = {"fmax": fmax, "steps": steps, "optimizer": optimizer.upper(), "fix_bottom": fix_bottom}
