@@ -137,7 +137,8 @@ def _full(report: dict[str, Any], args: Any, base: Any, val: list, tests: dict[s
     owner = np.concatenate([[k] * len(f) for k, f in enumerate(val)])
     th_full = {"e": float(np.quantile(ve, 0.9)), "f": float(np.quantile(vf, 0.9)),
                "fmean": float(np.quantile(np.bincount(owner, weights=vf) / np.bincount(owner), 0.9))}
-    report["full"] = {"members": len(full), "thresholds": th_full}
+    sha = base.model.checkpoint.sha256 if base.model.checkpoint is not None else None
+    report["full"] = {"members": len(full), "thresholds": th_full, "checkpoint_sha256": sha}
     for name, frames in tests.items():
         preds = base.predict(frames)
         e, f = _full_predictions(full, frames)
@@ -192,7 +193,9 @@ def main() -> None:
     log.info("read %d fit / %d val / %s test frames in %.0f s", len(train), len(val),
              {k: len(v) for k, v in tests.items()}, time.perf_counter() - t0)
     base = Predictor(model)
-    report: dict[str, Any] = {"checkpoint": args.checkpoint, "fit_frames": len(train), "val_frames": len(val),
+    sha = model.checkpoint.sha256 if model.checkpoint is not None else None
+    report: dict[str, Any] = {"checkpoint": args.checkpoint, "checkpoint_sha256": sha, "fit_frames": len(train),
+                              "val_frames": len(val),
                               "eval_frames": {k: len(v) for k, v in tests.items()}, "members": args.members}
     if args.full_only:
         _full(report, args, base, val, tests)
@@ -257,7 +260,10 @@ def main() -> None:
     if args.skip_full and Path(args.out).exists():  # the earlier run's full-committee numbers stand, marked
         earlier = json.loads(Path(args.out).read_text()).get("full")
         if earlier:
-            report["full"] = {**earlier, "note": "not rerun (--skip-full): from an earlier run of this script"}
+            note = "not rerun (--skip-full): from an earlier run of this script"
+            if earlier.get("checkpoint_sha256") != sha:  # members fine-tuned from other (earlier) weights
+                note += f"; measured on other weights (sha256 {earlier.get('checkpoint_sha256') or 'not recorded'})"
+            report["full"] = {**earlier, "note": note}
 
     # cost of one call on an adsorbate + slab
     slab = fcc111("Cu", (3, 3, 4), vacuum=7.0)

@@ -22,6 +22,7 @@ from ase.io import read
 
 from equiformer_calc.calculators.local import EquiformerCalculator
 from equiformer_calc.checkpoint import DEFAULT_CHECKPOINT, available_checkpoints, read_metadata
+from equiformer_calc.model import Equiformer
 
 ROOT = Path(__file__).resolve().parent.parent
 #: every checkpoint the package ships, with the labeller its test set was labelled by
@@ -96,9 +97,15 @@ def test_calculator_loads_the_shipped_checkpoint(name: str, monkeypatch: pytest.
 
     recipe = yaml.safe_load((ROOT / "checkpoints" / f"{name}.yaml").read_text())
     meta = read_metadata(checkpoint)
-    config = meta["training"]["config"]  # trained with the committed recipe
-    assert config["preset"] == recipe["preset"] and config["model"] == recipe.get("model", {})
-    assert meta["training"]["step"] > 0
+    config = meta["training"]["config"]
+    assert config["preset"] == recipe["preset"] and meta["training"]["step"] > 0
+    # the architecture is the committed recipe's, also for weights trained further from it (``init_from``:
+    # the default's active-learning rounds inherit the architecture from the weights they start from)
+    elements = recipe.get("elements", meta["config"]["elements"])
+    built = Equiformer.from_preset(recipe["preset"], elements, cutoff=recipe["cutoff"], **recipe.get("model", {}))
+    assert meta["config"] == json.loads(json.dumps(built.config.to_dict()))
+    if not config.get("init_from"):  # trained from scratch: with the committed recipe
+        assert config["model"] == recipe.get("model", {})
     atoms = read(str(testset), index=0)
     reference = atoms.get_potential_energy()
     atoms.calc = calc
