@@ -59,13 +59,20 @@ def local_cluster_client(workers: int) -> Client:
     return Client(cluster)
 
 
+def _is_error_triple(result: Any) -> bool:
+    """True for what ``as_completed(with_results=True, raise_errors=False)`` yields for a failed task."""
+    return isinstance(result, tuple) and len(result) == 3 and isinstance(result[1], BaseException)
+
+
 class DaskExecutor(Executor):
     """Tasks run on the workers of a ``dask.distributed.Client``.
 
     Each task gets a unique key, so a task is never confused with an earlier one; a worker that
     dies mid-task has that task rerun elsewhere by the scheduler (up to its
     ``distributed.scheduler.allowed-failures``, default 3, after which the outcome is a
-    ``KilledWorker`` error). ``max_in_flight`` bounds the tasks submitted at once (default: all).
+    ``KilledWorker`` error). A result already fetched stays good when its worker dies afterwards
+    (the future's status turns ``lost`` while it waits to be consumed). ``max_in_flight``
+    bounds the tasks submitted at once (default: all).
     ``owns_client``: close the client (and its LocalCluster) in :meth:`close`.
     """
 
@@ -122,7 +129,10 @@ class DaskExecutor(Executor):
                 index, start = flying.pop(future.key)
                 live.pop(future.key, None)
                 seconds = time.perf_counter() - start
-                if future.status == "finished":
+                # "lost": the result was fetched, then its worker died (the status moves on, the
+                # value we hold is the task's return value; an error or a cancel is never "lost")
+                if future.status == "finished" or (future.status == "lost" and not isinstance(result, BaseException)
+                                                   and not _is_error_triple(result)):
                     outcome = Outcome(index, result, None, seconds)
                 else:
                     exc = result[1] if isinstance(result, tuple) and len(result) == 3 else result

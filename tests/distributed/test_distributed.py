@@ -180,6 +180,22 @@ def test_screen_survives_sigkill_of_a_worker(model, client, dask_executor, seria
     assert killed[0] not in client.run(os.getpid).values()
 
 
+def test_results_fetched_before_their_workers_die_are_kept(client, dask_executor):
+    """A finished task's result is fetched at once; when its worker dies before the consumer reads
+    the outcome, the future's status turns "lost" but the value already in hand is the answer (the
+    race that once failed the SIGKILL screening test above)."""
+    client.wait_for_workers(2)
+    outcomes = dask_executor.map(abs, [-i for i in range(8)], name="lost")
+    got = [next(outcomes)]
+    time.sleep(1.0)  # every other result is fetched and queued by now
+    for pid in client.run(os.getpid).values():
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    got += list(outcomes)
+    assert sorted((o.index, o.value, o.error) for o in got) == [(i, i, None) for i in range(8)]
+    client.wait_for_workers(2, timeout=120)
+
+
 @pytest.mark.slow
 def test_screen_rerun_after_a_killed_client_skips_finished_work(
     model, checkpoint, client, dask_executor, serial_reference, tmp_path
