@@ -37,13 +37,14 @@ linux_proc = pytest.mark.skipif(not Path("/proc/stat").exists() or not hasattr(o
 
 
 def test_policy_gives_a_core_to_each_busy_competitor():
-    assert thread_policy(50_000, cores=8, busy=0.0) == 8
-    assert thread_policy(50_000, cores=8, busy=0.4) == 8  # noise below the threshold
-    assert thread_policy(50_000, cores=8, busy=0.6) == 7
-    assert thread_policy(50_000, cores=8, busy=2.0) == 6
-    assert thread_policy(50_000, cores=2, busy=1.0) == 1
-    assert thread_policy(50_000, cores=2, busy=7.5) == 1  # never below one
-    assert thread_policy(50_000, cores=4, busy=None) == 4  # unknown: every core
+    # spinning threads (sleeping=False): the rule must not depend on the wait policy this process chose at import
+    assert thread_policy(50_000, cores=8, busy=0.0, sleeping=False) == 8
+    assert thread_policy(50_000, cores=8, busy=0.4, sleeping=False) == 8  # noise below the threshold
+    assert thread_policy(50_000, cores=8, busy=0.6, sleeping=False) == 7
+    assert thread_policy(50_000, cores=8, busy=2.0, sleeping=False) == 6
+    assert thread_policy(50_000, cores=2, busy=1.0, sleeping=False) == 1
+    assert thread_policy(50_000, cores=2, busy=7.5, sleeping=False) == 1  # never below one
+    assert thread_policy(50_000, cores=4, busy=None, sleeping=False) == 4  # unknown: every core
     # a small call on a quiet machine uses every core with briefly spinning threads...
     assert thread_policy(100, cores=2, busy=0.0, sleeping=False) == 2
     # ...but one thread when idle threads sleep (waking one costs more than it gains)
@@ -94,9 +95,15 @@ def _import_in_fresh_process() -> list[str]:
 
 @linux_proc
 def test_importing_the_package_chooses_the_wait_policy_from_the_competition_before_torch_loads():
-    # this test process waits for the child, so on an otherwise quiet machine nothing else runs
+    # this test process waits for the child, so on an otherwise quiet machine nothing else runs; the
+    # quiet half needs that machine (CI's is): a machine busy with other people's jobs for 10 s is said so
+    end = time.monotonic() + 10.0
     time.sleep(0.05)  # idle OpenMP threads of earlier tests asleep
-    assert runnable_others() == 0
+    while (others := runnable_others()) != 0 and time.monotonic() < end:
+        time.sleep(0.2)
+    if others:
+        pytest.skip(f"{others} runnable processes of others for 10 s: this machine is not quiet, so the "
+                    "quiet-machine half of this test cannot run (the busy half is covered by the meter tests)")
     assert _import_in_fresh_process() == [SPIN_COUNT, "None", "False"]
     # this process's own busy threads are not others
     end = time.monotonic() + 1.0
