@@ -5,11 +5,15 @@ Committees of one checkpoint (default ``pbe-distilled-small``), measured on held
 
 * **heads**: readout heads on the frozen trunk (:func:`equiformer_calc.committee.fit_head_committee`),
   fitted in closed form on ``--fit-frames`` training frames (0: all); the first-layer perturbation is
-  chosen among ``--perturb`` by the energy Spearman on validation frames (never on the test frames).
+  chosen among ``--perturb`` by the per-frame energy Spearman on the validation adsorbate frames
+  (never on the test frames).
 * **heads+error**: the same heads with the energy-error model
-  (:func:`equiformer_calc.committee.add_error_model`, ``--k`` neighbours) fitted to the same frames; with
-  ``--write`` this committee is saved next to the checkpoint (the shipped one).
+  (:func:`equiformer_calc.committee.add_error_model`, ``--k`` neighbours) fitted to the same frames.
 * **heads+error_without_novelty**: the same with the novelty term off (energies only).
+
+With ``--write`` the one of these three whose energy spread ranks the validation adsorbate frames' errors
+best (per-frame Spearman, the target's measure) is saved next to the checkpoint (the shipped committee);
+``chosen`` in the output says which, with every variant's validation score.
 * **full**: the fine-tuned full models of ``benchmarks/committee_members.py``
   (``checkpoints/<name>-committee/member*.safetensors``), when they exist and without ``--skip-full``
   (with it, the earlier run's numbers are kept in the output, marked).
@@ -208,6 +212,8 @@ def main() -> None:
     fit_s = time.perf_counter() - t0
     val_base = base.predict(val)
     val_err = _errors(val, val_base)
+    val_ads = np.array([f.info.get("config_type") == "adsorbate" for f in val])
+    n_val = np.array([len(f) for f in val], dtype=float)
     choice: dict[float, float] = {}
     committees = {}
     from scipy.stats import spearmanr
@@ -219,7 +225,7 @@ def main() -> None:
         p = Predictor(model)
         p.set_committee(committee, "energy")
         spread, _ = _head_spreads(p.predict(val), val)
-        choice[perturb] = float(spearmanr(spread, val_err["e"]).statistic)
+        choice[perturb] = float(spearmanr((spread * n_val)[val_ads], val_err["e_frame"][val_ads]).statistic)
         committees[perturb] = committee
         log.info("perturb %.2f: val energy Spearman %.3f (ridge fit %.1f s)", perturb, choice[perturb], fit_s_p)
     best = max(choice, key=choice.get)
@@ -227,34 +233,43 @@ def main() -> None:
     t0 = time.perf_counter()
     committee = add_error_model(heads_only, model, feats, energies, k=args.k)
     error_fit_s = time.perf_counter() - t0
-    val_ads = np.array([f.info.get("config_type") == "adsorbate" for f in val])
-    n_val = np.array([len(f) for f in val], dtype=float)
     owner = np.concatenate([[k] * len(f) for k, f in enumerate(val)])
     predictors = {}
     no_novelty = dataclasses.replace(committee, error_model=dataclasses.replace(committee.error_model, scale=0.0))
     variants = (("heads", heads_only, "forces"), ("heads+error", committee, "forces"),
                 ("heads+error_without_novelty", no_novelty, "energy"))
+    val_frame_spearman: dict[str, float] = {}
     for name, com, mode in variants:
         pred = Predictor(model)
         pred.set_committee(com, mode)
         predictors[name] = pred
         se, sf = _head_spreads(pred.predict(val), val)
+        val_frame_spearman[name] = float(spearmanr((se * n_val)[val_ads], val_err["e_frame"][val_ads]).statistic)
         thresholds = {"e": float(np.quantile(se, 0.9)), "e_frame": float(np.quantile((se * n_val)[val_ads], 0.9))}
         if sf is not None:
             thresholds.update(f=float(np.quantile(sf, 0.9)),
                               fmean=float(np.quantile(np.bincount(owner, weights=sf) / np.bincount(owner), 0.9)))
         report[name] = {"perturb": best, "val_spearman_by_perturb": choice, "thresholds": thresholds,
-                        "trunk_features_s": fit_s}
+                        "trunk_features_s": fit_s, "val_adsorbate_frame_spearman": val_frame_spearman[name]}
         if name == "heads+error":
             report[name].update(error_fit_s=error_fit_s, k=args.k, reference_atoms=int(len(com.error_model.error)))
-            committee.metadata.update(threshold_energy_per_atom=thresholds["e"], threshold_forces=thresholds["f"],
-                                      threshold_adsorbate_energy=thresholds["e_frame"], val_spearman_by_perturb=choice)
         for test, frames in tests.items():
             preds = pred.predict(frames)
             e, f = _head_spreads(preds, frames)
             report[name][test] = _evaluate(frames, preds, e, f, thresholds)
             log.info("%s %s: %s", name, test, json.dumps(report[name][test]))
     heads = predictors["heads+error"]
+    # the committee that ships: the variant whose energy spread ranks the adsorbate frames' errors best on
+    # the validation frames (never on the test frames), with its own thresholds (forces: the heads')
+    chosen = max(val_frame_spearman, key=val_frame_spearman.get)
+    th = report[chosen]["thresholds"]
+    shipped = dataclasses.replace(
+        dict((n, c) for n, c, _ in variants)[chosen],
+        metadata={**heads_only.metadata, "threshold_energy_per_atom": th["e"],
+                  "threshold_forces": report["heads"]["thresholds"]["f"], "threshold_adsorbate_energy": th["e_frame"],
+                  "val_spearman_by_perturb": choice, "variant": chosen, "val_adsorbate_frame_spearman": val_frame_spearman})
+    report["chosen"] = {"variant": chosen, "val_adsorbate_frame_spearman": val_frame_spearman}
+    log.info("chosen on the validation frames: %s (%s)", chosen, val_frame_spearman)
 
     member_files = [] if args.skip_full else _full(report, args, base, val, tests)
     if args.skip_full and Path(args.out).exists():  # the earlier run's full-committee numbers stand, marked
@@ -284,7 +299,7 @@ def main() -> None:
     report["cost"] = cost
     log.info("cost: %s", cost)
     if args.write:
-        path = committee.save(committee_path(resolve_checkpoint(args.checkpoint)))
+        path = shipped.save(committee_path(resolve_checkpoint(args.checkpoint)))
         report["written"] = str(path.relative_to(ROOT / "equiformer_calc"))
         log.info("wrote %s", path)
     Path(args.out).write_text(json.dumps(report, indent=1))
