@@ -43,11 +43,13 @@ def test_neb_prints_barrier_and_resumes(tmp_path, capsys, caplog):
     initial, final = _endpoints(tmp_path)
     args = ["neb", str(initial), str(final), "--images", "3", "--interpolation", "linear", "--out-dir",
             str(tmp_path / "neb"), "--dtype", "float64", "--no-vibrations", "--relax-endpoints"]
-    assert main([*args, "--steps", "3"]) == 1  # not converged in 3 steps: exit status 1
+    # one step leaves the band far from converged whatever the default's weights (fmax ~2.4-2.6 eV/A for
+    # versions 3 and 4; version 3 reached 0.048 eV/A in 3 steps, which made this assertion model-dependent)
+    assert main([*args, "--steps", "1"]) == 1  # not converged: exit status 1
     first = capsys.readouterr().out
     assert "relaxing the endpoints" in caplog.text
     caplog.clear()
-    assert "barrier" in first and "NOT converged in 3 steps" in first
+    assert "barrier" in first and "NOT converged in 1 steps" in first
     status = main([*args, "--steps", "300"])
     out = capsys.readouterr().out
     assert "relaxing the endpoints" not in caplog.text and "resuming the NEB" in caplog.text
