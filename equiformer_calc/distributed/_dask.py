@@ -135,7 +135,7 @@ class DaskExecutor(Executor):
                                                    and not _is_error_triple(result)):
                     outcome = Outcome(index, result, None, seconds)
                 else:
-                    exc = result[1] if isinstance(result, tuple) and len(result) == 3 else result
+                    exc = result[1] if _is_error_triple(result) else result
                     error = error_text(exc) if isinstance(exc, BaseException) else f"task {future.status}"
                     log.error("%s %d failed: %s", name, index, error)
                     outcome = Outcome(index, None, error, seconds)
