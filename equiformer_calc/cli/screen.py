@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="pick the K lowest by ML E_ads, or by E_ads - KAPPA x its committee spread (lcb)")
     ref.add_argument("--kappa", type=NONNEGATIVE_FLOAT, default=1.0, help="the spread's multiple for --rank-by lcb (default 1)")
     ref.add_argument("--refine-fmax", type=POSITIVE_FLOAT, default=None, help="reference relaxations' fmax (default --fmax)")
+    ref.add_argument("--refine-optimizer", choices=("bfgs", "surrogate"), default="bfgs",
+                     help="how the reference relaxes: bfgs (alone) or surrogate (steered by the model: the same "
+                          "force criterion on the reference's forces in fewer reference calls)")
     ref.add_argument("--refine-steps", type=NONNEGATIVE_INT, default=300, help="reference relaxations' step limit (default 300)")
     ref.add_argument("--journal-dir", default=None,
                      help="folder of the reference calls' journals (default: DB.refine next to the database)")
@@ -134,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, retry_failed=args.retry_failed,
             executor=executor if fan_out else None, chunk_size=args.chunk_size,
             refine=args.refine, top_k=args.top_k, refine_mode=args.refine_mode, rank_by=args.rank_by,
-            kappa=args.kappa, refine_fmax=args.refine_fmax, refine_steps=args.refine_steps,
+            kappa=args.kappa, refine_fmax=args.refine_fmax, refine_steps=args.refine_steps, refine_optimizer=args.refine_optimizer,
             journal_dir=args.journal_dir, uncertainty_threshold=args.uncertainty_threshold,
         )
     for r in result.summary:

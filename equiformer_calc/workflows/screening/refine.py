@@ -43,7 +43,7 @@ from ...surfaces import ANOMALIES, REFERENCE_MOLECULES, bottom_fixed_mask, check
 from .plan import ScreenPlan, ScreenTask
 from .store import ScreenStore
 
-__all__ = ["REFINE_MODES", "RANK_BY", "ReferenceTask", "ReferenceOutcome", "RefineResult", "run_reference",
+__all__ = ["REFINE_MODES", "REFINE_OPTIMIZERS", "RANK_BY", "ReferenceTask", "ReferenceOutcome", "RefineResult", "run_reference",
            "refine_screen", "select_candidates", "merge_refinement", "REF_COLUMNS", "ReferenceScreen",
            "reference_only_screen"]
 
@@ -54,14 +54,17 @@ REF_COLUMNS = ("ref_mode", "ref_labeller", "e_ads_ref", "ref_site", "ref_final_s
 log = logging.getLogger(__name__)
 
 REFINE_MODES = ("sp", "relax")
+REFINE_OPTIMIZERS = ("bfgs", "surrogate")
 RANK_BY = ("energy", "lcb")
 
 
 @dataclass
 class ReferenceTask:
     """One reference evaluation, picklable for the executor: ``key`` (the row's task_key), the starting
-    ``atoms`` (constraints kept), the labeller name, ``mode`` ("sp" | "relax"), BFGS ``fmax`` / ``steps``
-    and the ``journal`` file (None: no journal)."""
+    ``atoms`` (constraints kept), the labeller name, ``mode`` ("sp" | "relax"), the relaxation's ``fmax`` /
+    ``steps``, the ``journal`` file (None: no journal) and ``surrogate``: the executor's key of the model
+    that steers the relaxation (:class:`~equiformer_calc.workflows.surrogate.SurrogateOptimizer`; None:
+    plain BFGS on the reference)."""
 
     key: str
     atoms: Atoms
@@ -70,6 +73,7 @@ class ReferenceTask:
     fmax: float = 0.05
     steps: int = 300
     journal: str | None = None
+    surrogate: str | None = None
 
 
 @dataclass
@@ -100,7 +104,13 @@ def run_reference(task: ReferenceTask) -> ReferenceOutcome:
     try:
         nsteps, converged = 0, True
         if task.mode == "relax":
-            opt = BFGS(atoms, logfile=None)
+            if task.surrogate is not None:
+                from ...distributed.executor import worker_model
+                from ..surrogate import SurrogateOptimizer
+
+                opt = SurrogateOptimizer(atoms, worker_model(task.surrogate))
+            else:
+                opt = BFGS(atoms, logfile=None)
             converged = bool(opt.run(fmax=task.fmax, steps=task.steps))
             nsteps = int(opt.nsteps)
         energy = float(atoms.get_potential_energy())
@@ -122,6 +132,7 @@ class RefineResult:
 
     mode: str
     labeller: str
+    optimizer: str = "bfgs"
     groups: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     sites: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: int = 0
@@ -166,8 +177,9 @@ def _journal(folder: Path | None, key: str) -> str | None:
     return str(folder / (hashlib.sha1(key.encode()).hexdigest()[:20] + ".jsonl"))
 
 
-def _ref_key(mode: str, labeller: str, key: str) -> str:
-    return f"ref-{mode}/{labeller}/{key}"
+def _ref_key(mode: str, labeller: str, key: str, surrogate: bool = False) -> str:
+    """The row key of a reference task; a relaxation steered by the model has its own (its path differs)."""
+    return f"ref-{mode}{'-surrogate' if surrogate and mode == 'relax' else ''}/{labeller}/{key}"
 
 
 def refine_screen(
@@ -185,16 +197,25 @@ def refine_screen(
     executor: Any = None,
     journal_dir: str | os.PathLike | None = None,
     move_tolerance: float = 0.5,
+    optimizer: str = "bfgs",
+    surrogate: Any = None,
 ) -> RefineResult:
     """Verify the ``top_k`` ML minima of every group of a finished screen with the ``reference``
     (see the module docstring). ``sites``: the screen's site rows (:func:`~.summary.site_rows`);
     ``journal_dir``: where the per-task journals go (default ``<db>.refine`` for a file database;
-    required for a database URL)."""
+    required for a database URL). ``optimizer``: how the reference relaxes (gas molecules, clean slabs and, in
+    mode "relax", the candidates): "bfgs" (BFGS on the reference alone) or "surrogate" (steered by
+    ``surrogate``, the screen's model: :class:`~equiformer_calc.workflows.surrogate.SurrogateOptimizer`;
+    the same convergence test on the reference's forces, in fewer reference calls)."""
     from ...data.labellers import resolve_labeller
     from ...distributed.executor import SerialExecutor
 
     if mode not in REFINE_MODES:
         raise ValueError(f"refine mode must be one of {REFINE_MODES}, got {mode!r}")
+    if optimizer not in REFINE_OPTIMIZERS:
+        raise ValueError(f"refine optimizer must be one of {REFINE_OPTIMIZERS}, got {optimizer!r}")
+    if optimizer == "surrogate" and surrogate is None:
+        raise ValueError("refine optimizer 'surrogate' needs the model that steers it (surrogate=...)")
     labeller = resolve_labeller(reference)  # a bad name fails here, before any work
     symbols = {s for t in plan.gas + plan.slabs + plan.adsorbates for s in t.atoms.get_chemical_symbols()}
     labeller.check_elements(symbols)
@@ -206,8 +227,10 @@ def refine_screen(
     folder = Path(journal_dir)
     folder.mkdir(parents=True, exist_ok=True)
     candidates = select_candidates(sites, top_k, rank_by, kappa)
-    ref = _Refinement(store, RefineResult(mode, name), executor if executor is not None else SerialExecutor(),
-                      reference, mode, fmax, steps, fix_bottom, folder)
+    executor = executor if executor is not None else SerialExecutor()
+    steer = executor.register_model(surrogate) if optimizer == "surrogate" else None
+    ref = _Refinement(store, RefineResult(mode, name, optimizer), executor, reference, mode, fmax, steps, fix_bottom,
+                      folder, steer)
     mu = _refine_references(ref, plan)  # 1. gas molecules and clean slabs
     by_site = {(x.info["surface"], x.info["adsorbate"], x.info["site"]): x for x in plan.adsorbates}
     _refine_adsorbates(ref, plan, candidates, by_site, mu, move_tolerance)  # 2. the top-k of every group
@@ -234,6 +257,7 @@ class _Refinement:
     steps: int
     fix_bottom: int | None
     folder: Path
+    surrogate: str | None = None
 
     @property
     def name(self) -> str:
@@ -255,8 +279,13 @@ class _Refinement:
     def task_for(self, key: str, atoms: Atoms, how: str | None = None) -> ReferenceTask:
         """The reference task of ML task ``key`` (``how``: "sp" or "relax", default: the refine mode)."""
         how = self.mode if how is None else how
-        rkey = _ref_key(how, self.name, key)
-        return ReferenceTask(rkey, atoms, self.reference, how, self.fmax, self.steps, _journal(self.folder, rkey))
+        rkey = self.key(how, key)
+        return ReferenceTask(rkey, atoms, self.reference, how, self.fmax, self.steps, _journal(self.folder, rkey),
+                             self.surrogate if how == "relax" else None)
+
+    def key(self, how: str, key: str) -> str:
+        """The row key of the reference's ``how`` ("sp" | "relax") of ML task ``key``."""
+        return _ref_key(how, self.name, key, self.surrogate is not None)
 
     def run(self, tasks: list[tuple[ReferenceTask, dict[str, Any], Any]], what: str) -> None:
         """Run the tasks without a row on the executor; write each row as it completes (``extra(outcome)``
@@ -276,7 +305,8 @@ class _Refinement:
             out: ReferenceOutcome = outcome.value
             kv = {**info, "task_key": task.key, "kind": "reference", "status": "done", "ref_mode": task.mode,
                   "ref_labeller": name, "ref_energy": out.energy, "ref_calls": out.calls + out.replayed,
-                  "ref_seconds": out.seconds, "ref_nsteps": out.nsteps, "ref_converged": out.converged}
+                  "ref_seconds": out.seconds, "ref_nsteps": out.nsteps, "ref_converged": out.converged,
+                  "ref_optimizer": "surrogate" if task.surrogate is not None else ("bfgs" if task.mode == "relax" else "")}
             if extra is not None:
                 kv.update(extra(out))
             final = out.atoms.copy()
@@ -299,7 +329,7 @@ def _refine_references(ref: _Refinement, plan: ScreenPlan) -> dict[str, float]:
             continue
         refs.append((ref.task_for(t.key, atoms, "relax"), {"ml_task_key": t.key, **_plain(t.info)}, None))
     ref.run(refs, "reference structures")
-    gas = {m: store.rows.get(_ref_key("relax", name, f"gas/{m}")) for m in REFERENCE_MOLECULES}
+    gas = {m: store.rows.get(ref.key("relax", f"gas/{m}")) for m in REFERENCE_MOLECULES}
     if any(r is None for r in gas.values()):
         raise RuntimeError(f"the reference {name} failed on a gas-phase molecule: {result.errors}")
     mu = reference_potentials({m: r.get("ref_energy") for m, r in gas.items()})
@@ -319,7 +349,7 @@ def _refine_adsorbates(ref: _Refinement, plan: ScreenPlan, candidates: dict[tupl
             atoms = ref.ml_atoms(t.key, t.n_slab)
             if atoms is None:
                 continue
-            slab_ref = ref.store.rows.get(_ref_key("relax", ref.name, f"slab/{t.info['surface']}"))
+            slab_ref = ref.store.rows.get(ref.key("relax", f"slab/{t.info['surface']}"))
             tasks.append((ref.task_for(t.key, atoms), {"ml_task_key": t.key, **_plain(t.info), "e_ads_ml": r["e_ads"]},
                           _adsorbate_extra(t, slab_ref, mu, ref.mode, move_tolerance, ref.fix_bottom,
                                            [(x.kind, x.position) for x in plan.all_sites.get(t.info["surface"], [])])))
@@ -337,7 +367,7 @@ def _best_per_group(ref: _Refinement, candidates: dict[tuple[str, str], list[dic
         best = None
         for r in rows:
             t = by_site.get((surface, ads, r["site"]))
-            row = ref.store.rows.get(_ref_key(ref.mode, ref.name, t.key)) if t is not None else None
+            row = ref.store.rows.get(ref.key(ref.mode, t.key)) if t is not None else None
             if row is None:
                 continue
             group["n_ref"] += 1

@@ -214,6 +214,7 @@ def screen_adsorbates(
     refine_steps: int = 300,
     journal_dir: str | os.PathLike | None = None,
     uncertainty_threshold: float = 0.1,
+    refine_optimizer: str = "bfgs",
 ) -> ScreenResult:
     """Screen ``adsorbates`` over ``slabs``; see :mod:`equiformer_calc.workflows.screening` for the method.
 
@@ -245,17 +246,21 @@ def screen_adsorbates(
     verifies the ``top_k`` lowest valid ML minima of every group, by single points (``refine_mode="sp"``)
     or relaxations (``"relax"``, BFGS to ``refine_fmax``, default ``fmax``, at most ``refine_steps``),
     ranked by ``rank_by`` ("energy" or "lcb": ``e_ads - kappa * e_ads_uncertainty``); journals in
-    ``journal_dir`` (default ``<db>.refine``); see :mod:`.refine`. The summary gains ``e_ads_ref``,
+    ``journal_dir`` (default ``<db>.refine``); see :mod:`.refine`. refine_optimizer: how the reference
+    relaxes: "bfgs" (alone) or "surrogate" (steered by this screen's model, fewer reference calls to the same
+    force criterion; :class:`~equiformer_calc.workflows.surrogate.SurrogateOptimizer`). The summary gains ``e_ads_ref``,
     ``ref_site``, ``ref_calls`` ...; :attr:`ScreenResult.refine` and ``screen_refine.json`` have the call
     accounting (all reference calls, gas and slabs included).
     uncertainty_threshold: an ``e_ads_uncertainty`` (eV) above which a group's best is ``uncertain``
     (marked on the heat map).
     """
     if refine is not None:
-        from .refine import RANK_BY, REFINE_MODES
+        from .refine import RANK_BY, REFINE_MODES, REFINE_OPTIMIZERS
 
         if refine_mode not in REFINE_MODES:
             raise ValueError(f"refine_mode must be one of {REFINE_MODES}, got {refine_mode!r}")
+        if refine_optimizer not in REFINE_OPTIMIZERS:
+            raise ValueError(f"refine_optimizer must be one of {REFINE_OPTIMIZERS}, got {refine_optimizer!r}")
         if rank_by not in RANK_BY:
             raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
         if top_k < 1:
@@ -288,14 +293,14 @@ def screen_adsorbates(
 
         refined = refine_screen(store, plan, sites, refine, top_k, refine_mode, rank_by, kappa,
                                 fmax if refine_fmax is None else refine_fmax, refine_steps, fix_bottom, executor,
-                                journal_dir, move_tolerance)
+                                journal_dir, move_tolerance, refine_optimizer, calc)
         merge_refinement(refined, plan, sites, summary)
     files = write_screen_outputs(summary, sites, Path(out_dir)) if out_dir is not None else {}
     if refined is not None and out_dir is not None:
         from ...io import write_json
 
         files["refine"] = write_json({
-            "reference": refined.labeller, "mode": refined.mode, "top_k": top_k, "rank_by": rank_by,
+            "reference": refined.labeller, "mode": refined.mode, "optimizer": refined.optimizer, "top_k": top_k, "rank_by": rank_by,
             "reference_calls": refined.calls, "gas_and_slab_calls": refined.reference_calls,
             "paid_calls_this_run": refined.paid_calls, "paid_seconds_this_run": refined.seconds,
             "groups": len(refined.groups), "errors": refined.errors,
