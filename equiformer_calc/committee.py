@@ -24,8 +24,10 @@ makes on the training frames whose adsorbate atoms look most alike to the readou
 and a novelty term for features outside the training frames' distribution (``q``, eV). They enter every
 member as fixed-sign shifts, ``E_m += z_m p + y_m q`` (:func:`~equiformer_calc.energy_error.sign_patterns`),
 so that ``energy_uncertainty`` stays the members' spread (now about ``sqrt(heads' variance + p^2 + q^2)``)
-and an adsorption energy computed member by member gets the estimated error of the difference. The
-reported energy is still the model's own; forces' uncertainty is the heads' alone.
+and an adsorption energy computed member by member gets the estimated error of the difference. With the
+error model's ``magnitude`` mode ``p`` is the expected size of the error (the neighbours' mean absolute error,
+``p >= 0``) rather than its signed estimate. The reported energy is still the model's own; forces'
+uncertainty is the heads' alone.
 
 Files: ``<checkpoint>.committee.safetensors`` next to the checkpoint (tensors ``A`` (M, F, F), ``a``
 (M, F), ``w`` (M, F), ``b`` (M, n_elements), and with an error model its ``err.*`` tensors; JSON metadata
@@ -155,6 +157,7 @@ class HeadCommittee:
         if self.error_model is not None:
             tensors.update({f"err.{k}": v for k, v in self.error_model.tensors().items()})
             meta["error_model"] = json.dumps({"k": self.error_model.k, "scale": self.error_model.scale,
+                                              "magnitude": self.error_model.magnitude,
                                               "metadata": self.error_model.metadata})
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -180,7 +183,8 @@ class HeadCommittee:
         if names == heads | errors:
             info = json.loads(meta.get("error_model", "{}"))
             error_model = EnergyErrorModel(**{k: tensors[f"err.{k}"] for k in ERROR_TENSORS}, k=int(info.get("k", 10)),
-                                           scale=float(info.get("scale", 0.0)), metadata=info.get("metadata", {}))
+                                           scale=float(info.get("scale", 0.0)), metadata=info.get("metadata", {}),
+                                           magnitude=bool(info.get("magnitude", False)))
             if tensors["A"].shape[0] % 4:
                 raise CommitteeError(f"{path}: an energy-error model needs a multiple of 4 heads")
         return cls(**{k: tensors[k] for k in heads}, base_sha256=meta.get("base_sha256") or None,
@@ -407,16 +411,21 @@ def fit_head_committee(
 
 
 def add_error_model(committee: HeadCommittee, model: Equiformer, features: TrunkFeatures, energies: Sequence[float],
-                    k: int = 10, tracked: Sequence[str] = TRACKED_ELEMENTS) -> HeadCommittee:
+                    k: int = 10, tracked: Sequence[str] = TRACKED_ELEMENTS, magnitude: bool = False,
+                    novelty: float = 1.0) -> HeadCommittee:
     """``committee`` with an :class:`~equiformer_calc.energy_error.EnergyErrorModel` fitted to the
     training frames of ``features`` (from :func:`trunk_features`) and their reference ``energies``: from
-    then on energies' uncertainty adds the model's estimated error and novelty to the heads' spread."""
+    then on energies' uncertainty adds the model's estimated error and novelty to the heads' spread.
+
+    ``magnitude``: the error term from the neighbours' absolute errors (see the error model);
+    ``novelty``: a factor on the novelty term's default scale (0: no novelty term)."""
     if len(energies) != len(features.sizes):
         raise ValueError(f"{len(features.sizes)} frames and {len(energies)} energies")
     residuals = np.asarray(energies, dtype=float) - features.energy
     error = fit_energy_error_model(features.features, features.owner, features.species, residuals, model.elements,
-                                   tracked=tracked, k=k)
-    error.metadata["frames_digest"] = features.digest
+                                   tracked=tracked, k=k, magnitude=magnitude)
+    error.metadata.update(frames_digest=features.digest, novelty_factor=float(novelty))
+    error.scale *= float(novelty)
     return dataclasses.replace(committee, error_model=error)
 
 

@@ -13,6 +13,9 @@ training frames whose atoms look most alike to the readout:
   (Euclidean distance between the invariant trunk features that the readout sees), and ``p`` is the sum
   over the structure's tracked atoms (signed: the expected ``E_ref - E_model``). Atoms of other elements
   (metal slabs, bulk) add nothing: their errors are smaller (``benchmarks/uncertainty.json``).
+  With ``magnitude`` the atom gets the mean of its neighbours' *absolute* shares instead (``p >= 0``: the
+  expected size of the error, not its sign), so neighbours with errors of opposite signs no longer cancel;
+  on held-out systems this ranks the errors better (``benchmarks/RESULTS.md`` "Uncertainty").
 * **novelty** ``q`` (eV): per element, the Mahalanobis distance ``m_i`` of each atom's trunk features to
   those of its element in the training frames (every element); atoms beyond the training frames' 99th
   percentile ``m99`` add ``scale * (m_i / m99 - 1)``, with ``scale`` the root-mean-square of the per-atom
@@ -51,7 +54,8 @@ class EnergyErrorModel:
     element index and their share of their frame's residual (eV); mean (n_el, F), precision
     (n_el, F, F) and m99 (n_el,): each element's feature mean, inverse covariance and the 99th
     percentile of its training atoms' Mahalanobis distances (inf for an element without training atoms);
-    k: neighbours per atom; scale: eV per unit of excess novelty."""
+    k: neighbours per atom; scale: eV per unit of excess novelty; magnitude: ``p`` from the neighbours'
+    absolute errors (an unsigned error size) instead of their signed mean."""
 
     features: torch.Tensor
     species: torch.Tensor
@@ -62,11 +66,12 @@ class EnergyErrorModel:
     k: int = 10
     scale: float = 0.0
     metadata: dict[str, Any] = field(default_factory=dict)
+    magnitude: bool = False
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> "EnergyErrorModel":
         """A copy on ``device``, floats in ``dtype`` (species stay integers)."""
         conv = {k: getattr(self, k).to(device=device, dtype=torch.long if k == "species" else dtype) for k in TENSORS}
-        return EnergyErrorModel(**conv, k=self.k, scale=self.scale, metadata=dict(self.metadata))
+        return EnergyErrorModel(**conv, k=self.k, scale=self.scale, metadata=dict(self.metadata), magnitude=self.magnitude)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """The tensors to store: species int64, the training atoms' features float16 (half the file; the
@@ -87,7 +92,8 @@ class EnergyErrorModel:
                     continue
                 d = torch.cdist(f[here], self.features[ref])
                 idx = d.topk(min(self.k, n_ref), dim=1, largest=False).indices
-                p[here] = self.error[ref][idx].to(torch.float64).mean(dim=1)
+                near = self.error[ref][idx].to(torch.float64)
+                p[here] = (near.abs() if self.magnitude else near).mean(dim=1)
             z = f - self.mean[species]
             m = torch.einsum("nf,nfg,ng->n", z, self.precision[species], z).clamp_min(0).sqrt().to(torch.float64)
             excess = (m / self.m99[species].to(torch.float64) - 1.0).clamp_min(0.0)
@@ -106,14 +112,14 @@ def sign_patterns(members: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def fit_energy_error_model(
     features: np.ndarray, owner: np.ndarray, species: np.ndarray, residuals: Sequence[float], elements: Sequence[str],
-    tracked: Sequence[str] = TRACKED_ELEMENTS, k: int = 10, ridge: float = 1e-3,
+    tracked: Sequence[str] = TRACKED_ELEMENTS, k: int = 10, ridge: float = 1e-3, magnitude: bool = False,
 ) -> EnergyErrorModel:
     """The model of the module's docstring from training frames' trunk features.
 
     features (atoms, F), owner (atoms,) the frame of each atom, species (atoms,) its element index in
     ``elements`` (the model's), residuals (frames,) ``E_ref - E_model`` of each frame (eV); ``tracked``:
     the elements that carry the error; ``k``: neighbours; ``ridge``: the covariances' regularisation,
-    relative to their mean variance.
+    relative to their mean variance; ``magnitude``: ``p`` as the neighbours' mean absolute error.
     """
     features = np.asarray(features, dtype=float)
     owner = np.asarray(owner)
@@ -152,7 +158,7 @@ def fit_energy_error_model(
         # rounded as they are stored (float16), so that a fitted model and its file give the same numbers
         features=torch.as_tensor(features[is_tracked]).to(torch.float16).to(torch.float64), species=torch.as_tensor(species[is_tracked], dtype=torch.long),
         error=torch.as_tensor(error), mean=torch.as_tensor(mean), precision=torch.as_tensor(precision),
-        m99=torch.as_tensor(m99), k=int(k), scale=float(np.sqrt(np.mean(error**2))),
+        m99=torch.as_tensor(m99), k=int(k), scale=float(np.sqrt(np.mean(error**2))), magnitude=bool(magnitude),
         metadata={"tracked": list(tracked), "atoms": int(is_tracked.sum()),
                   "frames": int((per_frame > 0).sum()), "ridge": ridge},
     )

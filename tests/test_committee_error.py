@@ -144,3 +144,41 @@ def test_calc_results_and_the_service_carry_the_uncertainty(shipped):
     assert status == 200, body
     (got,) = body["results"]
     assert got["energy_uncertainty"] == pytest.approx(local.results["energy_uncertainty"], rel=1e-4)
+
+
+def test_the_magnitude_mode_estimates_the_size_of_the_error_and_opposite_errors_do_not_cancel(shipped, tmp_path):
+    """magnitude=True: p is the neighbours' mean absolute error. With k=1 every training frame gets the size
+    of its own residual |E_ref - E_model| (the signed mode gives the residual itself); two neighbours with
+    errors of opposite sign give their common size, where the signed mode cancels them to zero. The flag and
+    the novelty factor survive the committee file."""
+    model = load_checkpoint(shipped)
+    frames = _frames(6)
+    feats = trunk_features(model, frames)
+    residuals = np.array([f.get_potential_energy() for f in frames]) - feats.energy
+    magnitude = fit_energy_error_model(feats.features, feats.owner, feats.species, residuals, model.elements, k=1,
+                                       magnitude=True)
+    p, _ = magnitude.atom_terms(torch.as_tensor(feats.features), torch.as_tensor(feats.species))
+    np.testing.assert_allclose(np.bincount(feats.owner, weights=p.numpy(), minlength=len(frames)), np.abs(residuals),
+                               rtol=1e-9, atol=1e-9)
+    assert np.abs(residuals).max() > 1e-3
+
+    # two training frames, each one tracked atom at the same features, with errors +0.4 and -0.4 eV
+    h = list(model.elements).index("H")
+    width = feats.features.shape[1]
+    x = np.random.default_rng(0).standard_normal((4, width))
+    x[1] = x[0]
+    cu = list(model.elements).index("Cu")
+    owner, species = np.array([0, 1, 0, 1]), np.array([h, h, cu, cu])  # + two untracked (metal) atoms
+    for mode, expected in ((False, 0.0), (True, 0.4)):
+        em = fit_energy_error_model(x, owner, species, [0.4, -0.4], model.elements, k=2, magnitude=mode)
+        p, _ = em.atom_terms(torch.as_tensor(x[:1]), torch.as_tensor(species[:1]))
+        assert float(p[0]) == pytest.approx(expected, abs=1e-3)  # features stored as float16
+
+    energies = [f.get_potential_energy() for f in frames]
+    heads = fit_head_committee(model, None, energies, members=4, seed=1, features=feats)
+    com = add_error_model(heads, model, feats, energies, k=1, magnitude=True, novelty=0.5)
+    plain = add_error_model(heads, model, feats, energies, k=1)
+    assert com.error_model.scale == pytest.approx(0.5 * plain.error_model.scale)
+    back = HeadCommittee.load(com.save(tmp_path / "m.committee.safetensors"))
+    assert back.error_model.magnitude and back.error_model.metadata["novelty_factor"] == 0.5
+    assert back.error_model.scale == pytest.approx(com.error_model.scale)
