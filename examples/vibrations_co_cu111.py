@@ -7,7 +7,7 @@ Relaxes CO on a top site of Cu(111) (bottom two layers fixed), then displaces th
 +-0.01 A along x, y, z (12 structures, evaluated in ONE batched model call) and prints the
 frequencies, the imaginary and soft modes, the zero-point energy and the harmonic free-energy
 correction G - E. Writes the mode table to ``co_cu111_vibrations.csv``. The numbers depend on the
-accuracy of the model (the shipped default is 0.36 eV off its own teacher on relaxed adsorption energies, MAE).
+accuracy of the model (the shipped default is 0.33 eV off its own teacher on relaxed adsorption energies, MAE).
 """
 
 from __future__ import annotations

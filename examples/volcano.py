@@ -13,7 +13,7 @@ The same as two commands:
 Writes ``volcano/che_volcano.png``, ``che_summary.csv``, ``che_steps.csv`` and one
 ``che_diagram_<surface>.png`` per surface. OOH*, which often dissociates in a relaxation, comes from
 the scaling relation dG(OOH*) = dG(OH*) + 3.2 eV (noted in the CSV). Every number depends on the
-accuracy of the model (the shipped default is 0.36 eV off its own teacher on relaxed adsorption energies, MAE).
+accuracy of the model (the shipped default is 0.33 eV off its own teacher on relaxed adsorption energies, MAE).
 """
 
 from __future__ import annotations
