@@ -4,10 +4,12 @@ sites verified by a reference calculator (AdsorbML's ML+SP / ML+RX), with the co
     python examples/screen_verified.py                               # EMT as the reference
     python examples/screen_verified.py --reference sevennet          # the teacher (pip install -e ".[teacher]")
     python examples/screen_verified.py --reference mypkg.dft:make_calc --refine-mode relax   # your own DFT set-up
+    python examples/screen_verified.py --reference sevennet --refine-mode relax --refine-optimizer surrogate
     python examples/screen_verified.py --metals Cu --adsorbates O --steps 3 --reference-steps 3   # smoke run
 
 The model relaxes every site; the ``--top-k`` lowest valid minima of every (surface, adsorbate) get the
-reference's single point (``--refine-mode sp``) or relaxation (``relax``). The same as ``equiformer-calc
+reference's single point (``--refine-mode sp``) or relaxation (``relax``; ``--refine-optimizer surrogate``
+steers the reference's relaxations with the model: the same force criterion in fewer reference calls). The same as ``equiformer-calc
 screen ... --refine REF --top-k K --refine-mode sp|relax``. Then, for comparison, the reference alone relaxes
 every site from its initial structure (``--no-reference-only`` skips it), and the script prints how many
 reference calls and how much wall time each route took. Writes ``<out-dir>/screen.db``,
@@ -42,6 +44,8 @@ def main() -> int:
     parser.add_argument("--reference", default="emt", help="labeller name or module:factory (default emt)")
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument("--refine-mode", choices=("sp", "relax"), default="sp")
+    parser.add_argument("--refine-optimizer", choices=("bfgs", "surrogate"), default="bfgs",
+                        help="how the reference relaxes: bfgs alone, or steered by the model (fewer reference calls)")
     parser.add_argument("--reference-steps", type=int, default=200, help="reference relaxations' step limit")
     parser.add_argument("--no-reference-only", action="store_true", help="skip the reference-only comparison")
     parser.add_argument("--uncertainty-threshold", type=float, default=0.1)
@@ -59,6 +63,7 @@ def main() -> int:
     result = screen_adsorbates(
         slabs, adsorbates, db=out / "screen.db", calculator=args.checkpoint, steps=args.steps, fix_bottom=1,
         site_kinds=kinds, out_dir=out, refine=args.reference, top_k=args.top_k, refine_mode=args.refine_mode,
+        refine_optimizer=args.refine_optimizer,
         refine_steps=args.reference_steps, uncertainty_threshold=args.uncertainty_threshold,
     )
     ml_wall = time.perf_counter() - start

@@ -20,7 +20,7 @@ constraints applied), exactly as a BFGS run on the reference judges it. When the
 
 So every reference call is a step, and a model close to the reference makes each step a near-Newton step:
 the final structure is a reference minimum (to ``fmax``), whichever model steered. What it costs is model
-calls (tens per reference call), which are cheap next to DFT.
+calls (about ten per reference call in ``benchmarks/refine.py``'s systems), which are cheap next to DFT.
 """
 
 from __future__ import annotations
