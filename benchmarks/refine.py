@@ -50,6 +50,10 @@ def main() -> None:
     ap.add_argument("--optimizers", default="bfgs,surrogate",
                     help="comma-separated: how the reference relaxes in the verification (bfgs alone, or steered "
                          "by the model); the reference-only screen is always BFGS")
+    ap.add_argument("--modes", default="sp,relax", help="comma-separated refine modes")
+    ap.add_argument("--anomalous", default="skip,rescue",
+                    help="comma-separated, for mode relax: skip the model's anomalous minima (AdsorbML) or also rescue "
+                         "its reconstructed / intercalated ones (screen --refine-anomalous)")
     ap.add_argument("--fmax", type=float, default=0.05)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--fix-bottom", type=int, default=2)
@@ -94,15 +98,16 @@ def main() -> None:
                                                for s in ml.summary},
         "runs": [],
     }
-    plans = [(mode, opt, int(k)) for mode in ("sp", "relax") for opt in args.optimizers.split(",")
-             for k in args.top_k.split(",")]
-    for mode, optimizer, k in plans:
-        db = work / f"{mode}-{optimizer}-k{k}.db"
+    plans = [(mode, opt, int(k), an) for mode in args.modes.split(",") for opt in args.optimizers.split(",")
+             for an in (args.anomalous.split(",") if mode == "relax" else ["skip"]) for k in args.top_k.split(",")]
+    for mode, optimizer, k, anomalous in plans:
+        db = work / f"{mode}-{optimizer}-{anomalous}-k{k}.db"
         shutil.copyfile(work / "ml.db", db)
         t0 = time.perf_counter()
         res = screen_adsorbates(slabs, adsorbates, db=db, calculator=calc, fmax=args.fmax, steps=args.steps,
                                 fix_bottom=args.fix_bottom, site_kinds=kinds, progress=False,
-                                refine=args.reference, top_k=k, refine_mode=mode, refine_optimizer=optimizer)
+                                refine=args.reference, top_k=k, refine_mode=mode, refine_optimizer=optimizer,
+                                refine_anomalous=anomalous == "rescue")
         seconds = time.perf_counter() - t0
         rows = []
         for s in res.summary:
@@ -112,19 +117,19 @@ def main() -> None:
                          "ref_site": s["ref_site"], "e_ref_only": g["best"], "ref_only_site": g["site"],
                          "diff": diff, "ml_site": s["site"], "ml_e_ads": s["e_ads_min"]})
         diffs = np.array([r["diff"] for r in rows], dtype=float)
-        run = {"mode": mode, "optimizer": optimizer, "top_k": k, "calls": res.refine.calls, "calls_fraction": res.refine.calls / ref["calls"],
+        run = {"mode": mode, "optimizer": optimizer, "anomalous": anomalous, "top_k": k, "calls": res.refine.calls, "calls_fraction": res.refine.calls / ref["calls"],
                "success_0.1": float(np.mean(diffs <= 0.1)), "within_0.1": float(np.mean(np.abs(diffs) <= 0.1)),
                "refine_seconds": seconds, "wall_fraction": (ml_s + seconds) / ref["seconds"], "groups": rows}
         report["runs"].append(run)
-        log.info("%s (%s) k=%d: success %.0f%% (|diff|<=0.1: %.0f%%), %d calls = %.0f%% of reference-only, %.1f s",
-                 mode, optimizer, k, 100 * run["success_0.1"], 100 * run["within_0.1"], run["calls"],
+        log.info("%s (%s, anomalous %s) k=%d: success %.0f%% (|diff|<=0.1: %.0f%%), %d calls = %.0f%% of reference-only, %.1f s",
+                 mode, optimizer, anomalous, k, 100 * run["success_0.1"], 100 * run["within_0.1"], run["calls"],
                  100 * run["calls_fraction"], seconds)
     Path(args.out).write_text(json.dumps(report, indent=1, default=float))
-    print("| mode | reference relaxations | K | best within 0.1 eV (AdsorbML) | abs diff <= 0.1 eV | reference calls "
+    print("| mode | reference relaxations | anomalous ML minima | K | best within 0.1 eV (AdsorbML) | abs diff <= 0.1 eV | reference calls "
           "| of reference-only | wall, ML + verification, of reference-only |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in report["runs"]:
-        print(f"| {r['mode']} | {r['optimizer']} | {r['top_k']} | {100 * r['success_0.1']:.0f} % | {100 * r['within_0.1']:.0f} % | "
+        print(f"| {r['mode']} | {r['optimizer']} | {r['anomalous']} | {r['top_k']} | {100 * r['success_0.1']:.0f} % | {100 * r['within_0.1']:.0f} % | "
               f"{r['calls']} | {100 * r['calls_fraction']:.0f} % | "
               f"{100 * r['wall_fraction']:.0f} % |")
     print(f"reference-only: {ref['calls']} calls, {ref['seconds']:.1f} s; ML screen {ml_s:.1f} s")

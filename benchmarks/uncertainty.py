@@ -202,7 +202,8 @@ def main() -> None:
     ap.add_argument("--al-dir", default=str(CKPT / "pbe-distilled-al"), help="the active-learning campaign's folder")
     ap.add_argument("--al-rounds", default=None,
                     help="finished active-learning rounds: their frames join the error model's fit, their val frames "
-                         "choose ('': none, then the base validation frames choose; default 1-7 for pbe-distilled-small)")
+                         "choose ('': none, then the base validation frames choose; default 1-8 for "
+                         "pbe-distilled-small, the rounds its version 5 saw)")
     ap.add_argument("--eval-frames", type=int, default=0, help="per test set (0: all)")
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--perturb", default="0,0.5,1.0", help="comma-separated first-layer perturbations to choose from")
@@ -228,8 +229,8 @@ def main() -> None:
     data = CKPT / f"{args.checkpoint}-data"
     model = load_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
-    if args.al_rounds is None:  # rounds 1-7 are finished; never read a round the campaign is still writing
-        args.al_rounds = "1-7" if args.checkpoint == "pbe-distilled-small" else ""
+    if args.al_rounds is None:  # version 5 is round 8: its committee was chosen on rounds 1-8 (never a round in progress)
+        args.al_rounds = "1-8" if args.checkpoint == "pbe-distilled-small" else ""
     rounds = _rounds(args.al_rounds) if args.al_rounds else []
     train = [] if args.full_only else _subsample(data / args.fit_file, args.fit_frames, seed=0)
     al = [f for r in rounds for f in _subsample(Path(args.al_dir) / f"round{r}" / "frames.extxyz.xz", 0)]

@@ -69,6 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ref.add_argument("--refine-optimizer", choices=("bfgs", "surrogate"), default="bfgs",
                      help="how the reference relaxes: bfgs (alone) or surrogate (steered by the model: the same "
                           "force criterion on the reference's forces in fewer reference calls)")
+    ref.add_argument("--refine-anomalous", action="store_true",
+                     help="with --refine-mode relax: also relax, with the reference, the model's reconstructed or "
+                          "intercalated minima below the K-th valid one (the reference may climb out of the model's "
+                          "hole; costs calls beyond K)")
     ref.add_argument("--refine-steps", type=NONNEGATIVE_INT, default=300, help="reference relaxations' step limit (default 300)")
     ref.add_argument("--journal-dir", default=None,
                      help="folder of the reference calls' journals (default: DB.refine next to the database)")
@@ -138,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             executor=executor if fan_out else None, chunk_size=args.chunk_size,
             refine=args.refine, top_k=args.top_k, refine_mode=args.refine_mode, rank_by=args.rank_by,
             kappa=args.kappa, refine_fmax=args.refine_fmax, refine_steps=args.refine_steps, refine_optimizer=args.refine_optimizer,
+            refine_anomalous=args.refine_anomalous,
             journal_dir=args.journal_dir, uncertainty_threshold=args.uncertainty_threshold,
         )
     for r in result.summary:

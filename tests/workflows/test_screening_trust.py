@@ -69,6 +69,52 @@ def test_lcb_ranking_prefers_the_uncertain_site():
         select_candidates([_site("S", "O", "a", -1.0)], 1, "lcb")
 
 
+def test_rescue_adds_reconstructed_and_intercalated_minima_below_the_kth_valid_one():
+    sites = [_site("S", "O", "a", -3.0, surface_changed=True), _site("S", "O", "b", -1.0),
+             _site("S", "O", "c", -2.0, intercalated=True), _site("S", "O", "d", -4.0, desorbed=True),
+             _site("S", "O", "e", -0.5), _site("S", "O", "f", 0.0, intercalated=True),
+             _site("S", "O", "g", -5.0, intercalated=True, dissociated=True)]
+    assert [r["site"] for r in select_candidates(sites, 1)[("S", "O")]] == ["b"]
+    assert [r["site"] for r in select_candidates(sites, 1, anomalous=True)[("S", "O")]] == ["b", "a", "c"]
+    assert [r["site"] for r in select_candidates(sites, 2, anomalous=True)[("S", "O")]] == ["b", "e", "a", "c"]
+    # fewer valid sites than K: every rescuable one goes in; none valid at all: only the rescued
+    assert [r["site"] for r in select_candidates(sites, 3, anomalous=True)[("S", "O")]] == ["b", "e", "a", "c", "f"]
+    only = [_site("S", "O", "a", -3.0, surface_changed=True)]
+    assert [r["site"] for r in select_candidates(only, 1, anomalous=True)[("S", "O")]] == ["a"]
+
+
+def test_refine_anomalous_relaxes_a_flagged_ml_minimum_with_the_reference(model, tmp_path):
+    """A site flagged intercalated in the ML database is skipped by ML+RX, and relaxed by the reference
+    with ``refine_anomalous``: the reference's own check decides whether its minimum counts."""
+    calc = EquiformerCalculator(model=model)
+    kw = dict(calculator=calc, steps=4, fix_bottom=1, progress=False, site_kinds=["ontop", "fcc"])
+    base = screen_adsorbates(SLABS, ["O"], db=tmp_path / "s.db", **kw)
+    flagged = min(base.sites, key=lambda r: r["e_ads"])
+    db = ase.db.connect(tmp_path / "s.db")
+    row = db.get(task_key=f"ads/Cu-fcc111/O/{flagged['site']}")
+    db.update(row.id, intercalated=True, anomalies="intercalated")
+    other = next(r["site"] for r in base.sites if r["site"] != flagged["site"])
+    with pytest.raises(ValueError, match="refine_anomalous needs refine_mode='relax'"):
+        screen_adsorbates(SLABS, ["O"], db=tmp_path / "s.db", refine="emt", top_k=1, refine_mode="sp",
+                          refine_anomalous=True, **kw)
+    skip = screen_adsorbates(SLABS, ["O"], db=tmp_path / "s.db", refine="emt", top_k=1, refine_mode="relax", **kw)
+    assert skip.summary[0]["n_ref"] == 1 and skip.summary[0]["ref_site"] == other
+    rescue = screen_adsorbates(SLABS, ["O"], db=tmp_path / "s.db", refine="emt", top_k=1, refine_mode="relax",
+                               refine_anomalous=True, **kw)
+    (s,) = rescue.summary
+    assert s["n_ref"] == 2 and s["site"] == other  # the model's best stays the valid one
+    refs = {r.site: r for r in ase.db.connect(tmp_path / "s.db").select(kind="reference") if r.get("site")}
+    assert set(refs) == {flagged["site"], other}
+    rescued = refs[flagged["site"]]
+    assert rescued.ref_mode == "relax" and rescued.ref_calls > 1 and rescued.ref_anomalies == ""
+    atoms = rescued.toatoms()
+    atoms.calc = EMT()
+    assert rescued.ref_energy == pytest.approx(atoms.get_potential_energy(), abs=1e-9)
+    e = {k: r.e_ads_ref for k, r in refs.items()}
+    assert s["e_ads_ref"] == pytest.approx(min(e.values())) and s["ref_site"] == min(e, key=e.get)
+    assert rescue.refine.calls > skip.refine.calls
+
+
 def _emt_energy(row) -> float:
     atoms = row.toatoms()
     atoms.calc = EMT()

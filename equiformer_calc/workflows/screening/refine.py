@@ -43,7 +43,7 @@ from ...surfaces import ANOMALIES, REFERENCE_MOLECULES, bottom_fixed_mask, check
 from .plan import ScreenPlan, ScreenTask
 from .store import ScreenStore
 
-__all__ = ["REFINE_MODES", "REFINE_OPTIMIZERS", "RANK_BY", "ReferenceTask", "ReferenceOutcome", "RefineResult", "run_reference",
+__all__ = ["REFINE_MODES", "REFINE_OPTIMIZERS", "RANK_BY", "RESCUABLE", "ReferenceTask", "ReferenceOutcome", "RefineResult", "run_reference",
            "refine_screen", "select_candidates", "merge_refinement", "REF_COLUMNS", "ReferenceScreen",
            "reference_only_screen"]
 
@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 REFINE_MODES = ("sp", "relax")
 REFINE_OPTIMIZERS = ("bfgs", "surrogate")
 RANK_BY = ("energy", "lcb")
+#: the ML anomalies a reference relaxation may undo (``refine_screen(anomalous=True)``)
+RESCUABLE = ("surface_changed", "intercalated")
 
 
 @dataclass
@@ -145,20 +147,30 @@ class RefineResult:
 
 
 def select_candidates(sites: Sequence[dict[str, Any]], top_k: int, rank_by: str = "energy",
-                      kappa: float = 1.0) -> dict[tuple[str, str], list[dict[str, Any]]]:
+                      kappa: float = 1.0, anomalous: bool = False) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Per (surface, adsorbate): the ``top_k`` lowest valid site rows (done, no anomaly, finite
-    ``e_ads``), by ``e_ads`` or (``rank_by="lcb"``) by ``e_ads - kappa * e_ads_uncertainty``."""
+    ``e_ads``), by ``e_ads`` or (``rank_by="lcb"``) by ``e_ads - kappa * e_ads_uncertainty``.
+
+    ``anomalous=True`` adds, after them, every ML minimum flagged only :data:`RESCUABLE` (the surface
+    reconstructed or the adsorbate pushed into it: the student's typical hole) that ranks below the K-th
+    valid one (all of them when a group has fewer than K valid): a reference relaxation from there may
+    climb back into the basin the student overshot, and the reference's own anomaly check decides
+    whether it counts. Desorbed and dissociated minima are never rescued."""
     if rank_by not in RANK_BY:
         raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    rescued: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in sites:
         groups.setdefault((r["surface"], r["adsorbate"]), [])
-        valid = (r["status"] == "done" and np.isfinite(r["e_ads"])
-                 and not any(r.get(k, False) for k in ANOMALIES))
-        if valid:
+        if r["status"] != "done" or not np.isfinite(r["e_ads"]):
+            continue
+        flags = {k for k in ANOMALIES if r.get(k, False)}
+        if not flags:
             groups[(r["surface"], r["adsorbate"])].append(r)
+        elif anomalous and flags <= set(RESCUABLE):
+            rescued.setdefault((r["surface"], r["adsorbate"]), []).append(r)
 
     def score(r: dict[str, Any]) -> float:
         if rank_by == "energy":
@@ -168,7 +180,11 @@ def select_candidates(sites: Sequence[dict[str, Any]], top_k: int, rank_by: str 
             raise ValueError("rank_by='lcb' needs e_ads_uncertainty: the model has no committee (uncertainty off)")
         return float(r["e_ads"]) - kappa * float(u)
 
-    return {g: sorted(rows, key=score)[:top_k] for g, rows in groups.items()}
+    chosen = {g: sorted(rows, key=score)[:top_k] for g, rows in groups.items()}
+    for g, rows in rescued.items():
+        bar = score(chosen[g][-1]) if len(chosen[g]) >= top_k else float("inf")
+        chosen[g] += sorted((r for r in rows if score(r) < bar), key=score)
+    return chosen
 
 
 def _journal(folder: Path | None, key: str) -> str | None:
@@ -199,6 +215,7 @@ def refine_screen(
     move_tolerance: float = 0.5,
     optimizer: str = "bfgs",
     surrogate: Any = None,
+    anomalous: bool = False,
 ) -> RefineResult:
     """Verify the ``top_k`` ML minima of every group of a finished screen with the ``reference``
     (see the module docstring). ``sites``: the screen's site rows (:func:`~.summary.site_rows`);
@@ -206,7 +223,9 @@ def refine_screen(
     required for a database URL). ``optimizer``: how the reference relaxes (gas molecules, clean slabs and, in
     mode "relax", the candidates): "bfgs" (BFGS on the reference alone) or "surrogate" (steered by
     ``surrogate``, the screen's model: :class:`~equiformer_calc.workflows.surrogate.SurrogateOptimizer`;
-    the same convergence test on the reference's forces, in fewer reference calls)."""
+    the same convergence test on the reference's forces, in fewer reference calls). ``anomalous`` (mode
+    "relax" only): also relax, from the model's minimum, the model's reconstructed or intercalated minima
+    that rank below the K-th valid one (:func:`select_candidates`); they cost reference calls beyond K."""
     from ...data.labellers import resolve_labeller
     from ...distributed.executor import SerialExecutor
 
@@ -216,6 +235,9 @@ def refine_screen(
         raise ValueError(f"refine optimizer must be one of {REFINE_OPTIMIZERS}, got {optimizer!r}")
     if optimizer == "surrogate" and surrogate is None:
         raise ValueError("refine optimizer 'surrogate' needs the model that steers it (surrogate=...)")
+    if anomalous and mode != "relax":
+        raise ValueError("verifying anomalous ML minima needs refine mode 'relax' (a single point at an anomalous "
+                         "geometry is anomalous too)")
     labeller = resolve_labeller(reference)  # a bad name fails here, before any work
     symbols = {s for t in plan.gas + plan.slabs + plan.adsorbates for s in t.atoms.get_chemical_symbols()}
     labeller.check_elements(symbols)
@@ -226,7 +248,7 @@ def refine_screen(
         journal_dir = store.name + ".refine"
     folder = Path(journal_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    candidates = select_candidates(sites, top_k, rank_by, kappa)
+    candidates = select_candidates(sites, top_k, rank_by, kappa, anomalous)
     executor = executor if executor is not None else SerialExecutor()
     steer = executor.register_model(surrogate) if optimizer == "surrogate" else None
     ref = _Refinement(store, RefineResult(mode, name, optimizer), executor, reference, mode, fmax, steps, fix_bottom,

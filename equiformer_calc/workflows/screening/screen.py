@@ -215,6 +215,7 @@ def screen_adsorbates(
     journal_dir: str | os.PathLike | None = None,
     uncertainty_threshold: float = 0.1,
     refine_optimizer: str = "bfgs",
+    refine_anomalous: bool = False,
 ) -> ScreenResult:
     """Screen ``adsorbates`` over ``slabs``; see :mod:`equiformer_calc.workflows.screening` for the method.
 
@@ -250,7 +251,9 @@ def screen_adsorbates(
     relaxes: "bfgs" (alone) or "surrogate" (steered by this screen's model, fewer reference calls to the same
     force criterion; :class:`~equiformer_calc.workflows.surrogate.SurrogateOptimizer`). The summary gains ``e_ads_ref``,
     ``ref_site``, ``ref_calls`` ...; :attr:`ScreenResult.refine` and ``screen_refine.json`` have the call
-    accounting (all reference calls, gas and slabs included).
+    accounting (all reference calls, gas and slabs included). refine_anomalous (``refine_mode="relax"``):
+    also relax, with the reference, the model's reconstructed or intercalated minima that rank below the K-th
+    valid one (the reference may climb out of the student's hole; its own anomaly check decides).
     uncertainty_threshold: an ``e_ads_uncertainty`` (eV) above which a group's best is ``uncertain``
     (marked on the heat map).
     """
@@ -265,6 +268,9 @@ def screen_adsorbates(
             raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if refine_anomalous and refine_mode != "relax":
+            raise ValueError("refine_anomalous needs refine_mode='relax' (a single point at an anomalous geometry "
+                             "is anomalous too)")
     if optimizer.upper() not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
     surfaces = normalise_surfaces(slabs)
@@ -293,14 +299,14 @@ def screen_adsorbates(
 
         refined = refine_screen(store, plan, sites, refine, top_k, refine_mode, rank_by, kappa,
                                 fmax if refine_fmax is None else refine_fmax, refine_steps, fix_bottom, executor,
-                                journal_dir, move_tolerance, refine_optimizer, calc)
+                                journal_dir, move_tolerance, refine_optimizer, calc, refine_anomalous)
         merge_refinement(refined, plan, sites, summary)
     files = write_screen_outputs(summary, sites, Path(out_dir)) if out_dir is not None else {}
     if refined is not None and out_dir is not None:
         from ...io import write_json
 
         files["refine"] = write_json({
-            "reference": refined.labeller, "mode": refined.mode, "optimizer": refined.optimizer, "top_k": top_k, "rank_by": rank_by,
+            "reference": refined.labeller, "mode": refined.mode, "optimizer": refined.optimizer, "anomalous": refine_anomalous, "top_k": top_k, "rank_by": rank_by,
             "reference_calls": refined.calls, "gas_and_slab_calls": refined.reference_calls,
             "paid_calls_this_run": refined.paid_calls, "paid_seconds_this_run": refined.seconds,
             "groups": len(refined.groups), "errors": refined.errors,
