@@ -4,7 +4,8 @@ sites verified by a reference calculator (AdsorbML's ML+SP / ML+RX), with the co
     python examples/screen_verified.py                               # EMT as the reference
     python examples/screen_verified.py --reference sevennet          # the teacher (pip install -e ".[teacher]")
     python examples/screen_verified.py --reference mypkg.dft:make_calc --refine-mode relax   # your own DFT set-up
-    python examples/screen_verified.py --reference sevennet --refine-mode relax --refine-optimizer surrogate
+    python examples/screen_verified.py --reference sevennet --refine-mode relax --refine-optimizer surrogate \
+        --refine-anomalous   # the recommended verification (see docs/guide/screening.md)
     python examples/screen_verified.py --metals Cu --adsorbates O --steps 3 --reference-steps 3   # smoke run
 
 The model relaxes every site; the ``--top-k`` lowest valid minima of every (surface, adsorbate) get the
@@ -46,6 +47,8 @@ def main() -> int:
     parser.add_argument("--refine-mode", choices=("sp", "relax"), default="sp")
     parser.add_argument("--refine-optimizer", choices=("bfgs", "surrogate"), default="bfgs",
                         help="how the reference relaxes: bfgs alone, or steered by the model (fewer reference calls)")
+    parser.add_argument("--refine-anomalous", action="store_true",
+                        help="relax mode: the reference also relaxes the model's reconstructed / intercalated minima")
     parser.add_argument("--reference-steps", type=int, default=200, help="reference relaxations' step limit")
     parser.add_argument("--no-reference-only", action="store_true", help="skip the reference-only comparison")
     parser.add_argument("--uncertainty-threshold", type=float, default=0.1)
@@ -63,7 +66,7 @@ def main() -> int:
     result = screen_adsorbates(
         slabs, adsorbates, db=out / "screen.db", calculator=args.checkpoint, steps=args.steps, fix_bottom=1,
         site_kinds=kinds, out_dir=out, refine=args.reference, top_k=args.top_k, refine_mode=args.refine_mode,
-        refine_optimizer=args.refine_optimizer,
+        refine_optimizer=args.refine_optimizer, refine_anomalous=args.refine_anomalous,
         refine_steps=args.reference_steps, uncertainty_threshold=args.uncertainty_threshold,
     )
     ml_wall = time.perf_counter() - start
