@@ -161,6 +161,9 @@ def test_meter_sees_a_busy_process_and_not_its_own_work():
     meter.busy_cores()  # start a fresh window
     time.sleep(0.5)
     background = meter.busy_cores()  # whatever else runs on this machine now
+    if background is not None and background + 0.7 > len(os.sched_getaffinity(0)) - 0.1:
+        pytest.skip(f"other processes keep {background:.1f} of {len(os.sched_getaffinity(0))} cores busy: no core is "
+                    "free for the spinner to show up on (CI's quiet machine runs this)")
     # this process busy for 0.6 s: its own CPU time is not competition
     end = time.monotonic() + 0.6
     x = 0
@@ -182,6 +185,9 @@ def test_meter_sees_a_busy_process_and_not_its_own_work():
 
 
 def test_predictor_runs_each_call_on_the_policys_threads_and_restores(monkeypatch):
+    # spinning OpenMP threads (the policy a quiet machine gets at import); a busy machine at import would
+    # have chosen sleeping ones, whose rule does not look at the competition (tested above)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     seen = []
     real = predictor_mod.compute
     monkeypatch.setattr(predictor_mod, "compute", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
