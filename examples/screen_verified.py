@@ -4,13 +4,14 @@ sites verified by a reference calculator (AdsorbML's ML+SP / ML+RX), with the co
     python examples/screen_verified.py                               # EMT as the reference
     python examples/screen_verified.py --reference sevennet          # the teacher (pip install -e ".[teacher]")
     python examples/screen_verified.py --reference mypkg.dft:make_calc --refine-mode relax   # your own DFT set-up
-    python examples/screen_verified.py --reference sevennet --refine-mode relax --refine-optimizer surrogate \
-        --refine-anomalous   # the recommended verification (see docs/guide/screening.md)
+    python examples/screen_verified.py --reference sevennet --refine-mode relax   # the recommended verification
     python examples/screen_verified.py --metals Cu --adsorbates O --steps 3 --reference-steps 3   # smoke run
 
 The model relaxes every site; the ``--top-k`` lowest valid minima of every (surface, adsorbate) get the
-reference's single point (``--refine-mode sp``) or relaxation (``relax``; ``--refine-optimizer surrogate``
-steers the reference's relaxations with the model: the same force criterion in fewer reference calls). The same as ``equiformer-calc
+reference's single point (``--refine-mode sp``) or relaxation (``relax``, which by default also relaxes the
+model's reconstructed or intercalated minima: ``--no-refine-anomalous`` skips them). The reference's
+relaxations are steered by the model (the same force criterion in fewer reference calls;
+``--refine-optimizer bfgs``: the reference alone). See docs/guide/screening.md. The same as ``equiformer-calc
 screen ... --refine REF --top-k K --refine-mode sp|relax``. Then, for comparison, the reference alone relaxes
 every site from its initial structure (``--no-reference-only`` skips it), and the script prints how many
 reference calls and how much wall time each route took. Writes ``<out-dir>/screen.db``,
@@ -45,10 +46,12 @@ def main() -> int:
     parser.add_argument("--reference", default="emt", help="labeller name or module:factory (default emt)")
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument("--refine-mode", choices=("sp", "relax"), default="sp")
-    parser.add_argument("--refine-optimizer", choices=("bfgs", "surrogate"), default="bfgs",
-                        help="how the reference relaxes: bfgs alone, or steered by the model (fewer reference calls)")
-    parser.add_argument("--refine-anomalous", action="store_true",
-                        help="relax mode: the reference also relaxes the model's reconstructed / intercalated minima")
+    parser.add_argument("--refine-optimizer", choices=("bfgs", "surrogate"), default="surrogate",
+                        help="how the reference relaxes: steered by the model (default; fewer reference calls) or "
+                             "bfgs alone")
+    parser.add_argument("--refine-anomalous", action=argparse.BooleanOptionalAction, default=None,
+                        help="relax mode: the reference also relaxes the model's reconstructed / intercalated minima "
+                             "(default: on in relax mode)")
     parser.add_argument("--reference-steps", type=int, default=200, help="reference relaxations' step limit")
     parser.add_argument("--no-reference-only", action="store_true", help="skip the reference-only comparison")
     parser.add_argument("--uncertainty-threshold", type=float, default=0.1)

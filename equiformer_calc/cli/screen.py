@@ -66,13 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="pick the K lowest by ML E_ads, or by E_ads - KAPPA x its committee spread (lcb)")
     ref.add_argument("--kappa", type=NONNEGATIVE_FLOAT, default=1.0, help="the spread's multiple for --rank-by lcb (default 1)")
     ref.add_argument("--refine-fmax", type=POSITIVE_FLOAT, default=None, help="reference relaxations' fmax (default --fmax)")
-    ref.add_argument("--refine-optimizer", choices=("bfgs", "surrogate"), default="bfgs",
-                     help="how the reference relaxes: bfgs (alone) or surrogate (steered by the model: the same "
-                          "force criterion on the reference's forces in fewer reference calls)")
-    ref.add_argument("--refine-anomalous", action="store_true",
-                     help="with --refine-mode relax: also relax, with the reference, the model's reconstructed or "
-                          "intercalated minima below the K-th valid one (the reference may climb out of the model's "
-                          "hole; costs calls beyond K)")
+    ref.add_argument("--refine-optimizer", choices=("bfgs", "surrogate"), default="surrogate",
+                     help="how the reference relaxes (gas molecules and clean slabs, and the candidates with "
+                          "--refine-mode relax): surrogate (default: steered by the model, the same force criterion "
+                          "on the reference's forces in fewer reference calls) or bfgs (the reference alone)")
+    ref.add_argument("--refine-anomalous", action=argparse.BooleanOptionalAction, default=None,
+                     help="also relax, with the reference, the model's reconstructed or intercalated minima below "
+                          "the K-th valid one (the reference may climb out of the model's hole; costs calls beyond "
+                          "K). Relax mode only; default: on with --refine-mode relax, off with sp")
     ref.add_argument("--refine-steps", type=NONNEGATIVE_INT, default=300, help="reference relaxations' step limit (default 300)")
     ref.add_argument("--journal-dir", default=None,
                      help="folder of the reference calls' journals (default: DB.refine next to the database)")
@@ -130,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
         log.info("wrote %s", ", ".join(str(p) for p in direct.files.values()))
         return 0
     fan_out = args.scheduler is not None or args.workers is not None
+    if args.refine_anomalous and args.refine_mode != "relax":
+        raise ValueError("--refine-anomalous needs --refine-mode relax: a single point at an anomalous geometry "
+                         "is anomalous too")
     if fan_out and args.dispersion:
         raise ValueError("--dispersion is not available with --scheduler/--workers yet (workers run the bare "
                          "model): screen without fan-out, or add D3 afterwards")

@@ -160,7 +160,10 @@ class LabelJournal:
     Each label is written and flushed as soon as it is computed, so a process killed at any point
     loses at most the call in flight. Floats are stored with ``repr`` precision, so a replayed
     label is bit-identical and a replayed trajectory follows the same path. A torn last line (the
-    process died while writing it) is ignored on reading.
+    process died while writing it) is ignored on reading. A label may also carry the positions it was
+    computed at (``put(..., positions=...)``): :meth:`positions` gives them back in the order of the calls,
+    which is what an optimiser whose path does not follow from the labels alone replays
+    (:class:`~equiformer_calc.workflows.surrogate.SurrogateOptimizer`).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -191,20 +194,28 @@ class LabelJournal:
             results["stress"] = np.array(record["s"], dtype=float)
         return results
 
-    def put(self, key: str, results: dict[str, Any]) -> None:
-        """Append one label and flush it to the operating system."""
+    def put(self, key: str, results: dict[str, Any], positions: np.ndarray | None = None) -> None:
+        """Append one label (and, if given, the ``positions`` it was computed at) and flush it to the
+        operating system."""
         record = {
             "k": key,
             "e": float(results["energy"]),
             "f": np.asarray(results["forces"], dtype=float).tolist(),
             "s": None if results.get("stress") is None else np.asarray(results["stress"], dtype=float).tolist(),
         }
+        if positions is not None:
+            record["x"] = np.asarray(positions, dtype=float).tolist()
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.path.open("a")
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
         self._entries[key] = record
+
+    def positions(self) -> list[np.ndarray]:
+        """The positions stored with the labels, in the order they were computed (labels without: skipped).
+        Floats round-trip exactly, so each gives back its label's :func:`frame_key` with the same atoms."""
+        return [np.array(r["x"], dtype=float) for r in self._entries.values() if r.get("x") is not None]
 
     def close(self) -> None:
         """Close the file handle (the journal stays readable)."""
@@ -231,11 +242,13 @@ class JournaledCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, labeller: Labeller, stats: LabelStats, journal: LabelJournal | None = None) -> None:
+    def __init__(self, labeller: Labeller, stats: LabelStats, journal: LabelJournal | None = None,
+                 record_positions: bool = False) -> None:
         super().__init__()
         self.labeller = labeller
         self.stats = stats
         self.journal = journal
+        self.record_positions = bool(record_positions)  # journal each call's positions too (LabelJournal.positions)
 
     def calculate(self, atoms: Atoms | None = None, properties=("energy",), system_changes=all_changes) -> None:  # type: ignore[override]
         super().calculate(atoms, properties, system_changes)
@@ -261,5 +274,5 @@ class JournaledCalculator(Calculator):
             if "stress" in want and inner.results.get("stress") is not None:
                 results["stress"] = np.array(inner.results["stress"], dtype=float)
             if self.journal is not None:
-                self.journal.put(key, results)
+                self.journal.put(key, results, self.atoms.positions if self.record_positions else None)
         self.results = dict(results, free_energy=results["energy"])

@@ -18,6 +18,13 @@ is a point where the reference forces vanish: convergence is judged on the refer
 constraints applied), exactly as a BFGS run on the reference judges it. When the surrogate cannot make progress
 (radius below ``min_trust``) the relaxation continues with plain BFGS on the reference, from the best point.
 
+A run killed part-way (a DFT job lost with its node) resumes exactly: the path depends on the model's
+arithmetic, which may differ in its last bits on another machine, thread count or worker, so it is not
+recomputed. ``replay`` hands the optimiser the positions of an earlier run's reference calls, in order (a
+journal's :meth:`~equiformer_calc.data.labellers.LabelJournal.positions`); each step takes the next of them
+instead of the surrogate's proposal, as long as there are any, and the labeller's journal answers them
+without a call. New proposals start where the earlier run stopped.
+
 So every reference call is a step, and a model close to the reference makes each step a near-Newton step:
 the final structure is a reference minimum (to ``fmax``), whichever model steered. What it costs is model
 calls (about ten per reference call in ``benchmarks/refine.py``'s systems), which are cheap next to DFT.
@@ -26,6 +33,7 @@ calls (about ten per reference call in ``benchmarks/refine.py``'s systems), whic
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -77,12 +85,14 @@ class SurrogateOptimizer:
     (reference calls after the first). ``trust`` / ``max_trust`` / ``min_trust``: the step's largest atomic
     displacement (A); ``inner_fmax`` (default ``fmax / 3``) and ``inner_steps``: the surrogate's relaxation;
     ``learn_curvature``: add the learnt Hessian difference (off: the first-order correction alone, which took
-    1.6x the reference calls in the benchmark of ``benchmarks/refine.py``'s systems).
+    1.6x the reference calls in the benchmark of ``benchmarks/refine.py``'s systems); ``replay``: the
+    positions of an earlier, interrupted run's reference calls from the same start, in order (see the module
+    docstring; ignored, with a warning, when its first entry is not the start).
     After ``run`` the atoms are at the lowest-energy point the reference evaluated, with its results."""
 
     def __init__(self, atoms: Atoms, surrogate: Calculator, trust: float = 0.2, max_trust: float = 0.5,
                  min_trust: float = 0.01, inner_fmax: float | None = None, inner_steps: int = 300,
-                 learn_curvature: bool = True) -> None:
+                 learn_curvature: bool = True, replay: Sequence[np.ndarray] = ()) -> None:
         if atoms.calc is None:
             raise ValueError("SurrogateOptimizer: the atoms need a calculator (the reference)")
         if not 0 < min_trust <= trust <= max_trust:
@@ -98,6 +108,8 @@ class SurrogateOptimizer:
         self.model_calls = 0
         self.learn_curvature = bool(learn_curvature)
         self.hessian: np.ndarray | None = None  # reference minus model, learnt along the steps
+        self.replay = [np.asarray(x, dtype=float) for x in replay]
+        self.replayed_steps = 0  # steps taken from ``replay`` rather than proposed
         self._results: dict[int, dict[str, Any]] = {}  # the reference calculator's results, by forces array
 
     # the reference ------------------------------------------------------------------------------------------
@@ -130,16 +142,29 @@ class SurrogateOptimizer:
         if abs(denom) > 1e-6 * np.linalg.norm(r) * np.linalg.norm(step) and np.linalg.norm(step) > 1e-8:
             self.hessian += np.outer(r, r) / denom
 
+    def _corrected(self, x: np.ndarray, e_ref: float, f_raw: np.ndarray, f_model: np.ndarray,
+                   e_model: float) -> Atoms:
+        """A copy of the atoms at ``x`` (constraints kept) on the surrogate corrected to the reference there."""
+        probe = self.atoms.copy()  # constraints kept: fixed atoms stay where they are
+        probe.positions = x
+        probe.calc = CorrectedCalculator(self.surrogate, x, e_ref - e_model, f_raw - f_model,
+                                         self.hessian if self.learn_curvature else None)
+        return probe
+
+    def _predicted(self, x: np.ndarray, e_ref: float, f_raw: np.ndarray, f_model: np.ndarray, e_model: float,
+                   x_new: np.ndarray) -> float:
+        """The surrogate's energy change from ``x`` to a replayed ``x_new`` (one model call)."""
+        probe = self._corrected(x, e_ref, f_raw, f_model, e_model)
+        probe.set_positions(x_new, apply_constraint=False)
+        self.model_calls += 1
+        return float(probe.get_potential_energy()) - e_ref
+
     def _propose(self, x: np.ndarray, e_ref: float, f_raw: np.ndarray, f_model: np.ndarray, e_model: float,
                  fmax: float) -> tuple[np.ndarray, float]:
         """The surrogate's minimum from ``x``, cut to the trust radius, and the surrogate's energy change."""
         from ase.optimize import BFGS
 
-        corrected = CorrectedCalculator(self.surrogate, x, e_ref - e_model, f_raw - f_model,
-                                        self.hessian if self.learn_curvature else None)
-        probe = self.atoms.copy()  # constraints kept: fixed atoms stay where they are
-        probe.positions = x
-        probe.calc = corrected
+        probe = self._corrected(x, e_ref, f_raw, f_model, e_model)
         opt = BFGS(probe, logfile=None, maxstep=min(0.2, self.trust))
         inner_fmax = self.inner_fmax if self.inner_fmax is not None else fmax / 3.0
         for _ in opt.irun(fmax=inner_fmax, steps=self.inner_steps):
@@ -158,6 +183,10 @@ class SurrogateOptimizer:
         """Relax until the reference's largest (constrained) force is below ``fmax`` or ``steps`` reference
         calls after the first; True when converged."""
         x = self.atoms.get_positions()
+        replay = self.replay
+        if replay and (replay[0].shape != x.shape or not np.array_equal(replay[0], x)):
+            log.warning("the replayed path does not start at these atoms' positions: ignoring it")
+            replay = []
         e, f, raw = self._reference(x)
         best = (e, x.copy(), f, raw, *self._model(x))
         calls = 0
@@ -165,7 +194,12 @@ class SurrogateOptimizer:
         while not converged and calls < steps and self.trust >= self.min_trust:
             e0, x0, _, raw0, em0, fm0 = best
             try:
-                x_new, predicted = self._propose(x0, e0, raw0, fm0, em0, fmax)
+                if calls + 1 < len(replay):  # where an earlier run went: its reference calls are journalled
+                    x_new = replay[calls + 1]
+                    predicted = self._predicted(x0, e0, raw0, fm0, em0, x_new)
+                    self.replayed_steps += 1
+                else:
+                    x_new, predicted = self._propose(x0, e0, raw0, fm0, em0, fmax)
             except Exception as exc:  # noqa: BLE001 - a surrogate that breaks hands over to plain BFGS
                 log.warning("surrogate step failed (%s): continuing with BFGS on the reference", exc)
                 break

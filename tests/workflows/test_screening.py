@@ -108,6 +108,16 @@ def test_cli_screen(checkpoint, tmp_path):
     assert json.loads(json.dumps(ase.db.connect(tmp_path / "s.db").metadata))["settings"]["steps"] == 3
 
 
+def test_cli_screen_refuses_rescue_with_single_points_naming_the_flags(checkpoint, tmp_path, capsys):
+    rc = cli_main(["screen", "--metals", "Cu", "--facets", "111", "--adsorbates", "O", "--checkpoint", checkpoint,
+                   "--db", str(tmp_path / "s.db"), "--out-dir", str(tmp_path / "out"), "--refine", "emt",
+                   "--refine-mode", "sp", "--refine-anomalous"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--refine-anomalous needs --refine-mode relax" in err
+    assert not (tmp_path / "s.db").exists()  # refused before any work
+
+
 
 def test_public_api():
     import equiformer_calc

@@ -97,10 +97,11 @@ def test_refine_anomalous_relaxes_a_flagged_ml_minimum_with_the_reference(model,
     with pytest.raises(ValueError, match="refine_anomalous needs refine_mode='relax'"):
         screen_adsorbates(SLABS, ["O"], db=tmp_path / "s.db", refine="emt", top_k=1, refine_mode="sp",
                           refine_anomalous=True, **kw)
-    skip = screen_adsorbates(SLABS, ["O"], db=tmp_path / "s.db", refine="emt", top_k=1, refine_mode="relax", **kw)
+    skip = screen_adsorbates(SLABS, ["O"], db=tmp_path / "s.db", refine="emt", top_k=1, refine_mode="relax",
+                             refine_anomalous=False, **kw)
     assert skip.summary[0]["n_ref"] == 1 and skip.summary[0]["ref_site"] == other
-    rescue = screen_adsorbates(SLABS, ["O"], db=tmp_path / "s.db", refine="emt", top_k=1, refine_mode="relax",
-                               refine_anomalous=True, **kw)
+    # rescue is the default of relax mode
+    rescue = screen_adsorbates(SLABS, ["O"], db=tmp_path / "s.db", refine="emt", top_k=1, refine_mode="relax", **kw)
     (s,) = rescue.summary
     assert s["n_ref"] == 2 and s["site"] == other  # the model's best stays the valid one
     refs = {r.site: r for r in ase.db.connect(tmp_path / "s.db").select(kind="reference") if r.get("site")}
@@ -166,12 +167,15 @@ def test_refine_sp_is_emt_at_the_ml_minima_with_emt_gas_references(model, tmp_pa
 
 
 @pytest.mark.slow
-def test_refine_relax_resumes_after_sigkill(checkpoint, tmp_path):
-    """ML+RX with a reference that SIGKILLs its process at its 30th call: the rerun replays the
-    journalled calls (paying only for the rest) and ends with the numbers of an uninterrupted run."""
+@pytest.mark.parametrize("optimizer", ["bfgs", "surrogate"])
+def test_refine_relax_resumes_after_sigkill(checkpoint, tmp_path, optimizer):
+    """ML+RX with a reference that SIGKILLs its process at its 30th call: the rerun replays every
+    journalled call (paying only for the rest: the steered relaxations replay their journalled positions)
+    and ends with the numbers of an uninterrupted run."""
     args = ["screen", "--metals", "Cu", "--facets", "111", "--adsorbates", "O", "--size", "2x2x3",
             "--site-kinds", "ontop,fcc", "--steps", "4", "--fix-bottom", "1", "--checkpoint", checkpoint,
-            "--refine", "tests.workflows.killing_emt:factory", "--top-k", "2", "--refine-mode", "relax"]
+            "--refine", "tests.workflows.killing_emt:factory", "--top-k", "2", "--refine-mode", "relax",
+            "--refine-optimizer", optimizer]
     killed = tmp_path / "killed"
     env = {**os.environ, "KILL_AT_CALL": "30", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "equiformer_calc.cli", *args, "--db", str(killed / "s.db"),
@@ -181,6 +185,9 @@ def test_refine_relax_resumes_after_sigkill(checkpoint, tmp_path):
     journalled = sum(len(p.read_text().splitlines()) for p in journals)
     assert journalled == 29  # every call before the kill, flushed
     assert cli_main([*args, "--db", str(killed / "s.db"), "--out-dir", str(killed)]) == 0
+    totals = json.loads((killed / "screen_refine.json").read_text())
+    assert totals["optimizer"] == optimizer
+    assert totals["paid_calls_this_run"] == totals["reference_calls"] - journalled  # nothing paid twice
     clean = tmp_path / "clean"
     assert cli_main([*args, "--db", str(clean / "s.db"), "--out-dir", str(clean)]) == 0
 

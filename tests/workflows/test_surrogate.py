@@ -190,3 +190,56 @@ def test_screen_refine_relax_with_the_surrogate_ends_at_emt_minima(tmp_path):
     assert again.refine.paid_calls == 0 and again.refine.calls == res.refine.calls
     with pytest.raises(ValueError, match="refine_optimizer"):
         screen_adsorbates(slabs, ["O"], **{**kw, "db": tmp_path / "t.db", "refine_optimizer": "newton"})
+
+
+def test_an_interrupted_steered_relaxation_resumes_on_its_journal_whatever_the_models_last_bits(tmp_path):
+    """A steered relaxation stopped after 3 reference calls (a killed job), resumed with a model whose arithmetic
+    differs in its last bits (another machine, thread count or worker): without the journalled positions the
+    resumed path leaves the journal at once and pays for the calls again; with them (``replay``, what
+    ``run_reference`` does) every journalled call is replayed, only the rest is paid for, and the relaxation
+    still ends at a minimum of the reference."""
+    from equiformer_calc.data.labellers import JournaledCalculator, LabelJournal, LabelStats, resolve_labeller
+
+    labeller = resolve_labeller("emt")
+    path = tmp_path / "task.jsonl"
+
+    def relax(model, replay, steps, journal_path=path):
+        journal = LabelJournal(journal_path)
+        stats = LabelStats()
+        atoms = _o_on_cu()
+        atoms.calc = JournaledCalculator(labeller, stats, journal, record_positions=True)
+        opt = SurrogateOptimizer(atoms, model, replay=journal.positions() if replay else ())
+        converged = opt.run(fmax=0.01, steps=steps)
+        journal.close()
+        return atoms, stats, opt, converged
+
+    _, first, _, converged = relax(StretchedEMT(), True, steps=3)  # the run that was killed
+    assert not converged and first.calls == 4
+    assert len(LabelJournal(path).positions()) == 4
+    other_bits = StretchedEMT(s=1.02 * (1 + 1e-12))  # the same model, other rounding
+
+    import shutil
+
+    copy = tmp_path / "copy.jsonl"
+    shutil.copy(path, copy)
+    _, lost, _, _ = relax(other_bits, False, steps=200, journal_path=copy)
+    assert lost.replayed == 1  # only the start: the recomputed path missed every other journalled call
+
+    atoms, stats, opt, converged = relax(other_bits, True, steps=200)
+    assert converged and _fmax(atoms) < 0.01
+    assert stats.replayed == 4 and opt.replayed_steps == 3
+    assert stats.calls + stats.replayed == opt.nsteps + 1  # every reference point once, paid or replayed
+    uninterrupted = _o_on_cu()
+    uninterrupted.calc = CountingEMT()
+    SurrogateOptimizer(uninterrupted, StretchedEMT()).run(fmax=0.01, steps=200)
+    assert atoms.get_potential_energy() == pytest.approx(uninterrupted.get_potential_energy(), abs=2e-3)
+
+
+def test_a_replay_from_another_start_is_ignored():
+    start = _o_on_cu()
+    start.calc = CountingEMT()
+    elsewhere = start.positions.copy()
+    elsewhere[-1, 2] += 0.3
+    opt = SurrogateOptimizer(start, StretchedEMT(), replay=[elsewhere, elsewhere + 0.1])
+    assert opt.run(fmax=0.05, steps=100)
+    assert opt.replayed_steps == 0 and _fmax(start) < 0.05

@@ -13,8 +13,9 @@ The reference is a labeller name (:func:`~equiformer_calc.data.labellers.resolve
 ``sevennet``, or ``module:factory`` returning any ASE calculator, e.g. a user's VASP set-up). Every
 reference evaluation goes through :class:`~equiformer_calc.data.labellers.JournaledCalculator` with a
 journal file per task (``<db>.refine/<hash>.jsonl``): a run killed with SIGKILL loses at most the call in
-flight, and the rerun replays the journalled calls (a relaxation follows the same path) before paying for
-new ones. Finished tasks are rows of the screening database (``kind="reference"``, ``task_key``
+flight, and the rerun replays the journalled calls before paying for new ones (a BFGS relaxation follows the
+same path from the journalled labels; a relaxation steered by the model, whose path depends on the model's
+arithmetic, follows the positions its journal also keeps). Finished tasks are rows of the screening database (``kind="reference"``, ``task_key``
 ``ref-<mode>/<labeller>/<ML task key>``; never modified), so a rerun skips them. Tasks run on the
 executor seam (:mod:`equiformer_calc.distributed`: in-process or Dask); this process alone writes.
 
@@ -102,15 +103,18 @@ def run_reference(task: ReferenceTask) -> ReferenceOutcome:
     stats = LabelStats()
     journal = LabelJournal(task.journal) if task.journal else None
     atoms = task.atoms.copy()
-    atoms.calc = JournaledCalculator(labeller, stats, journal)
+    steered = task.mode == "relax" and task.surrogate is not None
+    # a steered path depends on the model's arithmetic: its journal keeps the positions, so a rerun replays it
+    atoms.calc = JournaledCalculator(labeller, stats, journal, record_positions=steered)
     try:
         nsteps, converged = 0, True
         if task.mode == "relax":
-            if task.surrogate is not None:
+            if steered:
                 from ...distributed.executor import worker_model
                 from ..surrogate import SurrogateOptimizer
 
-                opt = SurrogateOptimizer(atoms, worker_model(task.surrogate))
+                opt = SurrogateOptimizer(atoms, worker_model(task.surrogate),
+                                         replay=journal.positions() if journal is not None else ())
             else:
                 opt = BFGS(atoms, logfile=None)
             converged = bool(opt.run(fmax=task.fmax, steps=task.steps))
@@ -213,9 +217,9 @@ def refine_screen(
     executor: Any = None,
     journal_dir: str | os.PathLike | None = None,
     move_tolerance: float = 0.5,
-    optimizer: str = "bfgs",
+    optimizer: str | None = None,
     surrogate: Any = None,
-    anomalous: bool = False,
+    anomalous: bool | None = None,
 ) -> RefineResult:
     """Verify the ``top_k`` ML minima of every group of a finished screen with the ``reference``
     (see the module docstring). ``sites``: the screen's site rows (:func:`~.summary.site_rows`);
@@ -223,14 +227,19 @@ def refine_screen(
     required for a database URL). ``optimizer``: how the reference relaxes (gas molecules, clean slabs and, in
     mode "relax", the candidates): "bfgs" (BFGS on the reference alone) or "surrogate" (steered by
     ``surrogate``, the screen's model: :class:`~equiformer_calc.workflows.surrogate.SurrogateOptimizer`;
-    the same convergence test on the reference's forces, in fewer reference calls). ``anomalous`` (mode
-    "relax" only): also relax, from the model's minimum, the model's reconstructed or intercalated minima
-    that rank below the K-th valid one (:func:`select_candidates`); they cost reference calls beyond K."""
+    the same convergence test on the reference's forces, in fewer reference calls); None: "surrogate" when a
+    ``surrogate`` is given, else "bfgs". ``anomalous`` (mode "relax" only; None: on in mode "relax"): also
+    relax, from the model's minimum, the model's reconstructed or intercalated minima that rank below the
+    K-th valid one (:func:`select_candidates`); they cost reference calls beyond K."""
     from ...data.labellers import resolve_labeller
     from ...distributed.executor import SerialExecutor
 
     if mode not in REFINE_MODES:
         raise ValueError(f"refine mode must be one of {REFINE_MODES}, got {mode!r}")
+    if optimizer is None:
+        optimizer = "surrogate" if surrogate is not None else "bfgs"
+    if anomalous is None:
+        anomalous = mode == "relax"
     if optimizer not in REFINE_OPTIMIZERS:
         raise ValueError(f"refine optimizer must be one of {REFINE_OPTIMIZERS}, got {optimizer!r}")
     if optimizer == "surrogate" and surrogate is None:

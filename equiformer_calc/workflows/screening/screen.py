@@ -214,8 +214,8 @@ def screen_adsorbates(
     refine_steps: int = 300,
     journal_dir: str | os.PathLike | None = None,
     uncertainty_threshold: float = 0.1,
-    refine_optimizer: str = "bfgs",
-    refine_anomalous: bool = False,
+    refine_optimizer: str = "surrogate",
+    refine_anomalous: bool | None = None,
 ) -> ScreenResult:
     """Screen ``adsorbates`` over ``slabs``; see :mod:`equiformer_calc.workflows.screening` for the method.
 
@@ -245,15 +245,18 @@ def screen_adsorbates(
     Without an executor everything runs here, in batches of ``batch_size``, as before.
     refine: a reference calculator (labeller name ``emt`` / ``sevennet`` / ``module:factory``) that then
     verifies the ``top_k`` lowest valid ML minima of every group, by single points (``refine_mode="sp"``)
-    or relaxations (``"relax"``, BFGS to ``refine_fmax``, default ``fmax``, at most ``refine_steps``),
+    or relaxations (``"relax"``, to ``refine_fmax``, default ``fmax``, at most ``refine_steps``),
     ranked by ``rank_by`` ("energy" or "lcb": ``e_ads - kappa * e_ads_uncertainty``); journals in
     ``journal_dir`` (default ``<db>.refine``); see :mod:`.refine`. refine_optimizer: how the reference
-    relaxes: "bfgs" (alone) or "surrogate" (steered by this screen's model, fewer reference calls to the same
-    force criterion; :class:`~equiformer_calc.workflows.surrogate.SurrogateOptimizer`). The summary gains ``e_ads_ref``,
-    ``ref_site``, ``ref_calls`` ...; :attr:`ScreenResult.refine` and ``screen_refine.json`` have the call
-    accounting (all reference calls, gas and slabs included). refine_anomalous (``refine_mode="relax"``):
-    also relax, with the reference, the model's reconstructed or intercalated minima that rank below the K-th
-    valid one (the reference may climb out of the student's hole; its own anomaly check decides).
+    relaxes (gas molecules and clean slabs in both modes, the candidates in mode "relax"): "surrogate"
+    (default: steered by this screen's model, the same force criterion on the reference's forces in fewer
+    reference calls; :class:`~equiformer_calc.workflows.surrogate.SurrogateOptimizer`) or "bfgs" (BFGS on the
+    reference alone). The summary gains ``e_ads_ref``, ``ref_site``, ``ref_calls`` ...;
+    :attr:`ScreenResult.refine` and ``screen_refine.json`` have the call accounting (all reference calls, gas
+    and slabs included). refine_anomalous (``refine_mode="relax"`` only; None, the default: on in mode
+    "relax", off in "sp"): also relax, with the reference, the model's reconstructed or intercalated minima
+    that rank below the K-th valid one (the reference may climb out of the student's hole; its own anomaly
+    check decides).
     uncertainty_threshold: an ``e_ads_uncertainty`` (eV) above which a group's best is ``uncertain``
     (marked on the heat map).
     """
@@ -268,6 +271,8 @@ def screen_adsorbates(
             raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if refine_anomalous is None:
+            refine_anomalous = refine_mode == "relax"
         if refine_anomalous and refine_mode != "relax":
             raise ValueError("refine_anomalous needs refine_mode='relax' (a single point at an anomalous geometry "
                              "is anomalous too)")
