@@ -19,7 +19,7 @@ from ase.calculators.emt import EMT
 from equiformer_calc import EquiformerCalculator, screen_adsorbates
 from equiformer_calc.checkpoint import save_checkpoint
 from equiformer_calc.cli import main as cli_main
-from equiformer_calc.surfaces import ANOMALIES, build_surface, gas_reference_energy, reference_potentials
+from equiformer_calc.surfaces import ANOMALIES, bottom_fixed_mask, build_surface, gas_reference_energy, reference_potentials
 from equiformer_calc.workflows.screening.refine import select_candidates
 from equiformer_calc.workflows.screening.summary import summarise
 
@@ -148,15 +148,24 @@ def test_refine_sp_is_emt_at_the_ml_minima_with_emt_gas_references(model, tmp_pa
         expected = _emt_energy(ml_row) - e_slab - gas_reference_energy(symbols, mu)
         assert r.e_ads_ref == pytest.approx(expected, abs=1e-9) and r.e_ads_ml == pytest.approx(ml_row.e_ads)
         assert r.ref_calls == 1 and r.ref_mode == "sp"
+        # ref_fmax: EMT's largest force on a free atom at the ML minimum (the bottom layer is fixed)
+        atoms = ml_row.toatoms()
+        atoms.calc = EMT()
+        free = np.ones(len(atoms), dtype=bool)
+        free[:12] = ~bottom_fixed_mask(atoms[:12], 1)
+        assert r.ref_fmax == pytest.approx(np.linalg.norm(atoms.get_forces(apply_constraint=False)[free], axis=1).max(),
+                                           abs=1e-9)
     assert res.refine.calls == sum(r.ref_calls for r in refs)
     assert res.refine.reference_calls == sum(r.ref_calls for r in fixed)
     for s in res.summary:
-        mine = [r.e_ads_ref for r in ads_refs if r.adsorbate == s["adsorbate"]]
+        mine = [r for r in ads_refs if r.adsorbate == s["adsorbate"]]
         if mine:
-            assert s["e_ads_ref"] == pytest.approx(min(mine)) and s["ref_calls"] == len(mine)
+            best = min(mine, key=lambda r: r.e_ads_ref)
+            assert s["e_ads_ref"] == pytest.approx(best.e_ads_ref) and s["ref_calls"] == len(mine)
+            assert s["ref_fmax"] == best.ref_fmax  # the forces at the group's verified best
     with open(tmp_path / "out" / "screen_summary.csv") as f:
         header = next(csv.reader(f))
-    assert {"e_ads_ref", "ref_calls", "ref_site"} <= set(header)
+    assert {"e_ads_ref", "ref_calls", "ref_site", "ref_fmax"} <= set(header)
     totals = json.loads((tmp_path / "out" / "screen_refine.json").read_text())
     assert totals["reference_calls"] == res.refine.calls and totals["gas_and_slab_calls"] == res.refine.reference_calls
     # a rerun pays nothing

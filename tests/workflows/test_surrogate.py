@@ -184,6 +184,7 @@ def test_screen_refine_relax_with_the_surrogate_ends_at_emt_minima(tmp_path):
         for c in atoms.constraints:
             free[c.index] = False
         assert np.linalg.norm(atoms.get_forces(apply_constraint=False)[free], axis=1).max() <= 0.05 + 1e-9
+        assert r.ref_fmax <= 0.05 and r.ref_converged  # the recorded forces are the converged ones
     (group,) = res.summary
     assert np.isfinite(group["e_ads_ref"]) and res.refine.optimizer == "surrogate"
     again = screen_adsorbates(slabs, ["O"], **kw)

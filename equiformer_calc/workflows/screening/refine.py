@@ -50,7 +50,7 @@ __all__ = ["REFINE_MODES", "REFINE_OPTIMIZERS", "RANK_BY", "RESCUABLE", "Referen
 
 #: the summary columns a refinement adds (all contain "ref")
 REF_COLUMNS = ("ref_mode", "ref_labeller", "e_ads_ref", "ref_site", "ref_final_site", "ref_calls", "n_ref",
-               "ref_anomalous", "ref_ml_site_agrees")
+               "ref_anomalous", "ref_ml_site_agrees", "ref_fmax")
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,9 @@ class ReferenceTask:
 @dataclass
 class ReferenceOutcome:
     """The reference's ``energy`` at the end (the final ``atoms``), ``calls`` paid for in this run,
-    ``replayed`` journalled calls, ``seconds`` of the paid calls, optimiser ``nsteps`` and ``converged``."""
+    ``replayed`` journalled calls, ``seconds`` of the paid calls, optimiser ``nsteps`` and ``converged``, and
+    ``fmax``: the reference's largest force on a free atom there (eV/A; at a single point, how far the ML
+    minimum is from being one of the reference's)."""
 
     energy: float
     atoms: Atoms
@@ -91,6 +93,7 @@ class ReferenceOutcome:
     seconds: float
     nsteps: int
     converged: bool
+    fmax: float = float("nan")
 
 
 def run_reference(task: ReferenceTask) -> ReferenceOutcome:
@@ -120,12 +123,14 @@ def run_reference(task: ReferenceTask) -> ReferenceOutcome:
             converged = bool(opt.run(fmax=task.fmax, steps=task.steps))
             nsteps = int(opt.nsteps)
         energy = float(atoms.get_potential_energy())
+        forces = np.asarray(atoms.get_forces(), dtype=float)  # the same call's (constraints applied): no new call
+        fmax = float(np.linalg.norm(forces, axis=1).max(initial=0.0))
     finally:
         if journal is not None:
             journal.close()
     final = atoms.copy()
     final.calc = None
-    return ReferenceOutcome(energy, final, stats.calls, stats.replayed, stats.seconds, nsteps, converged)
+    return ReferenceOutcome(energy, final, stats.calls, stats.replayed, stats.seconds, nsteps, converged, fmax)
 
 
 @dataclass
@@ -337,6 +342,7 @@ class _Refinement:
             kv = {**info, "task_key": task.key, "kind": "reference", "status": "done", "ref_mode": task.mode,
                   "ref_labeller": name, "ref_energy": out.energy, "ref_calls": out.calls + out.replayed,
                   "ref_seconds": out.seconds, "ref_nsteps": out.nsteps, "ref_converged": out.converged,
+                  "ref_fmax": out.fmax,
                   "ref_optimizer": "surrogate" if task.surrogate is not None else ("bfgs" if task.mode == "relax" else "")}
             if extra is not None:
                 kv.update(extra(out))
@@ -394,7 +400,7 @@ def _best_per_group(ref: _Refinement, candidates: dict[tuple[str, str], list[dic
     result = ref.result
     for (surface, ads), rows in candidates.items():
         group = {"e_ads_ref": float("nan"), "ref_site": "", "ref_final_site": "", "ref_calls": 0, "n_ref": 0,
-                 "ref_anomalous": 0}
+                 "ref_anomalous": 0, "ref_fmax": float("nan")}
         best = None
         for r in rows:
             t = by_site.get((surface, ads, r["site"]))
@@ -405,14 +411,16 @@ def _best_per_group(ref: _Refinement, candidates: dict[tuple[str, str], list[dic
             group["ref_calls"] += int(row.get("ref_calls", 0))
             anomalies = row.get("ref_anomalies", "")
             e = row.get("e_ads_ref", float("nan"))
-            result.sites[t.key] = {"e_ads_ref": e, "ref_calls": int(row.get("ref_calls", 0)), "ref_anomalies": anomalies}
+            fmax = float(row.get("ref_fmax", float("nan")))  # rows of an older version have none
+            result.sites[t.key] = {"e_ads_ref": e, "ref_calls": int(row.get("ref_calls", 0)), "ref_anomalies": anomalies,
+                                   "ref_fmax": fmax}
             if anomalies:
                 group["ref_anomalous"] += 1
                 continue
             if np.isfinite(e) and (best is None or e < best[0]):
-                best = (e, r["site"], row.get("final_site_ref", ""))
+                best = (e, r["site"], row.get("final_site_ref", ""), fmax)
         if best is not None:
-            group.update(e_ads_ref=best[0], ref_site=best[1], ref_final_site=best[2])
+            group.update(e_ads_ref=best[0], ref_site=best[1], ref_final_site=best[2], ref_fmax=best[3])
         result.groups[(surface, ads)] = group
 
 
@@ -450,20 +458,24 @@ def _adsorbate_extra(task: ScreenTask, slab_ref: Any, mu: dict[str, float], mode
 def merge_refinement(refined: RefineResult, plan: ScreenPlan, sites: list[dict[str, Any]],
                      summary: list[dict[str, Any]]) -> None:
     """Add the reference's numbers to the screen's tables, in place: per site ``e_ads_ref`` /
-    ``ref_calls`` / ``ref_anomalies`` (NaN / 0 / "" where not refined); per group the
-    :data:`REF_COLUMNS` (``ref_ml_site_agrees``: the reference's best site is the model's)."""
+    ``ref_calls`` / ``ref_anomalies`` / ``ref_fmax`` (NaN / 0 / "" / NaN where not refined); per group the
+    :data:`REF_COLUMNS` (``ref_ml_site_agrees``: the reference's best site is the model's; ``ref_fmax``: the
+    reference's largest free-atom force at that best, eV/A: after a single point, how far the ML minimum is
+    from being the reference's; after a relaxation, below ``fmax`` when it converged)."""
     by_site = {(t.info["surface"], t.info["adsorbate"], t.info["site"]): t.key for t in plan.adsorbates}
     for r in sites:
         got = refined.sites.get(by_site.get((r["surface"], r["adsorbate"], r["site"]), ""), {})
         r["e_ads_ref"] = got.get("e_ads_ref", float("nan"))
         r["ref_calls"] = got.get("ref_calls", 0)
         r["ref_anomalies"] = got.get("ref_anomalies", "")
+        r["ref_fmax"] = got.get("ref_fmax", float("nan"))
     for s in summary:
         g = refined.groups.get((s["surface"], s["adsorbate"]), {})
         s.update(ref_mode=refined.mode, ref_labeller=refined.labeller, e_ads_ref=g.get("e_ads_ref", float("nan")),
                  ref_site=g.get("ref_site", ""), ref_final_site=g.get("ref_final_site", ""),
                  ref_calls=g.get("ref_calls", 0), n_ref=g.get("n_ref", 0), ref_anomalous=g.get("ref_anomalous", 0),
-                 ref_ml_site_agrees=bool(g.get("ref_site")) and g.get("ref_site") == s["site"])
+                 ref_ml_site_agrees=bool(g.get("ref_site")) and g.get("ref_site") == s["site"],
+                 ref_fmax=g.get("ref_fmax", float("nan")))
 
 
 @dataclass

@@ -142,7 +142,8 @@ def write_screen_outputs(
     """``<prefix>_sites.csv`` and, when there is a summary, ``<prefix>_summary.csv`` and the heat map
     ``<prefix>_heatmap.png`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    extra = [k for k in ("e_ads_ref", "ref_calls", "ref_anomalies") if sites and k in sites[0] and k not in site_columns]
+    extra = [k for k in ("e_ads_ref", "ref_calls", "ref_anomalies", "ref_fmax") if sites and k in sites[0]
+             and k not in site_columns]
     files = {"sites": _table(out_dir / f"{prefix}_sites.csv", sites, [*site_columns, *extra])}
     if summary:
         files["summary"] = _table(out_dir / f"{prefix}_summary.csv", summary)
