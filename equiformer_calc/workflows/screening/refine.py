@@ -44,7 +44,8 @@ from ...surfaces import ANOMALIES, REFERENCE_MOLECULES, bottom_fixed_mask, check
 from .plan import ScreenPlan, ScreenTask
 from .store import ScreenStore
 
-__all__ = ["REFINE_MODES", "REFINE_OPTIMIZERS", "RANK_BY", "RESCUABLE", "ReferenceTask", "ReferenceOutcome", "RefineResult", "run_reference",
+__all__ = ["REFINE_MODES", "REFINE_OPTIMIZERS", "RANK_BY", "RESCUABLE", "check_refine_options", "ReferenceTask",
+           "ReferenceOutcome", "RefineResult", "run_reference",
            "refine_screen", "select_candidates", "merge_refinement", "REF_COLUMNS", "ReferenceScreen",
            "reference_only_screen"]
 
@@ -155,6 +156,22 @@ class RefineResult:
     errors: dict[str, str] = field(default_factory=dict)
 
 
+def check_refine_options(mode: str, optimizer: str, anomalous: bool | None) -> bool:
+    """Check a refinement's ``mode`` (:data:`REFINE_MODES`), ``optimizer`` (:data:`REFINE_OPTIMIZERS`) and
+    ``anomalous`` (relax mode only) before any work; returns ``anomalous`` resolved (None: on in mode "relax",
+    off in "sp"). The messages name :func:`~.screen.screen_adsorbates`'s arguments."""
+    if mode not in REFINE_MODES:
+        raise ValueError(f"refine_mode must be one of {REFINE_MODES}, got {mode!r}")
+    if optimizer not in REFINE_OPTIMIZERS:
+        raise ValueError(f"refine_optimizer must be one of {REFINE_OPTIMIZERS}, got {optimizer!r}")
+    if anomalous is None:
+        anomalous = mode == "relax"
+    if anomalous and mode != "relax":
+        raise ValueError("refine_anomalous needs refine_mode='relax' (a single point at an anomalous geometry "
+                         "is anomalous too)")
+    return bool(anomalous)
+
+
 def select_candidates(sites: Sequence[dict[str, Any]], top_k: int, rank_by: str = "energy",
                       kappa: float = 1.0, anomalous: bool = False) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Per (surface, adsorbate): the ``top_k`` lowest valid site rows (done, no anomaly, finite
@@ -239,19 +256,11 @@ def refine_screen(
     from ...data.labellers import resolve_labeller
     from ...distributed.executor import SerialExecutor
 
-    if mode not in REFINE_MODES:
-        raise ValueError(f"refine mode must be one of {REFINE_MODES}, got {mode!r}")
     if optimizer is None:
         optimizer = "surrogate" if surrogate is not None else "bfgs"
-    if anomalous is None:
-        anomalous = mode == "relax"
-    if optimizer not in REFINE_OPTIMIZERS:
-        raise ValueError(f"refine optimizer must be one of {REFINE_OPTIMIZERS}, got {optimizer!r}")
+    anomalous = check_refine_options(mode, optimizer, anomalous)
     if optimizer == "surrogate" and surrogate is None:
         raise ValueError("refine optimizer 'surrogate' needs the model that steers it (surrogate=...)")
-    if anomalous and mode != "relax":
-        raise ValueError("verifying anomalous ML minima needs refine mode 'relax' (a single point at an anomalous "
-                         "geometry is anomalous too)")
     labeller = resolve_labeller(reference)  # a bad name fails here, before any work
     symbols = {s for t in plan.gas + plan.slabs + plan.adsorbates for s in t.atoms.get_chemical_symbols()}
     labeller.check_elements(symbols)

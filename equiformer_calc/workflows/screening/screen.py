@@ -261,21 +261,13 @@ def screen_adsorbates(
     (marked on the heat map).
     """
     if refine is not None:
-        from .refine import RANK_BY, REFINE_MODES, REFINE_OPTIMIZERS
+        from .refine import RANK_BY, check_refine_options
 
-        if refine_mode not in REFINE_MODES:
-            raise ValueError(f"refine_mode must be one of {REFINE_MODES}, got {refine_mode!r}")
-        if refine_optimizer not in REFINE_OPTIMIZERS:
-            raise ValueError(f"refine_optimizer must be one of {REFINE_OPTIMIZERS}, got {refine_optimizer!r}")
+        refine_anomalous = check_refine_options(refine_mode, refine_optimizer, refine_anomalous)
         if rank_by not in RANK_BY:
             raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if refine_anomalous is None:
-            refine_anomalous = refine_mode == "relax"
-        if refine_anomalous and refine_mode != "relax":
-            raise ValueError("refine_anomalous needs refine_mode='relax' (a single point at an anomalous geometry "
-                             "is anomalous too)")
     if optimizer.upper() not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
     surfaces = normalise_surfaces(slabs)
