@@ -63,6 +63,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     import torch
+    from scipy.stats import spearmanr
 
     from equiformer_calc import EquiformerCalculator
     from equiformer_calc.surfaces import build_surface
@@ -115,11 +116,17 @@ def main() -> None:
             diff = s["e_ads_ref"] - g["best"] if g["best"] is not None else float("nan")
             rows.append({"group": f"{s['surface']}/{s['adsorbate']}", "e_ads_ref": s["e_ads_ref"],
                          "ref_site": s["ref_site"], "e_ref_only": g["best"], "ref_only_site": g["site"],
-                         "diff": diff, "ml_site": s["site"], "ml_e_ads": s["e_ads_min"]})
+                         "diff": diff, "ml_site": s["site"], "ml_e_ads": s["e_ads_min"], "ref_fmax": s["ref_fmax"]})
         diffs = np.array([r["diff"] for r in rows], dtype=float)
+        fmax = np.array([r["ref_fmax"] for r in rows], dtype=float)
+        missed = diffs > 0.1
         run = {"mode": mode, "optimizer": optimizer, "anomalous": anomalous, "top_k": k, "calls": res.refine.calls, "calls_fraction": res.refine.calls / ref["calls"],
                "success_0.1": float(np.mean(diffs <= 0.1)), "within_0.1": float(np.mean(np.abs(diffs) <= 0.1)),
-               "refine_seconds": seconds, "wall_fraction": (ml_s + seconds) / ref["seconds"], "groups": rows}
+               "refine_seconds": seconds, "wall_fraction": (ml_s + seconds) / ref["seconds"],
+               # the reference's forces at each group's verified best against how far that best misses
+               "ref_fmax_spearman_vs_diff": float(spearmanr(fmax, diffs).statistic) if len(rows) > 2 else float("nan"),
+               "misses": int(missed.sum()), "misses_ref_fmax_above_0.5": int((missed & (fmax > 0.5)).sum()),
+               "hits_ref_fmax_above_0.5": int((~missed & (fmax > 0.5)).sum()), "groups": rows}
         report["runs"].append(run)
         log.info("%s (%s, anomalous %s) k=%d: success %.0f%% (|diff|<=0.1: %.0f%%), %d calls = %.0f%% of reference-only, %.1f s",
                  mode, optimizer, anomalous, k, 100 * run["success_0.1"], 100 * run["within_0.1"], run["calls"],
